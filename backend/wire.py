@@ -1,0 +1,147 @@
+"""The HTTP contract between the language server, the trainer and the backend.
+
+This module imports pydantic only: the language server and trainer import it, and must stay light.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+API_PREFIX = "/v1"
+MAX_EVENTS_PER_BATCH = 1000
+
+
+class CompletionContext(BaseModel):
+    """What the editor knows at the cursor. Secrets are redacted before this leaves the editor."""
+
+    prefix: Annotated[str, Field(max_length=200_000)]
+    suffix: Annotated[str, Field(max_length=200_000)] = ""
+    path: str = ""
+    language: str = "python"
+
+
+class CompleteRequest(BaseModel):
+    context: CompletionContext
+    # Pseudonymous id of the person at the editor (never a name or e-mail).
+    user_id: str = "anonymous"
+    client: str = "lsp"
+    max_new_tokens: Annotated[int | None, Field(ge=1, le=512)] = None
+
+
+class CompleteResponse(BaseModel):
+    completion_id: str
+    # Empty text means the policy abstained: nothing is shown.
+    text: str
+    model_version: str
+    # Log-probability of each sampled token under the serving policy (temperature included).
+    token_logprobs: list[float]
+    latency_ms: float
+
+
+class EventKind(StrEnum):
+    SHOWN = "shown"
+    ACCEPTED = "accepted"
+    PARTIALLY_ACCEPTED = "partially_accepted"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+    SURVIVAL = "survival"
+    REWRITE = "rewrite"
+
+
+class Event(BaseModel):
+    """One observation about one completion, made by the language server."""
+
+    event_id: Annotated[str, Field(min_length=8, max_length=64)]
+    completion_id: Annotated[str, Field(min_length=1, max_length=64)]
+    kind: EventKind
+    # Client wall clock, seconds since the epoch.
+    client_ts: float
+    # How long the suggestion had been visible when this event happened.
+    visible_ms: Annotated[float | None, Field(ge=0)] = None
+    # Partial acceptance: accepted length in UTF-16 code units from the start of the insert text.
+    accepted_chars: Annotated[int | None, Field(ge=0)] = None
+    # Survival: seconds since acceptance at which this check was made.
+    delay_s: Annotated[float | None, Field(ge=0)] = None
+    # Survival / rewrite: similarity in [0, 1] between the suggestion and the text now at the spot.
+    similarity: Annotated[float | None, Field(ge=0, le=1)] = None
+    retained_chars: Annotated[float | None, Field(ge=0)] = None
+    # Survival: text now in the tracked range; rewrite: what the user wrote instead.
+    text: Annotated[str | None, Field(max_length=20_000)] = None
+    # Why the completion ended (ignored: typed_over, moved_away, superseded, closed).
+    reason: Annotated[str | None, Field(max_length=64)] = None
+    # The last event of this completion's life: the backend may finalize the episode early.
+    final: bool = False
+
+
+class EventsRequest(BaseModel):
+    # Raw dicts: each event is validated on its own so one bad event refuses only itself.
+    events: Annotated[list[dict[str, Any]], Field(max_length=MAX_EVENTS_PER_BATCH)]
+
+
+class RefusedEvent(BaseModel):
+    index: int
+    event_id: str | None
+    reason: str
+
+
+class EventsResponse(BaseModel):
+    stored: int
+    duplicates: int
+    refused: list[RefusedEvent]
+
+
+class Episode(BaseModel):
+    """A finalized completion with its reward, as the trainer receives it."""
+
+    seq: int
+    completion_id: str
+    user_id: str
+    model_version: str
+    prompt_ids: list[int]
+    # Sampled tokens, including the stop token; [eos] alone is an abstention.
+    completion_ids: list[int]
+    # Log-probabilities of completion_ids at serving time (the behaviour policy).
+    token_logprobs: list[float]
+    temperature: float
+    text: str
+    outcome: str
+    reward: float
+    created_at: float
+    finalized_at: float
+    # Shortest visible time before acceptance, for the inhuman-speed filter.
+    accept_visible_ms: float | None = None
+
+
+class EpisodesPage(BaseModel):
+    episodes: list[Episode]
+    next_cursor: int
+
+
+class ModelInfo(BaseModel):
+    base_model: str
+    live_version: str
+    fim: str
+    temperature: float
+
+
+class CheckpointInfo(BaseModel):
+    version: str
+    state: str
+    parent_version: str | None
+    created_at: float
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointMetadata(BaseModel):
+    """Sent beside the adapter files on upload."""
+
+    base_model: str
+    parent_version: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+BASE_VERSION = "base"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -1,0 +1,1 @@
+"""Flywheel: inline code completion that learns from its users."""

@@ -1,0 +1,100 @@
+"""The `flywheel` command. Each subcommand imports what it needs only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _settings():
+    from flywheel.config import load_settings
+
+    return load_settings()
+
+
+def cmd_lsp(args: argparse.Namespace) -> int:
+    from lsp_server.server import main
+
+    main()
+    return 0
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    from backend.main import serve
+
+    settings = _settings()
+    if args.host:
+        settings.backend.host = args.host
+    if args.port:
+        settings.backend.port = args.port
+    serve(settings)
+    return 0
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    from trainer.loop import run
+
+    return run(_settings(), once=args.once)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from trainer.bootstrap import main
+
+    settings = _settings()
+    output = args.output or settings.default_model_dir
+    return main(
+        output=output,
+        corpus=args.corpus,
+        budget_s=args.budget_minutes * 60,
+        size=args.size,
+        include_stdlib=not args.no_stdlib,
+        force=args.force,
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from flywheel.up import up
+
+    return up(_settings(), bootstrap_budget_s=args.bootstrap_minutes * 60)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lsp", help="run the language server on stdio (editors start this)")
+    p.set_defaults(func=cmd_lsp)
+
+    p = sub.add_parser("backend", help="run the backend service")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_backend)
+
+    p = sub.add_parser("trainer", help="run the online RL trainer against the backend")
+    p.add_argument("--once", action="store_true", help="run one cycle and exit")
+    p.set_defaults(func=cmd_trainer)
+
+    p = sub.add_parser("bootstrap", help="train the small default base model from local Python sources")
+    p.add_argument("--corpus", type=Path, action="append", default=[], help="extra source directory")
+    p.add_argument("--no-stdlib", action="store_true", help="do not train on the standard library")
+    p.add_argument("--output", type=Path, help="model directory (default: under the data dir)")
+    p.add_argument("--budget-minutes", type=float, default=10.0, help="training time budget")
+    p.add_argument("--size", default="small", help="model size preset: tiny, small")
+    p.add_argument("--force", action="store_true", help="rebuild even if the model exists")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("up", help="start backend and trainer together, bootstrapping the model if needed")
+    p.add_argument("--bootstrap-minutes", type=float, default=10.0)
+    p.set_defaults(func=cmd_up)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()
