@@ -39,7 +39,9 @@ def detect_fim_format(tokenizer: Any, configured: str = "auto") -> FimFormat:
     """The configured format, or the first one whose tokens are all in the tokenizer's vocabulary."""
     if configured != "auto":
         if configured not in FIM_FORMATS:
-            raise ValueError(f"unknown fim format {configured!r}; choose one of {sorted(FIM_FORMATS)} or auto")
+            raise ValueError(
+                f"unknown fim format {configured!r}; choose one of {sorted(FIM_FORMATS)} or auto"
+            )
         return FIM_FORMATS[configured]
     vocab = tokenizer.get_vocab()
     for name in ("qwen", "flywheel", "codellama"):

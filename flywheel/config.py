@@ -71,6 +71,9 @@ class LspConfig(BaseModel):
     request_timeout_s: float = 2.0
     flush_interval_s: float = 1.0
     user_id: str = ""
+    # Where the language server keeps its event outbox and pseudonymous user id;
+    # empty means platformdirs' user_state_dir("flywheel").
+    state_dir: str = ""
 
 
 class TrainerConfig(BaseModel):
@@ -120,6 +123,11 @@ class Settings(BaseSettings):
         path = self.data_dir or Path(platformdirs.user_data_dir(APP_NAME))
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def base_model(self) -> str:
+        """What the backend serves: the configured Hub id or directory, else the bootstrapped model."""
+        return self.model.name or str(self.default_model_dir)
 
     @property
     def database_path(self) -> Path:

@@ -1,0 +1,16 @@
+"""`flywheel backend`: the ASGI app on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from backend.app import create_app
+from flywheel.config import Settings
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.backend.host, port=settings.backend.port, log_level="info")

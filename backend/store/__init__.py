@@ -1,0 +1,36 @@
+"""The backend's store: the only code that opens Flywheel's SQLite database.
+
+`Store` gathers one concern per module: ingest (completions, events), episodes (finalize, the
+trainer's feed, re-scoring), registry (checkpoints) and stats (the admin page). Schema steps live
+in `schema`; the file and its connections in `database`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.store.database import Database
+from backend.store.episodes import EpisodesMixin
+from backend.store.ingest import IngestMixin
+from backend.store.registry import STATES, RegistryMixin, UnknownCheckpoint
+from backend.store.schema import SCHEMA_VERSION, SchemaTooNew
+from backend.store.stats import StatsMixin
+
+__all__ = ["SCHEMA_VERSION", "STATES", "SchemaTooNew", "Store", "UnknownCheckpoint"]
+
+
+class Store(IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin):
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating directories and file as needed) and bring the schema up to date."""
+        return cls(await Database.open(Path(path)))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @property
+    def path(self) -> Path:
+        return self._db.path

@@ -1,0 +1,127 @@
+"""`flywheel up`: the whole service on one machine — backend and trainer as two processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from flywheel.config import Settings
+
+HEALTH_TIMEOUT_S = 600.0
+
+
+def model_unavailable_reason(name: str) -> str | None:
+    """None when `name` (a local directory or a Hub id) can be loaded here, else why not."""
+    if Path(name).expanduser().is_dir():
+        return (
+            None
+            if (Path(name).expanduser() / "config.json").is_file()
+            else "no config.json in that directory"
+        )
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(name)
+    except Exception as error:  # offline, unknown id, gated repo: all mean "not here"
+        return str(error).splitlines()[0][:160]
+    return None
+
+
+def resolve_model(settings: Settings, bootstrap_budget_s: float) -> str:
+    """The model to serve: the configured one when it can be had, else the bootstrapped default."""
+    if settings.model.name:
+        reason = model_unavailable_reason(settings.model.name)
+        if reason is None:
+            return settings.model.name
+        print(
+            f"flywheel: model {settings.model.name!r} is not available ({reason}); "
+            f"using the bootstrapped default model at {settings.default_model_dir}",
+            flush=True,
+        )
+    default = settings.default_model_dir
+    if not (default / "config.json").is_file():
+        from trainer.bootstrap import main as bootstrap
+
+        print(f"flywheel: no default model yet; training one at {default} (first run only)", flush=True)
+        code = bootstrap(
+            output=default,
+            corpus=[],
+            budget_s=bootstrap_budget_s,
+            size="small",
+            include_stdlib=True,
+            force=False,
+        )
+        if code != 0:
+            raise SystemExit(code)
+    return str(default)
+
+
+def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C reaches only us, and we stop the children once, in order.
+    return subprocess.Popen([sys.executable, "-m", "flywheel.cli", command], env=env, start_new_session=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"flywheel: the backend exited with code {process.returncode} while starting")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"flywheel: the backend did not answer at {url} within {HEALTH_TIMEOUT_S:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def up(settings: Settings, bootstrap_budget_s: float) -> int:
+    model = resolve_model(settings, bootstrap_budget_s)
+    env = dict(os.environ, FLYWHEEL_MODEL__NAME=model, FLYWHEEL_DATA_DIR=str(settings.state_dir))
+    url = settings.backend.base_url
+    processes: list[subprocess.Popen[bytes]] = []
+    # SIGTERM (from a service manager) stops us the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        backend = _spawn("backend", env)
+        processes.append(backend)
+        _wait_healthy(url, backend)
+        processes.append(_spawn("trainer", env))
+        print(
+            f"\nFlywheel is up.\n  dashboard: {url}/admin\n  model:     {model}\n"
+            f"  data:      {settings.state_dir}\n  editors:   start `flywheel lsp` (stdio)\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        failed = [p for p in processes if p.returncode not in (None, 0)]
+        print("flywheel: a service stopped; shutting the other down", flush=True)
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        print("\nflywheel: stopping", flush=True)
+        return 0
+    finally:
+        _stop(processes)

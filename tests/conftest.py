@@ -1,0 +1,132 @@
+"""Shared fixtures: a tiny model trained here, and a real backend process on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# A small, varied slice of the standard library: enough for a tiny model to learn Python's look.
+CORPUS_MODULES = [
+    "json",
+    "email",
+    "collections",
+    "logging",
+    "importlib",
+    "http",
+    "urllib",
+    "csv.py",
+    "textwrap.py",
+    "string.py",
+    "shlex.py",
+    "fractions.py",
+    "queue.py",
+    "heapq.py",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = tmp_path_factory.mktemp("corpus")
+    for name in CORPUS_MODULES:
+        source = stdlib / name
+        if source.is_dir():
+            shutil.copytree(source, corpus / name, ignore=shutil.ignore_patterns("test*", "__pycache__"))
+        else:
+            shutil.copy(source, corpus / name)
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    """A real Llama-style model and BPE tokenizer, trained for a few seconds by the test session."""
+    from trainer.bootstrap import build_base_model
+
+    output = tmp_path_factory.mktemp("models") / "tiny"
+    build_base_model(
+        output=output, corpus=[tiny_corpus], budget_s=20, size="tiny", include_stdlib=False, progress=False
+    )
+    return output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningBackend:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def backend_env(model_dir: Path, data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    return dict(
+        os.environ,
+        FLYWHEEL_DATA_DIR=str(data_dir),
+        FLYWHEEL_MODEL__NAME=str(model_dir),
+        FLYWHEEL_BACKEND__PORT=str(port),
+        FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S="0.2",
+        FLYWHEEL_CONFIG=str(data_dir / "absent.toml"),
+        **extra,
+    )
+
+
+def start_backend(model_dir: Path, data_dir: Path, **extra: str) -> RunningBackend:
+    port = free_port()
+    env = backend_env(model_dir, data_dir, port, **extra)
+    log_path = data_dir / "backend.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flywheel.cli", "backend"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    backend = RunningBackend(f"http://127.0.0.1:{port}", data_dir, env, process, log_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"backend exited early:\n{backend.log()}")
+        try:
+            if httpx.get(f"{backend.url}/healthz", timeout=1).status_code == 200:
+                return backend
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"backend did not come up:\n{backend.log()}")
+
+
+def stop_backend(backend: RunningBackend) -> None:
+    backend.process.terminate()
+    try:
+        backend.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        backend.process.kill()
+        backend.process.wait()
+
+
+@pytest.fixture
+def backend(tiny_model_dir: Path, tmp_path: Path) -> Iterator[RunningBackend]:
+    running = start_backend(tiny_model_dir, tmp_path / "state")
+    yield running
+    stop_backend(running)

@@ -1,0 +1,386 @@
+"""The store on a real SQLite file: schema, event ingest, finalizing, the trainer's feed, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.finalize import run_finalizer
+from backend.store import SCHEMA_VERSION, SchemaTooNew, Store, UnknownCheckpoint
+from flywheel.config import RewardConfig, Settings
+
+WINDOW = 660.0
+MIN_VISIBLE = 250.0
+REWARDS = RewardConfig()
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(tmp_path / "nested" / "dir" / "flywheel.sqlite3")
+    yield opened
+    await opened.close()
+
+
+async def completion(
+    store: Store, cid: str, text: str = "return x", *, at: float = T0, model: str = "base", user: str = "u1"
+) -> None:
+    await store.record_completion(
+        completion_id=cid,
+        user_id=user,
+        model_version=model,
+        context={"prefix": "def f(x):\n    ", "suffix": "", "path": "a.py", "language": "python"},
+        prompt_ids=[1, 2, 3],
+        completion_ids=[7, 8, 0] if text else [0],
+        token_logprobs=[-0.5, -0.25, -0.125] if text else [-0.01],
+        temperature=0.7,
+        text=text,
+        created_at=at,
+        latency_ms=12.5,
+    )
+
+
+_n = 0
+
+
+def event(cid: str, kind: str, **fields: Any) -> dict[str, Any]:
+    global _n
+    _n += 1
+    return {"event_id": f"event-{_n:06d}", "completion_id": cid, "kind": kind, "client_ts": T0 + _n, **fields}
+
+
+def rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the file with plain sqlite3: what is really on disk, not what the store says."""
+    with sqlite3.connect(store.path) as db:
+        return db.execute(sql, params).fetchall()
+
+
+async def finalize(store: Store, now: float, rewards: RewardConfig = REWARDS) -> int:
+    return await store.finalize_due(now, WINDOW, rewards, MIN_VISIBLE)
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+async def test_open_creates_directories_uses_wal_and_migrates_once(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "db.sqlite3"
+    store = await Store.open(path)
+    await completion(store, "c1")
+    await store.close()
+    assert rows(store, "PRAGMA journal_mode") == [("wal",)]
+    assert rows(store, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    # Reopening must not re-run steps (CREATE TABLE would fail) and must keep the data.
+    again = await Store.open(path)
+    try:
+        assert (await again.add_events([event("c1", "shown")], T0)).stored == 1
+        assert rows(again, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    finally:
+        await again.close()
+
+
+async def test_refuses_a_database_from_newer_code(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaTooNew):
+        await Store.open(path)
+
+
+async def test_a_completion_id_is_recorded_once(store: Store) -> None:
+    await completion(store, "c1")
+    with pytest.raises(sqlite3.IntegrityError):
+        await completion(store, "c1")
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store: Store) -> None:
+    await completion(store, "c1")
+    shown = event("c1", "shown", visible_ms=0)
+    accepted = event("c1", "accepted", visible_ms=700)
+    malformed = {"event_id": "event-bad-1", "completion_id": "c1", "kind": "teleported", "client_ts": "x"}
+    unknown = event("nobody", "shown")
+    batch = [shown, malformed, accepted, unknown, dict(shown), "not an object"]
+
+    response = await store.add_events(batch, received_at=T0 + 5)
+
+    assert response.stored == 2
+    assert response.duplicates == 1
+    refused = {r.index: r for r in response.refused}
+    assert sorted(refused) == [1, 3, 5]
+    assert refused[1].event_id == "event-bad-1"
+    assert "kind" in refused[1].reason and "client_ts" in refused[1].reason
+    assert refused[3].reason == "unknown completion_id"
+    assert refused[3].event_id == unknown["event_id"]
+    assert refused[5].event_id is None
+    stored = rows(store, "SELECT event_id, kind, received_at FROM events ORDER BY event_id")
+    assert stored == [(shown["event_id"], "shown", T0 + 5), (accepted["event_id"], "accepted", T0 + 5)]
+
+
+async def test_resending_a_batch_stores_nothing_new(store: Store) -> None:
+    await completion(store, "c1")
+    batch = [event("c1", "shown"), event("c1", "rejected", visible_ms=900)]
+    first = await store.add_events(batch, T0)
+    second = await store.add_events(batch, T0 + 1)
+    assert (first.stored, first.duplicates) == (2, 0)
+    assert (second.stored, second.duplicates, second.refused) == (0, 2, [])
+    assert rows(store, "SELECT COUNT(*) FROM events") == [(2,)]
+
+
+async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -> None:
+    await asyncio.gather(*(completion(store, f"c{i}") for i in range(10)))
+    batches = [[event(f"c{i}", "shown"), event(f"c{i}", "rejected", visible_ms=900)] for i in range(10)]
+    results = await asyncio.gather(
+        *(store.add_events(b, T0) for b in batches), finalize(store, T0 + WINDOW), store.stats()
+    )
+    assert sum(r.stored for r in results[:10]) == 20
+    assert rows(store, "SELECT COUNT(*) FROM events") == [(20,)]
+
+
+# --- finalizing -----------------------------------------------------------------------------
+
+
+async def test_a_final_event_closes_the_episode_before_its_window(store: Store) -> None:
+    await completion(store, "c1", at=T0)
+    await completion(store, "c2", at=T0)
+    await store.add_events(
+        [
+            event("c1", "shown"),
+            event("c1", "accepted", visible_ms=600),
+            event("c1", "survival", delay_s=600, similarity=0.6, final=True),
+            event("c2", "shown"),
+        ],
+        T0 + 1,
+    )
+
+    assert await finalize(store, T0 + 601) == 1
+    assert await finalize(store, T0 + 602) == 0  # nothing is finalized twice
+    assert rows(
+        store, "SELECT completion_id, outcome, reward, similarity, accept_visible_ms FROM episodes"
+    ) == [("c1", "accepted", pytest.approx(0.35), 0.6, 600.0)]
+    assert rows(store, "SELECT completion_id FROM completions WHERE finalized_at IS NULL") == [("c2",)]
+
+
+async def test_the_window_closes_at_created_at_plus_window(store: Store) -> None:
+    await completion(store, "c1", at=T0)
+    await store.add_events([event("c1", "shown")], T0 + 1)
+    assert await finalize(store, T0 + WINDOW - 0.5) == 0
+    assert await finalize(store, T0 + WINDOW) == 1
+    # Shown and never resolved: treated as ignored.
+    assert rows(store, "SELECT outcome, reward FROM episodes") == [("ignored", -0.25)]
+
+
+async def test_abstentions_close_at_once_with_reward_zero(store: Store) -> None:
+    await completion(store, "quiet", text="", at=T0)
+    assert await finalize(store, T0) == 1
+    page = await store.episodes_after(0, 10)
+    assert [(e.completion_id, e.outcome, e.reward, e.completion_ids) for e in page.episodes] == [
+        ("quiet", "abstained", 0.0, [0])
+    ]
+
+
+async def test_finalizer_loop_runs_until_stopped(store: Store, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, backend={"finalize_interval_s": 0.01})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_finalizer(store, settings, stop))
+    await completion(store, "quiet", text="", at=T0)
+    for _ in range(200):
+        if (await store.episodes_after(0, 10)).episodes:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert [e.completion_id for e in (await store.episodes_after(0, 10)).episodes] == ["quiet"]
+
+
+# --- the trainer's feed ---------------------------------------------------------------------
+
+
+async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) -> None:
+    # Created one second apart so finalize assigns seqs in this order.
+    plan = [
+        ("a", [event("a", "accepted", visible_ms=400)]),  # 0.75
+        ("b", []),  # never shown: no reward
+        ("c", [event("c", "rejected", visible_ms=900)]),  # −0.25
+        ("d", [event("d", "rejected", visible_ms=10)]),  # unseen: no reward
+        ("e", [event("e", "ignored", reason="typed_over", visible_ms=900)]),  # −0.25
+        ("f", []),  # trailing rows without reward must still move the cursor
+        ("g", [event("g", "ignored", reason="superseded", visible_ms=5)]),
+    ]
+    for i, (cid, events) in enumerate(plan):
+        await completion(store, cid, at=T0 + i, user=f"user-{i}")
+        if events:
+            await store.add_events(events, T0 + i)
+    assert await finalize(store, T0 + 10 * WINDOW) == len(plan)
+    seq = dict(rows(store, "SELECT completion_id, seq FROM episodes"))
+
+    first = await store.episodes_after(0, 2)
+    assert [e.completion_id for e in first.episodes] == ["a", "c"]
+    assert first.next_cursor == seq["c"]
+    a = first.episodes[0]
+    assert (a.user_id, a.model_version, a.outcome, a.reward) == ("user-0", "base", "accepted", 0.75)
+    assert (a.prompt_ids, a.completion_ids, a.token_logprobs) == ([1, 2, 3], [7, 8, 0], [-0.5, -0.25, -0.125])
+    assert (a.temperature, a.text, a.created_at, a.accept_visible_ms) == (0.7, "return x", T0, 400.0)
+
+    second = await store.episodes_after(first.next_cursor, 2)
+    assert [e.completion_id for e in second.episodes] == ["e"]
+    assert second.next_cursor == seq["g"]  # past d, f and g, none of which will ever be served
+
+    last = await store.episodes_after(second.next_cursor, 2)
+    assert (last.episodes, last.next_cursor) == ([], seq["g"])
+
+    # A later episode is picked up from the advanced cursor.
+    await completion(store, "h", text="", at=T0 + 100)
+    await finalize(store, T0 + 100)
+    later = await store.episodes_after(last.next_cursor, 2)
+    assert [e.completion_id for e in later.episodes] == ["h"]
+
+
+async def test_an_empty_store_keeps_the_cursor(store: Store) -> None:
+    page = await store.episodes_after(7, 100)
+    assert (page.episodes, page.next_cursor) == ([], 7)
+
+
+# --- re-scoring -----------------------------------------------------------------------------
+
+
+async def test_rescore_recomputes_stored_rewards_from_raw_events(store: Store) -> None:
+    await completion(store, "fast", at=T0)
+    await completion(store, "kept", at=T0)
+    await store.add_events(
+        [event("fast", "rejected", visible_ms=200), event("kept", "accepted", visible_ms=900, final=True)],
+        T0,
+    )
+    await finalize(store, T0 + WINDOW)
+    assert dict(rows(store, "SELECT completion_id, reward FROM episodes")) == {"fast": None, "kept": 0.75}
+
+    # A survival check arriving after finalize is stored; re-scoring takes it into account.
+    await store.add_events([event("kept", "survival", delay_s=600, similarity=0.6)], T0 + 700)
+    harsher = RewardConfig(accepted=1.0, rejected=-1.0)
+    assert await store.rescore(harsher, min_visible_ms=100.0) == 2
+    assert rows(store, "SELECT completion_id, outcome, reward FROM episodes ORDER BY completion_id") == [
+        ("fast", "rejected", -1.0),
+        ("kept", "accepted", pytest.approx(0.2)),
+    ]
+    assert await store.rescore(harsher, min_visible_ms=100.0) == 0
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+async def test_going_live_retires_the_previous_live_version(store: Store) -> None:
+    assert await store.live_version() == "base"
+    await store.add_checkpoint("v1", "base", "/ckpt/v1", {"loss": 1.0})
+    for state in ("gated", "canary", "live"):
+        await store.transition("v1", state, reason=f"to {state}", metrics={"step": state})
+    assert await store.live_version() == "v1"
+
+    await store.add_checkpoint("v2", "v1", "/ckpt/v2", {"loss": 0.5})
+    await store.transition("v2", "live", reason="canary won", metrics={"accept_rate": 0.4})
+
+    assert await store.live_version() == "v2"
+    v1 = await store.checkpoint("v1")
+    assert v1 is not None and v1.state == "retired"
+    assert v1.metrics == {"loss": 1.0, "step": "live"}  # transition figures merge into the checkpoint's
+    assert [(c.version, c.state, c.parent_version) for c in await store.checkpoints()] == [
+        ("v1", "retired", "base"),
+        ("v2", "live", "v1"),
+    ]
+    assert await store.checkpoint_path("v2") == Path("/ckpt/v2")
+    history = await store.transitions("v1")
+    assert [(t["from_state"], t["to_state"]) for t in history] == [
+        (None, "candidate"),
+        ("candidate", "gated"),
+        ("gated", "canary"),
+        ("canary", "live"),
+        ("live", "retired"),
+    ]
+    assert history[0]["reason"] == "uploaded" and history[0]["metrics"] == {"loss": 1.0}
+    assert history[-1]["reason"] == "superseded by v2"
+    # The old live version is retired before the new one is recorded live.
+    assert [(t["version"], t["to_state"]) for t in await store.transitions()][-3:] == [
+        ("v2", "candidate"),
+        ("v1", "retired"),
+        ("v2", "live"),
+    ]
+
+
+async def test_checkpoint_errors(store: Store) -> None:
+    assert await store.checkpoint("v9") is None
+    with pytest.raises(UnknownCheckpoint):
+        await store.transition("v9", "live", reason="no such version")
+    await store.add_checkpoint("v1", "base", "/ckpt/v1", {})
+    with pytest.raises(ValueError, match="unknown checkpoint state"):
+        await store.transition("v1", "promoted", reason="typo")
+    assert (await store.checkpoint("v1")).state == "candidate"  # type: ignore[union-attr]
+
+
+async def test_version_names_are_monotonic_and_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = await Store.open(path)
+    assert [await store.next_version() for _ in range(2)] == ["v1", "v2"]
+    await store.add_checkpoint("v3", "v2", "/ckpt/v3", {})  # named by hand
+    assert await store.next_version() == "v4"
+    await store.close()
+    store = await Store.open(path)
+    try:
+        assert await store.next_version() == "v5"
+    finally:
+        await store.close()
+
+
+# --- admin figures --------------------------------------------------------------------------
+
+
+async def test_stats_overall_and_per_model(store: Store) -> None:
+    await completion(store, "a", model="base")
+    await completion(store, "b", model="base")
+    await completion(store, "q", text="", model="base")
+    await completion(store, "c", model="v1")
+    await completion(store, "open", model="v1", at=T0 + 10 * WINDOW)  # not finalized yet
+    await store.add_events(
+        [
+            event("a", "accepted", visible_ms=900),
+            event("b", "rejected", visible_ms=900),
+            event("c", "partially_accepted", accepted_chars=4, visible_ms=900),
+            event("c", "survival", delay_s=30, similarity=0.6),
+        ],
+        T0,
+    )
+    await finalize(store, T0 + WINDOW)
+
+    stats = await store.stats()
+    assert {k: stats[k] for k in ("served", "shown", "abstained", "finalized", "trainable", "rated")} == {
+        "served": 5,
+        "shown": 4,
+        "abstained": 1,
+        "finalized": 4,
+        "trainable": 4,
+        "rated": 3,
+    }
+    assert stats["accepted"] == 2
+    assert stats["accept_rate"] == pytest.approx(2 / 3)
+    assert stats["mean_reward"] == pytest.approx((0.75 - 0.25 + 0.0 + 0.35) / 4)
+    assert stats["outcomes"] == {"abstained": 1, "accepted": 1, "partially_accepted": 1, "rejected": 1}
+    base, v1 = stats["per_version"]["base"], stats["per_version"]["v1"]
+    assert (base["served"], base["accepted"], base["accept_rate"]) == (3, 1, 0.5)
+    assert base["mean_reward"] == pytest.approx((0.75 - 0.25 + 0.0) / 3)
+    assert (v1["served"], v1["finalized"], v1["accept_rate"]) == (2, 1, 1.0)
+    assert v1["mean_reward"] == pytest.approx(0.35)
+
+
+async def test_stats_of_an_empty_store(store: Store) -> None:
+    stats = await store.stats()
+    assert (stats["served"], stats["accept_rate"], stats["mean_reward"], stats["per_version"]) == (
+        0,
+        None,
+        None,
+        {},
+    )
