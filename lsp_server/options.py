@@ -1,0 +1,165 @@
+"""The language server's options: `Settings` (flywheel.toml, FLYWHEEL_* env) give the defaults,
+the client's `initializationOptions` and `workspace/didChangeConfiguration` override them.
+
+Client keys (all optional): backendUrl, token, telemetry, userId, requestTimeoutS,
+survivalDelaysS, flushIntervalS, stateDir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "flywheel"
+
+
+@dataclass(frozen=True)
+class Options:
+    backend_url: str
+    token: str = ""
+    telemetry: bool = True
+    # Configured user id; empty means the pseudonym kept in the state dir.
+    user_id: str = ""
+    request_timeout_s: float = 2.0
+    survival_delays_s: tuple[float, ...] = (30.0, 120.0, 600.0)
+    flush_interval_s: float = 1.0
+    # Only read at startup: where the outbox and the pseudonym live.
+    state_dir: Path = Path(".")
+
+
+# Client key → (field, parser). A value the parser rejects is ignored with a warning.
+def _delays(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError("a list of seconds")
+    return tuple(sorted(_non_negative(v) for v in value))
+
+
+def _non_negative(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise TypeError("a number >= 0")
+    return float(value)
+
+
+def _positive(value: Any) -> float:
+    if _non_negative(value) == 0:
+        raise TypeError("a number > 0")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("true or false")
+    return value
+
+
+_CLIENT_KEYS = {
+    "backendUrl": ("backend_url", lambda v: _string(v).rstrip("/")),
+    "token": ("token", _string),
+    "telemetry": ("telemetry", _flag),
+    "userId": ("user_id", _string),
+    "requestTimeoutS": ("request_timeout_s", _positive),
+    "survivalDelaysS": ("survival_delays_s", _delays),
+    "flushIntervalS": ("flush_interval_s", _positive),
+    "stateDir": ("state_dir", lambda v: Path(_string(v)).expanduser()),
+}
+
+
+def from_settings() -> Options:
+    from flywheel.config import load_settings
+
+    settings = load_settings()
+    lsp = settings.lsp
+    return Options(
+        backend_url=settings.backend.base_url,
+        token=settings.backend.token,
+        telemetry=lsp.telemetry,
+        user_id=lsp.user_id,
+        request_timeout_s=lsp.request_timeout_s,
+        survival_delays_s=tuple(sorted(d for d in lsp.survival_delays_s if d >= 0)),
+        flush_interval_s=lsp.flush_interval_s,
+        state_dir=Path(lsp.state_dir).expanduser() if lsp.state_dir else default_state_dir(),
+    )
+
+
+def load(client_options: Any) -> Options:
+    """Settings overridden by what the client sent; a broken flywheel.toml or FLYWHEEL_* variable
+    costs its values, not the language server."""
+    try:
+        base = from_settings()
+    except Exception:
+        from flywheel.config import BackendConfig
+
+        logger.exception("could not read the flywheel settings; using the defaults")
+        base = Options(backend_url=BackendConfig().base_url, state_dir=default_state_dir())
+    return with_client_options(base, client_options)
+
+
+def default_state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir(APP_NAME))
+
+
+def client_section(raw: Any) -> Mapping[str, Any]:
+    """Our keys from what a client sent: either at the top level or under "flywheel"."""
+    if not isinstance(raw, Mapping):
+        return {}
+    nested = raw.get(APP_NAME)
+    return nested if isinstance(nested, Mapping) else raw
+
+
+def with_client_options(options: Options, raw: Any) -> Options:
+    changes: dict[str, Any] = {}
+    for key, value in client_section(raw).items():
+        if key not in _CLIENT_KEYS or value is None:
+            continue
+        name, parse = _CLIENT_KEYS[key]
+        try:
+            changes[name] = parse(value)
+        except (TypeError, ValueError) as exc:
+            logger.warning("ignoring option %s=%r: expected %s", key, value, exc)
+    return dataclasses.replace(options, **changes)
+
+
+def pseudonym(state_dir: Path) -> str:
+    """A random id for this person, made once and kept: learning is about the population, never
+    about someone nameable."""
+    path = state_dir / "user_id"
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+        if existing:
+            return existing
+    except OSError:
+        pass
+    user_id = uuid.uuid4().hex
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        temporary.write_text(user_id + "\n", encoding="utf-8")
+        try:
+            # A hard link never replaces: when another editor window made the file first, its
+            # id wins and both windows agree.
+            os.link(temporary, path)
+        except FileExistsError:
+            user_id = path.read_text(encoding="utf-8").strip() or user_id
+        except OSError:
+            temporary.replace(path)  # no hard links on this file system
+        finally:
+            temporary.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("could not keep the pseudonymous user id in %s: %s", path, exc)
+    return user_id

@@ -1,0 +1,181 @@
+"""The Flywheel language server: inline completions from the backend, outcomes back to it.
+
+Startup matters (editors wait for the `initialize` answer), so this module imports only pygls and
+lsprotocol; the rest (settings, httpx, pydantic, SQLite, rapidfuzz) loads after `initialize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+if TYPE_CHECKING:
+    from lsp_server.session import Session
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "flywheel"
+SERVER_VERSION = "0.1.0"
+ACCEPT_COMMAND = "flywheel.accept"
+STATUS_REQUEST = "flywheel/status"
+FLUSH_REQUEST = "flywheel/flush"
+SHUTDOWN_FLUSH_TIMEOUT_S = 1.0
+# Never to be imported by the language server; flywheel/status reports any that are.
+HEAVY_MODULES = ("torch", "transformers", "peft", "trl")
+
+
+class FlywheelLanguageServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__(
+            SERVER_NAME, SERVER_VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental
+        )
+        self.initialization_options: Any = None
+        self.session: Session | None = None
+
+
+server = FlywheelLanguageServer()
+
+
+def heavy_modules() -> list[str]:
+    return [name for name in HEAVY_MODULES if name in sys.modules]
+
+
+def _empty() -> types.InlineCompletionList:
+    return types.InlineCompletionList(items=[])
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: FlywheelLanguageServer, params: types.InitializeParams) -> None:
+    # Only remembered here: the answer to `initialize` must not wait for anything.
+    ls.initialization_options = params.initialization_options
+
+
+@server.feature(types.INITIALIZED)
+def initialized(ls: FlywheelLanguageServer, params: types.InitializedParams) -> None:
+    # Synchronous on purpose: the session exists before the next message (didOpen) is handled.
+    from lsp_server.options import load
+    from lsp_server.session import Session
+
+    options = load(ls.initialization_options)
+    # The enum's value ("utf-16"), not str() of it, which names the member.
+    encoding = (
+        getattr(ls.workspace.position_encoding, "value", None) or types.PositionEncodingKind.Utf16.value
+    )
+    ls.session = Session(options, root_path=ls.workspace.root_path, encoding=encoding)
+    ls.session.start_background()
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: FlywheelLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+    if ls.session is not None:
+        doc = params.text_document
+        ls.session.open(doc.uri, doc.text, doc.language_id)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: FlywheelLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    if ls.session is None:
+        return
+    changes: list[tuple[tuple[int, int, int, int] | None, str]] = []
+    for change in params.content_changes:
+        if isinstance(change, types.TextDocumentContentChangePartial):
+            r = change.range
+            changes.append(((r.start.line, r.start.character, r.end.line, r.end.character), change.text))
+        else:
+            changes.append((None, change.text))
+    ls.session.change(params.text_document.uri, changes)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: FlywheelLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+    if ls.session is not None:
+        ls.session.close(params.text_document.uri)
+
+
+# pygls announces inlineCompletionProvider only when the feature is registered with options.
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def inline_completion(
+    ls: FlywheelLanguageServer, params: types.InlineCompletionParams
+) -> types.InlineCompletionList:
+    if ls.session is None:
+        return _empty()
+    try:
+        served = await ls.session.complete(
+            params.text_document.uri, params.position.line, params.position.character
+        )
+    except Exception:
+        # A completion is never worth an error in the editor: log it and show nothing.
+        logger.exception("inline completion failed")
+        return _empty()
+    if served is None:
+        return _empty()
+    item = types.InlineCompletionItem(
+        insert_text=served.text,
+        range=types.Range(start=params.position, end=params.position),
+        command=types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[served.completion_id]),
+    )
+    return types.InlineCompletionList(items=[item])
+
+
+@server.command(ACCEPT_COMMAND)
+def accept(ls: FlywheelLanguageServer, *args: Any) -> None:
+    if ls.session is not None and args and isinstance(args[0], str):
+        ls.session.accept(args[0])
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+async def did_change_configuration(
+    ls: FlywheelLanguageServer, params: types.DidChangeConfigurationParams
+) -> None:
+    if ls.session is None:
+        return
+    settings = params.settings
+    if not isinstance(settings, Mapping) and _can_pull_configuration(ls):
+        # Pull-model clients send no settings, only the news that they changed.
+        answer = await ls.workspace_configuration_async(
+            types.ConfigurationParams(items=[types.ConfigurationItem(section=SERVER_NAME)])
+        )
+        settings = answer[0] if answer else None
+    ls.session.configure(settings)
+
+
+def _can_pull_configuration(ls: FlywheelLanguageServer) -> bool:
+    workspace = ls.client_capabilities.workspace
+    return bool(workspace and workspace.configuration)
+
+
+@server.feature(STATUS_REQUEST)
+def status(ls: FlywheelLanguageServer, params: Any) -> dict[str, Any]:
+    state = {"ready": False} if ls.session is None else ls.session.status()
+    return {**state, "heavy_modules": heavy_modules()}
+
+
+@server.feature(FLUSH_REQUEST)
+async def flush(ls: FlywheelLanguageServer, params: Any) -> dict[str, Any]:
+    """Deliver queued events now (tests and tools; editors need not call it)."""
+    if ls.session is None:
+        return {"pending": 0}
+    pending = await ls.session.flush(ls.session.options.request_timeout_s * 2)
+    return {"pending": pending}
+
+
+@server.feature(types.SHUTDOWN)
+async def shutdown(ls: FlywheelLanguageServer, params: None) -> None:
+    if ls.session is not None:
+        await ls.session.shutdown(SHUTDOWN_FLUSH_TIMEOUT_S)
+
+
+def main() -> None:
+    # stdout carries the protocol; logs go to stderr, which editors show in their output panel.
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # pygls and httpx log every message and request at INFO: too chatty for an output panel.
+    for chatty in ("pygls", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    server.start_io()

@@ -1,0 +1,248 @@
+"""Everything the language server does after `initialize`, as a plain object the thin LSP handlers
+call: documents, completions, outcome tracking, the event outbox, status.
+
+Created on `initialized`, after the `initialize` answer has gone out, so nothing here slows the
+editor's startup handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsp_server.backend_client import BackendClient, BackendError, warm_imports
+from lsp_server.context import cursor_context
+from lsp_server.documents import UTF16, Document
+from lsp_server.options import Options, pseudonym, with_client_options
+from lsp_server.outbox import Outbox
+from lsp_server.sender import OutboxSender
+from lsp_server.tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+@dataclass(frozen=True)
+class Served:
+    completion_id: str
+    text: str
+
+
+class Session:
+    def __init__(self, options: Options, root_path: str | None = None, encoding: str = UTF16) -> None:
+        self.options = options
+        self.root_path = root_path
+        self.encoding = encoding
+        self.documents: dict[str, Document] = {}
+        self.user_id = options.user_id or pseudonym(options.state_dir)
+        self.backend = BackendClient(options.backend_url, options.token, options.request_timeout_s)
+        self.backend_ok: bool | None = None
+        self.last_backend_error: str | None = None
+        self.model_version: str | None = None
+        self.outbox = _open_outbox(options.state_dir / OUTBOX_FILE)
+        self.sender = OutboxSender(
+            self.outbox,
+            self._send_events,
+            enabled=lambda: self.options.telemetry,
+            interval_s=options.flush_interval_s,
+        )
+        self.tracker = Tracker(self._record, self._text_of, options.survival_delays_s)
+        self._timer: asyncio.TimerHandle | None = None
+        self._warming: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def start_background(self) -> None:
+        self.sender.start()
+        loop = asyncio.get_running_loop()
+        # The first completion should not pay for importing httpx, pydantic and rapidfuzz.
+        self._warming = loop.run_in_executor(None, warm_imports)
+        self._warming.add_done_callback(_log_warm_failure)
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def open(self, uri: str, text: str, language_id: str) -> None:
+        self.documents[uri] = Document(text, language_id, self.encoding)
+
+    def change(self, uri: str, changes: list[tuple[tuple[int, int, int, int] | None, str]]) -> None:
+        document = self.documents.get(uri)
+        if document is None:
+            logger.warning("change to a document that was never opened: %s", uri)
+            return
+        for change_range, text in changes:
+            self.tracker.edit(uri, document.apply(change_range, text))
+        self._schedule_checks()
+
+    def close(self, uri: str) -> None:
+        self.tracker.closed(uri)
+        self.documents.pop(uri, None)
+
+    # -- completions --------------------------------------------------------------------------
+
+    async def complete(self, uri: str, line: int, character: int) -> Served | None:
+        """A suggestion for the cursor, or None: unknown document, position outside it, backend
+        abstaining, unreachable or too slow, or the document changed while we waited."""
+        document = self.documents.get(uri)
+        if document is None:
+            return None
+        offset = document.offset_at(line, character, strict=True)
+        if offset is None:
+            return None
+        self.tracker.request(uri, offset)
+        revision = document.revision
+        answer = await self._ask_backend(document, offset, uri)
+        if answer is None or not answer.text:
+            return None
+        if self.documents.get(uri) is not document or document.revision != revision:
+            return None  # the cursor has moved on; this answer belongs to text that is gone
+        if self.options.telemetry:
+            # Untracked otherwise: its later life must not be reported once telemetry is back on.
+            self.tracker.served(answer.completion_id, uri, offset, answer.text)
+            # Seam: shown is inferred from returning the item until clients report it themselves.
+            self.tracker.shown(answer.completion_id)
+        return Served(answer.completion_id, answer.text)
+
+    async def _ask_backend(self, document: Document, offset: int, uri: str) -> Any:
+        from backend.wire import CompleteRequest, CompletionContext
+
+        context = cursor_context(document, offset, uri, self.root_path)
+        request = CompleteRequest(
+            context=CompletionContext(
+                prefix=context.prefix,
+                suffix=context.suffix,
+                path=context.path,
+                **({"language": context.language} if context.language else {}),
+            ),
+            # With telemetry off nothing is learned from this person, so nothing names them either.
+            user_id=self.user_id if self.options.telemetry else "anonymous",
+        )
+        try:
+            answer = await self.backend.complete(request)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return None
+        if self.backend_ok is False:
+            logger.info("backend reachable again at %s", self.backend.base_url)
+        self.backend_ok, self.last_backend_error = True, None
+        self.model_version = answer.model_version
+        return answer
+
+    def _backend_failed(self, exc: BackendError) -> None:
+        # Once per outage: a down backend must not flood the editor's log on every keystroke.
+        if self.backend_ok is not False:
+            logger.warning("backend unavailable at %s, no completions: %s", self.backend.base_url, exc)
+        self.backend_ok, self.last_backend_error = False, str(exc)
+
+    def accept(self, completion_id: str) -> bool:
+        known = self.tracker.accept(completion_id)
+        if not known:
+            logger.info("accept for unknown or finished completion %s", completion_id)
+        self._schedule_checks()
+        return known
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def configure(self, raw: Any) -> None:
+        old = self.options
+        new = with_client_options(old, raw)
+        if new.state_dir != old.state_dir:
+            logger.info("stateDir only takes effect when the language server starts")
+            new = dataclasses.replace(new, state_dir=old.state_dir)
+        self.options = new
+        if (new.backend_url, new.token, new.request_timeout_s) != (
+            old.backend_url,
+            old.token,
+            old.request_timeout_s,
+        ):
+            previous = self.backend
+            self.backend = BackendClient(new.backend_url, new.token, new.request_timeout_s)
+            self.backend_ok = None
+            asyncio.get_running_loop().create_task(previous.aclose())
+        if new.user_id != old.user_id:
+            self.user_id = new.user_id or pseudonym(new.state_dir)
+        self.tracker.survival_delays_s = new.survival_delays_s
+        self.sender.interval_s = new.flush_interval_s
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _record(self, event: dict[str, Any]) -> None:
+        if self.options.telemetry and not self._closed:
+            self.outbox.add(event)
+
+    async def _send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.backend.send_events(events)
+
+    async def flush(self, timeout_s: float) -> int:
+        """Deliver what is in the outbox now; returns how many events are still waiting."""
+        if self.options.telemetry:
+            try:
+                await asyncio.wait_for(self.sender.drain(), timeout_s)
+            except Exception as exc:
+                logger.info("flush incomplete: %s", exc)
+        return self.outbox.pending()
+
+    def _text_of(self, uri: str) -> str | None:
+        document = self.documents.get(uri)
+        return None if document is None else document.text
+
+    def _schedule_checks(self) -> None:
+        """Run due survival checks and arm one timer for the next."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.tracker.poll()
+        if due is None or self._closed:
+            return
+        delay = max(due - time.monotonic(), 0.0)
+        # A timer can fire a hair early; the tracker then finds nothing due and we re-arm.
+        self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self._schedule_checks)
+
+    # -- status and shutdown ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": True,
+            "backend_url": self.backend.base_url,
+            "backend_ok": self.backend_ok,
+            "last_backend_error": self.last_backend_error,
+            "model_version": self.model_version,
+            "telemetry": self.options.telemetry,
+            "outbox_pending": self.outbox.pending(),
+            "outbox_dropped": self.outbox.dropped,
+            "events_delivered": self.sender.delivered,
+            "waiting_suggestions": self.tracker.waiting_count,
+            "accepted_suggestions": self.tracker.accepted_count,
+            "survival_delays_s": list(self.tracker.survival_delays_s),
+        }
+
+    async def shutdown(self, flush_timeout_s: float = 1.0) -> None:
+        if self._closed:
+            return
+        # What would have been measured later is measured now, as on close.
+        self.tracker.close_all()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.sender.stop(flush_timeout_s)
+        await self.backend.aclose()
+        self.outbox.close()
+
+
+def _open_outbox(path: Path) -> Outbox:
+    try:
+        return Outbox(path)
+    except (OSError, sqlite3.Error) as exc:
+        # Completions matter more than durability: keep events in memory for this run.
+        logger.error("cannot open the event outbox at %s (%s); events kept in memory only", path, exc)
+        return Outbox(":memory:")
+
+
+def _log_warm_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("could not preload the completion path: %s", future.exception())

@@ -1,0 +1,40 @@
+"""Language server options: settings as defaults, client options on top, the kept pseudonym."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lsp_server.options import Options, load, pseudonym, with_client_options
+
+
+def test_settings_give_the_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLYWHEEL_BACKEND__URL", "http://backend.example:9000/")
+    monkeypatch.setenv("FLYWHEEL_LSP__SURVIVAL_DELAYS_S", "[0.5, 0.1]")
+    monkeypatch.setenv("FLYWHEEL_LSP__STATE_DIR", str(tmp_path))
+    options = load(None)
+    assert options.backend_url == "http://backend.example:9000"
+    assert options.survival_delays_s == (0.1, 0.5)
+    assert options.state_dir == tmp_path
+    assert options.telemetry is True
+
+
+def test_client_options_override_at_top_level_or_under_flywheel(caplog: pytest.LogCaptureFixture) -> None:
+    base = Options(backend_url="http://127.0.0.1:8765")
+    top = with_client_options(base, {"backendUrl": "http://other:1/", "telemetry": False, "userId": "u1"})
+    assert (top.backend_url, top.telemetry, top.user_id) == ("http://other:1", False, "u1")
+    nested = with_client_options(base, {"flywheel": {"survivalDelaysS": [2, 1], "requestTimeoutS": 0.5}})
+    assert (nested.survival_delays_s, nested.request_timeout_s) == ((1.0, 2.0), 0.5)
+    # Wrong types are ignored, each on its own, with a warning; unknown keys are ignored.
+    bad = with_client_options(base, {"telemetry": "no", "requestTimeoutS": 0, "other": 1, "token": "t"})
+    assert (bad.telemetry, bad.request_timeout_s, bad.token) == (True, 2.0, "t")
+    assert "telemetry" in caplog.text and "requestTimeoutS" in caplog.text
+    assert with_client_options(base, None) == base
+
+
+def test_the_pseudonym_is_random_and_kept(tmp_path: Path) -> None:
+    first = pseudonym(tmp_path / "state")
+    assert len(first) == 32 and first == pseudonym(tmp_path / "state")
+    assert pseudonym(tmp_path / "elsewhere") != first
+    assert list((tmp_path / "state").iterdir()) == [tmp_path / "state" / "user_id"]
