@@ -8,7 +8,6 @@ Environment variables win over the file; nested keys use a double underscore, fo
 from __future__ import annotations
 
 import os
-from functools import cached_property
 from pathlib import Path
 
 import platformdirs
@@ -118,7 +117,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    @cached_property
+    @property
     def state_dir(self) -> Path:
         path = self.data_dir or Path(platformdirs.user_data_dir(APP_NAME))
         path.mkdir(parents=True, exist_ok=True)

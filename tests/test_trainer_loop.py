@@ -1,0 +1,282 @@
+"""The trainer cycle over HTTP, against a small in-process stand-in for the backend's four
+trainer endpoints (the real backend is exercised by the end-to-end test)."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
+
+from backend.wire import (
+    ADAPTER_FILES,
+    BASE_VERSION,
+    CheckpointInfo,
+    CheckpointMetadata,
+    Episode,
+    EpisodesPage,
+    ModelInfo,
+)
+from flywheel.config import BackendConfig, Settings, TrainerConfig
+from trainer.checkpoint import adapter_dir
+from trainer.client import BackendClient
+from trainer.loop import run, run_cycle
+from trainer.state import load_state
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+TOKEN = "s3cret"
+
+
+class StubBackend:
+    """Serves the trainer's endpoints from memory, as backend/app.py does from its store."""
+
+    def __init__(self, base_model: str) -> None:
+        self.base_model = base_model
+        self.live = BASE_VERSION
+        self.episodes: list[Episode] = []
+        self.checkpoints: dict[str, dict[str, bytes]] = {}
+        self.uploads: list[CheckpointMetadata] = []
+        self.requests: list[str] = []
+        self.fail_uploads = False
+        self.promote_on_upload = True
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(f"{request.method} {request.url.path}")
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(401)
+        path = request.url.path.removeprefix("/v1")
+        if request.method == "GET" and path == "/model":
+            info = ModelInfo(base_model=self.base_model, live_version=self.live, fim="none", temperature=1.0)
+            return httpx.Response(200, json=info.model_dump())
+        if request.method == "GET" and path == "/episodes":
+            cursor, limit = int(request.url.params["cursor"]), int(request.url.params["limit"])
+            page = [e for e in self.episodes if e.seq > cursor][:limit]
+            body = EpisodesPage(episodes=page, next_cursor=page[-1].seq if page else cursor)
+            return httpx.Response(200, json=body.model_dump())
+        if request.method == "POST" and path == "/checkpoints":
+            if self.fail_uploads:
+                return httpx.Response(500)
+            fields = parse_multipart(request)
+            meta = CheckpointMetadata.model_validate_json(fields.pop("metadata"))
+            assert set(fields) == set(ADAPTER_FILES)
+            assert meta.base_model == self.base_model
+            version = f"v{len(self.checkpoints) + 1}"
+            self.checkpoints[version] = fields
+            self.uploads.append(meta)
+            if self.promote_on_upload:
+                self.live = version
+            info = CheckpointInfo(
+                version=version, state="live", parent_version=meta.parent_version, created_at=0
+            )
+            return httpx.Response(200, json=info.model_dump())
+        if request.method == "GET" and path.startswith("/checkpoints/"):
+            _, _, version, _, name = path.split("/")
+            return httpx.Response(200, content=self.checkpoints[version][name])
+        return httpx.Response(404)
+
+
+def parse_multipart(request: httpx.Request) -> dict[str, bytes]:
+    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.read())
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> StubBackend:
+    save_tiny_model(tmp_path / "base")
+    return StubBackend(str(tmp_path / "base"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        backend=BackendConfig(url="http://backend.test", token=TOKEN),
+        trainer=TrainerConfig(batch_size=4, learning_rate=1e-2, device="cpu"),
+    )
+
+
+def client_for(stub: StubBackend, settings: Settings, **kwargs) -> BackendClient:
+    return BackendClient.from_settings(settings, transport=httpx.MockTransport(stub.handle), **kwargs)
+
+
+def add_episodes(stub: StubBackend, n: int, version: str = BASE_VERSION) -> None:
+    tokenizer = build_tokenizer()
+    eos = tokenizer.eos_token_id
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(stub.base_model).eval()
+    torch.manual_seed(len(stub.episodes))
+    prompt = prompts(tokenizer)[len(stub.episodes) % 4]
+    for completion, logps in sample(model, prompt, 1.0, eos, max_new_tokens=3, n=n):
+        seq = len(stub.episodes) + 1
+        reward = 0.75 if completion[0] % 2 == 0 else -0.25
+        stub.episodes.append(episode(seq, prompt, completion, logps, reward, model_version=version))
+
+
+def test_cycles_train_upload_and_continue_from_live(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 8)
+    with client_for(stub, settings) as client:
+        first = run_cycle(settings, client)
+        assert first is not None and first.version == "v1"
+        assert (first.parent_version, first.episodes, first.cursor) == (BASE_VERSION, 8, 8)
+        meta = stub.uploads[0]
+        assert meta.parent_version == BASE_VERSION
+        assert meta.metrics["episodes"] == 8
+        for key in (
+            "loss",
+            "pg_loss",
+            "kl",
+            "kl_after",
+            "ratio_mean",
+            "clip_frac",
+            "mean_reward",
+            "duration_s",
+        ):
+            assert key in meta.metrics
+        assert json.loads(stub.checkpoints["v1"]["adapter_config.json"])["peft_type"] == "LORA"
+        state = load_state(settings.trainer_dir)
+        assert (state.cursor, state.last_version) == (8, "v1")
+        # The uploaded candidate is filed under its version, so v1 going live costs no download.
+        assert (adapter_dir(settings.trainer_dir, "v1") / "adapter_model.safetensors").read_bytes() == (
+            stub.checkpoints["v1"]["adapter_model.safetensors"]
+        )
+        assert list((settings.trainer_dir / "candidates").iterdir()) == []
+
+        assert run_cycle(settings, client) is None  # nothing new
+
+        add_episodes(stub, 4, version="v1")
+        stub.requests.clear()
+        second = run_cycle(settings, client)
+        assert second is not None and (second.version, second.parent_version, second.cursor) == (
+            "v2",
+            "v1",
+            12,
+        )
+        assert not any("/files/" in r for r in stub.requests)
+        assert stub.uploads[1].parent_version == "v1"
+        assert stub.checkpoints["v2"] != stub.checkpoints["v1"]
+        # Continuing v1 on its own samples: the first importance ratios are ~1.
+        assert 0.5 < stub.uploads[1].metrics["ratio_mean"] < 2.0
+
+
+def test_live_adapter_is_downloaded_when_not_cached(
+    stub: StubBackend, settings: Settings, tmp_path: Path
+) -> None:
+    add_episodes(stub, 4)
+    # A fresh Settings: model_copy would carry over the cached state_dir.
+    other = Settings(data_dir=tmp_path / "elsewhere", backend=settings.backend, trainer=settings.trainer)
+    with client_for(stub, other) as client:
+        run_cycle(other, client)  # another trainer produced v1
+    add_episodes(stub, 4, version="v1")
+    with client_for(stub, settings) as client:
+        result = run_cycle(settings, client)
+    assert result is not None and result.parent_version == "v1"
+    assert sum("/checkpoints/v1/files/" in r for r in stub.requests) == len(ADAPTER_FILES)
+    assert (adapter_dir(settings.trainer_dir, "v1") / "adapter_config.json").read_bytes() == (
+        stub.checkpoints["v1"]["adapter_config.json"]
+    )
+
+
+def test_failed_upload_keeps_the_cursor(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 4)
+    stub.fail_uploads = True
+    with client_for(stub, settings, retries=0) as client:
+        with pytest.raises(httpx.HTTPStatusError):
+            run_cycle(settings, client)
+        assert load_state(settings.trainer_dir).cursor == 0
+        assert list((settings.trainer_dir / "candidates").iterdir()) == []
+        stub.fail_uploads = False
+        result = run_cycle(settings, client)
+    assert result is not None and result.episodes == 4 and result.cursor == 4
+
+
+def test_too_few_episodes_changes_nothing(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 2)
+    with client_for(stub, settings) as client:
+        assert run_cycle(settings, client, min_episodes=3) is None
+    assert not (settings.trainer_dir / "state.json").exists()
+    assert stub.uploads == []
+
+
+def test_untrainable_episodes_are_stepped_over(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 2)
+    first, second = stub.episodes
+    first.token_logprobs = first.token_logprobs[:-1]
+    second.token_logprobs = [0.5 for _ in second.token_logprobs]
+    with client_for(stub, settings) as client:
+        result = run_cycle(settings, client)
+    assert result is not None and result.version is None
+    assert result.dropped == {"logprob_length": 1, "bad_logprob": 1}
+    assert load_state(settings.trainer_dir).cursor == 2
+    assert stub.uploads == []
+
+
+def test_episodes_are_pulled_page_by_page(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 7)
+    with client_for(stub, settings) as client:
+        episodes, cursor = client.all_episodes(2, page_size=2)
+    assert [e.seq for e in episodes] == [3, 4, 5, 6, 7]
+    assert cursor == 7
+
+
+def test_run_once(stub: StubBackend, settings: Settings) -> None:
+    with client_for(stub, settings) as client:
+        assert run(settings, once=True, client=client) == 0  # no episodes: nothing to do
+        add_episodes(stub, 3)
+        assert run(settings, once=True, client=client) == 0
+    assert stub.uploads and load_state(settings.trainer_dir).cursor == 3
+
+
+def test_run_once_reports_an_unreachable_backend(settings: Settings) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = BackendClient.from_settings(settings, transport=httpx.MockTransport(refuse), retries=0)
+    assert run(settings, once=True, client=client) == 1
+
+
+def test_connection_errors_are_retried(stub: StubBackend, settings: Settings) -> None:
+    failures = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if failures:
+            raise failures.pop(0)
+        return stub.handle(request)
+
+    client = BackendClient.from_settings(settings, transport=httpx.MockTransport(flaky), backoff_s=0.0)
+    assert client.model_info().live_version == BASE_VERSION
+
+
+def test_continuous_mode_waits_for_min_episodes_and_stops_on_ctrl_c(
+    stub: StubBackend, settings: Settings
+) -> None:
+    settings.trainer.min_episodes = 4
+    settings.trainer.poll_s = 0.0
+    settings.trainer.interval_s = 3600.0
+    add_episodes(stub, 2)
+    polls = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        if request.url.path == "/v1/model":
+            polls += 1
+            if polls == 3:
+                add_episodes(stub, 2)  # now 4 are waiting: the next cycle trains
+            if polls == 5:
+                raise KeyboardInterrupt
+        return stub.handle(request)
+
+    client = BackendClient.from_settings(settings, transport=httpx.MockTransport(handle))
+    assert run(settings, once=False, client=client) == 0
+    assert len(stub.uploads) == 1
+    assert stub.uploads[0].metrics["episodes"] == 4
+    assert load_state(settings.trainer_dir).cursor == 4

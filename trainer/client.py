@@ -1,0 +1,123 @@
+"""The trainer's HTTP client for the backend (models in backend/wire.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backend.wire import (
+    ADAPTER_FILES,
+    API_PREFIX,
+    CheckpointInfo,
+    CheckpointMetadata,
+    Episode,
+    EpisodesPage,
+    ModelInfo,
+)
+from flywheel.config import Settings
+from trainer.checkpoint import check_version
+from trainer.fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {502, 503, 504}
+
+
+class BackendClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str = "",
+        *,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + API_PREFIX,
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport,
+        )
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> BackendClient:
+        return cls(settings.backend.base_url, settings.backend.token, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> BackendClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
+        """Retries what cannot have had an effect twice: any failure of an idempotent request, and
+        only a refused connection for the rest (an upload that timed out may have been stored)."""
+        retryable: tuple[type[Exception], ...] = (
+            (httpx.TransportError,) if idempotent else (httpx.ConnectError,)
+        )
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except retryable as error:
+                if last:
+                    raise
+                log.warning("%s %s failed (%s); retrying", method, path, error)
+            else:
+                if not (idempotent and response.status_code in _RETRY_STATUS) or last:
+                    response.raise_for_status()
+                    return response
+                log.warning("%s %s answered %d; retrying", method, path, response.status_code)
+            time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo.model_validate(self._request("GET", "/model").json())
+
+    def episodes(self, cursor: int, limit: int = 500) -> EpisodesPage:
+        response = self._request("GET", "/episodes", params={"cursor": cursor, "limit": limit})
+        return EpisodesPage.model_validate(response.json())
+
+    def all_episodes(self, cursor: int, page_size: int = 500) -> tuple[list[Episode], int]:
+        """Every episode after `cursor`, and the cursor after the last of them."""
+        episodes: list[Episode] = []
+        while True:
+            page = self.episodes(cursor, page_size)
+            episodes.extend(page.episodes)
+            if not page.episodes or page.next_cursor <= cursor:
+                return episodes, max(cursor, page.next_cursor)
+            cursor = page.next_cursor
+
+    def upload_checkpoint(self, adapter_dir: Path, metadata: CheckpointMetadata) -> CheckpointInfo:
+        files = {
+            name: (name, (adapter_dir / name).read_bytes(), "application/octet-stream")
+            for name in ADAPTER_FILES
+        }
+        response = self._request(
+            "POST",
+            "/checkpoints",
+            idempotent=False,
+            files=files,
+            data={"metadata": metadata.model_dump_json()},
+        )
+        return CheckpointInfo.model_validate(response.json())
+
+    def download_checkpoint(self, version: str, dest: Path) -> Path:
+        """The adapter files of `version`, written into `dest` atomically."""
+        check_version(version)
+        with atomic_dir(dest) as tmp:
+            for name in ADAPTER_FILES:
+                (tmp / name).write_bytes(self._request("GET", f"/checkpoints/{version}/files/{name}").content)
+        return dest

@@ -1,0 +1,109 @@
+"""One policy update: minibatched AdamW epochs over a cycle's episodes with the PG objective."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from peft import PeftModel
+from torch import Tensor
+
+from backend.wire import Episode
+from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
+from trainer.objectives.pg import PGConfig, compute_advantages, pg_loss
+
+
+def episode_batch(episodes: Sequence[Episode], device: torch.device) -> CompletionBatch:
+    return collate(
+        [e.prompt_ids for e in episodes],
+        [e.completion_ids for e in episodes],
+        [e.temperature for e in episodes],
+    ).to(device)
+
+
+@torch.no_grad()
+def reference_logprobs(model: PeftModel, episodes: Sequence[Episode], batch_size: int) -> list[Tensor]:
+    """Per-episode log-probs under the base model: the same weights with the adapter switched off."""
+    device = next(model.parameters()).device
+    out: list[Tensor] = []
+    with model.disable_adapter():
+        for start in range(0, len(episodes), batch_size):
+            chunk = episodes[start : start + batch_size]
+            batch = episode_batch(chunk, device)
+            logps = completion_logprobs(model, batch).cpu()
+            out.extend(logps[i, : len(e.completion_ids)] for i, e in enumerate(chunk))
+    return out
+
+
+@torch.no_grad()
+def kl_to_base(
+    model: PeftModel, episodes: Sequence[Episode], batch_size: int, ref: Sequence[Tensor] | None = None
+) -> float:
+    """Mean per-token k3 estimate of KL(policy ‖ base) on the episodes' completion tokens."""
+    ref = ref if ref is not None else reference_logprobs(model, episodes, batch_size)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for start in range(0, len(episodes), batch_size):
+        chunk = episodes[start : start + batch_size]
+        batch = episode_batch(chunk, device)
+        logps = completion_logprobs(model, batch)
+        diff = pad_rows(ref[start : start + batch_size], logps.shape[1]).to(device) - logps
+        k3 = (torch.exp(diff) - diff - 1) * batch.completion_mask
+        total += float(k3.sum())
+        tokens += int(batch.completion_mask.sum())
+    return total / max(tokens, 1)
+
+
+def train_on_episodes(
+    model: PeftModel,
+    episodes: Sequence[Episode],
+    config: PGConfig,
+    *,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Updates the adapter in place; returns the update's figures (step means, KL after)."""
+    if not episodes:
+        raise ValueError("no episodes to train on")
+    device = next(model.parameters()).device
+    # The baseline spans every episode of the update, so all minibatches share it.
+    advantages = compute_advantages(torch.tensor([e.reward for e in episodes]), config)
+    ref = reference_logprobs(model, episodes, batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+
+    sums: dict[str, float] = defaultdict(float)
+    steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(episodes), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            chunk = [episodes[i] for i in idx]
+            batch = episode_batch(chunk, device)
+            width = batch.completion_ids.shape[1]
+            behaviour = pad_rows([e.token_logprobs for e in chunk], width).to(device)
+            ref_logps = pad_rows([ref[i] for i in idx], width).to(device)
+
+            logps = completion_logprobs(model, batch)
+            loss, stats = pg_loss(
+                logps, behaviour, ref_logps, advantages[idx].to(device), batch.completion_mask, config
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+            optimizer.step()
+            for key, value in stats.items():
+                sums[key] += value
+            steps += 1
+
+    metrics = {key: value / steps for key, value in sums.items()}
+    metrics["steps"] = float(steps)
+    metrics["tokens"] = float(sum(len(e.completion_ids) for e in episodes))
+    metrics["mean_reward"] = float(torch.tensor([e.reward for e in episodes]).mean())
+    metrics["kl_after"] = kl_to_base(model, episodes, batch_size, ref)
+    return metrics
