@@ -77,8 +77,8 @@ class Event(BaseModel):
 
 
 class EventsRequest(BaseModel):
-    # Raw dicts: each event is validated on its own so one bad event refuses only itself.
-    events: Annotated[list[dict[str, Any]], Field(max_length=MAX_EVENTS_PER_BATCH)]
+    # Raw items: each event is validated on its own so one bad event refuses only itself.
+    events: Annotated[list[Any], Field(max_length=MAX_EVENTS_PER_BATCH)]
 
 
 class RefusedEvent(BaseModel):

@@ -22,10 +22,12 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 DOCUMENT = "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n        data = "
 
 
-async def start_client(backend: RunningBackend, state_dir: Path) -> LanguageClient:
+async def start_client(
+    backend: RunningBackend, state_dir: Path
+) -> tuple[LanguageClient, types.InitializeResult]:
     config = ClientServerConfig(server_command=[sys.executable, "-m", "lsp_server"], server_env=backend.env)
     client = await config.start()
-    await client.initialize_session(
+    result = await client.initialize_session(
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
             initialization_options={
@@ -37,7 +39,7 @@ async def start_client(backend: RunningBackend, state_dir: Path) -> LanguageClie
             },
         )
     )
-    return client
+    return client, result
 
 
 async def request_suggestion(
@@ -84,10 +86,9 @@ async def wait_for_episode(url: str, completion_id: str, timeout_s: float = 30.0
 
 
 async def test_completion_travels_editor_to_trainer_and_back(backend: RunningBackend, tmp_path: Path) -> None:
-    client = await start_client(backend, tmp_path / "lsp-state")
+    client, initialized = await start_client(backend, tmp_path / "lsp-state")
     try:
-        capabilities = client.protocol.server_capabilities  # type: ignore[attr-defined]
-        assert capabilities is not None and capabilities.inline_completion_provider
+        assert initialized.capabilities.inline_completion_provider
 
         uri = (tmp_path / "example.py").as_uri()
         client.text_document_did_open(

@@ -1,0 +1,65 @@
+"""`flywheel up`: falls back to the bootstrapped model, serves the dashboard, stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from conftest import backend_env, free_port
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if marker in line:
+            return lines
+    raise AssertionError(f"{marker!r} never printed; output so far:\n" + "\n".join(lines))
+
+
+def test_up_serves_the_default_model_when_the_configured_one_is_missing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "state"
+    # The bootstrapped default is already there, so `up` must not train a new one.
+    shutil.copytree(tiny_model_dir, data_dir / "models" / "bootstrap")
+    port = free_port()
+    env = backend_env(tmp_path / "no-such-model", data_dir, port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = read_until(process, "Press Ctrl-C to stop", timeout_s=180)
+        fallback = [line for line in lines if "is not available" in line]
+        assert len(fallback) == 1 and "no-such-model" in fallback[0]
+        dashboard = f"http://127.0.0.1:{port}/admin"
+        assert any(dashboard in line for line in lines)
+        page = httpx.get(dashboard, timeout=10)
+        assert page.status_code == 200 and "live version" in page.text
+        model = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
+        assert model["base_model"] == str(data_dir / "models" / "bootstrap")
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    # Both children are gone: nothing answers on the port any more.
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        still_up = True
+    except httpx.TransportError:
+        still_up = False
+    assert not still_up
