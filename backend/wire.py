@@ -135,12 +135,31 @@ class CheckpointInfo(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
+class GateResult(BaseModel):
+    """The trainer's eval gate verdict on a candidate, stored with the checkpoint."""
+
+    passed: bool
+    reason: str = ""
+    figures: dict[str, float] = Field(default_factory=dict)
+
+
 class CheckpointMetadata(BaseModel):
     """Sent beside the adapter files on upload."""
 
     base_model: str
     parent_version: str
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # None: no gate ran (the backend then treats the candidate as ungated).
+    gate: GateResult | None = None
+
+
+class TrainerReport(BaseModel):
+    """The trainer's state and its last cycle's figures, for the dashboard."""
+
+    state: str  # idle, training, gating, uploading, error
+    at: float
+    message: str = ""
+    cycle: dict[str, Any] = Field(default_factory=dict)
 
 
 BASE_VERSION = "base"

@@ -59,6 +59,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(_settings(), bootstrap_budget_s=args.bootstrap_minutes * 60)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    # Each suite lives beside the part it measures: lsp_server.bench, backend.bench, trainer.bench.
+    suites = {"lsp": "lsp_server.bench", "backend": "backend.bench", "trainer": "trainer.bench"}
+    chosen = list(suites) if args.suite == "all" else [args.suite]
+    code = 0
+    for name in chosen:
+        code |= importlib.import_module(suites[name]).main(_settings(), args.rest)
+    return code
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from backend.tokens import main
+
+    return main(_settings(), args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start backend and trainer together, bootstrapping the model if needed")
     p.add_argument("--bootstrap-minutes", type=float, default=10.0)
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("bench", help="run benchmarks and print their figures")
+    p.add_argument("suite", choices=["lsp", "backend", "trainer", "all"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("token", help="create, list or revoke access tokens (admin)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="create|list|revoke ...")
+    p.set_defaults(func=cmd_token)
 
     return parser
 
