@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 API_PREFIX = "/v1"
+# The trainer POSTs a TrainerReport here (admin token), for the dashboard's trainer status.
+TRAINER_STATUS_PATH = "/v1/trainer/status"
 MAX_EVENTS_PER_BATCH = 1000
 
 
