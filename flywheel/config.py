@@ -31,10 +31,36 @@ class BackendConfig(BaseModel):
     token: str = ""
     # How often the backend closes observation windows and scores episodes.
     finalize_interval_s: float = 5.0
+    # Dynamic batching: how long the first request of a batch waits for company, and the batch cap.
+    batch_window_ms: float = 5.0
+    max_batch: int = 16
+    # Largest request body accepted (checkpoint uploads included).
+    max_request_bytes: int = 600 * 1024 * 1024
+    # Events and completion contexts older than this are deleted; episodes and aggregates stay.
+    retention_days: float = 90.0
+    retention_interval_s: float = 3600.0
 
     @property
     def base_url(self) -> str:
         return self.url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+class CanaryConfig(BaseModel):
+    """How a gated candidate is tried on real users before it goes live (backend/canary.py)."""
+
+    # Share of users (sticky, by hash of the user id) served the canary; 0 promotes on upload.
+    share: float = 0.1
+    # Error level of the always-valid sequential test (mSPRT), per metric.
+    alpha: float = 0.05
+    # Scale of the mixture prior on the difference, in standard deviations of the metric.
+    effect_size: float = 0.2
+    # No verdict before each arm has this many finalized episodes.
+    min_episodes: int = 50
+    # Promote once both arms have this many episodes and no metric is significantly worse.
+    max_episodes: int = 2000
+    # After promotion, compare the new live version with its predecessor for this many episodes.
+    watch_episodes: int = 2000
+    interval_s: float = 10.0
 
 
 class ModelConfig(BaseModel):
@@ -66,6 +92,10 @@ class RewardConfig(BaseModel):
 
 class LspConfig(BaseModel):
     survival_delays_s: list[float] = Field(default_factory=lambda: [30.0, 120.0, 600.0])
+    # After a rejection or ignore: how long what the user writes at the spot is collected.
+    rewrite_window_s: float = 30.0
+    # The language server waits this long before asking the backend (a newer request replaces it).
+    debounce_ms: float = 30.0
     telemetry: bool = True
     request_timeout_s: float = 2.0
     flush_interval_s: float = 1.0
@@ -75,8 +105,56 @@ class LspConfig(BaseModel):
     state_dir: str = ""
 
 
+class GuardConfig(BaseModel):
+    """Which episodes an update may learn from (trainer/selection.py)."""
+
+    # Episodes served by a version more than this many versions behind the live one are dropped.
+    max_version_lag: int = 3
+    # No user may make up more than this share of one update (applies once there are 2+ users)...
+    max_user_share: float = 0.25
+    # ...nor more than this many episodes of it (applies always, single-person installs too).
+    max_user_episodes: int = 256
+    # An update needs episodes from at least this many distinct users (1 for a single-person install).
+    min_users: int = 1
+    # Accepted faster than a person can read the suggestion: this floor plus this much per character.
+    min_accept_ms: float = 150.0
+    accept_ms_per_char: float = 5.0
+    # A user whose accepts are mostly inhuman-speed is dropped whole.
+    inhuman_user_share: float = 0.5
+    # Accept-then-delete outliers: a user whose share of accepted-then-deleted suggestions exceeds the
+    # median user's by this margin, counted once they have this many accepts.
+    delete_outlier_margin: float = 0.4
+    delete_min_accepts: int = 8
+    # Per-token KL(parent ‖ candidate) one cycle may move the policy; exceeding it stops the update.
+    kl_budget: float = 0.5
+
+
+class GateConfig(BaseModel):
+    """The eval gate a candidate passes before upload (trainer/gate.py)."""
+
+    enabled: bool = True
+    # Share of a cycle's episodes held out of training for the off-policy reward estimate.
+    heldout_share: float = 0.2
+    # The candidate's estimated mean reward may fall at most this far below the live version's.
+    reward_margin: float = 0.05
+    # Below this effective sample size the SNIS estimate is too noisy to fail a candidate on.
+    min_ess: float = 8.0
+    # Perplexity on the fixed held-out code set may rise at most this much over the base model's.
+    max_ppl_increase: float = 0.03
+    ppl_chars: int = 12_000
+
+
 class TrainerConfig(BaseModel):
     objective: str = "pg"
+    # Overrides of the objective's config dataclass (trainer/objectives/<objective>.py), for example
+    # FLYWHEEL_TRAINER__PG__KL_COEF=0.1 or `[trainer.pg] kl_coef = 0.1`.
+    pg: dict[str, float | str] = Field(default_factory=dict)
+    kto: dict[str, float | str] = Field(default_factory=dict)
+    dpo: dict[str, float | str] = Field(default_factory=dict)
+    # At most this many episodes per cycle; the rest wait for the next one.
+    max_episodes: int = 2000
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     # Continuous mode: run a cycle once this many new episodes are in, or this much time has passed.
     min_episodes: int = 16
     interval_s: float = 300.0
@@ -101,6 +179,7 @@ class Settings(BaseSettings):
     rewards: RewardConfig = Field(default_factory=RewardConfig)
     lsp: LspConfig = Field(default_factory=LspConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 class BackendError(Exception):
     """The backend could not be reached, or did not answer as the contract says."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        # The HTTP status when the backend answered with an error; None for transport failures.
+        self.status = status
+
 
 class BackendClient:
     def __init__(self, base_url: str, token: str = "", timeout_s: float = 2.0) -> None:
@@ -73,7 +78,9 @@ class BackendClient:
         except httpx.HTTPError as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         if response.status_code >= 400:
-            raise BackendError(f"HTTP {response.status_code} from {path}: {response.text[:200]}")
+            raise BackendError(
+                f"HTTP {response.status_code} from {path}: {response.text[:200]}", response.status_code
+            )
         try:
             return response.json()
         except ValueError as exc:

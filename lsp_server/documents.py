@@ -56,6 +56,8 @@ class Document:
         self.encoding = encoding
         # Bumped on every edit: a completion answer computed for an older revision is stale.
         self.revision = 0
+        # The client's version number, when it sends one: older changes are stale.
+        self.version: int | None = None
         self._line_starts: list[int] | None = None
 
     def line_starts(self) -> list[int]:

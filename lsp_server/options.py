@@ -2,7 +2,7 @@
 the client's `initializationOptions` and `workspace/didChangeConfiguration` override them.
 
 Client keys (all optional): backendUrl, token, telemetry, userId, requestTimeoutS,
-survivalDelaysS, flushIntervalS, stateDir.
+survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir.
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ class Options:
     user_id: str = ""
     request_timeout_s: float = 2.0
     survival_delays_s: tuple[float, ...] = (30.0, 120.0, 600.0)
+    # How long after a rejection or ignore what the user writes at its spot is collected.
+    rewrite_window_s: float = 30.0
+    # Wait this long before asking the backend; a newer request in the meantime replaces it.
+    debounce_ms: float = 30.0
+    # The client sends flywheel/didShowCompletion; otherwise returning an item counts as showing it.
+    reports_shown: bool = False
     flush_interval_s: float = 1.0
     # Only read at startup: where the outbox and the pseudonym live.
     state_dir: Path = Path(".")
@@ -73,6 +79,9 @@ _CLIENT_KEYS = {
     "userId": ("user_id", _string),
     "requestTimeoutS": ("request_timeout_s", _positive),
     "survivalDelaysS": ("survival_delays_s", _delays),
+    "rewriteWindowS": ("rewrite_window_s", _non_negative),
+    "debounceMs": ("debounce_ms", _non_negative),
+    "reportsShown": ("reports_shown", _flag),
     "flushIntervalS": ("flush_interval_s", _positive),
     "stateDir": ("state_dir", lambda v: Path(_string(v)).expanduser()),
 }
@@ -90,6 +99,8 @@ def from_settings() -> Options:
         user_id=lsp.user_id,
         request_timeout_s=lsp.request_timeout_s,
         survival_delays_s=tuple(sorted(d for d in lsp.survival_delays_s if d >= 0)),
+        rewrite_window_s=max(lsp.rewrite_window_s, 0.0),
+        debounce_ms=max(lsp.debounce_ms, 0.0),
         flush_interval_s=lsp.flush_interval_s,
         state_dir=Path(lsp.state_dir).expanduser() if lsp.state_dir else default_state_dir(),
     )

@@ -9,12 +9,17 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lsp_server.backend_client import BackendError
 from lsp_server.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
 # Below wire.MAX_EVENTS_PER_BATCH, so a batch is never refused for its size.
 BATCH_SIZE = 500
+
+# 4xx answers that say nothing about the batch (auth, a wrong URL, rate limits): retried like 5xx.
+# Any other 4xx means the batch itself is bad, and sending it again would be refused again.
+RETRY_CLIENT_ERRORS = frozenset({401, 403, 404, 408, 409, 425, 429})
 
 SendEvents = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
@@ -40,6 +45,8 @@ class OutboxSender:
         self.backoff_max_s = backoff_max_s
         self.failures = 0
         self.delivered = 0
+        # Events the backend refused outright (a batch it answered 4xx, narrowed down to them).
+        self.refused = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,14 +83,33 @@ class OutboxSender:
         batch = self.outbox.peek(self.batch_size)
         if not batch:
             return False
-        answer = await self._send([event for _, event in batch])
+        await self._deliver(batch)
+        return len(batch) == self.batch_size
+
+    async def _deliver(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
+        """Send rows and remove them once settled. A batch refused as a whole (4xx) is split in
+        halves until the bad events are alone; those are dropped with a log, the rest delivered."""
+        try:
+            answer = await self._send([event for _, event in rows])
+        except BackendError as exc:
+            if not _batch_is_bad(exc.status):
+                raise
+            if len(rows) > 1:
+                middle = len(rows) // 2
+                await self._deliver(rows[:middle])
+                await self._deliver(rows[middle:])
+                return
+            row_id, event = rows[0]
+            logger.error("backend refuses event %s, dropping it: %s", event.get("event_id"), exc)
+            self.outbox.remove([row_id])
+            self.refused += 1
+            return
         # Stored, duplicate and refused events are all settled: the backend has seen them, and
         # a refused one would be refused again.
         for refused in answer.get("refused", []):
             logger.warning("backend refused event %s: %s", refused.get("event_id"), refused.get("reason"))
-        self.outbox.remove([row_id for row_id, _ in batch])
-        self.delivered += len(batch)
-        return len(batch) == self.batch_size
+        self.outbox.remove([row_id for row_id, _ in rows])
+        self.delivered += len(rows)
 
     async def _run(self) -> None:
         while True:
@@ -110,6 +136,10 @@ class OutboxSender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
+
+
+def _batch_is_bad(status: int | None) -> bool:
+    return status is not None and 400 <= status < 500 and status not in RETRY_CLIENT_ERRORS
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+
+from lsp_server.protocol import (
+    ACCEPT_COMMAND,
+    DID_PARTIALLY_ACCEPT,
+    DID_REJECT,
+    DID_SHOW,
+    FLUSH_REQUEST,
+    STATUS_REQUEST,
+    InvalidParams,
+    parse_partial,
+    parse_ref,
+)
 
 if TYPE_CHECKING:
     from lsp_server.session import Session
@@ -21,21 +34,46 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "flywheel"
 SERVER_VERSION = "0.1.0"
-ACCEPT_COMMAND = "flywheel.accept"
-STATUS_REQUEST = "flywheel/status"
-FLUSH_REQUEST = "flywheel/flush"
 SHUTDOWN_FLUSH_TIMEOUT_S = 1.0
 # Never to be imported by the language server; flywheel/status reports any that are.
 HEAVY_MODULES = ("torch", "transformers", "peft", "trl")
 
 
+class FlywheelProtocol(LanguageServerProtocol):
+    """pygls keeps its own copy of every document and rebuilds it on each change by walking all of
+    its lines (milliseconds on a long file). The session keeps the only copy we use, so the
+    built-in handlers just pass the notifications on."""
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Any:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Any:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield handler, (params,), None
+
+
 class FlywheelLanguageServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__(
-            SERVER_NAME, SERVER_VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental
+            SERVER_NAME,
+            SERVER_VERSION,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=FlywheelProtocol,
         )
         self.initialization_options: Any = None
         self.session: Session | None = None
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # pygls would pop an error up in the editor; a completion helper never should.
+        logger.error("error in the language server (%s): %s", getattr(source, "__name__", source), error)
 
 
 server = FlywheelLanguageServer()
@@ -74,7 +112,7 @@ def initialized(ls: FlywheelLanguageServer, params: types.InitializedParams) -> 
 def did_open(ls: FlywheelLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
     if ls.session is not None:
         doc = params.text_document
-        ls.session.open(doc.uri, doc.text, doc.language_id)
+        ls.session.open(doc.uri, doc.text, doc.language_id, doc.version)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -88,7 +126,7 @@ def did_change(ls: FlywheelLanguageServer, params: types.DidChangeTextDocumentPa
             changes.append(((r.start.line, r.start.character, r.end.line, r.end.character), change.text))
         else:
             changes.append((None, change.text))
-    ls.session.change(params.text_document.uri, changes)
+    ls.session.change(params.text_document.uri, changes, params.text_document.version)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -126,6 +164,35 @@ async def inline_completion(
 def accept(ls: FlywheelLanguageServer, *args: Any) -> None:
     if ls.session is not None and args and isinstance(args[0], str):
         ls.session.accept(args[0])
+    elif args:
+        logger.warning("%s expects [completionId], got %r", ACCEPT_COMMAND, args)
+
+
+@server.feature(DID_SHOW)
+def did_show(ls: FlywheelLanguageServer, params: Any) -> None:
+    if (ref := _parsed(DID_SHOW, parse_ref, params)) is not None and ls.session is not None:
+        ls.session.shown(ref.completion_id)
+
+
+@server.feature(DID_PARTIALLY_ACCEPT)
+def did_partially_accept(ls: FlywheelLanguageServer, params: Any) -> None:
+    if (partial := _parsed(DID_PARTIALLY_ACCEPT, parse_partial, params)) is not None and ls.session:
+        ls.session.partially_accept(partial.completion_id, partial.accepted_length)
+
+
+@server.feature(DID_REJECT)
+def did_reject(ls: FlywheelLanguageServer, params: Any) -> None:
+    if (ref := _parsed(DID_REJECT, parse_ref, params)) is not None and ls.session is not None:
+        ls.session.reject(ref.completion_id)
+
+
+def _parsed(method: str, parse: Any, params: Any) -> Any:
+    # A notification has no answer to carry an error: a bad one is logged and dropped.
+    try:
+        return parse(params)
+    except InvalidParams as exc:
+        logger.warning("ignoring %s: %s", method, exc)
+        return None
 
 
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)

@@ -21,6 +21,7 @@ from lsp_server.context import cursor_context
 from lsp_server.documents import UTF16, Document
 from lsp_server.options import Options, pseudonym, with_client_options
 from lsp_server.outbox import Outbox
+from lsp_server.redact import redact
 from lsp_server.sender import OutboxSender
 from lsp_server.tracker import Tracker
 
@@ -53,7 +54,18 @@ class Session:
             enabled=lambda: self.options.telemetry,
             interval_s=options.flush_interval_s,
         )
-        self.tracker = Tracker(self._record, self._text_of, options.survival_delays_s)
+        self.tracker = Tracker(
+            self._record,
+            self._text_of,
+            options.survival_delays_s,
+            rewrite_window_s=options.rewrite_window_s,
+            infer_shown=not options.reports_shown,
+        )
+        # The backend call of the latest completion request; a newer request cancels it.
+        self._inflight: asyncio.Task[Any] | None = None
+        self._request_seq = 0
+        self.cache_answers = 0
+        self.stale_changes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._warming: asyncio.Future[None] | None = None
         self._closed = False
@@ -67,14 +79,29 @@ class Session:
 
     # -- documents ----------------------------------------------------------------------------
 
-    def open(self, uri: str, text: str, language_id: str) -> None:
+    def open(self, uri: str, text: str, language_id: str, version: int | None = None) -> None:
+        if uri in self.documents:
+            self.close(uri)  # opened again without a close: what was followed there is over
         self.documents[uri] = Document(text, language_id, self.encoding)
+        self.documents[uri].version = version
 
-    def change(self, uri: str, changes: list[tuple[tuple[int, int, int, int] | None, str]]) -> None:
+    def change(
+        self,
+        uri: str,
+        changes: list[tuple[tuple[int, int, int, int] | None, str]],
+        version: int | None = None,
+    ) -> None:
         document = self.documents.get(uri)
         if document is None:
             logger.warning("change to a document that was never opened: %s", uri)
             return
+        if version is not None and document.version is not None and version <= document.version:
+            # Replayed or reordered: applying it twice would corrupt the copy and every range in it.
+            self.stale_changes += 1
+            logger.warning("ignoring change to %s: version %d after %d", uri, version, document.version)
+            return
+        if version is not None:
+            document.version = version
         for change_range, text in changes:
             self.tracker.edit(uri, document.apply(change_range, text))
         self._schedule_checks()
@@ -95,8 +122,13 @@ class Session:
         if offset is None:
             return None
         self.tracker.request(uri, offset)
+        pending = self.tracker.pending_at(uri, offset)
+        if pending is not None:
+            # Typed ahead into the suggestion on screen: the rest of it, no backend call.
+            self.cache_answers += 1
+            return Served(pending.completion_id, pending.text[pending.end - pending.start :])
         revision = document.revision
-        answer = await self._ask_backend(document, offset, uri)
+        answer = await self._latest_answer(document, offset, uri)
         if answer is None or not answer.text:
             return None
         if self.documents.get(uri) is not document or document.revision != revision:
@@ -104,9 +136,32 @@ class Session:
         if self.options.telemetry:
             # Untracked otherwise: its later life must not be reported once telemetry is back on.
             self.tracker.served(answer.completion_id, uri, offset, answer.text)
-            # Seam: shown is inferred from returning the item until clients report it themselves.
-            self.tracker.shown(answer.completion_id)
         return Served(answer.completion_id, answer.text)
+
+    async def _latest_answer(self, document: Document, offset: int, uri: str) -> Any:
+        """Debounce, then ask the backend, unless a newer request came in meanwhile: only the
+        latest request is worth an answer (cancel-previous)."""
+        self._request_seq += 1
+        mine = self._request_seq
+        if self._inflight is not None:
+            self._inflight.cancel()
+            self._inflight = None
+        if self.options.debounce_ms > 0:
+            await asyncio.sleep(self.options.debounce_ms / 1000.0)
+            if mine != self._request_seq:
+                return None
+        task = asyncio.ensure_future(self._ask_backend(document, offset, uri))
+        self._inflight = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # $/cancelRequest: the editor no longer wants this answer
+            return None  # replaced by a newer request
+        finally:
+            if self._inflight is task:
+                self._inflight = None
 
     async def _ask_backend(self, document: Document, offset: int, uri: str) -> Any:
         from backend.wire import CompleteRequest, CompletionContext
@@ -114,8 +169,8 @@ class Session:
         context = cursor_context(document, offset, uri, self.root_path)
         request = CompleteRequest(
             context=CompletionContext(
-                prefix=context.prefix,
-                suffix=context.suffix,
+                prefix=redact(context.prefix),
+                suffix=redact(context.suffix),
                 path=context.path,
                 **({"language": context.language} if context.language else {}),
             ),
@@ -140,9 +195,22 @@ class Session:
         self.backend_ok, self.last_backend_error = False, str(exc)
 
     def accept(self, completion_id: str) -> bool:
-        known = self.tracker.accept(completion_id)
+        return self._signal("accept", self.tracker.accept(completion_id), completion_id)
+
+    def shown(self, completion_id: str) -> bool:
+        self.tracker.shown(completion_id)
+        return self._signal("show", self.tracker.get(completion_id) is not None, completion_id)
+
+    def partially_accept(self, completion_id: str, accepted_units: int) -> bool:
+        known = self.tracker.partially_accept(completion_id, accepted_units)
+        return self._signal("partial acceptance", known, completion_id)
+
+    def reject(self, completion_id: str) -> bool:
+        return self._signal("rejection", self.tracker.reject(completion_id), completion_id)
+
+    def _signal(self, what: str, known: bool, completion_id: str) -> bool:
         if not known:
-            logger.info("accept for unknown or finished completion %s", completion_id)
+            logger.info("%s for unknown or finished completion %s", what, completion_id)
         self._schedule_checks()
         return known
 
@@ -167,12 +235,16 @@ class Session:
         if new.user_id != old.user_id:
             self.user_id = new.user_id or pseudonym(new.state_dir)
         self.tracker.survival_delays_s = new.survival_delays_s
+        self.tracker.rewrite_window_s = new.rewrite_window_s
+        self.tracker.infer_shown = not new.reports_shown
         self.sender.interval_s = new.flush_interval_s
 
     # -- events -------------------------------------------------------------------------------
 
     def _record(self, event: dict[str, Any]) -> None:
         if self.options.telemetry and not self._closed:
+            if event.get("text"):
+                event["text"] = redact(event["text"])
             self.outbox.add(event)
 
     async def _send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -218,6 +290,10 @@ class Session:
             "events_delivered": self.sender.delivered,
             "waiting_suggestions": self.tracker.waiting_count,
             "accepted_suggestions": self.tracker.accepted_count,
+            "rewrites_watched": self.tracker.rewrite_count,
+            "cache_answers": self.cache_answers,
+            "stale_changes": self.stale_changes,
+            "events_refused": self.sender.refused,
             "survival_delays_s": list(self.tracker.survival_delays_s),
         }
 
@@ -229,6 +305,8 @@ class Session:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._inflight is not None:
+            self._inflight.cancel()
         await self.sender.stop(flush_timeout_s)
         await self.backend.aclose()
         self.outbox.close()

@@ -1,10 +1,16 @@
 """Follows each served suggestion through the document and reports what became of it.
 
 A suggestion starts at an offset and is first *typed along*: the region from that offset holds
-the part of the suggestion the user has produced so far (typing, pasting, or the editor inserting
-it). Producing all of it, or the accept command, makes it accepted; after that its inserted range
-is followed through every edit and measured at the survival delays. Diverging typing, an edit
-elsewhere, a newer request elsewhere or closing the document end an unaccepted suggestion.
+the part of the suggestion produced so far (typing, pasting, or the editor inserting it).
+- Producing all of it, or the accept command, accepts it; a client's partial acceptance accepts
+  a prefix. The accepted range is then followed through every edit and measured at the survival
+  delays (and at close): the text there, its similarity s to the suggestion, retained characters.
+- Diverging typing, an edit elsewhere, a newer request or suggestion, closing the document, or the
+  client's dismissal end it unaccepted (ignored or rejected). If part of it had arrived in one
+  piece (pasted or inserted by the editor), that part counts as a partial acceptance.
+- After a rejection or ignore, what the user writes at its spot within the rewrite window is
+  sent as the rewrite, with its similarity to the suggestion. That rewrite is the episode's last
+  (final) event, so the backend keeps the episode open for it.
 
 Plain object: offsets are code points (see documents.py), times come from injected clocks, events
 leave as dicts shaped like `backend.wire.Event` through the `emit` callback.
@@ -13,13 +19,15 @@ leave as dicts shaped like `backend.wire.Event` through the `emit` callback.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lsp_server.documents import Edit
+from lsp_server.ranges import Followed, code_points_for_units, follow, grow, similarity, utf16_units
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +38,7 @@ TYPED_OVER = "typed_over"
 MOVED_AWAY = "moved_away"
 SUPERSEDED = "superseded"
 CLOSED = "closed"
+INFERRED = "inferred"
 
 
 @dataclass
@@ -38,28 +47,42 @@ class Suggestion:
     uri: str
     text: str
     served_at: float
-    # The tracked range [start, end). While typing along, end - start characters of the suggestion
-    # have been produced; once inserted it is the range being followed.
-    start: int
-    end: int
+    # The tracked range. While typing along, end - start characters of the suggestion have been
+    # produced; once inserted it is the range being followed.
+    range: Followed
     shown_at: float | None = None
     accepted_at: float | None = None
+    # How much of the text was accepted (code points): len(text), or a prefix for a partial one.
+    target: int = 0
+    # An edit brought two or more of its characters at once: the editor inserted or pasted it.
+    inserted_in_one_piece: bool = False
     inserted: bool = False
-    # The whole range was replaced or deleted by one edit: nothing of the suggestion stands.
-    wiped: bool = False
-    # Where typing extends the range (see _follow); None when it does not.
-    retype_at: int | None = None
     checks_done: int = 0
     delays: tuple[float, ...] = field(default_factory=tuple)
+
+    @property
+    def start(self) -> int:
+        return self.range.start
+
+    @property
+    def end(self) -> int:
+        return self.range.end
 
     @property
     def accepted(self) -> bool:
         return self.accepted_at is not None
 
-    @property
-    def spot(self) -> int:
-        """Where the next character typed along with the suggestion would go."""
-        return self.end
+
+@dataclass
+class Rewrite:
+    """The spot of a rejected or ignored suggestion, collecting what the user writes there."""
+
+    completion_id: str
+    uri: str
+    suggestion: str
+    start: int
+    end: int
+    due: float
 
 
 class Tracker:
@@ -70,13 +93,19 @@ class Tracker:
         survival_delays_s: Sequence[float] = (30.0, 120.0, 600.0),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        rewrite_window_s: float = 30.0,
+        infer_shown: bool = True,
     ) -> None:
         self._emit = emit
         self._text_of = text_of
         self._clock = clock
         self._wall_clock = wall_clock
         self.survival_delays_s = survival_delays_s
+        self.rewrite_window_s = rewrite_window_s
+        # False when the client sends flywheel/didShowCompletion itself.
+        self.infer_shown = infer_shown
         self._suggestions: dict[str, Suggestion] = {}
+        self._rewrites: dict[str, Rewrite] = {}
 
     @property
     def survival_delays_s(self) -> tuple[float, ...]:
@@ -87,23 +116,42 @@ class Tracker:
         # Applies to suggestions accepted from now on.
         self._delays = tuple(sorted(float(d) for d in delays if d >= 0))
 
-    # -- what the server tells us -------------------------------------------------------------
+    # -- what the server and the client tell us ---------------------------------------------
 
     def request(self, uri: str, offset: int) -> None:
         """A new completion request: suggestions still waiting elsewhere are no longer on screen."""
         for s in self._waiting():
-            if s.uri != uri or s.spot != offset:
-                self._finish_unaccepted(s, SUPERSEDED)
+            if s.uri != uri or s.end != offset:
+                self._end_unaccepted(s, SUPERSEDED)
 
     def served(self, completion_id: str, uri: str, offset: int, text: str) -> None:
         if not text or completion_id in self._suggestions:
             return
+        # An editor shows one inline suggestion at a time: a new one replaces any still waiting.
+        for s in self._waiting():
+            self._end_unaccepted(s, SUPERSEDED)
         now = self._clock()
-        self._suggestions[completion_id] = Suggestion(completion_id, uri, text, now, offset, offset)
+        self._suggestions[completion_id] = Suggestion(
+            completion_id, uri, text, now, Followed(offset, offset), target=len(text)
+        )
+        if self.infer_shown:
+            self.shown(completion_id)
+
+    def pending_at(self, uri: str, offset: int) -> Suggestion | None:
+        """The suggestion still waiting whose next character goes at this offset, if any, with
+        text left to offer: the typed-ahead cache answers from it."""
+        for s in self._suggestions.values():
+            if s.uri != uri or s.end != offset or s.end - s.start >= len(s.text) or s.range.wiped:
+                continue
+            if not s.inserted or self._untouched(s):
+                return s
+        return None
+
+    def _untouched(self, s: Suggestion) -> bool:
+        document = self._text_of(s.uri) or ""
+        return document[s.start : s.end] == s.text[: s.end - s.start]
 
     def shown(self, completion_id: str) -> None:
-        """The suggestion became visible. For now the server calls this when it returns the item;
-        editor clients that can tell will notify it explicitly (the seam for that is here)."""
         s = self._suggestions.get(completion_id)
         if s is None or s.shown_at is not None:
             return
@@ -115,28 +163,60 @@ class Tracker:
         s = self._suggestions.get(completion_id)
         if s is None:
             return False
+        if not s.accepted or s.target < len(s.text):
+            self._accept_prefix(s, len(s.text))
+            self._mark_accepted(s, "accepted")
+        return True
+
+    def partially_accept(self, completion_id: str, accepted_units: int) -> bool:
+        """The client accepted the first `accepted_units` UTF-16 units of the suggestion."""
+        s = self._suggestions.get(completion_id)
+        if s is None:
+            return False
+        count = code_points_for_units(s.text, accepted_units)
+        if count >= len(s.text):
+            return self.accept(completion_id)
+        if count == 0 or count <= (s.target if s.accepted else 0):
+            return True  # nothing new accepted
+        self._accept_prefix(s, count)
+        self._mark_accepted(s, "partially_accepted", accepted_chars=utf16_units(s.text[:count]))
+        return True
+
+    def reject(self, completion_id: str) -> bool:
+        """The client dismissed the suggestion. Ignored once any of it was accepted."""
+        s = self._suggestions.get(completion_id)
+        if s is None:
+            return False
         if not s.accepted:
-            self._mark_accepted(s, inferred=False)
+            self._end_unaccepted(s, None)
         return True
 
     def edit(self, uri: str, edit: Edit) -> None:
         for s in [s for s in self._suggestions.values() if s.uri == uri]:
             if s.inserted:
-                _follow(s, edit)
+                follow(s.range, edit)
             else:
                 self._type_along(s, edit)
+        for w in self._rewrites.values():
+            if w.uri == uri:
+                w.start, w.end = grow(w.start, w.end, edit)
 
     def closed(self, uri: str) -> None:
         for s in [s for s in self._suggestions.values() if s.uri == uri]:
             self._finish(s, CLOSED)
+        for w in [w for w in self._rewrites.values() if w.uri == uri]:
+            self._send_rewrite(w)
 
     def close_all(self) -> None:
         """The editor is going away: everything ends as if its document closed."""
         for s in list(self._suggestions.values()):
             self._finish(s, CLOSED)
+        for w in list(self._rewrites.values()):
+            self._send_rewrite(w)
 
     def poll(self) -> float | None:
-        """Run the survival checks that are due; returns when the next one is (clock time)."""
+        """Run the survival checks and rewrite captures that are due; returns when the next one
+        is (clock time)."""
         now = self._clock()
         next_due: float | None = None
         for s in [s for s in self._suggestions.values() if s.accepted]:
@@ -151,6 +231,11 @@ class Tracker:
             if s.checks_done < len(s.delays):
                 due = s.accepted_at + s.delays[s.checks_done]
                 next_due = due if next_due is None else min(next_due, due)
+        for w in list(self._rewrites.values()):
+            if w.due <= now:
+                self._send_rewrite(w)
+            else:
+                next_due = w.due if next_due is None else min(next_due, w.due)
         return next_due
 
     # -- introspection ------------------------------------------------------------------------
@@ -158,46 +243,73 @@ class Tracker:
     def get(self, completion_id: str) -> Suggestion | None:
         return self._suggestions.get(completion_id)
 
+    def rewrite_of(self, completion_id: str) -> Rewrite | None:
+        return self._rewrites.get(completion_id)
+
     @property
     def waiting_count(self) -> int:
-        return sum(1 for _ in self._waiting())
+        return len(self._waiting())
 
     @property
     def accepted_count(self) -> int:
         return sum(1 for s in self._suggestions.values() if s.accepted)
 
+    @property
+    def rewrite_count(self) -> int:
+        return len(self._rewrites)
+
     # -- inference ----------------------------------------------------------------------------
 
-    def _waiting(self) -> Iterable[Suggestion]:
+    def _waiting(self) -> list[Suggestion]:
         return [s for s in self._suggestions.values() if not s.accepted]
 
     def _type_along(self, s: Suggestion, edit: Edit) -> None:
-        produced = s.text[: s.end - s.start]
-        if s.start <= edit.start and edit.end <= s.end:
+        r = s.range
+        produced = s.text[: r.end - r.start]
+        if r.start <= edit.start and edit.end <= r.end:
             # The edit lies within what was typed along so far (insertions at the spot included).
-            now = produced[: edit.start - s.start] + edit.text + produced[edit.end - s.start :]
+            now = produced[: edit.start - r.start] + edit.text + produced[edit.end - r.start :]
             if s.text.startswith(now) or now.startswith(s.text):
                 # Typed or pasted along; text beyond the suggestion (an auto-closed bracket)
                 # stays outside the tracked range.
-                s.end = s.start + min(len(now), len(s.text))
-                if s.end - s.start == len(s.text):
+                r.end = r.start + min(len(now), len(s.text))
+                if len(edit.text) > 1 and r.end > r.start:
+                    s.inserted_in_one_piece = True
+                if r.end - r.start >= s.target and (s.accepted or r.end - r.start == len(s.text)):
+                    if r.end - r.start > s.target:
+                        r.end = r.start + s.target  # a partial acceptance tracks its prefix only
                     s.inserted = True
                     if not s.accepted:
-                        self._mark_accepted(s, inferred=True)
+                        self._mark_accepted(s, "accepted", reason=INFERRED)
                 return
         if s.accepted:
-            # Accepted by command but the editor inserted something else: follow what is there.
+            # Accepted, but the editor inserted something else: follow what is there.
             s.inserted = True
-            _follow(s, edit)
+            follow(r, edit)
             return
-        touches = edit.start <= s.end and edit.end >= s.start
-        self._finish_unaccepted(s, TYPED_OVER if touches else MOVED_AWAY)
+        touches = edit.start <= r.end and edit.end >= r.start
+        self._end_unaccepted(s, TYPED_OVER if touches else MOVED_AWAY, edit)
 
-    def _mark_accepted(self, s: Suggestion, *, inferred: bool) -> None:
-        s.accepted_at = self._clock()
-        s.delays = self._delays
-        extra = {"reason": "inferred"} if inferred else {}
-        self._send(s, "accepted", visible_ms=self._visible_ms(s), **extra)
+    def _accept_prefix(self, s: Suggestion, count: int) -> None:
+        """Accept the first `count` characters. An untouched range takes in what of them the
+        editor has inserted already and goes on typing along for the rest."""
+        s.target = count
+        if s.range.wiped or s.end - s.start >= count or not self._untouched(s):
+            return
+        there = (self._text_of(s.uri) or "")[s.start : s.start + count]
+        matched = len(os.path.commonprefix([there, s.text[:count]]))
+        s.range.end = s.start + max(matched, s.end - s.start)
+        s.inserted = False
+
+    def _mark_accepted(self, s: Suggestion, kind: str, **fields: Any) -> None:
+        if s.accepted_at is None:
+            s.accepted_at = self._clock()
+            s.delays = self._delays
+        if s.end - s.start >= s.target and not s.inserted:
+            # Already typed along as far as accepted: follow it from here.
+            s.range.end = s.start + s.target
+            s.inserted = True
+        self._send(s, kind, visible_ms=self._visible_ms(s), **fields)
 
     def _finish(self, s: Suggestion, reason: str) -> None:
         if s.accepted:
@@ -205,15 +317,38 @@ class Tracker:
             self._survival(s, self._clock() - s.accepted_at, final=True)
             del self._suggestions[s.completion_id]
         else:
-            self._finish_unaccepted(s, reason)
+            self._end_unaccepted(s, reason)
 
-    def _finish_unaccepted(self, s: Suggestion, reason: str) -> None:
-        self._send(s, "ignored", visible_ms=self._visible_ms(s), reason=reason, final=True)
+    def _end_unaccepted(self, s: Suggestion, reason: str | None, edit: Edit | None = None) -> None:
+        """Rejected (reason None) or ignored. Part of it inserted in one piece is a partial
+        acceptance instead; otherwise the rewrite capture starts at its spot."""
+        produced = s.end - s.start
+        if reason is not None and s.inserted_in_one_piece and 0 < produced < len(s.text):
+            s.target = produced
+            self._mark_accepted(s, "partially_accepted", accepted_chars=utf16_units(s.text[:produced]))
+            if edit is not None:
+                follow(s.range, edit)
+            if reason == CLOSED:
+                self._finish(s, CLOSED)
+            return
         del self._suggestions[s.completion_id]
+        seen = s.shown_at is not None
+        # Unseen, or nowhere left to watch: nothing can follow, so this event is the last.
+        watch = seen and reason != CLOSED and self.rewrite_window_s > 0
+        fields: dict[str, Any] = {"visible_ms": self._visible_ms(s), "final": not watch}
+        if reason is None:
+            self._send(s, "rejected", **fields)
+        else:
+            self._send(s, "ignored", reason=reason, **fields)
+        if watch:
+            w = Rewrite(s.completion_id, s.uri, s.text, s.start, s.end, self._clock() + self.rewrite_window_s)
+            if edit is not None:
+                w.start, w.end = grow(w.start, w.end, edit)
+            self._rewrites[w.completion_id] = w
 
     def _survival(self, s: Suggestion, delay_s: float, *, final: bool) -> None:
         document = self._text_of(s.uri)
-        current = "" if s.wiped or document is None else document[s.start : s.end]
+        current = "" if s.range.wiped or document is None else document[s.start : s.end]
         score = similarity(s.text, current)
         self._send(
             s,
@@ -225,15 +360,30 @@ class Tracker:
             final=final,
         )
 
-    def _visible_ms(self, s: Suggestion) -> float | None:
+    def _send_rewrite(self, w: Rewrite) -> None:
+        del self._rewrites[w.completion_id]
+        document = self._text_of(w.uri) or ""
+        written = document[w.start : w.end]
+        # What replaces the suggestion spans as many lines as it did; later lines are other work.
+        written = "".join(written.splitlines(keepends=True)[: w.suggestion.count("\n") + 1])
+        if not w.suggestion.endswith("\n"):
+            written = written.rstrip("\r\n")
+        fields = {"text": written[:MAX_EVENT_TEXT], "similarity": similarity(w.suggestion, written)}
+        self._send_raw(w.completion_id, "rewrite", final=True, **fields)
+
+    def _visible_ms(self, s: Suggestion) -> float:
+        # Never shown: visible for no time at all, so the backend does not train on it.
         if s.shown_at is None:
-            return None
+            return 0.0
         return round(max(self._clock() - s.shown_at, 0.0) * 1000.0, 1)
 
     def _send(self, s: Suggestion, kind: str, **fields: Any) -> None:
+        self._send_raw(s.completion_id, kind, **fields)
+
+    def _send_raw(self, completion_id: str, kind: str, **fields: Any) -> None:
         event: dict[str, Any] = {
             "event_id": uuid.uuid4().hex,
-            "completion_id": s.completion_id,
+            "completion_id": completion_id,
             "kind": kind,
             "client_ts": self._wall_clock(),
         }
@@ -242,43 +392,4 @@ class Tracker:
             self._emit(event)
         except Exception:
             # Losing one observation must not break the editor session.
-            logger.exception("could not record %s event for %s", kind, s.completion_id)
-
-
-def _follow(s: Suggestion, edit: Edit) -> None:
-    """Move the accepted range [start, end) through one edit: edits before it shift it, edits
-    inside it resize it, edits across a boundary clip it, an edit over all of it wipes it.
-
-    Typing right after the range is not part of it, except while the user retypes its tail
-    (deleted up to its end, now typing there): that text is what became of the suggestion.
-    """
-    if s.wiped:
-        return
-    start, end, d = s.start, s.end, edit.delta
-    retyping, s.retype_at = s.retype_at == end, None
-    if edit.start == edit.end == end and retyping:
-        s.end = s.retype_at = end + d
-    elif edit.end <= start:
-        s.start, s.end = start + d, end + d
-    elif edit.start >= end:
-        pass
-    elif start <= edit.start and edit.end <= end:
-        s.end = end + d
-        if edit.end == end:
-            s.retype_at = s.end
-    elif edit.start < start and edit.end <= end:
-        s.start, s.end = edit.start + len(edit.text), end + d
-    elif edit.start < end < edit.end and edit.start >= start:
-        s.end = edit.start
-    else:
-        s.wiped = True
-        s.start = s.end = edit.start + len(edit.text)
-
-
-def similarity(suggestion: str, current: str) -> float:
-    """Normalized Levenshtein similarity in [0, 1]; 0 when nothing is left."""
-    if not current:
-        return 0.0
-    from rapidfuzz.distance import Levenshtein  # imported on first use: keeps startup light
-
-    return round(min(max(Levenshtein.normalized_similarity(suggestion, current), 0.0), 1.0), 4)
+            logger.exception("could not record %s event for %s", kind, completion_id)

@@ -257,7 +257,17 @@ async def test_a_completion_accepted_in_the_editor_reports_its_whole_life(
     ignored = next(
         e for e in backend.events.values() if e["completion_id"] == cid2 and e["kind"] == "ignored"
     )
-    assert (ignored["reason"], ignored["final"]) == ("typed_over", True)
+    # The rewrite, collected at its spot until the window ends or the document closes, is last.
+    assert (ignored["reason"], ignored["final"]) == ("typed_over", False)
+    b_uri = (workspace / "b.py").as_uri()
+    client.text_document_did_close(
+        types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=b_uri))
+    )
+    await wait_for_events(client, backend, cid2, ["shown", "ignored", "rewrite"])
+    rewrite = next(
+        e for e in backend.events.values() if e["completion_id"] == cid2 and e["kind"] == "rewrite"
+    )
+    assert (rewrite["text"], rewrite["final"]) == ("y", True)
 
     status = await request(client, "flywheel/status")
     assert status["backend_ok"] is True

@@ -41,7 +41,6 @@ class Editor:
         assert offset is not None
         self.tracker.request(uri, offset)
         self.tracker.served(completion_id, uri, offset, text)
-        self.tracker.shown(completion_id)
         return offset
 
     def change(self, start: tuple[int, int], end: tuple[int, int], text: str, uri: str = URI) -> None:
@@ -92,9 +91,14 @@ def test_typing_something_else_at_the_spot_is_typed_over() -> None:
     ed.type(0, 8, "baz")
     assert ed.kinds() == ["shown", "ignored"]
     ignored = ed.last("ignored")
-    assert (ignored["reason"], ignored["final"]) == ("typed_over", True)
-    ed.type(0, 11, "()")  # nothing more about c1
-    assert len(ed.events) == 2
+    # Not the last event: the rewrite at its spot follows when the rewrite window closes.
+    assert (ignored["reason"], ignored["final"]) == ("typed_over", False)
+    ed.type(0, 11, "()")
+    ed.wait(30.0)
+    assert ed.kinds() == ["shown", "ignored", "rewrite"]
+    rewrite = ed.last("rewrite")
+    assert (rewrite["text"], rewrite["final"]) == ("baz()", True)
+    assert rewrite["similarity"] == pytest.approx(0.8)
 
 
 def test_deleting_before_the_spot_is_typed_over_and_editing_elsewhere_is_moving_away() -> None:
@@ -191,7 +195,7 @@ def _accepted(text: str, line: int, character: int, suggestion: str) -> Editor:
 def _tracked(ed: Editor) -> str:
     s = ed.tracker.get("c1")
     assert s is not None
-    return "" if s.wiped else ed.doc.text[s.start : s.end]
+    return "" if s.range.wiped else ed.doc.text[s.start : s.end]
 
 
 def test_edits_before_the_range_shift_it() -> None:
@@ -288,9 +292,10 @@ def test_every_event_is_a_valid_wire_event_with_a_unique_id() -> None:
     ed.type(0, 8, "bar()")
     ed.serve("c2", 0, 13, "  # done", uri=URI)
     ed.tracker.request(OTHER, 0)
-    ed.wait(1.0)
-    assert ed.kinds() == ["shown", "accepted", "shown", "ignored", "survival"]
+    ed.wait(30.0)
+    assert ed.kinds() == ["shown", "accepted", "shown", "ignored", "survival", "rewrite"]
     for event in ed.events:
         Event.model_validate(event)
     assert len({e["event_id"] for e in ed.events}) == len(ed.events)
-    assert [e["final"] for e in ed.events if e["kind"] in ("ignored", "survival")] == [True, True]
+    finals = [e["kind"] for e in ed.events if e.get("final")]
+    assert finals == ["survival", "rewrite"]
