@@ -1,28 +1,39 @@
-"""The backend's HTTP API: completions, outcome events, episodes, checkpoints, health, admin."""
+"""The backend's HTTP API: completions, outcome events, episodes, checkpoints, trainer status.
+
+The admin dashboard, its actions and /metrics live in backend/admin_routes.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from backend import admin, checkpoints
+from backend import admin_routes, checkpoints
+from backend.auth import Authenticator
+from backend.batching import PolicyWorker
+from backend.deps import State, admin_only, client_only
 from backend.finalize import run_finalizer
-from backend.serving import Policy, PolicyWorker
+from backend.lifecycle import Lifecycle
+from backend.limits import BodyLimit
+from backend.metrics import Metrics
+from backend.retention import run_retention
+from backend.serving import Policy
+from backend.serving import Request as PolicyRequest
 from backend.store import Store
 from backend.wire import (
     ADAPTER_FILES,
     API_PREFIX,
+    TRAINER_STATUS_PATH,
     CheckpointInfo,
     CheckpointMetadata,
     CompleteRequest,
@@ -31,10 +42,12 @@ from backend.wire import (
     EventsRequest,
     EventsResponse,
     ModelInfo,
+    TrainerReport,
 )
 from flywheel.config import Settings
 
 log = logging.getLogger(__name__)
+TRAINER_STATUS = "trainer_status"
 
 
 @dataclass
@@ -42,82 +55,74 @@ class BackendState:
     settings: Settings
     store: Store
     worker: PolicyWorker
+    lifecycle: Lifecycle
+    auth: Authenticator
+    metrics: Metrics
     base_model: str
-    # Serializes uploads so version numbers and swaps happen one at a time.
-    checkpoint_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        base_model = settings.base_model
         store = await Store.open(settings.database_path)
         policy = await asyncio.to_thread(
             Policy,
-            base_model,
+            settings.base_model,
             fim=settings.model.fim,
             temperature=settings.model.temperature,
             max_new_tokens=settings.model.max_new_tokens,
             context_tokens=settings.model.context_tokens,
             device=settings.model.device,
         )
-        worker = PolicyWorker(policy)
-        live = await store.live_version()
-        await worker.use_adapter(live, await store.checkpoint_path(live))
-        state = BackendState(settings=settings, store=store, worker=worker, base_model=base_model)
-        app.state.backend = state
+        worker = PolicyWorker(policy, settings.backend.batch_window_ms, settings.backend.max_batch)
+        worker.start()
+        lifecycle = Lifecycle(settings, store, worker)
+        await lifecycle.apply_routing()
+        auth = Authenticator(store, settings.backend.token)
+        if await auth.is_open() and settings.backend.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("no access tokens, bound to %s: anyone reaching it may use it", settings.backend.host)
+        app.state.backend = BackendState(
+            settings, store, worker, lifecycle, auth, Metrics(worker), settings.base_model
+        )
         stop = asyncio.Event()
-        finalizer = asyncio.create_task(run_finalizer(store, settings, stop))
-        log.info("backend ready: model %s, live version %s", base_model, live)
+        tasks = [
+            asyncio.create_task(run_finalizer(store, settings, stop)),
+            asyncio.create_task(lifecycle.run(stop)),
+            asyncio.create_task(run_retention(store, settings, stop)),
+        ]
+        log.info("backend ready: model %s, live version %s", settings.base_model, policy.live)
         try:
             yield
         finally:
             stop.set()
-            await finalizer
-            worker.close()
+            await asyncio.gather(*tasks)
+            await worker.close()
             await store.close()
 
     app = FastAPI(title="Flywheel backend", lifespan=lifespan)
+    app.add_middleware(BodyLimit, upload_bytes=settings.backend.max_request_bytes)
     _add_routes(app)
+    admin_routes.add_routes(app)
     return app
-
-
-def get_state(request: Request) -> BackendState:
-    return request.app.state.backend
-
-
-def require_client(request: Request, state: Annotated[BackendState, Depends(get_state)]) -> None:
-    """Checks the bearer token when the backend is configured with one."""
-    expected = state.settings.backend.token
-    if not expected:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise HTTPException(status_code=401, detail="missing or wrong bearer token")
-
-
-State = Annotated[BackendState, Depends(get_state)]
-client_only = [Depends(require_client)]
 
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/healthz")
-    async def healthz(state: State) -> dict[str, str]:
-        return {"status": "ok", "live_version": state.worker.policy.version}
+    async def healthz(state: State) -> dict[str, str | None]:
+        policy = state.worker.policy
+        return {"status": "ok", "live_version": policy.live, "canary_version": policy.canary}
 
     @app.post(f"{API_PREFIX}/complete", dependencies=client_only)
-    async def complete(body: CompleteRequest, state: State) -> CompleteResponse:
+    async def complete(body: CompleteRequest, request: Request, state: State) -> CompleteResponse:
         started = time.perf_counter()
-        sample = await state.worker.complete(body.context.prefix, body.context.suffix, body.max_new_tokens)
-        # Read after sampling: the worker thread is the only place the version changes.
-        version = state.worker.policy.version
+        job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, body.user_id)
+        sample = await state.worker.complete(job, gone=request.is_disconnected)
         latency_ms = (time.perf_counter() - started) * 1000
         completion_id = uuid.uuid4().hex
         await state.store.record_completion(
             completion_id=completion_id,
             user_id=body.user_id,
-            model_version=version,
+            model_version=sample.model_version,
             context=body.context.model_dump(),
             prompt_ids=sample.prompt_ids,
             completion_ids=sample.completion_ids,
@@ -127,19 +132,22 @@ def _add_routes(app: FastAPI) -> None:
             created_at=time.time(),
             latency_ms=latency_ms,
         )
+        state.metrics.completed(sample.model_version, bool(sample.text), latency_ms)
         return CompleteResponse(
             completion_id=completion_id,
             text=sample.text,
-            model_version=version,
+            model_version=sample.model_version,
             token_logprobs=sample.token_logprobs,
             latency_ms=latency_ms,
         )
 
     @app.post(f"{API_PREFIX}/events", dependencies=client_only)
     async def events(body: EventsRequest, state: State) -> EventsResponse:
-        return await state.store.add_events(body.events, received_at=time.time())
+        result = await state.store.add_events(body.events, received_at=time.time())
+        state.metrics.events(result)
+        return result
 
-    @app.get(f"{API_PREFIX}/episodes", dependencies=client_only)
+    @app.get(f"{API_PREFIX}/episodes", dependencies=admin_only)
     async def episodes(
         state: State,
         cursor: Annotated[int, Query(ge=0)] = 0,
@@ -152,7 +160,7 @@ def _add_routes(app: FastAPI) -> None:
         policy = state.worker.policy
         return ModelInfo(
             base_model=state.base_model,
-            live_version=policy.version,
+            live_version=policy.live,
             fim=policy.fim.name,
             temperature=policy.temperature,
         )
@@ -161,7 +169,7 @@ def _add_routes(app: FastAPI) -> None:
     async def list_checkpoints(state: State) -> list[CheckpointInfo]:
         return await state.store.checkpoints()
 
-    @app.post(f"{API_PREFIX}/checkpoints", dependencies=client_only)
+    @app.post(f"{API_PREFIX}/checkpoints", dependencies=admin_only)
     async def upload_checkpoint(
         state: State,
         metadata: Annotated[str, Form()],
@@ -177,30 +185,15 @@ def _add_routes(app: FastAPI) -> None:
         files = dict(
             zip(ADAPTER_FILES, [await adapter_config.read(), await adapter_model.read()], strict=True)
         )
-        async with state.checkpoint_lock:
-            try:
-                checkpoints.validate_upload(files, meta, state.base_model)
-                version = await state.store.next_version()
-                path = await asyncio.to_thread(
-                    checkpoints.write_checkpoint, state.settings.checkpoints_dir, version, files, meta
-                )
-            except checkpoints.CheckpointError as error:
-                raise HTTPException(status_code=400, detail=str(error)) from error
-            await state.store.add_checkpoint(
-                version, meta.parent_version, str(path), meta.metrics, reason="uploaded by trainer"
-            )
-            try:
-                await state.worker.use_adapter(version, path)
-            except Exception as error:  # a file that passed the checks but does not fit the model
-                await state.store.transition(version, "rejected", f"adapter failed to load: {error}")
-                raise HTTPException(status_code=400, detail=f"adapter failed to load: {error}") from error
-            # No gate or canary yet: a loaded candidate goes live at once.
-            await state.store.transition(version, "live", "promoted on upload (no gate configured)")
+        try:
+            version = await state.lifecycle.take_upload(meta, files, state.base_model)
+        except checkpoints.CheckpointError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from error
         info = await state.store.checkpoint(version)
         assert info is not None
         return info
 
-    @app.get(f"{API_PREFIX}/checkpoints/{{version}}/files/{{name}}", dependencies=client_only)
+    @app.get(f"{API_PREFIX}/checkpoints/{{version}}/files/{{name}}", dependencies=admin_only)
     async def checkpoint_file(version: str, name: str, state: State) -> FileResponse:
         try:
             path = checkpoints.checkpoint_file(state.settings.checkpoints_dir, version, name)
@@ -208,12 +201,7 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(status_code=404, detail=str(error)) from error
         return FileResponse(path)
 
-    @app.get("/admin", response_class=HTMLResponse)
-    async def admin_page(state: State) -> str:
-        stats = await state.store.stats()
-        history = await state.store.checkpoints()
-        return admin.render(state.worker.policy.version, state.base_model, stats, history)
-
-    @app.get("/admin/stats.json")
-    async def admin_stats(state: State) -> dict:
-        return await state.store.stats()
+    @app.post(TRAINER_STATUS_PATH, dependencies=admin_only)
+    async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
+        await state.store.set_setting(TRAINER_STATUS, report.model_dump())
+        return {"status": "recorded"}

@@ -1,17 +1,18 @@
-"""The serving policy: the base model plus the live LoRA adapter, sampled for inline completion.
+"""The serving policy: the base model plus LoRA adapters (live and canary), sampled in batches.
 
-All model work (sampling, loading and switching adapters) runs on one worker thread, so a swap
-never lands in the middle of a generation and the event loop never blocks on the model.
+One batch is one `generate` call: prompts left-padded, each row routed to its own adapter through
+peft's mixed-adapter batches (`adapter_names=`), so canary and live rows share a forward pass.
+Every call on the model runs on one worker thread (backend/batching.py), so an adapter is
+installed or dropped only between batches, never inside one.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
@@ -21,7 +22,9 @@ from backend.prompts import FimFormat, build_prompt_ids, detect_fim_format
 from backend.wire import BASE_VERSION
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+# peft's name for "no adapter" in a mixed-adapter batch.
+PEFT_BASE = "__base__"
 
 
 @dataclass
@@ -30,6 +33,24 @@ class Sample:
     prompt_ids: list[int]
     completion_ids: list[int]
     token_logprobs: list[float]
+    model_version: str
+
+
+@dataclass
+class Request:
+    prefix: str
+    suffix: str
+    max_new_tokens: int | None
+    user_id: str
+
+
+@dataclass
+class PreparedAdapter:
+    """An adapter read from disk off the worker thread: installing it is then only a copy."""
+
+    version: str
+    config: Any
+    weights: dict[str, torch.Tensor]
 
 
 def pick_device(configured: str) -> torch.device:
@@ -38,27 +59,55 @@ def pick_device(configured: str) -> torch.device:
     return torch.device(configured)
 
 
-class _StopAtBoundary(StoppingCriteria):
-    """Stops generation once the decoded text has reached its end of line or end of block."""
+def in_canary(user_id: str, share: float) -> bool:
+    """Sticky routing: a user's hash puts them in the canary slice for every request."""
+    bucket = int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:8], "big") / 2**64
+    return bucket < share
 
-    def __init__(self, tokenizer: Any, prompt_length: int, mid_line: bool, line_prefix: str) -> None:
+
+def prepare_adapter(version: str, path: Path) -> PreparedAdapter:
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    return PreparedAdapter(
+        version, LoraConfig.from_pretrained(str(path)), load_file(str(path / "adapter_model.safetensors"))
+    )
+
+
+class _StopAtBoundary(StoppingCriteria):
+    """Per row: stops once the decoded text reaches its end of line or block, EOS, or its token cap.
+
+    Records how many tokens each row had when it stopped: after that generate pads the row.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int, rows: list[tuple[bool, str, int]], eos: int):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
-        self.mid_line = mid_line
-        self.line_prefix = line_prefix
+        self.rows = rows
+        self.eos = eos
+        self.lengths: list[int | None] = [None] * len(rows)
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_length
         done = []
-        for row in input_ids:
-            text = self.tokenizer.decode(row[self.prompt_length :], skip_special_tokens=True)
-            done.append(stops.stop_index(text, self.mid_line, self.line_prefix) is not None)
+        for index, ((mid_line, line_prefix, cap), row) in enumerate(zip(self.rows, input_ids, strict=True)):
+            if self.lengths[index] is None:
+                new = row[self.prompt_length :]
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                if (
+                    int(new[-1]) == self.eos
+                    or generated >= cap
+                    or stops.stop_index(text, mid_line, line_prefix) is not None
+                ):
+                    self.lengths[index] = generated
+            done.append(self.lengths[index] is not None)
         return torch.tensor(done, device=input_ids.device)
 
 
 class Policy:
-    """A causal LM loaded through transformers, with peft adapters switched by version."""
+    """A causal LM loaded through transformers, with peft adapters installed by version."""
 
     def __init__(
         self,
@@ -80,10 +129,12 @@ class Policy:
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.context_tokens = context_tokens
-        self.version = BASE_VERSION
+        self.live = BASE_VERSION
+        self.canary: str | None = None
+        self.canary_share = 0.0
         eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         self.eos_token_id = eos
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # top_k=0 and top_p=1 switch off transformers' default truncation, so the recorded
         # log-probabilities are exactly those of the distribution we sampled from.
         self.sampling: dict[str, Any] = dict(
@@ -92,82 +143,100 @@ class Policy:
             top_k=0,
             top_p=1.0,
             eos_token_id=eos,
-            pad_token_id=pad,
+            pad_token_id=self.pad_token_id,
             output_logits=True,
             return_dict_in_generate=True,
         )
 
-    def use_adapter(self, version: str, path: Path | None) -> None:
-        """Serve `version` from now on: an adapter directory, or the bare base model."""
-        from peft import PeftModel
+    @property
+    def version(self) -> str:
+        return self.live
 
-        if version == BASE_VERSION or path is None:
-            self.version = BASE_VERSION
+    def installed(self) -> set[str]:
+        return set(getattr(self.model, "peft_config", {}))
+
+    def install(self, adapter: PreparedAdapter) -> None:
+        """Add a prepared adapter under its version name (idempotent)."""
+        from peft import PeftModel, set_peft_model_state_dict
+
+        if adapter.version in self.installed():
             return
         if isinstance(self.model, PeftModel):
-            if version not in self.model.peft_config:
-                self.model.load_adapter(str(path), adapter_name=version)
-            self.model.set_adapter(version)
+            self.model.add_adapter(adapter.version, adapter.config)
         else:
-            self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=version)
+            self.model = PeftModel(self.base, adapter.config, adapter_name=adapter.version)
+        result = set_peft_model_state_dict(self.model, adapter.weights, adapter_name=adapter.version)
+        missing = [key for key in result.missing_keys if "lora_" in key and adapter.version in key]
+        if missing:
+            self.model.delete_adapter(adapter.version)
+            raise ValueError(f"adapter {adapter.version} lacks weights such as {missing[0]}")
         self.model.eval()
-        previous = self.version
-        self.version = version
-        if previous != BASE_VERSION and previous != version and previous in self.model.peft_config:
-            self.model.delete_adapter(previous)
-        log.info("serving %s (was %s)", version, previous)
 
-    def _adapter_context(self) -> Any:
-        from contextlib import nullcontext
+    def route(self, live: str, canary: str | None, canary_share: float) -> None:
+        """Serve `live` (and `canary` to its share of users) from the next batch on."""
+        for version in (live, canary):
+            if version not in (None, BASE_VERSION) and version not in self.installed():
+                raise ValueError(f"adapter {version} is not installed")
+        self.live, self.canary, self.canary_share = live, canary, canary_share
+        # Adapters nobody is routed to any more are freed (peft keeps at least one installed).
+        for stale in sorted(self.installed() - {live, canary}):
+            if len(self.installed()) > 1:
+                self.model.delete_adapter(stale)
+        log.info("serving live %s, canary %s (share %.2f)", live, canary, canary_share)
 
-        if self.version == BASE_VERSION and self.model is not self.base:
-            return self.model.disable_adapter()
-        return nullcontext()
+    def version_for(self, user_id: str) -> str:
+        if self.canary is not None and in_canary(user_id, self.canary_share):
+            return self.canary
+        return self.live
 
     @torch.inference_mode()
-    def complete(self, prefix: str, suffix: str, max_new_tokens: int | None = None) -> Sample:
-        prompt_ids = build_prompt_ids(self.tokenizer, self.fim, prefix, suffix, self.context_tokens)
-        mid_line = stops.is_mid_line(prefix)
-        line_prefix = prefix.rsplit("\n", 1)[-1]
-        input_ids = torch.tensor([prompt_ids], device=self.device)
-        stopper = _StopAtBoundary(self.tokenizer, len(prompt_ids), mid_line, line_prefix)
-        with self._adapter_context():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                **self.sampling,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
-                stopping_criteria=[stopper],
-            )
-        completion_ids = out.sequences[0, len(prompt_ids) :].tolist()
-        logprobs = []
-        for step, token in enumerate(completion_ids):
-            step_logprobs = torch.log_softmax(out.logits[step][0].float() / self.temperature, dim=-1)
-            logprobs.append(float(step_logprobs[token]))
-        raw = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
-        return Sample(
-            text=stops.finish(raw, mid_line, line_prefix),
-            prompt_ids=prompt_ids,
-            completion_ids=completion_ids,
-            token_logprobs=logprobs,
+    def complete_batch(self, requests: list[Request]) -> list[Sample]:
+        prompts = [
+            build_prompt_ids(self.tokenizer, self.fim, r.prefix, r.suffix, self.context_tokens)
+            for r in requests
+        ]
+        versions = [self.version_for(r.user_id) for r in requests]
+        width = max(len(p) for p in prompts)
+        # Left padding: every row's next token sits in the same column.
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention[row, width - len(prompt) :] = 1
+        caps = [r.max_new_tokens or self.max_new_tokens for r in requests]
+        rows = [
+            (stops.is_mid_line(r.prefix), r.prefix.rsplit("\n", 1)[-1], cap)
+            for r, cap in zip(requests, caps, strict=True)
+        ]
+        stopper = _StopAtBoundary(self.tokenizer, width, rows, self.eos_token_id)
+        extra: dict[str, Any] = {}
+        if self.installed():
+            extra["adapter_names"] = [PEFT_BASE if v == BASE_VERSION else v for v in versions]
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            **self.sampling,
+            max_new_tokens=max(caps),
+            stopping_criteria=[stopper],
+            **extra,
         )
-
-
-class PolicyWorker:
-    """Runs every call on the policy on one dedicated thread, in arrival order."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
-
-    async def run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def complete(self, prefix: str, suffix: str, max_new_tokens: int | None = None) -> Sample:
-        return await self.run(self.policy.complete, prefix, suffix, max_new_tokens)
-
-    async def use_adapter(self, version: str, path: Path | None) -> None:
-        await self.run(self.policy.use_adapter, version, path)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        samples = []
+        for row, (prompt, version) in enumerate(zip(prompts, versions, strict=True)):
+            length = stopper.lengths[row] or out.sequences.shape[1] - width
+            completion_ids = out.sequences[row, width : width + length].tolist()
+            logprobs = []
+            for step, token in enumerate(completion_ids):
+                step_logprobs = torch.log_softmax(out.logits[step][row].float() / self.temperature, dim=-1)
+                logprobs.append(float(step_logprobs[token]))
+            mid_line, line_prefix, _ = rows[row]
+            raw = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
+            samples.append(
+                Sample(
+                    text=stops.finish(raw, mid_line, line_prefix),
+                    prompt_ids=prompt,
+                    completion_ids=completion_ids,
+                    token_logprobs=logprobs,
+                    model_version=version,
+                )
+            )
+        return samples

@@ -115,6 +115,9 @@ class Episode(BaseModel):
     finalized_at: float
     # Shortest visible time before acceptance, for the inhuman-speed filter.
     accept_visible_ms: float | None = None
+    # What the user wrote at the spot instead (rewrite event), or the edited text that survived an
+    # acceptance; None when unknown or unchanged. The chosen side of DPO pairs.
+    rewrite: str | None = None
 
 
 class EpisodesPage(BaseModel):

@@ -130,3 +130,31 @@ def backend(tiny_model_dir: Path, tmp_path: Path) -> Iterator[RunningBackend]:
     running = start_backend(tiny_model_dir, tmp_path / "state")
     yield running
     stop_backend(running)
+
+
+# Tests that do not exercise the canary serve an upload to everyone at once (share 0: promoted on
+# upload); the canary tests set their own share.
+os.environ.setdefault("FLYWHEEL_CANARY__SHARE", "0")
+
+
+def restart_backend(stopped: RunningBackend) -> RunningBackend:
+    """The same backend again after `stop_backend`: same port, data dir and settings."""
+    with open(stopped.log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flywheel.cli", "backend"],
+            env=stopped.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    backend = RunningBackend(stopped.url, stopped.data_dir, stopped.env, process, stopped.log_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"backend exited early:\n{backend.log()}")
+        try:
+            if httpx.get(f"{backend.url}/healthz", timeout=1).status_code == 200:
+                return backend
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"backend did not come back:\n{backend.log()}")

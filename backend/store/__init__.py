@@ -1,8 +1,9 @@
 """The backend's store: the only code that opens Flywheel's SQLite database.
 
 `Store` gathers one concern per module: ingest (completions, events), episodes (finalize, the
-trainer's feed, re-scoring), registry (checkpoints) and stats (the admin page). Schema steps live
-in `schema`; the file and its connections in `database`.
+trainer's feed, re-scoring), registry (checkpoints), stats and outcomes (the dashboard, the
+canary's test), upkeep (retention, tokens, settings). Schema steps live in `schema`; the file and
+its connections in `database`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from pathlib import Path
 from backend.store.database import Database
 from backend.store.episodes import EpisodesMixin
 from backend.store.ingest import IngestMixin
+from backend.store.outcomes import ArmFigures, Moments, OutcomesMixin
 from backend.store.registry import STATES, RegistryMixin, UnknownCheckpoint
 from backend.store.schema import SCHEMA_VERSION, SchemaTooNew
 from backend.store.stats import StatsMixin
+from backend.store.upkeep import UpkeepMixin
 
-__all__ = ["SCHEMA_VERSION", "STATES", "SchemaTooNew", "Store", "UnknownCheckpoint"]
+__all__ = ["SCHEMA_VERSION", "STATES", "ArmFigures", "Moments", "SchemaTooNew", "Store", "UnknownCheckpoint"]
 
 
-class Store(IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin):
+class Store(IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin, OutcomesMixin, UpkeepMixin):
     def __init__(self, db: Database) -> None:
         self._db = db
 

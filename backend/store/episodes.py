@@ -76,7 +76,8 @@ class EpisodesMixin:
             " c.token_logprobs, c.temperature, c.text, e.outcome, e.reward, c.created_at,"
             " e.finalized_at, e.accept_visible_ms"
             " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
-            " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL ORDER BY e.seq LIMIT ?",
+            " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL AND c.purged_at IS NULL"
+            " ORDER BY e.seq LIMIT ?",
             (cursor, top, limit),
         )
         episodes = [
@@ -113,7 +114,8 @@ class EpisodesMixin:
                 rows = await db.execute_fetchall(
                     "SELECT e.seq, e.completion_id, c.text, e.outcome, e.reward, e.similarity,"
                     " e.accept_visible_ms FROM episodes e JOIN completions c"
-                    " ON c.completion_id = e.completion_id WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
+                    " ON c.completion_id = e.completion_id WHERE e.seq > ? AND c.purged_at IS NULL"
+                    " ORDER BY e.seq LIMIT ?",
                     (after, _FINALIZE_CHUNK),
                 )
                 if not rows:

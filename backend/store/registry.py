@@ -96,6 +96,23 @@ class RegistryMixin:
         )
         return rows[0][0] if rows else wire.BASE_VERSION
 
+    async def versions_in(self, state: str) -> list[str]:
+        rows = await self._db.reader.execute_fetchall(
+            "SELECT version FROM checkpoints WHERE state = ? ORDER BY rowid", (state,)
+        )
+        return [row[0] for row in rows]
+
+    async def entered(self, version: str, state: str) -> dict[str, Any] | None:
+        """The latest transition of `version` into `state` (reason, metrics, at), if any."""
+        rows = await self._db.reader.execute_fetchall(
+            "SELECT reason, metrics, at FROM checkpoint_transitions WHERE version = ? AND to_state = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (version, state),
+        )
+        if not rows:
+            return None
+        return {"reason": rows[0][0], "metrics": json.loads(rows[0][1]), "at": rows[0][2]}
+
     async def checkpoint(self, version: str) -> wire.CheckpointInfo | None:
         rows = await self._db.reader.execute_fetchall(
             "SELECT version, state, parent_version, created_at, metrics FROM checkpoints WHERE version = ?",

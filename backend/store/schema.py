@@ -84,6 +84,24 @@ MIGRATIONS: list[list[str]] = [
         # AUTOINCREMENT never hands out a number twice, so version names are never reused.
         "CREATE TABLE version_numbers (n INTEGER PRIMARY KEY AUTOINCREMENT)",
     ],
+    # 2: retention marks, indexes for time windows, hashed access tokens, small backend settings.
+    [
+        # Set when retention has deleted the completion's context and events; the episode stays.
+        "ALTER TABLE completions ADD COLUMN purged_at REAL",
+        "CREATE INDEX completions_by_time ON completions (created_at)",
+        "CREATE INDEX events_by_time ON events (received_at)",
+        """
+        CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('client', 'admin')),
+            hash TEXT NOT NULL UNIQUE,      -- sha256 of the token; the token itself is never stored
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """,
+        "CREATE TABLE backend_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,33 @@
+"""The retention job: now and then, delete events and contexts older than `retention_days`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from backend.store import Store
+from flywheel.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def retain_once(store: Store, settings: Settings, now: float | None = None) -> dict[str, int]:
+    cutoff = (time.time() if now is None else now) - settings.backend.retention_days * 86400
+    purged = await store.purge_older_than(cutoff)
+    if purged["completions"]:
+        log.info("retention: purged %(events)d events of %(completions)d completions", purged)
+    return purged
+
+
+async def run_retention(store: Store, settings: Settings, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await retain_once(store, settings)
+        except Exception:
+            # A failed pass (say, a locked database) must not end the loop; the next one retries.
+            log.exception("retention pass failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=settings.backend.retention_interval_s)
+        except TimeoutError:
+            continue

@@ -1,0 +1,124 @@
+"""Outcome figures over time windows: the canary's test arms and the dashboard's series.
+
+Per finalized episode of a model version:
+- reward: over trainable episodes (reward not NULL, abstentions included);
+- accepted (0/1): over rated episodes (trainable and shown);
+- ARC, accepted-and-retained characters: similarity × length of the text for accepted outcomes,
+  0 otherwise, over every finalized episode (so "ARC per 100 requests" is 100 × its mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from backend.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
+from backend.store.database import Database
+
+_ACCEPTED = f"(e.outcome IN ('{ACCEPTED}', '{PARTIALLY_ACCEPTED}'))"
+_ARC = f"(CASE WHEN {_ACCEPTED} THEN COALESCE(e.similarity, 1.0) * length(c.text) ELSE 0 END)"
+_RATED = f"(e.reward IS NOT NULL AND e.outcome != '{ABSTAINED}')"
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, sum and sum of squares of one metric: enough for a mean and a variance."""
+
+    n: int
+    total: float
+    squares: float
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+    @property
+    def variance(self) -> float:
+        if self.n < 2:
+            return 0.0
+        mean = self.total / self.n
+        return max(self.squares / self.n - mean * mean, 0.0) * self.n / (self.n - 1)
+
+
+@dataclass(frozen=True)
+class ArmFigures:
+    version: str
+    reward: Moments
+    accepted: Moments
+    arc: Moments
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "episodes": self.reward.n,
+            "mean_reward": self.reward.mean,
+            "accept_rate": self.accepted.mean,
+            "arc_per_100": None if self.arc.mean is None else 100 * self.arc.mean,
+        }
+
+
+class OutcomesMixin:
+    _db: Database
+
+    async def arm(self, version: str, since: float, until: float | None = None) -> ArmFigures:
+        """Figures of `version`'s episodes for completions served in [since, until)."""
+        rows = await self._db.reader.execute_fetchall(
+            f"SELECT SUM(e.reward IS NOT NULL), TOTAL(e.reward), TOTAL(e.reward * e.reward),"
+            f" SUM({_RATED}), SUM({_RATED} AND {_ACCEPTED}),"
+            f" COUNT(*), TOTAL({_ARC}), TOTAL({_ARC} * {_ARC})"
+            " FROM completions c JOIN episodes e ON e.completion_id = c.completion_id"
+            " WHERE c.model_version = ? AND c.created_at >= ? AND c.created_at < ?",
+            (version, since, until if until is not None else float("inf")),
+        )
+        r = [value or 0 for value in rows[0]]
+        return ArmFigures(
+            version,
+            reward=Moments(int(r[0]), r[1], r[2]),
+            accepted=Moments(int(r[3]), r[4], r[4]),
+            arc=Moments(int(r[5]), r[6], r[7]),
+        )
+
+    async def series(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+        """Per version and time bucket (by serving time): served, mean reward, accept rate, ARC/100."""
+        rows = await self._db.reader.execute_fetchall(
+            f"SELECT c.model_version, CAST(c.created_at / ? AS INTEGER), COUNT(*), COUNT(e.seq),"
+            f" SUM(e.reward IS NOT NULL), TOTAL(e.reward), SUM({_RATED}), SUM({_RATED} AND {_ACCEPTED}),"
+            f" TOTAL({_ARC})"
+            " FROM completions c LEFT JOIN episodes e ON e.completion_id = c.completion_id"
+            " WHERE c.created_at >= ? GROUP BY 1, 2 ORDER BY 2",
+            (bucket_s, since),
+        )
+        return [
+            {
+                "version": version,
+                "at": bucket * bucket_s,
+                "served": served,
+                "mean_reward": reward_sum / trainable if trainable else None,
+                "accept_rate": accepted / rated if rated else None,
+                "arc_per_100": 100 * arc / finalized if finalized else None,
+            }
+            for version, bucket, served, finalized, trainable, reward_sum, rated, accepted, arc in rows
+        ]
+
+    async def reward_histogram(self, since: float, width: float = 0.05) -> list[tuple[float, int]]:
+        rows = await self._db.reader.execute_fetchall(
+            "SELECT ROUND(e.reward / ?) * ?, COUNT(*) FROM episodes e"
+            " JOIN completions c ON c.completion_id = e.completion_id"
+            " WHERE e.reward IS NOT NULL AND c.created_at >= ? GROUP BY 1 ORDER BY 1",
+            (width, width, since),
+        )
+        return [(round(value, 6), count) for value, count in rows]
+
+    async def events_per_minute(self, since: float) -> list[tuple[float, int]]:
+        rows = await self._db.reader.execute_fetchall(
+            "SELECT CAST(received_at / 60 AS INTEGER) * 60, COUNT(*) FROM events"
+            " WHERE received_at >= ? GROUP BY 1 ORDER BY 1",
+            (since,),
+        )
+        return [(at, count) for at, count in rows]
+
+    async def latencies(self, since: float, limit: int = 20_000) -> list[float]:
+        rows = await self._db.reader.execute_fetchall(
+            "SELECT latency_ms FROM completions WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?",
+            (since, limit),
+        )
+        return [row[0] for row in rows]
