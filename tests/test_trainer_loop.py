@@ -74,6 +74,18 @@ class StubBackend:
                 version=version, state="live", parent_version=meta.parent_version, created_at=0
             )
             return httpx.Response(200, json=info.model_dump())
+        if request.method == "GET" and path == "/checkpoints":
+            listed = [
+                CheckpointInfo(
+                    version=f"v{i + 1}",
+                    state="live",
+                    parent_version=m.parent_version,
+                    created_at=0,
+                    metrics=m.metrics,
+                ).model_dump()
+                for i, m in enumerate(self.uploads)
+            ]
+            return httpx.Response(200, json=listed)
         if request.method == "GET" and path.startswith("/checkpoints/"):
             _, _, version, _, name = path.split("/")
             return httpx.Response(200, content=self.checkpoints[version][name])
@@ -135,7 +147,7 @@ def test_cycles_train_upload_and_continue_from_live(stub: StubBackend, settings:
             "loss",
             "pg_loss",
             "kl",
-            "kl_after",
+            "kl_parent_max",
             "ratio_mean",
             "clip_frac",
             "mean_reward",
@@ -143,6 +155,9 @@ def test_cycles_train_upload_and_continue_from_live(stub: StubBackend, settings:
         ):
             assert key in meta.metrics
         assert json.loads(stub.checkpoints["v1"]["adapter_config.json"])["peft_type"] == "LORA"
+        # The gate ran and its verdict travels with the checkpoint.
+        assert meta.gate is not None and meta.gate.passed, meta.gate
+        assert {"ppl_base", "ppl_candidate", "degenerate_loops"} <= set(meta.gate.figures)
         state = load_state(settings.trainer_dir)
         assert (state.cursor, state.last_version) == (8, "v1")
         # The uploaded candidate is filed under its version, so v1 going live costs no download.
@@ -186,17 +201,40 @@ def test_live_adapter_is_downloaded_when_not_cached(
     )
 
 
-def test_failed_upload_keeps_the_cursor(stub: StubBackend, settings: Settings) -> None:
+def test_failed_upload_keeps_the_cursor_and_the_saved_candidate(
+    stub: StubBackend, settings: Settings
+) -> None:
     add_episodes(stub, 4)
     stub.fail_uploads = True
     with client_for(stub, settings, retries=0) as client:
         with pytest.raises(httpx.HTTPStatusError):
             run_cycle(settings, client)
-        assert load_state(settings.trainer_dir).cursor == 0
-        assert list((settings.trainer_dir / "candidates").iterdir()) == []
+        state = load_state(settings.trainer_dir)
+        assert state.cursor == 0 and state.pending_candidate is not None
+        # The whole candidate was saved before the upload: the next run sends it without retraining.
+        assert [p.name for p in (settings.trainer_dir / "candidates").iterdir()] == [state.pending_candidate]
         stub.fail_uploads = False
-        result = run_cycle(settings, client)
-    assert result is not None and result.episodes == 4 and result.cursor == 4
+        assert run_cycle(settings, client) is None  # the pending upload went; no newer episodes
+    state = load_state(settings.trainer_dir)
+    assert (state.cursor, state.last_version, state.pending_candidate) == (4, "v1", None)
+    assert len(stub.uploads) == 1 and stub.uploads[0].metrics["candidate"]
+    assert list((settings.trainer_dir / "candidates").iterdir()) == []
+
+
+def test_a_pending_upload_that_arrived_is_not_sent_twice(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 4)
+    with client_for(stub, settings) as client:
+        run_cycle(settings, client)
+        # As if killed after the backend stored it but before the cursor was saved.
+        state = load_state(settings.trainer_dir)
+        state.pending_candidate, state.pending_cursor = stub.uploads[0].metrics["candidate"], 4
+        state.cursor = 0
+        from trainer.state import save_state
+
+        save_state(settings.trainer_dir, state)
+        assert run_cycle(settings, client) is None
+    assert len(stub.uploads) == 1
+    assert load_state(settings.trainer_dir).cursor == 4
 
 
 def test_too_few_episodes_changes_nothing(stub: StubBackend, settings: Settings) -> None:

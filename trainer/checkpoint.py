@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 
 from backend.wire import ADAPTER_FILES
 from trainer.fsutil import atomic_dir, fsync_dir
+
+OPTIMIZER_FILE = "optimizer.pt"
+# The CheckpointMetadata a candidate is to be uploaded with: a restarted trainer uploads it as is.
+UPLOAD_FILE = "upload.json"
+# Adapters kept locally besides the live one: the newest few, for quick continuation after a swap.
+KEEP_ADAPTERS = 3
 
 # Backend versions become directory names: nothing that could leave the adapters directory.
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -35,10 +43,17 @@ def is_complete(path: Path) -> bool:
     return all((path / name).is_file() for name in ADAPTER_FILES)
 
 
-def save_adapter_atomic(model: PeftModel, dest: Path) -> Path:
-    """Saves the adapter (peft `save_pretrained`) so that `dest` appears whole or not at all."""
+def save_adapter_atomic(
+    model: PeftModel, dest: Path, optimizer: torch.optim.Optimizer | None = None, upload: str | None = None
+) -> Path:
+    """Saves the adapter (peft `save_pretrained`), with the optimizer state and the upload's metadata
+    JSON when given, so that `dest` appears whole or not at all."""
     with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        if upload is not None:
+            (tmp / UPLOAD_FILE).write_text(upload)
         missing = [name for name in ADAPTER_FILES if not (tmp / name).is_file()]
         if missing:
             raise RuntimeError(f"save_pretrained wrote no {missing}")
@@ -65,3 +80,24 @@ def adopt_candidate(candidate: Path, trainer_dir: Path, version: str) -> Path:
     fsync_dir(dest.parent)
     fsync_dir(candidate.parent)
     return dest
+
+
+def clean_trainer_dir(trainer_dir: Path, keep: set[str], pending: str | None = None) -> list[Path]:
+    """Removes what a crash or an old cycle left: half-written temp dirs, candidates other than the
+    pending one, and adapters beyond the newest KEEP_ADAPTERS and those in `keep`. Returns them."""
+    removed = []
+    candidates = trainer_dir / "candidates"
+    if candidates.is_dir():
+        removed += [p for p in candidates.iterdir() if p.name != pending]
+    adapters = trainer_dir / "adapters"
+    if adapters.is_dir():
+        removed += [p for p in adapters.iterdir() if p.name.startswith(".")]
+        versions = sorted(
+            (p for p in adapters.iterdir() if not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        removed += [p for p in versions[KEEP_ADAPTERS:] if p.name not in keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

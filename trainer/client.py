@@ -12,11 +12,13 @@ import httpx
 from backend.wire import (
     ADAPTER_FILES,
     API_PREFIX,
+    TRAINER_STATUS_PATH,
     CheckpointInfo,
     CheckpointMetadata,
     Episode,
     EpisodesPage,
     ModelInfo,
+    TrainerReport,
 )
 from flywheel.config import Settings
 from trainer.checkpoint import check_version
@@ -90,15 +92,38 @@ class BackendClient:
         response = self._request("GET", "/episodes", params={"cursor": cursor, "limit": limit})
         return EpisodesPage.model_validate(response.json())
 
-    def all_episodes(self, cursor: int, page_size: int = 500) -> tuple[list[Episode], int]:
-        """Every episode after `cursor`, and the cursor after the last of them."""
+    def all_episodes(
+        self, cursor: int, page_size: int = 500, max_count: int | None = None
+    ) -> tuple[list[Episode], int]:
+        """The episodes after `cursor` (at most `max_count`), and the cursor after the last of them."""
         episodes: list[Episode] = []
-        while True:
-            page = self.episodes(cursor, page_size)
+        while max_count is None or len(episodes) < max_count:
+            want = page_size if max_count is None else min(page_size, max_count - len(episodes))
+            page = self.episodes(cursor, want)
+            # A page ends at its last episode's seq, so taking all of it keeps the cursor exact.
             episodes.extend(page.episodes)
             if not page.episodes or page.next_cursor <= cursor:
                 return episodes, max(cursor, page.next_cursor)
             cursor = page.next_cursor
+        return episodes, cursor
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return [CheckpointInfo.model_validate(c) for c in self._request("GET", "/checkpoints").json()]
+
+    def report(self, report: TrainerReport) -> None:
+        """Best effort: the dashboard's trainer status must never stop or slow training."""
+        try:
+            response = self._http.post(
+                TRAINER_STATUS_PATH.removeprefix(API_PREFIX),
+                content=report.model_dump_json(),
+                headers={"content-type": "application/json"},
+                timeout=5.0,
+            )
+        except httpx.HTTPError as error:
+            log.debug("trainer status not sent: %s", error)
+            return
+        if response.status_code >= 400 and response.status_code != 404:
+            log.debug("trainer status refused: %d %s", response.status_code, response.text[:200])
 
     def upload_checkpoint(self, adapter_dir: Path, metadata: CheckpointMetadata) -> CheckpointInfo:
         files = {

@@ -19,6 +19,10 @@ class TrainerState:
     # The last checkpoint version this trainer uploaded.
     last_version: str | None = None
     updated_at: float = 0.0
+    # A saved candidate being uploaded, and the cursor that upload completes: a trainer killed
+    # mid-upload finds out from the backend whether it arrived, and uploads it again if not.
+    pending_candidate: str | None = None
+    pending_cursor: int = 0
 
 
 def load_state(trainer_dir: Path) -> TrainerState:
@@ -30,6 +34,8 @@ def load_state(trainer_dir: Path) -> TrainerState:
         cursor=int(data.get("cursor", 0)),
         last_version=data.get("last_version"),
         updated_at=float(data.get("updated_at", 0.0)),
+        pending_candidate=data.get("pending_candidate"),
+        pending_cursor=int(data.get("pending_cursor", 0)),
     )
 
 

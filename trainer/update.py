@@ -65,8 +65,18 @@ def train_on_episodes(
     epochs: int,
     max_grad_norm: float = 1.0,
     seed: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    parent_version: str | None = None,
+    kl_budget: float | None = None,
+    measure_kl_after: bool = True,
 ) -> dict[str, float]:
-    """Updates the adapter in place; returns the update's figures (step means, KL after)."""
+    """Updates the adapter in place; returns the update's figures (step means, KL after).
+
+    `kl_budget` bounds how far this update may move the policy from `parent_version`, the version
+    it started from: before each step, KL(parent ‖ current) per token is estimated on the
+    minibatch's episodes that the parent served (their recorded log-probs are the parent's), and
+    once it exceeds the budget the update stops there (`kl_stopped` = 1).
+    """
     if not episodes:
         raise ValueError("no episodes to train on")
     device = next(model.parameters()).device
@@ -74,11 +84,11 @@ def train_on_episodes(
     advantages = compute_advantages(torch.tensor([e.reward for e in episodes]), config)
     ref = reference_logprobs(model, episodes, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    optimizer = optimizer or make_optimizer(model, learning_rate)
     generator = torch.Generator().manual_seed(seed)
 
     sums: dict[str, float] = defaultdict(float)
-    steps = 0
+    steps, kl_parent_max, kl_stopped = 0, 0.0, False
     for _ in range(epochs):
         order = torch.randperm(len(episodes), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
@@ -90,6 +100,13 @@ def train_on_episodes(
             ref_logps = pad_rows([ref[i] for i in idx], width).to(device)
 
             logps = completion_logprobs(model, batch)
+            on_parent = torch.tensor([e.model_version == parent_version for e in chunk], device=device)
+            kl_parent = parent_kl(logps.detach(), behaviour, batch.completion_mask & on_parent[:, None])
+            if kl_parent is not None:
+                kl_parent_max = max(kl_parent_max, kl_parent)
+                if kl_budget is not None and kl_parent > kl_budget:
+                    kl_stopped = True
+                    break
             loss, stats = pg_loss(
                 logps, behaviour, ref_logps, advantages[idx].to(device), batch.completion_mask, config
             )
@@ -100,10 +117,30 @@ def train_on_episodes(
             for key, value in stats.items():
                 sums[key] += value
             steps += 1
+        if kl_stopped:
+            break
 
-    metrics = {key: value / steps for key, value in sums.items()}
+    metrics = {key: value / max(steps, 1) for key, value in sums.items()}
     metrics["steps"] = float(steps)
     metrics["tokens"] = float(sum(len(e.completion_ids) for e in episodes))
     metrics["mean_reward"] = float(torch.tensor([e.reward for e in episodes]).mean())
-    metrics["kl_after"] = kl_to_base(model, episodes, batch_size, ref)
+    metrics["kl_parent_max"] = kl_parent_max
+    metrics["kl_stopped"] = float(kl_stopped)
+    if measure_kl_after:
+        metrics["kl_after"] = kl_to_base(model, episodes, batch_size, ref)
     return metrics
+
+
+def make_optimizer(model: PeftModel, learning_rate: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+
+def parent_kl(logps: Tensor, parent_logps: Tensor, mask: Tensor) -> float | None:
+    """Per-token k3 estimate of KL(parent ‖ current) from tokens the parent sampled: with
+    r = p_current / p_parent, E_parent[r − 1 − log r] = KL(parent ‖ current). None without tokens."""
+    n = int(mask.sum())
+    if n == 0:
+        return None
+    log_r = (logps - parent_logps).clamp(-20.0, 20.0)
+    k3 = torch.exp(log_r) - 1 - log_r
+    return float((k3 * mask).sum() / n)

@@ -1,0 +1,256 @@
+"""One trainer cycle: pull episodes, guard, update, gate, save atomically, upload, move the cursor.
+
+ModelInfo → up to `max_episodes` new episodes after the persisted cursor → guards
+(trainer/selection.py) → a held-out share for the gate → the live version's policy (kept in memory
+between cycles) → update with the configured objective → eval gate → atomic save of the adapter,
+its optimizer state and its upload metadata → upload (a failing candidate too: the backend records
+it as rejected with the gate's reason) → cursor persisted.
+
+Crash safety: the candidate directory appears whole or not at all. Before uploading, the state file
+names it as pending; a trainer killed from there on asks the backend whether it arrived, and uploads
+the saved candidate again if not, so no cycle is trained twice and nothing half-written is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, GateResult
+from flywheel.config import Settings, TrainerConfig
+from trainer.checkpoint import (
+    UPLOAD_FILE,
+    adapter_dir,
+    adopt_candidate,
+    clean_trainer_dir,
+    is_complete,
+    new_candidate_dir,
+    save_adapter_atomic,
+)
+from trainer.client import BackendClient
+from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
+from trainer.objectives.pg import PGConfig
+from trainer.selection import select_episodes
+from trainer.session import LoadedPolicy, PolicyCache
+from trainer.state import TrainerState, load_state, save_state
+from trainer.update import train_on_episodes
+
+log = logging.getLogger("flywheel.trainer")
+
+# Below this many kept episodes none are held out: the SNIS check would have nothing to go on.
+MIN_EPISODES_TO_HOLD_OUT = 20
+
+
+@dataclass
+class CycleResult:
+    # The version the backend gave the uploaded candidate; None when nothing was trainable.
+    version: str | None
+    parent_version: str
+    episodes: int
+    dropped: Counter[str] = field(default_factory=Counter)
+    cursor: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    gate: GateResult | None = None
+    # The state the backend put the candidate in (live, canary, gated, rejected, …).
+    state: str | None = None
+
+
+def objective_config(cfg: TrainerConfig) -> Any:
+    """The configured objective's dataclass with the configured overrides; ValueError if unknown."""
+    if cfg.objective == "pg":
+        return PGConfig(**cfg.pg)
+    if cfg.objective == "kto":
+        from trainer.objectives.kto import KTOObjective
+
+        return KTOObjective(**cfg.kto)
+    if cfg.objective == "dpo":
+        from trainer.objectives.dpo import DPOObjective
+
+        return DPOObjective(**cfg.dpo)
+    raise ValueError(f"unknown trainer objective {cfg.objective!r} (pg, kto, dpo)")
+
+
+def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Settings, seed: int) -> dict:
+    cfg = settings.trainer
+    common = dict(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs)
+    if isinstance(objective, PGConfig):
+        return train_on_episodes(
+            policy.model,
+            episodes,
+            objective,
+            seed=seed,
+            optimizer=policy.optimizer,
+            parent_version=policy.version,
+            kl_budget=cfg.guards.kl_budget,
+            measure_kl_after=False,
+            **common,
+        )
+    if cfg.objective == "kto":
+        from trainer.objectives.kto import train_kto
+
+        return train_kto(policy.model, policy.tokenizer, episodes, objective, **common)
+    from trainer.objectives.dpo import train_dpo
+
+    return train_dpo(policy.model, policy.tokenizer, episodes, objective, **common)
+
+
+def live_adapter(client: BackendClient, trainer_dir: Path, version: str) -> Path | None:
+    """The live adapter's directory, downloaded if not cached; None for the base model."""
+    if version == BASE_VERSION:
+        return None
+    path = adapter_dir(trainer_dir, version)
+    if not is_complete(path):
+        log.info("downloading adapter %s", version)
+        client.download_checkpoint(version, path)
+    return path
+
+
+def _finish(trainer_dir: Path, state: TrainerState, candidate: Path, checkpoint: CheckpointInfo) -> None:
+    """After the backend took the candidate: file it under its version (unless rejected, when it is
+    of no further use), move the cursor, clear the pending mark."""
+    if checkpoint.state == "rejected":
+        shutil.rmtree(candidate, ignore_errors=True)
+    else:
+        adopt_candidate(candidate, trainer_dir, checkpoint.version)
+    state.cursor = state.pending_cursor
+    state.last_version = checkpoint.version
+    state.pending_candidate = None
+    save_state(trainer_dir, state)
+
+
+def resume_pending(client: BackendClient, trainer_dir: Path, state: TrainerState) -> CheckpointInfo | None:
+    """Completes an upload a killed trainer left pending; None when there was none."""
+    name = state.pending_candidate
+    if name is None:
+        return None
+    candidate = trainer_dir / "candidates" / name
+    arrived = [c for c in client.checkpoints() if c.metrics.get("candidate") == name]
+    if arrived:
+        checkpoint = arrived[-1]
+        log.info("pending candidate %s had arrived as %s", name, checkpoint.version)
+    elif is_complete(candidate) and (candidate / UPLOAD_FILE).is_file():
+        metadata = CheckpointMetadata.model_validate_json((candidate / UPLOAD_FILE).read_text())
+        checkpoint = client.upload_checkpoint(candidate, metadata)
+        log.info("pending candidate %s uploaded as %s (%s)", name, checkpoint.version, checkpoint.state)
+    else:
+        log.warning("pending candidate %s is gone; its episodes will be trained on again", name)
+        state.pending_candidate = None
+        save_state(trainer_dir, state)
+        return None
+    _finish(trainer_dir, state, candidate, checkpoint)
+    return checkpoint
+
+
+def run_cycle(
+    settings: Settings,
+    client: BackendClient | None = None,
+    *,
+    min_episodes: int = 1,
+    pg: PGConfig | None = None,
+    cache: PolicyCache | None = None,
+    on_state: Callable[[str], None] | None = None,
+) -> CycleResult | None:
+    """One cycle; None (and nothing changed) when fewer than `min_episodes` new episodes are in, or
+    the guards want more distinct users first."""
+    if client is None:
+        with BackendClient.from_settings(settings) as own:
+            return run_cycle(settings, own, min_episodes=min_episodes, pg=pg, cache=cache, on_state=on_state)
+    started = time.monotonic()
+    cfg = settings.trainer
+    trainer_dir = settings.trainer_dir
+    cache = cache or PolicyCache(cfg)
+    notify = on_state or (lambda _state: None)
+    state = load_state(trainer_dir)
+    resume_pending(client, trainer_dir, state)
+    info = client.model_info()
+    episodes, next_cursor = client.all_episodes(state.cursor, max_count=cfg.max_episodes)
+    if len(episodes) < max(min_episodes, 1):
+        return None
+
+    selection = select_episodes(episodes, info.live_version, cfg.guards)
+    result = CycleResult(None, info.live_version, len(selection.kept), selection.dropped, next_cursor)
+    if selection.dropped.get("too_few_users"):
+        log.info(
+            "waiting for more users: %d of %d needed",
+            len({e.user_id for e in episodes}),
+            cfg.guards.min_users,
+        )
+        return None
+    if not selection.kept:
+        # Nothing here can ever be trained on: step over it rather than pull it again forever.
+        state.cursor = next_cursor
+        save_state(trainer_dir, state)
+        log.info("cycle skipped: all %d new episodes dropped (%s)", len(episodes), dict(selection.dropped))
+        return result
+
+    held = cfg.gate.enabled and len(selection.kept) >= MIN_EPISODES_TO_HOLD_OUT
+    train, heldout = split_heldout(selection.kept, cfg.gate.heldout_share) if held else (selection.kept, [])
+    objective = pg if pg is not None else objective_config(cfg)
+    notify("training")
+    policy = cache.get(
+        info.base_model, info.live_version, live_adapter(client, trainer_dir, info.live_version)
+    )
+    baseline = None
+    if cfg.gate.enabled:
+        baseline = GateBaseline(sequence_logps(policy.model, heldout), *cache.base_figures(policy, cfg.gate))
+    metrics = update(policy, train, objective, settings, seed=next_cursor)
+    cache.became(None)  # the weights in memory are now the candidate's, no served version
+    metrics.update(episodes=float(len(train)), heldout=float(len(heldout)))
+    metrics.update({f"dropped_{reason}": float(n) for reason, n in selection.dropped.items()})
+    metrics["dropped"] = float(sum(selection.dropped.values()))
+
+    gate = None
+    if baseline is not None:
+        notify("gating")
+        gate = evaluate_candidate(policy.model, policy.tokenizer, heldout, baseline, cfg.gate)
+    candidate_path = new_candidate_dir(trainer_dir, info.live_version)
+    metrics["duration_s"] = time.monotonic() - started
+    metadata = CheckpointMetadata(
+        base_model=info.base_model,
+        parent_version=info.live_version,
+        metrics={**metrics, "candidate": candidate_path.name, "objective": cfg.objective},
+        gate=gate,
+    )
+    optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
+    save_adapter_atomic(policy.model, candidate_path, optimizer, metadata.model_dump_json())
+    state.pending_candidate, state.pending_cursor = candidate_path.name, next_cursor
+    save_state(trainer_dir, state)
+
+    notify("uploading")
+    checkpoint = client.upload_checkpoint(candidate_path, metadata)
+    _finish(trainer_dir, state, candidate_path, checkpoint)
+    if checkpoint.state != "rejected" and (gate is None or gate.passed):
+        cache.became(checkpoint.version)
+    clean_trainer_dir(trainer_dir, keep={info.live_version, checkpoint.version})
+    metrics["duration_s"] = time.monotonic() - started
+    result.version, result.metrics, result.gate, result.state = (
+        checkpoint.version,
+        metrics,
+        gate,
+        checkpoint.state,
+    )
+    log.info(
+        "cycle done: %s → %s (%s) | episodes %d held out %d dropped %s | mean reward %+.3f | loss %.4f "
+        "kl %.4f parent kl %.4f%s | gate %s | %.1fs",
+        info.live_version,
+        checkpoint.version,
+        checkpoint.state,
+        len(train),
+        len(heldout),
+        json.dumps(dict(selection.dropped)),
+        metrics.get("mean_reward", 0.0),
+        metrics.get("loss", metrics.get("train_loss", 0.0)),
+        metrics.get("kl", 0.0),
+        metrics.get("kl_parent_max", 0.0),
+        " (KL budget hit: stopped)" if metrics.get("kl_stopped") else "",
+        "off" if gate is None else ("passed" if gate.passed else f"FAILED: {gate.reason}"),
+        metrics["duration_s"],
+    )
+    return result

@@ -1,0 +1,196 @@
+"""The eval gate: checks a candidate adapter before any user sees it.
+
+Three checks, each against a reference measured in the same process:
+    reward       self-normalized importance sampling (SNIS) estimate of the candidate's mean reward
+                 on held-out episodes, against the same estimate for the live (parent) version:
+                     w_i = exp(log π(y_i|x_i) − log μ(y_i|x_i)),   V̂(π) = Σ w_i r_i / Σ w_i
+                 with μ the serving policy; skipped (not failed) when the effective sample size
+                 (Σ w)² / Σ w² is too small to tell.
+    perplexity   on a fixed held-out code set (the standard library files the bootstrap corpus holds
+                 out, trainer/corpus.py), may rise at most `max_ppl_increase` over the base model's.
+    degenerate   greedy continuations of fixed prompts: not all empty, no more repetition loops
+                 than the base model produces.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+
+from backend.wire import Episode, GateResult
+from flywheel.config import GateConfig
+from trainer.corpus import SKIP_DIRS, STDLIB_TEST_DIRS, find_sources, is_held_out, read_source, stdlib_dir
+from trainer.logprobs import completion_logprobs
+from trainer.update import episode_batch
+
+PPL_WINDOW = 256
+DEGENERATE_NEW_TOKENS = 24
+# Fixed prompts for the degenerate-output check: ordinary code at natural completion points.
+DEGENERATE_PROMPTS = (
+    "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n        ",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        ",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    ",
+    "for index, value in enumerate(values):\n    ",
+    "import json\n\ndata = json.loads(",
+    "def main():\n    parser = argparse.ArgumentParser()\n    ",
+    "try:\n    result = compute()\nexcept ValueError as error:\n    ",
+    "total = 0\nfor line in lines:\n    total += ",
+)
+
+
+def split_heldout(episodes: Sequence[Episode], share: float) -> tuple[list[Episode], list[Episode]]:
+    """(train, held out), decided by a hash of the completion id: the same episode always lands on
+    the same side, whichever cycle or machine sees it."""
+    train, heldout = [], []
+    for episode in episodes:
+        digest = hashlib.sha256(episode.completion_id.encode()).digest()
+        (heldout if int.from_bytes(digest[:4], "big") % 10_000 < share * 10_000 else train).append(episode)
+    return train, heldout
+
+
+@torch.no_grad()
+def sequence_logps(model: torch.nn.Module, episodes: Sequence[Episode], batch_size: int = 16) -> torch.Tensor:
+    """log π(y|x) of each episode's whole completion under `model`, [N] on the CPU."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(episodes), batch_size):
+        batch = episode_batch(episodes[start : start + batch_size], device)
+        out.append(completion_logprobs(model, batch).sum(dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def snis(target_logps: torch.Tensor, episodes: Sequence[Episode]) -> tuple[float, float]:
+    """(estimated mean reward under the target policy, effective sample size)."""
+    behaviour = torch.tensor([sum(e.token_logprobs) for e in episodes])
+    rewards = torch.tensor([e.reward for e in episodes])
+    weights = torch.softmax(target_logps.double() - behaviour.double(), dim=0)
+    return float((weights * rewards.double()).sum()), float(1.0 / (weights**2).sum())
+
+
+@functools.cache
+def heldout_code(chars: int) -> str:
+    """The fixed held-out code set: held-out stdlib files in key order, up to `chars` characters."""
+    parts, total = [], 0
+    for source in find_sources(stdlib_dir(), "stdlib", SKIP_DIRS | STDLIB_TEST_DIRS):
+        if total >= chars or not is_held_out(source.key):
+            continue
+        text = read_source(source.path)
+        if text:
+            parts.append(text[: chars - total])
+            total += len(parts[-1])
+    if not parts:
+        raise RuntimeError("no held-out standard library files found for the perplexity check")
+    return "\n\n".join(parts)
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, token_ids: list[int]) -> float:
+    """exp(mean next-token loss) over non-overlapping windows of the text."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(token_ids) - 1, PPL_WINDOW):
+        window = torch.tensor([token_ids[start : start + PPL_WINDOW + 1]], device=device)
+        if window.shape[1] < 2:
+            break
+        logits = model(input_ids=window[:, :-1], use_cache=False).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
+        total, count = total + float(loss), count + window.shape[1] - 1
+    return math.exp(total / max(count, 1))
+
+
+def is_loop(ids: list[int], repeats: int = 4, max_period: int = 8) -> bool:
+    """The output ends in the same 1–8 token pattern `repeats` times over."""
+    for period in range(1, max_period + 1):
+        tail = ids[-period * repeats :]
+        if len(tail) == period * repeats and all(tail[i] == tail[i % period] for i in range(len(tail))):
+            return True
+    return False
+
+
+@torch.no_grad()
+def degenerate_counts(model: torch.nn.Module, tokenizer, prompts: Sequence[str] = DEGENERATE_PROMPTS) -> dict:
+    """How many greedy continuations of the fixed prompts are empty, and how many loop."""
+    device = next(model.parameters()).device
+    empty = loops = 0
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=DEGENERATE_NEW_TOKENS,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        new = out[0, ids.shape[1] :].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        empty += not tokenizer.decode(new).strip()
+        loops += is_loop(new)
+    return {"empty": empty, "loops": loops, "prompts": len(prompts)}
+
+
+@dataclass
+class GateBaseline:
+    """What the candidate is compared against, measured before the update."""
+
+    parent_heldout_logps: torch.Tensor
+    base_ppl: float
+    base_degenerate: dict
+
+
+def measure_base(model: PeftModel, tokenizer, config: GateConfig) -> tuple[float, dict]:
+    """The base model's (adapter off) held-out perplexity and degenerate counts: fixed per base
+    model, so callers measure them once."""
+    code_ids = tokenizer.encode(heldout_code(config.ppl_chars), add_special_tokens=False)
+    with model.disable_adapter():
+        return perplexity(model, code_ids), degenerate_counts(model, tokenizer)
+
+
+def evaluate_candidate(
+    model: PeftModel,
+    tokenizer,
+    heldout: Sequence[Episode],
+    baseline: GateBaseline,
+    config: GateConfig,
+) -> GateResult:
+    figures: dict[str, float] = {"heldout_episodes": float(len(heldout))}
+    failures = []
+
+    if heldout:
+        live_value, live_ess = snis(baseline.parent_heldout_logps, heldout)
+        cand_value, cand_ess = snis(sequence_logps(model, heldout), heldout)
+        figures.update(reward_live=live_value, reward_candidate=cand_value, ess=min(live_ess, cand_ess))
+        if min(live_ess, cand_ess) >= config.min_ess and cand_value < live_value - config.reward_margin:
+            failures.append(
+                f"estimated reward {cand_value:+.3f} below live {live_value:+.3f} by more than "
+                f"{config.reward_margin}"
+            )
+
+    ppl = perplexity(model, tokenizer.encode(heldout_code(config.ppl_chars), add_special_tokens=False))
+    rise = ppl / baseline.base_ppl - 1.0
+    figures.update(ppl_base=baseline.base_ppl, ppl_candidate=ppl, ppl_rise=rise)
+    if rise > config.max_ppl_increase:
+        failures.append(
+            f"held-out perplexity {ppl:.3f} is {rise:+.1%} over the base's {baseline.base_ppl:.3f}"
+        )
+
+    degenerate = degenerate_counts(model, tokenizer)
+    figures.update(degenerate_empty=degenerate["empty"], degenerate_loops=degenerate["loops"])
+    if (
+        degenerate["empty"] == degenerate["prompts"]
+        and baseline.base_degenerate["empty"] < degenerate["prompts"]
+    ):
+        failures.append("empty output on every fixed prompt")
+    if degenerate["loops"] > baseline.base_degenerate["loops"]:
+        failures.append(
+            f"repetition loops on {degenerate['loops']} fixed prompts"
+            f" (base: {baseline.base_degenerate['loops']})"
+        )
+    return GateResult(passed=not failures, reason="; ".join(failures), figures=figures)

@@ -1,0 +1,61 @@
+"""DPO (Rafailov et al. 2023) through TRL's DPOTrainer, on pairs the users made: what they wrote
+at the spot instead (a rewrite after rejecting), or the edited text that survived an acceptance,
+is chosen over the suggestion. Episodes without such text are not trained on by this objective."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from peft import PeftModel
+from trl import DPOConfig, DPOTrainer
+
+from backend.wire import Episode
+from trainer.objectives.trl_common import completion_text, prompt_text, run_trl
+
+
+@dataclass
+class DPOObjective:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+
+
+def dpo_rows(tokenizer: Any, episodes: Sequence[Episode]) -> list[dict]:
+    rows = []
+    for episode in episodes:
+        rejected = completion_text(tokenizer, episode)
+        chosen = episode.rewrite
+        if not chosen or not rejected or chosen.strip() == rejected.strip():
+            continue
+        rows.append({"prompt": prompt_text(tokenizer, episode), "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def train_dpo(
+    model: PeftModel,
+    tokenizer: Any,
+    episodes: Sequence[Episode],
+    config: DPOObjective,
+    *,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+) -> dict[str, float]:
+    rows = dpo_rows(tokenizer, episodes)
+    if not rows:
+        return {"steps": 0.0, "trained_rows": 0.0}
+    metrics = run_trl(
+        DPOTrainer,
+        DPOConfig,
+        model,
+        tokenizer,
+        rows,
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs,
+    )
+    metrics["trained_rows"] = float(len(rows))
+    return metrics
