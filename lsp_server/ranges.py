@@ -88,3 +88,8 @@ def code_points_for_units(text: str, units: int) -> int:
         used += step
         count += 1
     return count
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)

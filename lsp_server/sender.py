@@ -47,6 +47,8 @@ class OutboxSender:
         self.delivered = 0
         # Events the backend refused outright (a batch it answered 4xx, narrowed down to them).
         self.refused = 0
+        # Events the backend already had (a resend after a lost answer): harmless, counted.
+        self.duplicates = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -110,6 +112,7 @@ class OutboxSender:
             logger.warning("backend refused event %s: %s", refused.get("event_id"), refused.get("reason"))
         self.outbox.remove([row_id for row_id, _ in rows])
         self.delivered += len(rows)
+        self.duplicates += int(answer.get("duplicates", 0))
 
     async def _run(self) -> None:
         while True:

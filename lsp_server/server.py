@@ -143,8 +143,9 @@ async def inline_completion(
     if ls.session is None:
         return _empty()
     try:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
         served = await ls.session.complete(
-            params.text_document.uri, params.position.line, params.position.character
+            params.text_document.uri, params.position.line, params.position.character, invoked
         )
     except Exception:
         # A completion is never worth an error in the editor: log it and show nothing.

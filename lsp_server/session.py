@@ -112,9 +112,10 @@ class Session:
 
     # -- completions --------------------------------------------------------------------------
 
-    async def complete(self, uri: str, line: int, character: int) -> Served | None:
+    async def complete(self, uri: str, line: int, character: int, invoked: bool = False) -> Served | None:
         """A suggestion for the cursor, or None: unknown document, position outside it, backend
-        abstaining, unreachable or too slow, or the document changed while we waited."""
+        abstaining, unreachable or too slow, or the document changed while we waited. `invoked`:
+        the user asked explicitly, so a fresh suggestion rather than the one on screen."""
         document = self.documents.get(uri)
         if document is None:
             return None
@@ -122,7 +123,7 @@ class Session:
         if offset is None:
             return None
         self.tracker.request(uri, offset)
-        pending = self.tracker.pending_at(uri, offset)
+        pending = None if invoked else self.tracker.pending_at(uri, offset)
         if pending is not None:
             # Typed ahead into the suggestion on screen: the rest of it, no backend call.
             self.cache_answers += 1
@@ -294,6 +295,7 @@ class Session:
             "cache_answers": self.cache_answers,
             "stale_changes": self.stale_changes,
             "events_refused": self.sender.refused,
+            "events_duplicate": self.sender.duplicates,
             "survival_delays_s": list(self.tracker.survival_delays_s),
         }
 

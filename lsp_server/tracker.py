@@ -19,7 +19,6 @@ leave as dicts shaped like `backend.wire.Event` through the `emit` callback.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lsp_server.documents import Edit
-from lsp_server.ranges import Followed, code_points_for_units, follow, grow, similarity, utf16_units
+from lsp_server.ranges import (
+    Followed,
+    code_points_for_units,
+    common_prefix_length,
+    follow,
+    grow,
+    similarity,
+    utf16_units,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -291,13 +298,14 @@ class Tracker:
         self._end_unaccepted(s, TYPED_OVER if touches else MOVED_AWAY, edit)
 
     def _accept_prefix(self, s: Suggestion, count: int) -> None:
-        """Accept the first `count` characters. An untouched range takes in what of them the
-        editor has inserted already and goes on typing along for the rest."""
+        """Accept the first `count` characters. A partial acceptance already inserted, and
+        untouched since, takes in what of the next ones the editor inserted right after it (a
+        client accepting word by word may insert before it notifies) and types along the rest."""
         s.target = count
-        if s.range.wiped or s.end - s.start >= count or not self._untouched(s):
+        if not s.inserted or s.range.wiped or s.end - s.start >= count or not self._untouched(s):
             return
         there = (self._text_of(s.uri) or "")[s.start : s.start + count]
-        matched = len(os.path.commonprefix([there, s.text[:count]]))
+        matched = common_prefix_length(there, s.text[:count])
         s.range.end = s.start + max(matched, s.end - s.start)
         s.inserted = False
 

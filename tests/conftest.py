@@ -158,3 +158,19 @@ def restart_backend(stopped: RunningBackend) -> RunningBackend:
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"backend did not come back:\n{backend.log()}")
+
+
+def make_adapter(model_dir: Path, output: Path, seed: int = 0, scale: float = 0.05) -> Path:
+    """A LoRA adapter for `model_dir` with random non-zero weights, so it changes the policy."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, scale)
+    model.save_pretrained(output)
+    return output
