@@ -1,0 +1,107 @@
+"""Batched serving on a real model: exact log-probs under left padding and mixed-adapter batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_adapter
+
+from backend.serving import Policy, PreparedAdapter, Request, in_canary, prepare_adapter
+
+PREFIXES = [
+    "import os\n\ndef main():\n    path = os.",
+    "def add(a, b):\n    return",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.",
+    "for i in range(",
+    "import json\n\ndata = json.loads(text)\nfor key in data:\n",
+]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[PreparedAdapter]:
+    return [
+        prepare_adapter(version, make_adapter(tiny_model_dir, tmp_path_factory.mktemp(version), seed, 0.3))
+        for seed, version in ((1, "v1"), (2, "v2"))
+    ]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path) -> Policy:
+    return Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
+
+
+@pytest.fixture
+def policy(loaded: Policy, adapters: list[PreparedAdapter]) -> Policy:
+    for adapter in adapters:
+        loaded.install(adapter)
+    return loaded
+
+
+def teacher_forced(policy: Policy, version: str, prompt: list[int], completion: list[int]) -> list[float]:
+    """Log-probs of `completion` after `prompt`, one unpadded forward pass under `version`'s adapter."""
+    ids = torch.tensor([prompt + completion])
+    model = policy.model
+    model.set_adapter(version) if version != "base" else None
+    with torch.no_grad():
+        if version == "base":
+            with model.disable_adapter():
+                logits = model(input_ids=ids).logits[0]
+        else:
+            logits = model(input_ids=ids).logits[0]
+    logprobs = torch.log_softmax(logits.float() / policy.temperature, dim=-1)
+    return [float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(completion)]
+
+
+def users_for(policy: Policy, canary: bool, count: int) -> list[str]:
+    users = (f"user-{n}" for n in range(10_000))
+    return [u for u in users if in_canary(u, policy.canary_share) == canary][:count]
+
+
+def test_batched_rows_keep_exact_logprobs_under_left_padding(policy: Policy) -> None:
+    policy.route("v1", None, 0.0)
+    torch.manual_seed(0)
+    samples = policy.complete_batch([Request(p, "", None, "someone") for p in PREFIXES])
+    assert len(samples) == len(PREFIXES)
+    assert len({len(s.prompt_ids) for s in samples}) > 1  # prompts of different lengths were padded
+    for sample in samples:
+        assert sample.model_version == "v1"
+        assert sample.completion_ids, "every row samples at least one token"
+        expected = teacher_forced(policy, "v1", sample.prompt_ids, sample.completion_ids)
+        assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
+        # Padding never leaks into a completion: nothing after the row's own stop.
+        assert policy.pad_token_id not in sample.completion_ids[:-1]
+
+
+def test_canary_and_live_rows_share_a_batch_each_under_its_adapter(policy: Policy) -> None:
+    policy.route("v1", "v2", 0.5)
+    canary_users = users_for(policy, True, 3)
+    live_users = users_for(policy, False, 3)
+    requests = [
+        Request(PREFIXES[i % len(PREFIXES)], "", None, u) for i, u in enumerate(canary_users + live_users)
+    ]
+    torch.manual_seed(1)
+    samples = policy.complete_batch(requests)
+    assert [s.model_version for s in samples] == ["v2"] * 3 + ["v1"] * 3
+    for sample in samples:
+        expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
+        assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
+        other = "v1" if sample.model_version == "v2" else "v2"
+        # The adapters really differ, so matching one proves the row ran under it.
+        assert teacher_forced(policy, other, sample.prompt_ids, sample.completion_ids) != pytest.approx(
+            expected, abs=2e-4
+        )
+
+
+def test_routing_is_sticky_and_unused_adapters_are_freed(policy: Policy) -> None:
+    policy.route("v1", "v2", 0.3)
+    users = [f"u{n}" for n in range(2000)]
+    first = [policy.version_for(u) for u in users]
+    assert first == [policy.version_for(u) for u in users]
+    assert 0.25 < first.count("v2") / len(users) < 0.35
+    policy.route("v2", None, 0.0)
+    assert policy.installed() == {"v2"}
+    samples = policy.complete_batch([Request(PREFIXES[0], "", 4, "x"), Request(PREFIXES[1], "", None, "y")])
+    assert [s.model_version for s in samples] == ["v2", "v2"]
+    assert len(samples[0].completion_ids) <= 4  # each row keeps its own token cap
