@@ -1,0 +1,122 @@
+"""The eval gate on a real small model: off-policy reward estimate, held-out perplexity, degenerate
+outputs; a candidate that fails any of them is rejected with its reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer_support import episode, one_thread, sample
+from transformers import AutoTokenizer
+
+from backend.wire import Episode
+from flywheel.config import GateConfig, TrainerConfig
+from trainer.gate import (
+    GateBaseline,
+    evaluate_candidate,
+    heldout_code,
+    is_loop,
+    measure_base,
+    sequence_logps,
+    snis,
+    split_heldout,
+)
+from trainer.objectives.pg import PGConfig
+from trainer.policy import load_policy
+from trainer.update import train_on_episodes
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+GATE = GateConfig(ppl_chars=6000, min_ess=4.0)
+
+
+def test_snis_on_policy_is_the_mean_reward_and_follows_the_target() -> None:
+    episodes = [episode(i, [1], [2], [-1.0], r) for i, r in enumerate([1.0, 0.0, 0.0, -1.0])]
+    behaviour = torch.tensor([-1.0] * 4)
+    value, ess = snis(behaviour, episodes)
+    assert value == pytest.approx(0.0) and ess == pytest.approx(4.0)
+    # A target twice as likely to produce the rewarded completion, half as likely the punished one.
+    value, ess = snis(behaviour + torch.log(torch.tensor([2.0, 1.0, 1.0, 0.5])), episodes)
+    assert value == pytest.approx((2.0 - 0.5) / 4.5) and ess < 4.0
+
+
+def test_heldout_split_is_deterministic() -> None:
+    episodes = [episode(i, [1], [2], [-1.0], 0.0) for i in range(400)]
+    train, heldout = split_heldout(episodes, 0.2)
+    assert len(train) + len(heldout) == 400 and 50 < len(heldout) < 110
+    assert split_heldout(list(reversed(episodes)), 0.2)[1] == list(reversed(heldout))
+
+
+def test_repetition_loops_are_recognised() -> None:
+    assert is_loop([5, 6, 7, 7, 7, 7])
+    assert is_loop([1, 2, 3, 4, 3, 4, 3, 4, 3, 4])
+    assert not is_loop([1, 2, 3, 4, 5, 6, 7, 8])
+    assert not is_loop([])
+
+
+def test_heldout_code_is_fixed_local_text() -> None:
+    text = heldout_code(5000)
+    assert 5000 <= len(text) < 5200  # 5000 characters of files, joined by blank lines
+    assert heldout_code(5000) is text  # the same text each cycle
+    assert "def " in text or "class " in text
+
+
+@pytest.fixture(scope="module")
+def heldout_episodes(tiny_model_dir: Path) -> list[Episode]:
+    """Episodes the base model served, rewarded for starting with an even token id."""
+    policy = load_policy(str(tiny_model_dir), None, TrainerConfig(), CPU)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    episodes = []
+    for prefix in ("import os\n", "def main(", "for item in ", "class Parser:\n    def "):
+        prompt = tokenizer.encode(prefix, add_special_tokens=False)
+        for completion, logps in sample(policy, prompt, 1.0, tokenizer.eos_token_id, max_new_tokens=3, n=12):
+            reward = 0.75 if completion[0] % 2 == 0 else -0.25
+            episodes.append(episode(len(episodes), prompt, completion, logps, reward))
+    return episodes
+
+
+def gate(model_dir: Path, change, heldout: list[Episode]):
+    policy = load_policy(str(model_dir), None, TrainerConfig(), CPU)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    baseline = GateBaseline(sequence_logps(policy, heldout), *measure_base(policy, tokenizer, GATE))
+    change(policy)
+    return evaluate_candidate(policy, tokenizer, heldout, baseline, GATE)
+
+
+def test_an_unchanged_candidate_passes(tiny_model_dir: Path, heldout_episodes: list[Episode]) -> None:
+    result = gate(tiny_model_dir, lambda policy: None, heldout_episodes)
+    assert result.passed, result.reason
+    assert result.figures["ppl_rise"] == pytest.approx(0.0, abs=1e-6)
+    assert result.figures["reward_candidate"] == pytest.approx(result.figures["reward_live"])
+
+
+def test_a_candidate_that_raises_heldout_perplexity_is_rejected(
+    tiny_model_dir: Path, heldout_episodes: list[Episode]
+) -> None:
+    def scramble(policy) -> None:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.3)
+
+    result = gate(tiny_model_dir, scramble, heldout_episodes)
+    assert not result.passed
+    assert "perplexity" in result.reason
+    assert result.figures["ppl_rise"] > GATE.max_ppl_increase
+
+
+def test_a_candidate_worse_on_heldout_rewards_is_rejected(
+    tiny_model_dir: Path, heldout_episodes: list[Episode]
+) -> None:
+    def learn_the_opposite(policy) -> None:
+        inverted = [e.model_copy(update={"reward": -e.reward}) for e in heldout_episodes]
+        train_on_episodes(
+            policy, inverted, PGConfig(kl_coef=0.0), learning_rate=3e-3, batch_size=8, epochs=2, seed=0
+        )
+
+    result = gate(tiny_model_dir, learn_the_opposite, heldout_episodes)
+    assert result.figures["reward_candidate"] < result.figures["reward_live"] - GATE.reward_margin
+    assert not result.passed and "estimated reward" in result.reason
