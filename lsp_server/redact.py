@@ -60,11 +60,12 @@ RULES: tuple[Rule, ...] = (
     _rule("json web token", ("eyj",), r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
     _rule("bearer token", ("bearer",), r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9_\-.=+/]{16,})", "secret"),
     _rule("password in a url", ("://",), r"://[^/\s:@'\"]+:(?P<secret>[^/\s@'\"]+)@", "secret"),
-    # name = "value", name: 'value', "name": "value", name := "value", name => 'value'
+    # name = "value", name: str = 'value', "name": "value", name := "value", name => 'value'
     _rule(
         "secret in an assignment",
         ("pass", "pwd", "secret", "token", "key", "credential"),
-        rf"(?i){_KEYWORDS}\w*[\"']?\s*(?:=|:=|:|=>)\s*(?:[rbuf]{{0,2}})(?P<q>[\"'])(?P<secret>[^\"'\n]+)(?P=q)",
+        rf"(?i){_KEYWORDS}\w*[\"']?(?:\s*:\s*[\w.\[\]|, ]{{1,40}}?)?\s*(?:=|:=|:|=>)\s*"
+        r"(?:[rbuf]{0,2})(?P<q>[\"'])(?P<secret>[^\"'\n]+)(?P=q)",
         "secret",
     ),
     # .env files and shell (no spaces around =, unlike formatted code): PASSWORD=hunter2

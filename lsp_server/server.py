@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
@@ -43,6 +44,16 @@ class FlywheelProtocol(LanguageServerProtocol):
     """pygls keeps its own copy of every document and rebuilds it on each change by walking all of
     its lines (milliseconds on a long file). The session keeps the only copy we use, so the
     built-in handlers just pass the notifications on."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        # pygls logs a request whose params do not parse and never answers it, leaving the editor
+        # waiting: answer it with the error instead.
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "id" in data and "method" in data:
+                self._send_response(data["id"], error=exc.to_response_error())
+            raise
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:

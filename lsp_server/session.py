@@ -179,7 +179,13 @@ class Session:
             user_id=self.user_id if self.options.telemetry else "anonymous",
         )
         try:
-            answer = await self.backend.complete(request)
+            # httpx's timeout bounds each phase (connect, write, read); the editor needs a bound
+            # on the whole call.
+            async with asyncio.timeout(self.options.request_timeout_s):
+                answer = await self.backend.complete(request)
+        except TimeoutError:
+            self._backend_failed(BackendError(f"no answer within {self.options.request_timeout_s} s"))
+            return None
         except BackendError as exc:
             self._backend_failed(exc)
             return None

@@ -142,3 +142,44 @@ async def test_nothing_is_sent_while_disabled_and_stop_flushes(tmp_path: Path) -
     enabled = True
     await sender.stop(flush_timeout_s=1.0)
     assert outbox.pending() == 0
+
+
+async def test_a_batch_refused_with_4xx_is_narrowed_to_its_bad_events_and_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    events = [event(i) for i in range(10)]
+    for e in events:
+        outbox.add(e)
+    poison = {events[3]["event_id"], events[7]["event_id"]}
+    received: list[str] = []
+
+    async def send(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        if poison & {e["event_id"] for e in batch}:
+            raise BackendError("HTTP 422 from /v1/events: unprocessable", status=422)
+        received.extend(e["event_id"] for e in batch)
+        return {"stored": len(batch), "duplicates": 0, "refused": []}
+
+    sender = OutboxSender(outbox, send)
+    await sender.drain()
+    assert outbox.pending() == 0
+    assert sorted(received) == sorted(e["event_id"] for e in events if e["event_id"] not in poison)
+    assert (sender.delivered, sender.refused) == (8, 2)
+    assert all(event_id in caplog.text for event_id in poison)
+
+
+@pytest.mark.parametrize("status", [None, 401, 429, 500, 503])
+async def test_transport_errors_5xx_and_auth_or_rate_limits_keep_the_batch_for_a_retry(
+    tmp_path: Path, status: int | None
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    outbox.add(event(1))
+
+    async def send(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        raise BackendError("no", status=status)
+
+    sender = OutboxSender(outbox, send)
+    with pytest.raises(BackendError):
+        await sender.send_batch()
+    assert outbox.pending() == 1
+    assert sender.refused == 0

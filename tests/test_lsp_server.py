@@ -34,6 +34,8 @@ class WireBackend:
 
     def __init__(self) -> None:
         self.text = SUGGESTION
+        # Seconds each completion takes: a slow backend.
+        self.delay = 0.0
         self.completions: list[CompleteRequest] = []
         self.events: dict[str, dict[str, Any]] = {}
         self.authorizations: list[str | None] = []
@@ -66,6 +68,7 @@ class WireBackend:
 
     def complete(self, request: CompleteRequest) -> CompleteResponse:
         self.completions.append(request)
+        time.sleep(self.delay)
         return CompleteResponse(
             completion_id=uuid.uuid4().hex,
             text=self.text,
