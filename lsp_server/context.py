@@ -10,9 +10,10 @@ from pygls.uris import to_fs_path
 from lsp_server.documents import Document
 
 # The backend keeps only the text nearest the cursor (a few hundred tokens); sending whole large
-# files on every keystroke would only cost time. Generous enough for a larger context window.
-MAX_PREFIX_CHARS = 16_000
-MAX_SUFFIX_CHARS = 4_000
+# files on every keystroke would only cost time (copying, redacting, encoding: the editor waits
+# for all of it). Still about 2,000 tokens of prefix, room for a larger context window.
+MAX_PREFIX_CHARS = 8_000
+MAX_SUFFIX_CHARS = 2_000
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,14 @@ class Document:
         self.revision = 0
         # The client's version number, when it sends one: older changes are stale.
         self.version: int | None = None
-        self._line_starts: list[int] | None = None
+        self._lines = LineStarts(text)
 
-    def line_starts(self) -> list[int]:
-        if self._line_starts is None:
-            self._line_starts = [0, *(m.end() for m in _LINE_BREAK.finditer(self.text))]
-        return self._line_starts
+    def line_start(self, line: int) -> int:
+        return self._lines.get(line)
+
+    @property
+    def line_count(self) -> int:
+        return len(self._lines)
 
     def offset_at(self, line: int, character: int, *, strict: bool = False) -> int | None:
         """The offset of an LSP position.
@@ -71,14 +73,14 @@ class Document:
         Lenient (for edits, as the spec asks): a line past the end means the end of the text and a
         column past the line's end means the line's end. Strict (for requests): None instead.
         """
-        starts = self.line_starts()
+        starts = self._lines
         if line < 0 or character < 0:
             return None if strict else 0
         if line >= len(starts):
             return None if strict else len(self.text)
-        start = starts[line]
+        start = starts.get(line)
         if line + 1 < len(starts):
-            next_start = starts[line + 1]
+            next_start = starts.get(line + 1)
             # The line's content stops before its terminator (one or two characters).
             end = next_start - (2 if self.text.startswith("\r\n", next_start - 2) else 1)
         else:
@@ -102,6 +104,7 @@ class Document:
     def apply(self, change_range: tuple[int, int, int, int] | None, new_text: str) -> Edit:
         """Apply one content change: (start line, start char, end line, end char), or None for the
         whole text. Returns the edit in offsets of the text before it."""
+        first_line = last_line = None
         if change_range is None:
             edit = _minimal_edit(self.text, new_text)
         else:
@@ -111,11 +114,72 @@ class Document:
             assert start is not None and end is not None  # lenient lookups always answer
             if end < start:
                 start, end = end, start
+                start_line, end_line = end_line, start_line
             edit = Edit(start, end, new_text)
+            first_line, last_line = start_line, end_line
         self.text = self.text[: edit.start] + edit.text + self.text[edit.end :]
         self.revision += 1
-        self._line_starts = None
+        if first_line is None or last_line is None:
+            self._lines = LineStarts(self.text)
+        else:
+            self._lines.update(self.text, first_line, last_line, edit.delta)
         return edit
+
+
+class LineStarts:
+    """Where each line starts, kept up to date edit by edit in time that grows with the lines an
+    edit touches, not with the document: one long file gets thousands of edits.
+
+    The starts after the last edit are shifted lazily: entries from index `_from` on still lack
+    `_shift`, which is settled only over the span between that index and the next edit's.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._raw = [0, *(m.end() for m in _LINE_BREAK.finditer(text))]
+        self._from = len(self._raw)
+        self._shift = 0
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def get(self, line: int) -> int:
+        return self._raw[line] + (self._shift if line >= self._from else 0)
+
+    def update(self, text: str, first_line: int, last_line: int, delta: int) -> None:
+        """`text` after an edit within lines first_line..last_line that changed its length by
+        delta. A line on either side is rescanned too: an edit can join or split a \\r\\n there."""
+        raw = self._raw
+        low = max(min(first_line, len(raw) - 1) - 1, 0)
+        high = min(last_line + 2, len(raw))  # the first line start past the edit left as it was
+        self._settle(high)
+        region_start = raw[low]
+        if high < len(raw):
+            region_end = raw[high] + self._shift + delta
+            inner = [m.end() for m in _LINE_BREAK.finditer(text, region_start, region_end)]
+            if inner and inner[-1] == region_end:
+                inner.pop()  # that break starts line `high`, kept below
+        else:
+            # To the end: a break there starts an empty last line.
+            inner = [m.end() for m in _LINE_BREAK.finditer(text, region_start)]
+        raw[low + 1 : high] = inner
+        self._from = low + 1 + len(inner)
+        self._shift += delta
+
+    def _settle(self, index: int) -> None:
+        """Apply the pending shift to the entries between `_from` and index, either way."""
+        raw, shift = self._raw, self._shift
+        if not shift:
+            self._from = index
+            return
+        if index > self._from:
+            for i in range(self._from, index):
+                raw[i] += shift
+            self._from = index
+        elif index < self._from:
+            # Entries in [index, _from) are settled; un-settle them so the shift covers index on.
+            for i in range(index, self._from):
+                raw[i] -= shift
+            self._from = index
 
 
 def _minimal_edit(old: str, new: str) -> Edit:

@@ -45,11 +45,22 @@ class Outbox:
         self._recount_every = max(1, min(1000, max_rows // 10))
 
     def add(self, event: dict[str, Any]) -> None:
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO events (event_id, body) VALUES (?, ?)",
-            (event["event_id"], json.dumps(event, separators=(",", ":"))),
-        )
+        self.add_many([event])
+
+    def add_many(self, events: Sequence[dict[str, Any]]) -> None:
+        """Store events in one transaction (one commit for a burst of events)."""
+        if not events:
+            return
+        rows = [(e["event_id"], json.dumps(e, separators=(",", ":"))) for e in events]
+        self._db.execute("BEGIN")
+        try:
+            cursor = self._db.executemany("INSERT OR IGNORE INTO events (event_id, body) VALUES (?, ?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         self._count += cursor.rowcount
+        self._adds_since_count += len(rows) - 1
         self._enforce_bound()
 
     def peek(self, limit: int) -> list[tuple[int, dict[str, Any]]]:

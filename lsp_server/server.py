@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,7 @@ def did_open(ls: FlywheelLanguageServer, params: types.DidOpenTextDocumentParams
 def did_change(ls: FlywheelLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
     if ls.session is None:
         return
+    began = time.perf_counter()
     changes: list[tuple[tuple[int, int, int, int] | None, str]] = []
     for change in params.content_changes:
         if isinstance(change, types.TextDocumentContentChangePartial):
@@ -138,6 +140,7 @@ def did_change(ls: FlywheelLanguageServer, params: types.DidChangeTextDocumentPa
         else:
             changes.append((None, change.text))
     ls.session.change(params.text_document.uri, changes, params.text_document.version)
+    ls.session.timings.add("did_change", time.perf_counter() - began)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)

@@ -23,6 +23,7 @@ from lsp_server.options import Options, pseudonym, with_client_options
 from lsp_server.outbox import Outbox
 from lsp_server.redact import redact
 from lsp_server.sender import OutboxSender
+from lsp_server.timings import Timings
 from lsp_server.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,11 @@ class Session:
         self._inflight: asyncio.Task[Any] | None = None
         self._request_seq = 0
         self.cache_answers = 0
+        self.timings = Timings()
         self.stale_changes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._unwritten: list[dict[str, Any]] = []
         self._warming: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -116,6 +120,7 @@ class Session:
         """A suggestion for the cursor, or None: unknown document, position outside it, backend
         abstaining, unreachable or too slow, or the document changed while we waited. `invoked`:
         the user asked explicitly, so a fresh suggestion rather than the one on screen."""
+        began = time.perf_counter()
         document = self.documents.get(uri)
         if document is None:
             return None
@@ -127,9 +132,14 @@ class Session:
         if pending is not None:
             # Typed ahead into the suggestion on screen: the rest of it, no backend call.
             self.cache_answers += 1
+            self.timings.add("typed_ahead", time.perf_counter() - began)
             return Served(pending.completion_id, pending.text[pending.end - pending.start :])
         revision = document.revision
-        answer = await self._latest_answer(document, offset, uri)
+        waited = [0.0]  # debounce and backend time: not the language server's own
+        answer = await self._latest_answer(document, offset, uri, waited)
+        if answer is not None:
+            self.timings.add("completion_overhead", time.perf_counter() - began - waited[0])
+            self.timings.add("backend_call", waited[0])
         if answer is None or not answer.text:
             return None
         if self.documents.get(uri) is not document or document.revision != revision:
@@ -139,7 +149,7 @@ class Session:
             self.tracker.served(answer.completion_id, uri, offset, answer.text)
         return Served(answer.completion_id, answer.text)
 
-    async def _latest_answer(self, document: Document, offset: int, uri: str) -> Any:
+    async def _latest_answer(self, document: Document, offset: int, uri: str, waited: list[float]) -> Any:
         """Debounce, then ask the backend, unless a newer request came in meanwhile: only the
         latest request is worth an answer (cancel-previous)."""
         self._request_seq += 1
@@ -148,10 +158,12 @@ class Session:
             self._inflight.cancel()
             self._inflight = None
         if self.options.debounce_ms > 0:
+            slept = time.perf_counter()
             await asyncio.sleep(self.options.debounce_ms / 1000.0)
+            waited[0] += time.perf_counter() - slept
             if mine != self._request_seq:
                 return None
-        task = asyncio.ensure_future(self._ask_backend(document, offset, uri))
+        task = asyncio.ensure_future(self._ask_backend(document, offset, uri, waited))
         self._inflight = task
         try:
             return await task
@@ -164,7 +176,7 @@ class Session:
             if self._inflight is task:
                 self._inflight = None
 
-    async def _ask_backend(self, document: Document, offset: int, uri: str) -> Any:
+    async def _ask_backend(self, document: Document, offset: int, uri: str, waited: list[float]) -> Any:
         from backend.wire import CompleteRequest, CompletionContext
 
         context = cursor_context(document, offset, uri, self.root_path)
@@ -181,8 +193,10 @@ class Session:
         try:
             # httpx's timeout bounds each phase (connect, write, read); the editor needs a bound
             # on the whole call.
+            called = time.perf_counter()
             async with asyncio.timeout(self.options.request_timeout_s):
                 answer = await self.backend.complete(request)
+            waited[0] += time.perf_counter() - called
         except TimeoutError:
             self._backend_failed(BackendError(f"no answer within {self.options.request_timeout_s} s"))
             return None
@@ -252,13 +266,28 @@ class Session:
         if self.options.telemetry and not self._closed:
             if event.get("text"):
                 event["text"] = redact(event["text"])
-            self.outbox.add(event)
+            # Written right after the current message is handled: the editor's answer does not
+            # wait for SQLite, and a burst of events shares one commit.
+            self._unwritten.append(event)
+            if len(self._unwritten) == 1:
+                try:
+                    asyncio.get_running_loop().call_soon(self._write_events)
+                except RuntimeError:
+                    self._write_events()
+
+    def _write_events(self) -> None:
+        events, self._unwritten = self._unwritten, []
+        try:
+            self.outbox.add_many(events)
+        except sqlite3.Error:
+            logger.exception("could not store %d events in the outbox", len(events))
 
     async def _send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         return await self.backend.send_events(events)
 
     async def flush(self, timeout_s: float) -> int:
         """Deliver what is in the outbox now; returns how many events are still waiting."""
+        self._write_events()
         if self.options.telemetry:
             try:
                 await asyncio.wait_for(self.sender.drain(), timeout_s)
@@ -271,20 +300,27 @@ class Session:
         return None if document is None else document.text
 
     def _schedule_checks(self) -> None:
-        """Run due survival checks and arm one timer for the next."""
+        """Run due survival checks and rewrite captures, and keep one timer armed for the next."""
+        due = None if self._closed else self.tracker.poll()
+        if due == self._timer_due:
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        due = self.tracker.poll()
-        if due is None or self._closed:
-            return
-        delay = max(due - time.monotonic(), 0.0)
-        # A timer can fire a hair early; the tracker then finds nothing due and we re-arm.
-        self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self._schedule_checks)
+        self._timer_due = due
+        if due is not None:
+            delay = max(due - time.monotonic(), 0.0)
+            # A timer can fire a hair early; the tracker then finds nothing due and we re-arm.
+            self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_due = None
+        self._schedule_checks()
 
     # -- status and shutdown ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        self._write_events()
         return {
             "ready": True,
             "backend_url": self.backend.base_url,
@@ -303,6 +339,7 @@ class Session:
             "events_refused": self.sender.refused,
             "events_duplicate": self.sender.duplicates,
             "survival_delays_s": list(self.tracker.survival_delays_s),
+            "timings": self.timings.summary(),
         }
 
     async def shutdown(self, flush_timeout_s: float = 1.0) -> None:
@@ -310,6 +347,7 @@ class Session:
             return
         # What would have been measured later is measured now, as on close.
         self.tracker.close_all()
+        self._write_events()
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()

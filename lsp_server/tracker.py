@@ -18,6 +18,7 @@ leave as dicts shaped like `backend.wire.Event` through the `emit` callback.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 import uuid
@@ -113,6 +114,9 @@ class Tracker:
         self.infer_shown = infer_shown
         self._suggestions: dict[str, Suggestion] = {}
         self._rewrites: dict[str, Rewrite] = {}
+        # (when, completion id) of the next survival check or rewrite capture of each; entries
+        # for what has ended since are skipped when they come up.
+        self._due: list[tuple[float, str]] = []
 
     @property
     def survival_delays_s(self) -> tuple[float, ...]:
@@ -223,27 +227,37 @@ class Tracker:
 
     def poll(self) -> float | None:
         """Run the survival checks and rewrite captures that are due; returns when the next one
-        is (clock time)."""
+        is (clock time). Cheap when nothing is due: it runs after every edit."""
         now = self._clock()
-        next_due: float | None = None
-        for s in [s for s in self._suggestions.values() if s.accepted]:
-            assert s.accepted_at is not None
-            while s.checks_done < len(s.delays) and s.accepted_at + s.delays[s.checks_done] <= now:
-                delay = s.delays[s.checks_done]
-                s.checks_done += 1
-                last = s.checks_done == len(s.delays)
-                self._survival(s, delay, final=last)
-                if last:
-                    del self._suggestions[s.completion_id]
-            if s.checks_done < len(s.delays):
-                due = s.accepted_at + s.delays[s.checks_done]
-                next_due = due if next_due is None else min(next_due, due)
-        for w in list(self._rewrites.values()):
-            if w.due <= now:
+        while self._due and self._due[0][0] <= now:
+            _, completion_id = heapq.heappop(self._due)
+            s = self._suggestions.get(completion_id)
+            if s is not None and s.accepted:
+                self._run_checks(s, now)
+            w = self._rewrites.get(completion_id)
+            if w is not None and w.due <= now:
                 self._send_rewrite(w)
-            else:
-                next_due = w.due if next_due is None else min(next_due, w.due)
-        return next_due
+        while self._due and not self._scheduled(self._due[0][1]):
+            heapq.heappop(self._due)  # ended early (closed, shut down): nothing left to run
+        return self._due[0][0] if self._due else None
+
+    def _scheduled(self, completion_id: str) -> bool:
+        s = self._suggestions.get(completion_id)
+        return completion_id in self._rewrites or (s is not None and s.accepted)
+
+    def _run_checks(self, s: Suggestion, now: float) -> None:
+        assert s.accepted_at is not None
+        ran = False
+        while s.checks_done < len(s.delays) and s.accepted_at + s.delays[s.checks_done] <= now:
+            delay = s.delays[s.checks_done]
+            s.checks_done += 1
+            ran = True
+            last = s.checks_done == len(s.delays)
+            self._survival(s, delay, final=last)
+            if last:
+                del self._suggestions[s.completion_id]
+        if ran and s.checks_done < len(s.delays):
+            heapq.heappush(self._due, (s.accepted_at + s.delays[s.checks_done], s.completion_id))
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -313,6 +327,8 @@ class Tracker:
         if s.accepted_at is None:
             s.accepted_at = self._clock()
             s.delays = self._delays
+            if s.delays:
+                heapq.heappush(self._due, (s.accepted_at + s.delays[0], s.completion_id))
         if s.end - s.start >= s.target and not s.inserted:
             # Already typed along as far as accepted: follow it from here.
             s.range.end = s.start + s.target
@@ -353,6 +369,7 @@ class Tracker:
             if edit is not None:
                 w.start, w.end = grow(w.start, w.end, edit)
             self._rewrites[w.completion_id] = w
+            heapq.heappush(self._due, (w.due, w.completion_id))
 
     def _survival(self, s: Suggestion, delay_s: float, *, final: bool) -> None:
         document = self._text_of(s.uri)
