@@ -200,6 +200,14 @@ def run_cycle(
     baseline = None
     if cfg.gate.enabled:
         baseline = GateBaseline(sequence_logps(policy.model, heldout), *cache.base_figures(policy, cfg.gate))
+    log.info(
+        "training %s on %d episodes (%d held out, %d dropped) from %s",
+        cfg.objective,
+        len(train),
+        len(heldout),
+        sum(selection.dropped.values()),
+        info.live_version,
+    )
     metrics = update(policy, train, objective, settings, seed=next_cursor)
     cache.became(None)  # the weights in memory are now the candidate's, no served version
     metrics.update(episodes=float(len(train)), heldout=float(len(heldout)))

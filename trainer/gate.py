@@ -115,34 +115,29 @@ def is_loop(ids: list[int], repeats: int = 4, max_period: int = 8) -> bool:
 
 @torch.no_grad()
 def degenerate_counts(model: torch.nn.Module, tokenizer, prompts: Sequence[str] = DEGENERATE_PROMPTS) -> dict:
-    """How many greedy continuations of the fixed prompts are empty, and how many loop."""
+    """How many greedy continuations of the fixed prompts are empty, and how many loop.
+
+    One batched generate, left-padded so every prompt ends at the last column."""
     device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    rows = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([[eos] * (width - len(r)) + r for r in rows], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=False,
+        max_new_tokens=DEGENERATE_NEW_TOKENS,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     empty = loops = 0
-    for prompt in prompts:
-        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=DEGENERATE_NEW_TOKENS,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-        new = out[0, ids.shape[1] :].tolist()
-        if tokenizer.eos_token_id in new:
-            new = new[: new.index(tokenizer.eos_token_id)]
+    for row in out[:, width:].tolist():
+        new = row[: row.index(eos)] if eos in row else row
         empty += not tokenizer.decode(new).strip()
         loops += is_loop(new)
     return {"empty": empty, "loops": loops, "prompts": len(prompts)}
-
-
-@dataclass
-class GateBaseline:
-    """What the candidate is compared against, measured before the update."""
-
-    parent_heldout_logps: torch.Tensor
-    base_ppl: float
-    base_degenerate: dict
 
 
 def measure_base(model: PeftModel, tokenizer, config: GateConfig) -> tuple[float, dict]:

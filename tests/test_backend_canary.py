@@ -1,0 +1,112 @@
+"""The canary on a real backend, judged on real outcome events: a better candidate is promoted, a
+live version that turns bad is rolled back to its predecessor, a worse candidate is rolled back, and
+a candidate that failed its eval gate is never served."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from backend_traffic import drive, upload
+from conftest import RunningBackend, make_adapter, start_backend, stop_backend
+
+CANARY_ENV = dict(
+    FLYWHEEL_CANARY__SHARE="0.5",
+    FLYWHEEL_CANARY__MIN_EPISODES="20",
+    FLYWHEEL_CANARY__EFFECT_SIZE="0.5",
+    FLYWHEEL_CANARY__INTERVAL_S="0.2",
+    FLYWHEEL_CANARY__MAX_EPISODES="100000",
+)
+PASSED = {"passed": True, "reason": "held-out loss within budget", "figures": {"loss_delta": -0.01}}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
+    running = start_backend(tiny_model_dir, tmp_path_factory.mktemp("canary") / "state", **CANARY_ENV)
+    yield running
+    stop_backend(running)
+
+
+def state_of(url: str, version: str) -> str:
+    return {c["version"]: c["state"] for c in httpx.get(f"{url}/v1/checkpoints").json()}[version]
+
+
+def transitions(server: RunningBackend, version: str) -> list[dict]:
+    return [
+        t for t in httpx.get(f"{server.url}/admin/data.json").json()["transitions"] if t["version"] == version
+    ]
+
+
+def drive_until(
+    url: str, version: str, states: set[str], rates: dict[str, float], timeout_s: float = 240
+) -> str:
+    """Real traffic in rounds, accepting each version's suggestions at its rate, until `version` leaves."""
+    deadline = time.monotonic() + timeout_s
+    seed = 0
+    while time.monotonic() < deadline:
+        asyncio.run(drive(url, 32, lambda v: rates.get(v, 0.5), seed=seed))
+        seed += 1
+        time.sleep(0.6)  # finalizer and canary ticks
+        state = state_of(url, version)
+        if state not in states:
+            return state
+    raise AssertionError(f"{version} still {state_of(url, version)} after {timeout_s} s")
+
+
+def test_canary_promotes_the_better_and_rolls_back_the_worse(
+    server: RunningBackend, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # The base model has been live a while: users accept half of what it shows.
+    asyncio.run(drive(server.url, 96, lambda v: 0.5))
+    better = make_adapter(tiny_model_dir, tmp_path / "a", seed=3, scale=0.02)
+    first = upload(server.url, better, str(tiny_model_dir), gate=PASSED).json()
+    assert first["state"] == "canary" and first["metrics"]["gate"]["passed"]
+    v1 = first["version"]
+    assert httpx.get(f"{server.url}/healthz").json()["canary_version"] == v1
+
+    # Users like v1 much more than the base model: promoted.
+    assert drive_until(server.url, v1, {"canary"}, {v1: 0.9, "base": 0.5}) == "live"
+    promoted = transitions(server, v1)[-1]
+    assert promoted["to_state"] == "live" and "significantly above" in promoted["reason"]
+    assert promoted["metrics"]["canary"]["tests"]["reward"]["likelihood_ratio"] >= 20
+    assert httpx.get(f"{server.url}/healthz").json() == {
+        "status": "ok",
+        "live_version": v1,
+        "canary_version": None,
+    }
+
+    # Then v1 turns bad for everyone: the watch rolls it back and its predecessor serves again.
+    assert drive_until(server.url, v1, {"live"}, {v1: 0.0}) == "rolled_back"
+    assert "below its predecessor base" in transitions(server, v1)[-1]["reason"]
+    assert httpx.get(f"{server.url}/healthz").json()["live_version"] == "base"
+
+    # A candidate users reject more than the live version: rolled back, never promoted.
+    worse = make_adapter(tiny_model_dir, tmp_path / "b", seed=4, scale=0.02)
+    v2 = upload(server.url, worse, str(tiny_model_dir), gate=PASSED).json()["version"]
+    assert drive_until(server.url, v2, {"canary"}, {v2: 0.05, "base": 0.85}) == "rolled_back"
+    rollback = transitions(server, v2)[-1]
+    assert "significantly worse than base" in rollback["reason"]
+    assert (
+        rollback["metrics"]["rollback"]["candidate"]["mean_reward"]
+        < rollback["metrics"]["rollback"]["reference"]["mean_reward"]
+    )
+    health = httpx.get(f"{server.url}/healthz").json()
+    assert (health["live_version"], health["canary_version"]) == ("base", None)
+
+
+def test_candidate_failing_its_gate_is_rejected_and_never_served(
+    server: RunningBackend, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    adapter = make_adapter(tiny_model_dir, tmp_path / "c", seed=5)
+    gate = {"passed": False, "reason": "held-out loss rose 12%", "figures": {"loss_delta": 0.12}}
+    info = upload(server.url, adapter, str(tiny_model_dir), gate=gate).json()
+    assert info["state"] == "rejected"
+    history = transitions(server, info["version"])
+    assert [t["to_state"] for t in history] == ["candidate", "rejected"]
+    assert "held-out loss rose 12%" in history[-1]["reason"]
+    assert history[-1]["metrics"]["gate"]["figures"]["loss_delta"] == 0.12
+    assert info["version"] not in asyncio.run(drive(server.url, 8, lambda v: 0.5))
