@@ -1,18 +1,19 @@
 """HTTP calls to the backend (`backend.wire` is the contract).
 
-httpx and the wire models (pydantic) are imported on first use, never while the editor waits for
-`initialize`.
+The HTTP client and the wire models (pydantic) are imported on first use, never while the editor
+waits for `initialize`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import httpx
-
     from backend.wire import CompleteRequest, CompleteResponse
+    from lsp_server.http11 import Http11Client
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +32,17 @@ class BackendClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
-        self._http: httpx.AsyncClient | None = None
+        self._http: Http11Client | None = None
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> Http11Client:
         if self._http is None:
-            import httpx
+            from lsp_server.http11 import Http11Client
 
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._http = httpx.AsyncClient(
-                base_url=self.base_url,
-                headers=headers,
-                timeout=httpx.Timeout(self.timeout_s),
-                # Loopback or a configured URL: proxies from the environment would only get in the way.
-                trust_env=False,
-            )
+            try:
+                self._http = Http11Client(self.base_url, headers)
+            except ValueError as exc:
+                raise BackendError(str(exc)) from exc
         return self._http
 
     async def complete(self, request: CompleteRequest) -> CompleteResponse:
@@ -71,25 +69,30 @@ class BackendClient:
             self._http = None
 
     async def _post(self, path: str, payload: dict[str, Any]) -> Any:
-        import httpx
+        import h11
 
+        from lsp_server.http11 import TransportError
+
+        data = json.dumps(payload, separators=(",", ":")).encode()
         try:
-            response = await self._client().post(path, json=payload)
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(self.timeout_s):
+                answer = await self._client().post(path, data)
+        except TimeoutError as exc:
+            raise BackendError(f"no answer from {path} within {self.timeout_s} s") from exc
+        except (OSError, TransportError, h11.ProtocolError) as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
-        if response.status_code >= 400:
-            raise BackendError(
-                f"HTTP {response.status_code} from {path}: {response.text[:200]}", response.status_code
-            )
+        if answer.status >= 400:
+            text = answer.body[:200].decode(errors="replace")
+            raise BackendError(f"HTTP {answer.status} from {path}: {text}", answer.status)
         try:
-            return response.json()
+            return json.loads(answer.body)
         except ValueError as exc:
             raise BackendError(f"non-JSON answer from {path}") from exc
 
 
 def warm_imports() -> None:
     """Import what the first completion needs ahead of it (run in a thread after initialize)."""
-    import httpx  # noqa: F401
     import rapidfuzz.distance  # noqa: F401
 
     import backend.wire  # noqa: F401
+    import lsp_server.http11  # noqa: F401

@@ -363,8 +363,6 @@ def _print(f: dict[str, Any]) -> None:
          server["p99_ms"] < TARGETS["completion_p99_ms"]),
         ("didChange, 10,000 lines, in the server, p50", f"{change['p50_ms']:.3f} ms", "< 0.5 ms",
          change["p50_ms"] < TARGETS["did_change_ms"]),
-        ("didChange, 10,000 lines, pipelined per edit", f"{f['did_change_pipelined_ms']:.3f} ms", "< 0.5 ms",
-         f["did_change_pipelined_ms"] < TARGETS["did_change_ms"]),
         ("start → initialize answer, ours / bare pygls",
          f"{f['startup_ours_s']:.3f} s / {f['startup_bare_s']:.3f} s = {f['startup_ratio']:.2f}×", "≤ 1.25×",
          f["startup_ratio"] <= TARGETS["startup_ratio"]),
@@ -380,7 +378,8 @@ def _print(f: dict[str, Any]) -> None:
         f"  context: completion round trip seen by the client p50 {rtt['p50_ms']:.3f} ms,"
         f" p99 {rtt['p99_ms']:.3f} ms (backend call in it p50 {backend['p50_ms']:.3f} ms);"
         f" typed-ahead answer round trip p50 {ahead.get('p50_ms', 0):.3f} ms;"
-        f" didChange in the server p99 {change['p99_ms']:.3f} ms;"
+        f" didChange in the server p99 {change['p99_ms']:.3f} ms, client send → applied (pipelined, the"
+        f" bench's own pygls client included) {f['did_change_pipelined_ms']:.3f} ms per edit;"
         f" document {f['document_chars']} characters"
     )
     s = f["session"]

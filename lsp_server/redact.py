@@ -79,8 +79,9 @@ RULES: tuple[Rule, ...] = (
 
 
 # Line → redacted line. Bounded: cleared when full, refilled by the next requests.
-_CACHE_LINES = 20_000
+_CACHE_LINES = 8_192
 _line_cache: dict[str, str] = {}
+_LINE_TRIGGERS = tuple(sorted({t for rule in RULES[1:] for t in rule.triggers}))
 
 
 def redact(text: str) -> str:
@@ -103,6 +104,11 @@ def _remember(line: str) -> str:
 
 def _redact_line(line: str) -> str:
     lowered = line.lower()
+    for trigger in _LINE_TRIGGERS:
+        if trigger in lowered:
+            break
+    else:
+        return line  # most lines of code: no rule to run
     for rule in RULES[1:]:
         if any(trigger in lowered for trigger in rule.triggers):
             line = rule.pattern.sub(lambda m, g=rule.group: _mask(m, g), line)

@@ -1,7 +1,7 @@
 """The Flywheel language server: inline completions from the backend, outcomes back to it.
 
 Startup matters (editors wait for the `initialize` answer), so this module imports only pygls and
-lsprotocol; the rest (settings, httpx, pydantic, SQLite, rapidfuzz) loads after `initialize`.
+lsprotocol; the rest (settings, h11, pydantic, SQLite, rapidfuzz) loads after `initialize`.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def main() -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # pygls and httpx log every message and request at INFO: too chatty for an output panel.
-    for chatty in ("pygls", "httpx"):
+    # pygls logs every message at INFO: too chatty for an output panel.
+    for chatty in ("pygls",):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     server.start_io()

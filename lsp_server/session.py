@@ -77,7 +77,7 @@ class Session:
     def start_background(self) -> None:
         self.sender.start()
         loop = asyncio.get_running_loop()
-        # The first completion should not pay for importing httpx, pydantic and rapidfuzz.
+        # The first completion should not pay for importing h11, pydantic and rapidfuzz.
         self._warming = loop.run_in_executor(None, warm_imports)
         self._warming.add_done_callback(_log_warm_failure)
 
@@ -191,8 +191,7 @@ class Session:
             user_id=self.user_id if self.options.telemetry else "anonymous",
         )
         try:
-            # httpx's timeout bounds each phase (connect, write, read); the editor needs a bound
-            # on the whole call.
+            # The editor needs a bound on the whole call, imports on first use included.
             called = time.perf_counter()
             async with asyncio.timeout(self.options.request_timeout_s):
                 answer = await self.backend.complete(request)
