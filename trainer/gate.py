@@ -140,6 +140,15 @@ def degenerate_counts(model: torch.nn.Module, tokenizer, prompts: Sequence[str] 
     return {"empty": empty, "loops": loops, "prompts": len(prompts)}
 
 
+@dataclass
+class GateBaseline:
+    """What the candidate is compared against, measured before the update."""
+
+    parent_heldout_logps: torch.Tensor
+    base_ppl: float
+    base_degenerate: dict
+
+
 def measure_base(model: PeftModel, tokenizer, config: GateConfig) -> tuple[float, dict]:
     """The base model's (adapter off) held-out perplexity and degenerate counts: fixed per base
     model, so callers measure them once."""
