@@ -13,6 +13,7 @@ the saved candidate again if not, so no cycle is trained twice and nothing half-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -65,16 +66,27 @@ class CycleResult:
 def objective_config(cfg: TrainerConfig) -> Any:
     """The configured objective's dataclass with the configured overrides; ValueError if unknown."""
     if cfg.objective == "pg":
-        return PGConfig(**cfg.pg)
+        return _with_overrides(PGConfig, cfg.pg)
     if cfg.objective == "kto":
         from trainer.objectives.kto import KTOObjective
 
-        return KTOObjective(**cfg.kto)
+        return _with_overrides(KTOObjective, cfg.kto)
     if cfg.objective == "dpo":
         from trainer.objectives.dpo import DPOObjective
 
-        return DPOObjective(**cfg.dpo)
+        return _with_overrides(DPOObjective, cfg.dpo)
     raise ValueError(f"unknown trainer objective {cfg.objective!r} (pg, kto, dpo)")
+
+
+def _with_overrides(cls: type, overrides: dict[str, Any]) -> Any:
+    """cls() with `overrides`, each converted to its field's type (environment values are strings)."""
+    defaults = cls()
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+    return dataclasses.replace(
+        defaults, **{name: type(getattr(defaults, name))(value) for name, value in overrides.items()}
+    )
 
 
 def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Settings, seed: int) -> dict:
