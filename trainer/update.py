@@ -82,10 +82,20 @@ def train_on_episodes(
     device = next(model.parameters()).device
     # The baseline spans every episode of the update, so all minibatches share it.
     advantages = compute_advantages(torch.tensor([e.reward for e in episodes]), config)
-    ref = reference_logprobs(model, episodes, batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    # The KL penalty's reference: the base log-probs of a random kl_sample share of the episodes.
+    with_ref = (torch.rand(len(episodes), generator=generator) < config.kl_sample).tolist()
+    if not any(with_ref):
+        with_ref[0] = True
+    sampled = [i for i, chosen in enumerate(with_ref) if chosen]
+    ref: list[Tensor | None] = [None] * len(episodes)
+    for i, logps in zip(
+        sampled, reference_logprobs(model, [episodes[i] for i in sampled], batch_size), strict=True
+    ):
+        ref[i] = logps
+    kl_weight = torch.tensor([len(episodes) / len(sampled) if chosen else 0.0 for chosen in with_ref])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or make_optimizer(model, learning_rate)
-    generator = torch.Generator().manual_seed(seed)
 
     sums: dict[str, float] = defaultdict(float)
     steps, kl_parent_max, kl_stopped = 0, 0.0, False
@@ -97,9 +107,11 @@ def train_on_episodes(
             batch = episode_batch(chunk, device)
             width = batch.completion_ids.shape[1]
             behaviour = pad_rows([e.token_logprobs for e in chunk], width).to(device)
-            ref_logps = pad_rows([ref[i] for i in idx], width).to(device)
-
             logps = completion_logprobs(model, batch)
+            # Rows without a reference get their own log-probs: a zero penalty, weighted 0 anyway.
+            own = logps.detach().cpu()
+            ref_logps = pad_rows([ref[i] if ref[i] is not None else own[r] for r, i in enumerate(idx)], width)
+            ref_logps = ref_logps.to(device)
             on_parent = torch.tensor([e.model_version == parent_version for e in chunk], device=device)
             kl_parent = parent_kl(logps.detach(), behaviour, batch.completion_mask & on_parent[:, None])
             if kl_parent is not None:
@@ -108,7 +120,13 @@ def train_on_episodes(
                     kl_stopped = True
                     break
             loss, stats = pg_loss(
-                logps, behaviour, ref_logps, advantages[idx].to(device), batch.completion_mask, config
+                logps,
+                behaviour,
+                ref_logps,
+                advantages[idx].to(device),
+                batch.completion_mask,
+                config,
+                kl_weight[idx].to(device),
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -127,7 +145,8 @@ def train_on_episodes(
     metrics["kl_parent_max"] = kl_parent_max
     metrics["kl_stopped"] = float(kl_stopped)
     if measure_kl_after:
-        metrics["kl_after"] = kl_to_base(model, episodes, batch_size, ref)
+        full = ref if all(with_ref) else None
+        metrics["kl_after"] = kl_to_base(model, episodes, batch_size, full)  # type: ignore[arg-type]
     return metrics
 
 

@@ -38,6 +38,10 @@ class PGConfig:
     # "mean": A = r − mean(r) over the episodes of the update (the whole cycle, not one minibatch,
     # so every minibatch sees the same baseline); "none": A = r.
     baseline: Literal["mean", "none"] = "mean"
+    # Share of an update's episodes whose base-model log-probs are computed for the KL penalty; the
+    # penalty of each sampled one is weighted 1 / kl_sample, an unbiased estimate of the full
+    # penalty for a fraction of the cost of the reference forward pass (the update's largest extra).
+    kl_sample: float = 0.25
 
 
 def compute_advantages(rewards: Tensor, config: PGConfig) -> Tensor:
@@ -57,11 +61,13 @@ def pg_loss(
     advantages: Tensor,
     mask: Tensor,
     config: PGConfig,
+    kl_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Loss and stats for one minibatch.
 
     logps, behaviour_logps, ref_logps, mask: [B, T] per completion token (mask False on padding);
-    advantages: [B]. Only `logps` carries gradient.
+    advantages: [B]; kl_weight: [B] weight of each row's KL penalty (None: 1; 0 where no reference
+    was computed). Only `logps` carries gradient.
     """
     mask = mask.to(logps.dtype)
     adv = advantages.to(logps.dtype)[:, None]
@@ -74,7 +80,8 @@ def pg_loss(
     ref_minus_new = ref_logps - logps
     k3 = torch.exp(ref_minus_new) - ref_minus_new - 1
 
-    per_token = -surrogate + config.kl_coef * k3
+    weight = torch.ones_like(adv) if kl_weight is None else kl_weight.to(logps.dtype)[:, None]
+    per_token = -surrogate + config.kl_coef * weight * k3
     n_seqs = logps.shape[0]
     loss = (per_token * mask).sum() / n_seqs
 
@@ -89,7 +96,8 @@ def pg_loss(
         stats = {
             "loss": float(loss),
             "pg_loss": float((-surrogate * mask).sum() / n_seqs),
-            "kl": float((k3 * mask).sum() / n_tokens),
+            # Measured on the rows with a reference only.
+            "kl": float((k3 * mask * (weight > 0)).sum() / (mask * (weight > 0)).sum().clamp(min=1)),
             "ratio_mean": float((ratio * mask).sum() / n_tokens),
             "clip_frac": float((was_clipped.to(mask.dtype) * mask).sum() / n_tokens),
         }

@@ -1,0 +1,288 @@
+"""`flywheel bench trainer`: the trainer's figures on the default model.
+
+throughput   training tokens/s of the PG update against a raw forward+backward of the same
+             model (same batches, same run), on episodes cut from the held-out code set
+cycle        one run_cycle on N episodes served by a real backend process (real prompts)
+turnaround   from the last of 16 episodes finalizing to its checkpoint serving (canary) and then
+             live, with a backend and a continuous trainer at `flywheel up`'s defaults; canary
+             traffic is simulated, accepting what the canary serves and rejecting what live does,
+             the fastest a canary can be promoted by the sequential test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import torch
+
+from backend.wire import Episode
+from flywheel.config import Settings
+from trainer.objectives.pg import PGConfig
+
+PROMPT_TOKENS = 256
+COMPLETION_TOKENS = 16
+
+
+def default_model(settings: Settings) -> str:
+    for candidate in (settings.model.name, str(settings.default_model_dir), "/tmp/fw-base-default"):
+        if candidate and (Path(candidate) / "config.json").is_file():
+            return candidate
+    raise SystemExit("no default model: run `flywheel bootstrap` first, or pass --model DIR")
+
+
+def synthetic_episodes(model: torch.nn.Module, tokenizer, n: int) -> list[Episode]:
+    """Prompt + completion windows of the held-out code, with on-policy behaviour log-probs."""
+    from trainer.gate import heldout_code
+    from trainer.logprobs import collate, completion_logprobs
+
+    ids = tokenizer.encode(heldout_code(200_000), add_special_tokens=False)
+    span = PROMPT_TOKENS + COMPLETION_TOKENS
+    episodes = []
+    for i in range(n):
+        start = (i * 97) % (len(ids) - span)
+        prompt, completion = ids[start : start + PROMPT_TOKENS], ids[start + PROMPT_TOKENS : start + span]
+        episodes.append((prompt, completion))
+    out = []
+    with torch.no_grad():
+        for b in range(0, n, 32):
+            chunk = episodes[b : b + 32]
+            batch = collate([p for p, _ in chunk], [c for _, c in chunk], [1.0] * len(chunk))
+            logps = completion_logprobs(model, batch)
+            for j, (prompt, completion) in enumerate(chunk):
+                out.append(
+                    Episode(
+                        seq=b + j + 1,
+                        completion_id=uuid.uuid4().hex,
+                        user_id=f"user{(b + j) % 8}",
+                        model_version="base",
+                        prompt_ids=prompt,
+                        completion_ids=completion,
+                        token_logprobs=logps[j].tolist(),
+                        temperature=1.0,
+                        text="",
+                        outcome="accepted",
+                        reward=0.75 if (b + j) % 3 else -0.25,
+                        created_at=0.0,
+                        finalized_at=0.0,
+                    )
+                )
+    return out
+
+
+def throughput(settings: Settings, model_dir: str, n: int) -> None:
+    from transformers import AutoTokenizer
+
+    from trainer.policy import load_policy, resolve_device
+    from trainer.update import episode_batch, reference_logprobs, train_on_episodes
+
+    cfg = settings.trainer
+    device = resolve_device(cfg.device)
+    policy = load_policy(model_dir, None, cfg, device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    episodes = synthetic_episodes(policy, tokenizer, n)
+    tokens = sum(len(e.prompt_ids) + len(e.completion_ids) for e in episodes)
+
+    def raw() -> float:
+        params = [p for p in policy.parameters() if p.requires_grad]
+        started = time.perf_counter()
+        for b in range(0, n, cfg.batch_size):
+            batch = episode_batch(episodes[b : b + cfg.batch_size], device)
+            out = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            out.logits.float().logsumexp(-1).mean().backward()
+            for p in params:
+                p.grad = None
+        return time.perf_counter() - started
+
+    raw()  # warm up allocator and kernels
+    raw_s = raw()
+    started = time.perf_counter()
+    reference_logprobs(policy, episodes, cfg.batch_size)
+    ref_s = time.perf_counter() - started
+    started = time.perf_counter()
+    train_on_episodes(
+        policy,
+        episodes,
+        PGConfig(),
+        learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size,
+        epochs=1,
+        measure_kl_after=False,
+    )
+    pg_s = time.perf_counter() - started
+    print(
+        f"model {model_dir} on {device}, {n} episodes of {PROMPT_TOKENS}+{COMPLETION_TOKENS} tokens,"
+        f" batch {cfg.batch_size}"
+    )
+    print(f"raw forward+backward        {tokens / raw_s:10.0f} tokens/s")
+    steps_s = pg_s - ref_s
+    print(f"pg update, steps only       {tokens / steps_s:10.0f} tokens/s  ratio {raw_s / steps_s:.2f}")
+    print(f"pg update, with reference   {tokens / pg_s:10.0f} tokens/s  ratio {raw_s / pg_s:.2f}")
+
+
+def start_backend(model_dir: str, data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str, dict]:
+    port = _free_port()
+    full_env = dict(
+        os.environ,
+        FLYWHEEL_DATA_DIR=str(data_dir),
+        FLYWHEEL_MODEL__NAME=model_dir,
+        FLYWHEEL_BACKEND__PORT=str(port),
+        FLYWHEEL_CONFIG=str(data_dir / "absent.toml"),
+        **env,
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "backend.log", "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "backend"], env=full_env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url, full_env
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit(f"backend did not start; see {data_dir / 'backend.log'}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 16) -> int:
+    """n completions from `users` users, each followed by a final accept/reject event from judge."""
+    shown = 0
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, http: httpx.AsyncClient) -> None:
+        nonlocal shown
+        async with sem:
+            context = {"prefix": f"def handler_{i}(request):\n    value = ", "suffix": "\n", "path": "a.py"}
+            body = (
+                await http.post("/v1/complete", json={"context": context, "user_id": f"u{i % users}"})
+            ).json()
+            if not body["text"]:
+                return
+            shown += 1
+            kind = "accepted" if judge(body) else "rejected"
+            event = dict(
+                event_id=uuid.uuid4().hex,
+                completion_id=body["completion_id"],
+                kind=kind,
+                client_ts=time.time(),
+                visible_ms=3000.0,
+                final=True,
+            )
+            await http.post("/v1/events", json={"events": [event]})
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        await asyncio.gather(*(one(i, http) for i in range(n)))
+    return shown
+
+
+def cycle(model_dir: str, n: int, work: Path) -> None:
+    from trainer.client import BackendClient
+    from trainer.cycle import run_cycle
+
+    process, url, _ = start_backend(model_dir, work / "cycle", FLYWHEEL_CANARY__SHARE="0")
+    try:
+        started = time.perf_counter()
+        shown = asyncio.run(traffic(url, n * 2, lambda body: len(body["text"]) % 2 == 0))
+        print(f"served {n * 2} completions ({shown} shown) in {time.perf_counter() - started:.1f}s")
+        settings = Settings(data_dir=work / "cycle", backend={"url": url})
+        settings.trainer.max_episodes = n
+        with BackendClient(url) as client:
+            while len(client.all_episodes(0, max_count=n)[0]) < n:
+                time.sleep(1)
+            started = time.perf_counter()
+            result = run_cycle(settings, client)
+            elapsed = time.perf_counter() - started
+        assert result is not None
+        print(
+            f"one cycle on {n} episodes: {elapsed:.1f}s (trained {result.metrics.get('episodes', 0):.0f}, "
+            f"held out {result.metrics.get('heldout', 0):.0f}, dropped {dict(result.dropped)}, "
+            f"gate {'passed' if result.gate and result.gate.passed else result.gate})"
+        )
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def turnaround(model_dir: str, work: Path, canary_budget: int) -> None:
+    process, url, env = start_backend(model_dir, work / "turnaround")
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "trainer"],
+        env=dict(env, FLYWHEEL_BACKEND__URL=url),
+        stdout=open(work / "trainer.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(5)  # let the trainer start polling, as it would be under `flywheel up`
+        asyncio.run(traffic(url, 40, lambda body: True, users=16))
+        last_final = time.time()
+        version = None
+        while version is None:
+            listed = httpx.get(f"{url}/v1/checkpoints").json()
+            version = listed[0]["version"] if listed else None
+            if time.time() - last_final > 900:
+                raise SystemExit("no checkpoint within 15 minutes")
+            time.sleep(0.5)
+        uploaded = time.time() - last_final
+        state = httpx.get(f"{url}/v1/checkpoints").json()[0]["state"]
+        print(
+            f"turnaround: last episode finalized → {version} uploaded and serving as {state}: {uploaded:.1f}s"
+        )
+        served = 0
+        while httpx.get(f"{url}/v1/model").json()["live_version"] != version and served < canary_budget:
+            asyncio.run(traffic(url, 200, lambda body: body["model_version"] == version, users=1000))
+            served += 200
+        live = httpx.get(f"{url}/v1/model").json()["live_version"] == version
+        took = time.time() - last_final
+        print(
+            f"turnaround: → {version} live: {took:.1f}s after {served} canary-period completions"
+            if live
+            else f"turnaround: {version} not live after {served} canary-period completions ({took:.1f}s)"
+        )
+    finally:
+        trainer.terminate()
+        trainer.wait()
+        process.terminate()
+        process.wait()
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="flywheel bench trainer", description=__doc__)
+    parser.add_argument("--model", help="model directory (default: the bootstrapped default model)")
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--throughput-episodes", type=int, default=256)
+    parser.add_argument("--canary-budget", type=int, default=4000, help="most completions for the canary")
+    parser.add_argument("--only", choices=["throughput", "cycle", "turnaround"], action="append")
+    args = parser.parse_args(argv)
+    model_dir = args.model or default_model(settings)
+    parts = args.only or ["throughput", "cycle", "turnaround"]
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs;"
+        f" torch threads {torch.get_num_threads()}"
+    )
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
+        if "throughput" in parts:
+            throughput(settings, model_dir, args.throughput_episodes)
+        if "cycle" in parts:
+            cycle(model_dir, args.episodes, Path(tmp))
+        if "turnaround" in parts:
+            turnaround(model_dir, Path(tmp), args.canary_budget)
+    return 0
