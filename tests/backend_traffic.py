@@ -71,6 +71,7 @@ async def drive(
     editors: int = 16,
     users: int = 400,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> Counter[str]:
     """`rounds` completions from `editors` concurrent editors; returns how many each version served."""
     rng = random.Random(seed)
@@ -85,6 +86,6 @@ async def drive(
                 await editor_round(http, url, f"user-{rng.randrange(users)}", accept_probability, rng)
             ] += 1
 
-    async with httpx.AsyncClient(timeout=120) as http:
+    async with httpx.AsyncClient(timeout=120, headers=headers) as http:
         await asyncio.gather(*(editor(http) for _ in range(editors)))
     return served

@@ -18,7 +18,11 @@ CASES = [
     ("hugging face token", "login(hf_abcdefghijklmnopqrstuvwxyz0123456)", "login(<redacted>)"),
     ("jwt", "jwt = eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.SflKxwRJSMeKKF2QT4", "jwt = <redacted>"),
     ("bearer", 'headers = {"Authorization": "Bearer abcdef0123456789abcd"}', None),
-    ("url password", 'DSN = "postgres://app:hunter22@db:5432/x"', 'DSN = "postgres://app:<redacted>@db:5432/x"'),
+    (
+        "url password",
+        'DSN = "postgres://app:hunter22@db:5432/x"',
+        'DSN = "postgres://app:<redacted>@db:5432/x"',
+    ),
     ("python assignment", 'password = "correct horse"\n', 'password = "<redacted>"\n'),
     ("typed assignment", "DB_SECRET: str = 's3cr3t'", "DB_SECRET: str = '<redacted>'"),
     ("dict entry", '{"client_secret": "abc123", "n": "x"}', '{"client_secret": "<redacted>", "n": "x"}'),

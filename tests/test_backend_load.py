@@ -1,0 +1,113 @@
+"""Load on loopback: 32 editors' traffic while checkpoints are hot-swapped every few seconds, and
+requests whose client hung up are dropped from the batch instead of being served."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from backend_traffic import PREFIXES, upload
+from conftest import make_adapter, start_backend, stop_backend
+
+EDITORS = 32
+DURATION_S = 24.0
+SWAP_EVERY_S = 3.0
+
+
+async def editors(url: str, stop: asyncio.Event) -> tuple[Counter[str], list[str]]:
+    served: Counter[str] = Counter()
+    failures: list[str] = []
+
+    async def editor(number: int, http: httpx.AsyncClient) -> None:
+        turn = 0
+        while not stop.is_set():
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}, "user_id": f"u{number}"}
+            turn += 1
+            try:
+                response = await http.post(f"{url}/v1/complete", json=body)
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+                else:
+                    served[response.json()["model_version"]] += 1
+            except httpx.HTTPError as error:
+                failures.append(repr(error))
+
+    limits = httpx.Limits(max_connections=EDITORS + 4)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await asyncio.gather(*(editor(n, http) for n in range(EDITORS)))
+    return served, failures
+
+
+def test_hot_swaps_under_32_editors_fail_no_request(tiny_model_dir: Path, tmp_path: Path) -> None:
+    adapters = [make_adapter(tiny_model_dir, tmp_path / f"a{n}", seed=n, scale=0.02) for n in range(3)]
+    server = start_backend(tiny_model_dir, tmp_path / "state", FLYWHEEL_CANARY__SHARE="0")
+
+    async def scenario() -> tuple[Counter[str], list[str], list[str]]:
+        stop = asyncio.Event()
+        traffic = asyncio.create_task(editors(server.url, stop))
+        swapped: list[str] = []
+        started = time.monotonic()
+        async with httpx.AsyncClient(timeout=120) as http:
+            while time.monotonic() - started < DURATION_S:
+                await asyncio.sleep(SWAP_EVERY_S)
+                if len(swapped) % 3 == 2:  # now and then the admin rolls the live version back
+                    await http.post(f"{server.url}/v1/admin/checkpoints/{swapped[-1]}/rollback")
+                    swapped.append("rollback")
+                    continue
+                adapter = adapters[len(swapped) % len(adapters)]
+                response = await asyncio.to_thread(upload, server.url, adapter, str(tiny_model_dir))
+                assert response.status_code == 200, response.text
+                swapped.append(response.json()["version"])
+        stop.set()
+        served, failures = await traffic
+        return served, failures, swapped
+
+    try:
+        served, failures, swapped = asyncio.run(scenario())
+    finally:
+        stop_backend(server)
+    assert failures == []
+    assert len(swapped) >= 6
+    versions = [v for v in swapped if v != "rollback"]
+    # Traffic really crossed the swaps: several versions served, the base model among them.
+    assert len(set(served) & {*versions, "base"}) >= 3, served
+    assert sum(served.values()) >= EDITORS * 2
+
+
+def test_request_whose_client_went_away_is_dropped(tiny_model_dir: Path, tmp_path: Path) -> None:
+    server = start_backend(tiny_model_dir, tmp_path / "state", FLYWHEEL_BACKEND__MAX_BATCH="4")
+
+    async def scenario() -> int:
+        async with httpx.AsyncClient(timeout=60) as http:
+            body = {"context": {"prefix": PREFIXES[0]}, "max_new_tokens": 48}
+            # Keep the worker busy with patient clients, then queue impatient ones behind them.
+            patient = [
+                asyncio.create_task(http.post(f"{server.url}/v1/complete", json=body)) for _ in range(12)
+            ]
+            await asyncio.sleep(0.3)
+            impatient = 0
+            async with httpx.AsyncClient(timeout=0.5) as hasty:
+                for outcome in await asyncio.gather(
+                    *(hasty.post(f"{server.url}/v1/complete", json=body) for _ in range(8)),
+                    return_exceptions=True,
+                ):
+                    impatient += isinstance(outcome, httpx.TimeoutException)
+            assert all(r.status_code == 200 for r in await asyncio.gather(*patient))
+            return impatient
+
+    try:
+        impatient = asyncio.run(scenario())
+        time.sleep(1.0)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        stats = httpx.get(f"{server.url}/admin/data.json").json()["stats"]
+    finally:
+        stop_backend(server)
+    dropped = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("flywheel_dropped")
+    )
+    assert impatient > 0 and dropped > 0
+    # A dropped request is never recorded as served.
+    assert stats["served"] == 12 + 8 - dropped
