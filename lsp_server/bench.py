@@ -357,17 +357,36 @@ def _summary(samples: list[float]) -> dict[str, float]:
 def _print(f: dict[str, Any]) -> None:
     server, change = f["completion_server"], f["did_change_server"]
     rows = [
-        ("completion overhead in the server, p50", f"{server['p50_ms']:.3f} ms", "< 1 ms",
-         server["p50_ms"] < TARGETS["completion_p50_ms"]),
-        ("completion overhead in the server, p99", f"{server['p99_ms']:.3f} ms", "< 5 ms",
-         server["p99_ms"] < TARGETS["completion_p99_ms"]),
-        ("didChange, 10,000 lines, in the server, p50", f"{change['p50_ms']:.3f} ms", "< 0.5 ms",
-         change["p50_ms"] < TARGETS["did_change_ms"]),
-        ("start → initialize answer, ours / bare pygls",
-         f"{f['startup_ours_s']:.3f} s / {f['startup_bare_s']:.3f} s = {f['startup_ratio']:.2f}×", "≤ 1.25×",
-         f["startup_ratio"] <= TARGETS["startup_ratio"]),
-        ("resident memory after an hour's session", f"{f['rss_mb']} MB", "< 80 MB",
-         f["rss_mb"] is not None and f["rss_mb"] < TARGETS["rss_mb"]),
+        (
+            "completion overhead in the server, p50",
+            f"{server['p50_ms']:.3f} ms",
+            "< 1 ms",
+            server["p50_ms"] < TARGETS["completion_p50_ms"],
+        ),
+        (
+            "completion overhead in the server, p99",
+            f"{server['p99_ms']:.3f} ms",
+            "< 5 ms",
+            server["p99_ms"] < TARGETS["completion_p99_ms"],
+        ),
+        (
+            "didChange, 10,000 lines, in the server, p50",
+            f"{change['p50_ms']:.3f} ms",
+            "< 0.5 ms",
+            change["p50_ms"] < TARGETS["did_change_ms"],
+        ),
+        (
+            "start → initialize answer, ours / bare pygls",
+            f"{f['startup_ours_s']:.3f} s / {f['startup_bare_s']:.3f} s = {f['startup_ratio']:.2f}×",
+            "≤ 1.25×",
+            f["startup_ratio"] <= TARGETS["startup_ratio"],
+        ),
+        (
+            "resident memory after an hour's session",
+            f"{f['rss_mb']} MB",
+            "< 80 MB",
+            f["rss_mb"] is not None and f["rss_mb"] < TARGETS["rss_mb"],
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"flywheel bench lsp  (load average {', '.join(f'{x:.2f}' for x in f['load_average'])})")
