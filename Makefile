@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium
+.PHONY: install up test lint clean chromium vscode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ chromium:
 		&& apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium missing (needs root to install): the dashboard browser test will be skipped"
 
+# The VS Code extension from a clean install: build, unit tests, editor_clients/vscode/*.vsix.
+vscode:
+	cd editor_clients/vscode && npm ci --no-audit --no-fund && npm run build && npm test && npm run package
+
 # Tests build their own tiny models; nothing may be downloaded.
-test: install lint chromium
+test: install lint chromium vscode
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q
 
 clean:

@@ -1,0 +1,69 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+
+import { ACCEPT_COMMAND, SuggestionMemory, completionIdOf } from "../memory";
+
+describe("completionIdOf", () => {
+  it("reads the id from the item's flywheel.accept command", () => {
+    const item = { insertText: "x", command: { title: "Accept", command: ACCEPT_COMMAND, arguments: ["c1"] } };
+    assert.equal(completionIdOf(item), "c1");
+  });
+  it("ignores items that are not ours", () => {
+    assert.equal(completionIdOf({ insertText: "x" }), undefined);
+    assert.equal(completionIdOf({ command: { command: "other.accept", arguments: ["c1"] } }), undefined);
+    assert.equal(completionIdOf({ command: { command: ACCEPT_COMMAND } }), undefined);
+    assert.equal(completionIdOf({ command: { command: ACCEPT_COMMAND, arguments: [7] } }), undefined);
+    assert.equal(completionIdOf({ command: { command: ACCEPT_COMMAND, arguments: [""] } }), undefined);
+    assert.equal(completionIdOf(null), undefined);
+  });
+});
+
+describe("SuggestionMemory", () => {
+  it("keeps the first item of an id: typed-ahead answers carry only the rest", () => {
+    const m = new SuggestionMemory();
+    m.returned("c1", "file:///a.py", 3, 4, "value = 1");
+    const kept = m.returned("c1", "file:///a.py", 3, 7, "ue = 1");
+    assert.equal(kept.character, 4);
+    assert.equal(kept.text, "value = 1");
+    assert.equal(m.last()?.completionId, "c1");
+  });
+  it("reports shown once per suggestion", () => {
+    const m = new SuggestionMemory();
+    m.returned("c1", "u", 0, 0, "abc");
+    assert.equal(m.markShown("c1"), true);
+    m.returned("c1", "u", 0, 1, "bc");
+    assert.equal(m.markShown("c1"), false);
+    assert.equal(m.markShown("unknown"), false);
+  });
+  it("sends a partial acceptance only when the total grows", () => {
+    const m = new SuggestionMemory();
+    m.returned("c1", "u", 0, 0, "alpha beta gamma");
+    assert.equal(m.markAccepted("c1", 6), true);
+    assert.equal(m.markAccepted("c1", 6), false);
+    assert.equal(m.markAccepted("c1", 3), false);
+    assert.equal(m.markAccepted("c1", 11), true);
+    assert.equal(m.get("c1")?.accepted, 11);
+    assert.equal(m.markAccepted("c1", 11.5), false);
+    assert.equal(m.markAccepted("nope", 3), false);
+  });
+  it("rejects once, and not after part of it was accepted", () => {
+    const m = new SuggestionMemory();
+    m.returned("c1", "u", 0, 0, "abc def");
+    m.returned("c2", "u", 0, 0, "abc def");
+    assert.equal(m.markRejected("c1"), true);
+    assert.equal(m.markRejected("c1"), false);
+    m.markAccepted("c2", 4);
+    assert.equal(m.markRejected("c2"), false);
+  });
+  it("forgets the oldest beyond its capacity", () => {
+    const m = new SuggestionMemory(2);
+    m.returned("a", "u", 0, 0, "x");
+    m.returned("b", "u", 0, 0, "y");
+    m.returned("c", "u", 0, 0, "z");
+    assert.equal(m.get("a"), undefined);
+    assert.equal(m.get("b")?.text, "y");
+    assert.equal(m.last()?.completionId, "c");
+    m.clear();
+    assert.equal(m.last(), undefined);
+  });
+});

@@ -1,0 +1,252 @@
+/**
+ * The contract with the real language server, spoken as this extension speaks it: the options it
+ * sends, the item it gets, the notifications it sends (with the lengths the partial-acceptance
+ * logic computes), and the events that reach a stand-in backend.
+ *
+ * Needs the `flywheel` executable: $FLYWHEEL_LSP, else the repository's .venv. Skipped without it.
+ */
+
+import assert from "node:assert/strict";
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before, describe, it } from "node:test";
+
+import { completionIdOf } from "../memory";
+import { matchPrefix, predictAccepted } from "../partial";
+import { DEFAULTS, initializationOptions } from "../settings";
+import { parseStatus } from "../status";
+
+function flywheelExecutable(): string | undefined {
+  const candidates = [
+    process.env.FLYWHEEL_LSP,
+    path.resolve(__dirname, "..", "..", "..", "..", "..", ".venv", "bin", "flywheel"),
+  ];
+  return candidates.find((c): c is string => !!c && fs.existsSync(c));
+}
+
+/** A minimal JSON-RPC client over stdio with LSP's Content-Length framing. */
+class Rpc {
+  private buffer = Buffer.alloc(0);
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  constructor(private readonly child: ChildProcessWithoutNullStreams) {
+    child.stdout.on("data", (chunk: Buffer) => this.onData(chunk));
+    child.on("exit", () => {
+      for (const p of this.pending.values()) {
+        p.reject(new Error("language server exited"));
+      }
+    });
+  }
+
+  request(method: string, params: unknown): Promise<unknown> {
+    const id = this.nextId++;
+    this.write({ jsonrpc: "2.0", id, method, params });
+    return new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
+  }
+
+  notify(method: string, params: unknown): void {
+    this.write({ jsonrpc: "2.0", method, params });
+  }
+
+  private write(message: unknown): void {
+    const body = Buffer.from(JSON.stringify(message), "utf8");
+    this.child.stdin.write(`Content-Length: ${body.length}\r\n\r\n`);
+    this.child.stdin.write(body);
+  }
+
+  private onData(chunk: Buffer): void {
+    this.buffer = Buffer.concat([this.buffer, chunk]);
+    for (;;) {
+      const headerEnd = this.buffer.indexOf("\r\n\r\n");
+      if (headerEnd < 0) {
+        return;
+      }
+      const match = /Content-Length: (\d+)/i.exec(this.buffer.subarray(0, headerEnd).toString("ascii"));
+      const length = Number(match?.[1] ?? 0);
+      if (this.buffer.length < headerEnd + 4 + length) {
+        return;
+      }
+      const body = this.buffer.subarray(headerEnd + 4, headerEnd + 4 + length).toString("utf8");
+      this.buffer = this.buffer.subarray(headerEnd + 4 + length);
+      const message = JSON.parse(body) as { id?: number; method?: string; result?: unknown; error?: { message: string } };
+      if (message.id !== undefined && message.method !== undefined) {
+        // A request from the server (e.g. workspace/configuration): answer with nothing.
+        this.write({ jsonrpc: "2.0", id: message.id, result: null });
+      } else if (message.id !== undefined) {
+        const p = this.pending.get(message.id);
+        this.pending.delete(message.id);
+        if (message.error) {
+          p?.reject(new Error(message.error.message));
+        } else {
+          p?.resolve(message.result);
+        }
+      }
+    }
+  }
+}
+
+const executable = flywheelExecutable();
+const SUGGESTION = "alpha beta(gamma)";
+
+describe("the language server, as this extension talks to it", { skip: executable ? false : "no flywheel executable" }, () => {
+  let child: ChildProcessWithoutNullStreams;
+  let rpc: Rpc;
+  let backend: http.Server;
+  let stateDir: string;
+  const events: Array<Record<string, unknown>> = [];
+  let initializeResult: { capabilities: Record<string, unknown> };
+  let served = 0;
+
+  before(async () => {
+    backend = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (c: Buffer) => (body += c.toString("utf8")));
+      req.on("end", () => {
+        res.setHeader("Content-Type", "application/json");
+        if (req.url === "/v1/complete") {
+          res.end(JSON.stringify({
+            completion_id: `cmp-000${++served}`,
+            text: SUGGESTION,
+            model_version: "v-test-7",
+            token_logprobs: [-0.1],
+            latency_ms: 1,
+          }));
+        } else if (req.url === "/v1/events") {
+          const batch = JSON.parse(body) as { events: Array<Record<string, unknown>> };
+          events.push(...batch.events);
+          res.end(JSON.stringify({ stored: batch.events.length, duplicates: 0, refused: [] }));
+        } else {
+          res.statusCode = 404;
+          res.end("{}");
+        }
+      });
+    });
+    await new Promise<void>((resolve) => backend.listen(0, "127.0.0.1", resolve));
+    const port = (backend.address() as AddressInfo).port;
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "flywheel-vscode-test-"));
+    child = spawn(executable as string, ["lsp"], { stdio: "pipe", env: { ...process.env, HF_HUB_OFFLINE: "1" } });
+    child.stderr.resume();
+    rpc = new Rpc(child);
+    const options = {
+      ...initializationOptions({ ...DEFAULTS, backendUrl: `http://127.0.0.1:${port}` }),
+      stateDir,
+      debounceMs: 0,
+      survivalDelaysS: [],
+    };
+    initializeResult = (await rpc.request("initialize", {
+      processId: process.pid,
+      rootUri: null,
+      capabilities: { textDocument: { inlineCompletion: { dynamicRegistration: false } } },
+      initializationOptions: options,
+    })) as { capabilities: Record<string, unknown> };
+    rpc.notify("initialized", {});
+  });
+
+  after(async () => {
+    try {
+      await rpc.request("shutdown", null);
+      rpc.notify("exit", null);
+    } catch {
+      // already gone
+    }
+    child.kill();
+    backend.close();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it("announces inline completion and the flywheel.accept command the language client registers", () => {
+    const caps = initializeResult.capabilities;
+    assert.ok(caps.inlineCompletionProvider, "inlineCompletionProvider");
+    const commands = (caps.executeCommandProvider as { commands?: string[] } | undefined)?.commands ?? [];
+    assert.ok(commands.includes("flywheel.accept"), `executeCommandProvider.commands: ${JSON.stringify(commands)}`);
+  });
+
+  it("serves an item whose command carries the completion id, and takes our notifications", async () => {
+    const uri = "file:///tmp/flywheel-vscode-test.py";
+    const prefix = "x = ";
+    rpc.notify("textDocument/didOpen", { textDocument: { uri, languageId: "python", version: 1, text: prefix } });
+    const answer = (await rpc.request("textDocument/inlineCompletion", {
+      textDocument: { uri },
+      position: { line: 0, character: prefix.length },
+      context: { triggerKind: 2 },
+    })) as { items: Array<{ insertText: string; command?: unknown; range?: unknown }> };
+    assert.equal(answer.items.length, 1);
+    const item = answer.items[0];
+    assert.equal(item.insertText, SUGGESTION);
+    const completionId = completionIdOf(item);
+    assert.equal(completionId, "cmp-0001");
+    rpc.notify("flywheel/didShowCompletion", { completionId });
+
+    // acceptNextWord as VS Code does it: the editor inserts the word, the extension reads the
+    // document at the suggestion's spot and reports the total.
+    const predicted = predictAccepted(SUGGESTION, 0, "word");
+    const inserted = SUGGESTION.slice(0, predicted);
+    rpc.notify("textDocument/didChange", {
+      textDocument: { uri, version: 2 },
+      contentChanges: [{ range: { start: { line: 0, character: 4 }, end: { line: 0, character: 4 } }, text: inserted }],
+    });
+    const measured = matchPrefix(SUGGESTION, inserted);
+    assert.deepEqual(measured, { units: "alpha".length, complete: true });
+    rpc.notify("flywheel/didPartiallyAcceptCompletion", { completionId, acceptedLength: measured.units });
+
+    const status = parseStatus(await rpc.request("flywheel/status", null));
+    assert.equal(status?.model_version, "v-test-7");
+    assert.equal(status?.backend_ok, true);
+
+    const flushed = (await rpc.request("flywheel/flush", null)) as { pending: number };
+    assert.equal(flushed.pending, 0);
+    const mine = events.filter((e) => e.completion_id === completionId);
+    const kinds = mine.map((e) => e.kind);
+    assert.ok(kinds.includes("shown"), `events: ${JSON.stringify(kinds)}`);
+    const partial = mine.find((e) => e.kind === "partially_accepted");
+    assert.ok(partial, `events: ${JSON.stringify(kinds)}`);
+    assert.equal(partial.accepted_chars, 5);
+  });
+
+  it("counts a partial acceptance from the start of the first item, after typing ahead", async () => {
+    const uri = "file:///tmp/flywheel-vscode-typed-ahead.py";
+    rpc.notify("textDocument/didOpen", { textDocument: { uri, languageId: "python", version: 1, text: "" } });
+    const ask = async (character: number) =>
+      (await rpc.request("textDocument/inlineCompletion", {
+        textDocument: { uri },
+        position: { line: 0, character },
+        context: { triggerKind: 2 }, // automatic, as while typing
+      })) as { items: Array<{ insertText: string; command?: unknown }> };
+    const first = (await ask(0)).items[0];
+    const completionId = completionIdOf(first);
+    assert.ok(completionId);
+    rpc.notify("flywheel/didShowCompletion", { completionId });
+    // The user types "al": the server answers from the suggestion on screen, same id, the rest.
+    rpc.notify("textDocument/didChange", {
+      textDocument: { uri, version: 2 },
+      contentChanges: [{ range: { start: { line: 0, character: 0 }, end: { line: 0, character: 0 } }, text: "al" }],
+    });
+    const rest = (await ask(2)).items[0];
+    assert.equal(completionIdOf(rest), completionId);
+    assert.equal(rest.insertText, SUGGESTION.slice(2));
+    // Accepting the next word inserts "pha"; the document holds "alpha" from the first item's
+    // start, which is what the extension reports (not 3, counted from the second item's text).
+    rpc.notify("textDocument/didChange", {
+      textDocument: { uri, version: 3 },
+      contentChanges: [{ range: { start: { line: 0, character: 2 }, end: { line: 0, character: 2 } }, text: "pha" }],
+    });
+    const total = matchPrefix(first.insertText, "alpha");
+    assert.equal(total.units, 5);
+    rpc.notify("flywheel/didPartiallyAcceptCompletion", { completionId, acceptedLength: total.units });
+    await rpc.request("flywheel/flush", null);
+    const partial = events.find((e) => e.completion_id === completionId && e.kind === "partially_accepted");
+    assert.ok(partial, JSON.stringify(events.filter((e) => e.completion_id === completionId).map((e) => e.kind)));
+    assert.equal(partial.accepted_chars, 5);
+  });
+
+  it("answers a dismissal without error", async () => {
+    rpc.notify("flywheel/didRejectCompletion", { completionId: "unknown-id" });
+    const status = parseStatus(await rpc.request("flywheel/status", null));
+    assert.equal(status?.ready, true);
+  });
+});
