@@ -63,20 +63,33 @@ class BackendClient:
         except ValueError as exc:
             raise BackendError(f"unexpected events answer: {exc}") from exc
 
+    async def health(self) -> dict[str, Any]:
+        """`GET /healthz`: the live and canary versions, when the backend is up."""
+        body = await self._send("GET", "/healthz", None)
+        if not isinstance(body, dict):
+            raise BackendError("unexpected health answer")
+        return body
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
     async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        return await self._send("POST", path, payload)
+
+    async def _send(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         import h11
 
         from lsp_server.http11 import TransportError
 
-        data = json.dumps(payload, separators=(",", ":")).encode()
         try:
             async with asyncio.timeout(self.timeout_s):
-                answer = await self._client().post(path, data)
+                if payload is None:
+                    answer = await self._client().get(path)
+                else:
+                    data = json.dumps(payload, separators=(",", ":")).encode()
+                    answer = await self._client().post(path, data)
         except TimeoutError as exc:
             raise BackendError(f"no answer from {path} within {self.timeout_s} s") from exc
         except (OSError, TransportError, h11.ProtocolError) as exc:

@@ -1,8 +1,8 @@
 """A small keep-alive HTTP/1.1 client on asyncio streams, with h11 doing the protocol.
 
-The language server makes one kind of call, a JSON POST to one host. httpx would do, but with its
-dependencies it adds about 10 MB to a process that lives inside every editor; h11 (httpx's own
-HTTP/1.1 state machine) adds a fraction of one.
+The language server makes two kinds of call to one host: JSON POSTs, and a GET of its health.
+httpx would do, but with its dependencies it adds about 10 MB to a process that lives inside every
+editor; h11 (httpx's own HTTP/1.1 state machine) adds a fraction of one.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.protocol = h11.Connection(h11.CLIENT)
 
-    async def request(self, target: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
         p = self.protocol
-        request = h11.Request(method="POST", target=target, headers=headers)
+        request = h11.Request(method=method, target=target, headers=headers)
         self.writer.write(p.send(request) + p.send(h11.Data(data=body)) + p.send(h11.EndOfMessage()))
         await self.writer.drain()
         status, chunks = 0, []
@@ -65,7 +65,7 @@ class _Connection:
 
 
 class Http11Client:
-    """POSTs JSON bodies to one base URL, keeping idle connections for the next call."""
+    """Calls one base URL, keeping idle connections for the next call."""
 
     def __init__(self, base_url: str, headers: dict[str, str]) -> None:
         url = urlsplit(base_url)
@@ -81,20 +81,31 @@ class Http11Client:
 
     async def post(self, path: str, body: bytes, content_type: str = "application/json") -> Answer:
         headers = [*self._headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        return await self._call("POST", path, headers, body)
+
+    async def get(self, path: str) -> Answer:
+        return await self._call("GET", path, self._headers, b"")
+
+    async def _call(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
         target = self._path + path
         if self._idle:
             connection = self._idle.pop()
             try:
-                return await self._exchange(connection, target, headers, body)
+                return await self._exchange(connection, method, target, headers, body)
             except (OSError, TransportError, h11.ProtocolError):
                 pass  # the server dropped the idle connection meanwhile: once more on a new one
-        return await self._exchange(await self._connect(), target, headers, body)
+        return await self._exchange(await self._connect(), method, target, headers, body)
 
     async def _exchange(
-        self, connection: _Connection, target: str, headers: list[tuple[str, str]], body: bytes
+        self,
+        connection: _Connection,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
     ) -> Answer:
         try:
-            answer = await connection.request(target, headers, body)
+            answer = await connection.request(method, target, headers, body)
         except h11.ProtocolError as exc:
             connection.close()
             raise TransportError(f"not an HTTP answer: {exc}") from exc

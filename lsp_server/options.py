@@ -136,7 +136,8 @@ def client_section(raw: Any) -> Mapping[str, Any]:
 def with_client_options(options: Options, raw: Any) -> Options:
     changes: dict[str, Any] = {}
     for key, value in client_section(raw).items():
-        if key not in _CLIENT_KEYS or value is None:
+        # None or "" leaves the setting to flywheel.toml (an editor's unset text field sends "").
+        if key not in _CLIENT_KEYS or value is None or (value == "" and key != "userId"):
             continue
         name, parse = _CLIENT_KEYS[key]
         try:

@@ -43,9 +43,10 @@ class CompletionRef:
 
 @dataclass(frozen=True, slots=True)
 class PartialAcceptance:
-    """Params of DID_PARTIALLY_ACCEPT. `accepted_length` counts UTF-16 code units from the start
-    of the item's insert text (as LSP positions do); a client accepting word by word sends the
-    growing total each time."""
+    """Params of DID_PARTIALLY_ACCEPT. `accepted_length` counts UTF-16 code units (as LSP
+    positions do) from the start of the text first served under that completion id: after typing
+    ahead, the server answers with the rest of the same suggestion, and the count still starts at
+    its beginning. A client accepting word by word sends the growing total each time."""
 
     completion_id: str
     accepted_length: int

@@ -232,9 +232,12 @@ def _can_pull_configuration(ls: FlywheelLanguageServer) -> bool:
 
 
 @server.feature(STATUS_REQUEST)
-def status(ls: FlywheelLanguageServer, params: Any) -> dict[str, Any]:
-    state = {"ready": False} if ls.session is None else ls.session.status()
-    return {**state, "heavy_modules": heavy_modules()}
+async def status(ls: FlywheelLanguageServer, params: Any) -> dict[str, Any]:
+    if ls.session is None:
+        return {"ready": False, "heavy_modules": heavy_modules()}
+    # Until the first completion says otherwise, ask the backend itself (bounded by its timeout).
+    await ls.session.probe_backend()
+    return {**ls.session.status(), "heavy_modules": heavy_modules()}
 
 
 @server.feature(FLUSH_REQUEST)

@@ -318,6 +318,19 @@ class Session:
 
     # -- status and shutdown ------------------------------------------------------------------
 
+    async def probe_backend(self) -> None:
+        """Health and live version before any completion, so a client can show them at start."""
+        if self.backend_ok is not None:
+            return
+        try:
+            health = await self.backend.health()
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return
+        self.backend_ok, self.last_backend_error = True, None
+        if self.model_version is None and isinstance(health.get("live_version"), str):
+            self.model_version = health["live_version"]
+
     def status(self) -> dict[str, Any]:
         self._write_events()
         return {

@@ -31,6 +31,8 @@ def test_client_options_override_at_top_level_or_under_flywheel(caplog: pytest.L
     assert (bad.telemetry, bad.request_timeout_s, bad.token) == (True, 2.0, "t")
     assert "telemetry" in caplog.text and "requestTimeoutS" in caplog.text
     assert with_client_options(base, None) == base
+    # An editor's empty text field leaves the setting to flywheel.toml.
+    assert with_client_options(base, {"backendUrl": "", "token": ""}) == base
 
 
 def test_the_pseudonym_is_random_and_kept(tmp_path: Path) -> None:

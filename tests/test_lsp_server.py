@@ -42,6 +42,17 @@ class WireBackend:
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/healthz":
+                    self.send_error(404)
+                    return
+                data = json.dumps({"status": "ok", "live_version": "v-live", "canary_version": None})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data.encode())
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 backend.authorizations.append(self.headers.get("Authorization"))
@@ -188,6 +199,17 @@ async def test_capabilities_announce_inline_completion_and_the_accept_command(
     sync = capabilities.text_document_sync
     assert isinstance(sync, types.TextDocumentSyncOptions)
     assert sync.change == types.TextDocumentSyncKind.Incremental
+
+
+async def test_status_asks_the_backend_before_any_completion(
+    client: LanguageClient, tmp_path: Path, backend: WireBackend
+) -> None:
+    # An editor's empty text field ("") leaves the setting alone instead of breaking the URL.
+    await start(client, tmp_path / "ws", backendUrl=backend.url, token="")
+    status = await request(client, "flywheel/status")
+    assert (status["backend_ok"], status["model_version"]) == (True, "v-live")
+    assert status["backend_url"] == backend.url
+    assert backend.completions == []
 
 
 async def test_unreachable_backend_answers_empty_quickly_and_the_server_stays_up(
