@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium vscode
+.PHONY: install up test lint clean chromium simulate vscode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 up: install
 	$(BIN)/flywheel up
+
+# Simulated developers write CORPUS (a directory of Python files) through the real loop.
+simulate: install
+	$(BIN)/flywheel simulate --corpus $(CORPUS)
 
 lint: install
 	$(BIN)/ruff check .

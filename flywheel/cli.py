@@ -77,6 +77,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     return main(_settings(), args.rest)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulate.run import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=["lsp", "backend", "trainer", "all"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("simulate", help="simulated developers drive the real loop; learning curves out")
+    p.add_argument("--corpus", type=Path, required=True, help="directory of Python files they write")
+    p.add_argument("--cycles", type=int, default=10, help="trainer cycles")
+    p.add_argument("--developers", type=int, default=4)
+    p.add_argument("--adversarial-share", type=float, default=0.25, help="share accepting then deleting all")
+    p.add_argument("--model", type=Path, help="model directory (default: the bootstrapped model)")
+    p.add_argument("--out", type=Path, default=Path("flywheel-simulation"), help="CSV, plot, logs, state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--files-per-round", type=int, default=2, help="files each developer writes per round")
+    p.add_argument("--eval-files", type=int, default=0, help="held-out files (default: files per round)")
+    p.add_argument("--max-lines", type=int, default=120, help="cut each file to this many lines (0: all)")
+    p.add_argument("--time-scale", type=float, default=50.0, help="simulated typing seconds per real second")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("token", help="create, list or revoke access tokens (admin)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="create|list|revoke ...")

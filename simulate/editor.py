@@ -1,0 +1,159 @@
+"""One simulated editor: an LSP client over stdio driving the real `python -m lsp_server`.
+
+It keeps each document's text itself, as an editor does, and speaks in character offsets; LSP
+positions (line, UTF-16 column) are computed here, so the developer logic never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from lsp_server.protocol import ACCEPT_COMMAND, DID_REJECT, DID_SHOW, FLUSH_REQUEST
+
+
+def position(text: str, offset: int) -> types.Position:
+    """The LSP position of character `offset` in `text` (columns in UTF-16 code units)."""
+    line = text.count("\n", 0, offset)
+    line_start = text.rfind("\n", 0, offset) + 1
+    column = len(text[line_start:offset].encode("utf-16-le")) // 2
+    return types.Position(line=line, character=column)
+
+
+@dataclass
+class Suggestion:
+    completion_id: str
+    text: str
+    command: types.Command
+
+
+@dataclass
+class Document:
+    uri: str
+    text: str = ""
+    version: int = 1
+
+
+class Editor:
+    """An editor session of one developer: one language-server process for the whole run."""
+
+    def __init__(self, client: LanguageClient, log_task: asyncio.Task[None]) -> None:
+        self.client = client
+        self._log_task = log_task
+
+    @classmethod
+    async def start(cls, env: dict[str, str], log_path: Path, init_options: dict[str, Any]) -> Editor:
+        client = LanguageClient("flywheel-simulate", "0.1")
+        await client.start_io(sys.executable, "-m", "lsp_server", env=env)
+        # pygls pipes the server's stderr; unread, a chatty server would block on a full pipe.
+        log_task = asyncio.create_task(_copy_stream(client._server.stderr, log_path))
+        await client.initialize_async(
+            types.InitializeParams(
+                capabilities=types.ClientCapabilities(), initialization_options=init_options
+            )
+        )
+        client.initialized(types.InitializedParams())
+        return cls(client, log_task)
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def open(self, uri: str, text: str = "") -> Document:
+        document = Document(uri, text)
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+            )
+        )
+        return document
+
+    def replace(self, document: Document, start: int, end: int, text: str) -> None:
+        """Replace characters [start, end) with `text`: one incremental didChange."""
+        change = types.TextDocumentContentChangePartial(
+            range=types.Range(start=position(document.text, start), end=position(document.text, end)),
+            text=text,
+        )
+        document.text = document.text[:start] + text + document.text[end:]
+        document.version += 1
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(
+                    uri=document.uri, version=document.version
+                ),
+                content_changes=[change],
+            )
+        )
+
+    def insert(self, document: Document, offset: int, text: str) -> None:
+        self.replace(document, offset, offset, text)
+
+    def close(self, document: Document) -> None:
+        self.client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=document.uri))
+        )
+
+    # -- completions -------------------------------------------------------------------------
+
+    async def suggest(self, document: Document, offset: int) -> Suggestion | None:
+        """Ask for an inline completion at `offset` as an editor does while typing; None: nothing."""
+        result = await self.client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=document.uri),
+                position=position(document.text, offset),
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Automatic
+                ),
+            )
+        )
+        items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
+        if not items or not isinstance(items[0].insert_text, str) or not items[0].insert_text:
+            return None
+        item = items[0]
+        if item.command is None or not item.command.arguments:
+            return None
+        return Suggestion(str(item.command.arguments[0]), item.insert_text, item.command)
+
+    def shown(self, suggestion: Suggestion) -> None:
+        self.client.protocol.notify(DID_SHOW, {"completionId": suggestion.completion_id})
+
+    def dismiss(self, suggestion: Suggestion) -> None:
+        self.client.protocol.notify(DID_REJECT, {"completionId": suggestion.completion_id})
+
+    async def accept(self, document: Document, offset: int, suggestion: Suggestion) -> None:
+        """Insert the suggestion at `offset`, then run the item's command (LSP 3.18)."""
+        self.insert(document, offset, suggestion.text)
+        await self.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=ACCEPT_COMMAND, arguments=suggestion.command.arguments)
+        )
+
+    async def flush(self) -> int:
+        """Deliver the server's queued events now; returns how many are still waiting."""
+        answer = await self.client.protocol.send_request_async(FLUSH_REQUEST, {})
+        fields = answer if isinstance(answer, dict) else answer._asdict()
+        return int(fields.get("pending", 0))
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.shutdown_async(None), 30)
+            self.client.exit(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.stop(), 15)
+        server = self.client._server
+        if server is not None and server.returncode is None:
+            server.kill()
+        self._log_task.cancel()
+
+
+async def _copy_stream(stream: asyncio.StreamReader | None, path: Path) -> None:
+    if stream is None:
+        return
+    with open(path, "ab") as log:
+        while line := await stream.readline():
+            log.write(line)
+            log.flush()

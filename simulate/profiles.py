@@ -1,0 +1,59 @@
+"""How a simulated developer behaves. Times come in two clocks on purpose:
+
+- typing is in *simulated* seconds, divided by the run's time scale before sleeping, so a round
+  of typing costs little wall time;
+- reading a suggestion is in *real* seconds, because the backend and trainer judge visibility and
+  reading speed on the wall clock (min_visible_ms, the inhuman-speed guard). An honest profile
+  reads slower than those floors; the adversarial one accepts faster than a person can read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # Chance of asking for a suggestion at each natural trigger point (patience).
+    request_rate: float
+    # Accept-and-fix when the suggestion's similarity to the intended text reaches this; below it, dismiss.
+    tolerance: float
+    # Typing speed in simulated characters per second.
+    chars_per_s: float
+    # Real seconds spent reading a suggestion before deciding: base + per character.
+    read_s: float
+    read_s_per_char: float
+    # Accepts everything, then deletes it: a reward hacker the trainer's guards must catch.
+    adversarial: bool = False
+    # At most this many requests per file, so a long file cannot dominate a round.
+    max_requests_per_file: int = 12
+
+    def reading_time(self, suggestion: str) -> float:
+        return self.read_s + self.read_s_per_char * len(suggestion)
+
+
+# Slower than the guard's floor (150 ms + 5 ms per character) and above min_visible_ms (250 ms).
+HONEST = Profile(
+    "honest", request_rate=0.35, tolerance=0.6, chars_per_s=6.0, read_s=0.3, read_s_per_char=0.008
+)
+PICKY = Profile("picky", request_rate=0.2, tolerance=0.85, chars_per_s=8.0, read_s=0.4, read_s_per_char=0.01)
+ADVERSARIAL = Profile(
+    "adversarial",
+    request_rate=0.5,
+    tolerance=0.0,
+    chars_per_s=20.0,
+    read_s=0.0,
+    read_s_per_char=0.0,
+    adversarial=True,
+)
+
+HONEST_PROFILES = (HONEST, PICKY)
+
+
+def assign_profiles(developers: int, adversarial_share: float) -> list[Profile]:
+    """`developers` profiles, round(share × developers) of them adversarial but always at least one
+    honest (the evaluation rounds need someone honest). Honest ones first, alternating kinds."""
+    adversarial = min(max(round(adversarial_share * developers), 0), developers - 1)
+    honest = [HONEST_PROFILES[i % len(HONEST_PROFILES)] for i in range(developers - adversarial)]
+    return honest + [ADVERSARIAL] * adversarial

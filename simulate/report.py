@@ -1,0 +1,127 @@
+"""Per-cycle figures of the simulation, written as a CSV and drawn as a PNG.
+
+Figures of an evaluation round come from two sides on purpose: requests and shown suggestions
+from the simulated editors (an abstention never reaches the backend's episode list as shown),
+and accept rate, ARC and reward from the backend's finalized episodes, i.e. from what the real
+language server measured. The episode list carries the reward, not the similarity at the last
+survival check; for accepted episodes the reward is s·accepted + (1−s)·rejected, so s is recovered
+from it exactly with the same RewardConfig the backend scores with.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import RewardConfig
+from simulate.developer import TypingStats
+
+ACCEPTED_OUTCOMES = frozenset({"accepted", "partially_accepted"})
+
+
+@dataclass
+class CycleRow:
+    cycle: int
+    live_version: str
+    # The evaluation round (honest developers, held-out files, same seeds every cycle).
+    requests: int = 0
+    shown: int = 0
+    shown_rate: float | None = None
+    accepted: int = 0
+    fixed: int = 0
+    dismissed: int = 0
+    episodes: int = 0
+    accept_rate: float | None = None
+    arc_per_100: float | None = None
+    mean_reward: float | None = None
+    heldout_ppl: float | None = None
+    # The training round and trainer cycle that led to this live version (none for cycle 0).
+    train_requests: int = 0
+    train_episodes: int = 0
+    trained_on: int | None = None
+    candidate: str = ""
+    candidate_state: str = ""
+    dropped: str = ""
+    trainer_s: float | None = None
+
+
+def retained_share(reward: float, rewards: RewardConfig) -> float:
+    """s of an accepted episode, from reward = s·accepted + (1−s)·rejected."""
+    span = rewards.accepted - rewards.rejected
+    return min(max((reward - rewards.rejected) / span, 0.0), 1.0) if span else 0.0
+
+
+def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], rewards: RewardConfig) -> dict:
+    rated = [e for e in episodes if e["outcome"] != "abstained"]
+    accepted = [e for e in rated if e["outcome"] in ACCEPTED_OUTCOMES]
+    arc = sum(retained_share(e["reward"], rewards) * len(e["text"]) for e in accepted)
+    return {
+        "requests": stats.requests,
+        "shown": stats.shown,
+        "shown_rate": stats.shown / stats.requests if stats.requests else None,
+        "accepted": stats.accepted,
+        "fixed": stats.fixed,
+        "dismissed": stats.dismissed,
+        "episodes": len(episodes),
+        "accept_rate": len(accepted) / len(rated) if rated else None,
+        "arc_per_100": 100 * arc / stats.requests if stats.requests else None,
+        "mean_reward": sum(e["reward"] for e in episodes) / len(episodes) if episodes else None,
+    }
+
+
+def write_csv(rows: Sequence[CycleRow], path: Path) -> None:
+    names = [f.name for f in dataclasses.fields(CycleRow)]
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in dataclasses.asdict(row).items()})
+    temporary.replace(path)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def plot(rows: Sequence[CycleRow], path: Path) -> None:
+    """Four panels over cycles: rates, ARC per 100 requests, mean reward, held-out perplexity."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    cycles = [row.cycle for row in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    panels = [
+        (
+            axes[0][0],
+            "rates (evaluation rounds)",
+            [("accept rate", "accept_rate"), ("shown rate", "shown_rate")],
+        ),
+        (axes[0][1], "ARC per 100 requests", [("ARC/100", "arc_per_100")]),
+        (axes[1][0], "mean reward", [("mean reward", "mean_reward")]),
+        (axes[1][1], "held-out perplexity", [("perplexity", "heldout_ppl")]),
+    ]
+    for ax, title, series in panels:
+        for label, name in series:
+            points = [(c, getattr(r, name)) for c, r in zip(cycles, rows, strict=True)]
+            points = [(c, v) for c, v in points if v is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("trainer cycles")
+        ax.set_xticks(cycles, [f"{r.cycle}\n{r.live_version}" for r in rows])
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend()
+    axes[0][0].set_ylim(0, 1)
+    fig.suptitle("flywheel simulate: evaluation rounds after each trainer cycle")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,287 @@
+"""The simulation's rounds and cycles, and `flywheel simulate`'s entry point.
+
+    cycle 0:   evaluation round on the live (base) version
+    cycle c:   training round → episodes finalized → `flywheel trainer --once` → evaluation round
+
+An evaluation round has the honest developers write the fixed held-out files with the same seeds
+every cycle, so its figures compare across cycles; its episodes are stepped over by the trainer.
+A training round has every developer (adversarial ones included) write the next training files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import RewardConfig, load_settings
+from simulate.corpus import SourceFile, load_corpus, split_eval, training_batch
+from simulate.developer import Developer, TypingStats
+from simulate.editor import Editor
+from simulate.profiles import Profile, assign_profiles
+from simulate.report import CycleRow, plot, round_figures, write_csv
+from simulate.services import (
+    Backend,
+    exclude_from_training,
+    free_port,
+    run_trainer_cycle,
+    simulation_env,
+)
+
+log = logging.getLogger("flywheel.simulate")
+
+
+@dataclass
+class SimulationConfig:
+    corpus: Path
+    model: Path
+    out: Path
+    cycles: int = 10
+    developers: int = 4
+    adversarial_share: float = 0.25
+    seed: int = 0
+    files_per_round: int = 2
+    eval_files: int = 2
+    max_lines: int = 120
+    # Simulated seconds per real second, for typing. Survival and windows below are real seconds.
+    time_scale: float = 50.0
+    survival_delays_s: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    rewrite_window_s: float = 2.0
+    episode_window_s: float = 15.0
+
+
+@dataclass
+class SimDeveloper:
+    user_id: str
+    profile: Profile
+    editor: Editor
+    developer: Developer
+
+
+@dataclass
+class RoundResult:
+    stats: TypingStats
+    episodes: list[dict[str, Any]]
+    start: int
+    end: int
+
+
+class Simulation:
+    def __init__(self, config: SimulationConfig) -> None:
+        self.config = config
+        self.out = config.out
+        self.data_dir = config.out / "data"
+        self.env = simulation_env(config.model, self.data_dir, free_port(), config.episode_window_s)
+        self.backend = Backend(self.env, config.out / "backend.log")
+        self.developers: list[SimDeveloper] = []
+        self.cursor = 0
+        # Read in this process with the simulation's environment: the reward scale the backend uses.
+        self.rewards: RewardConfig = load_settings().rewards
+
+    async def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.backend.start)
+        for index, profile in enumerate(
+            assign_profiles(self.config.developers, self.config.adversarial_share)
+        ):
+            user_id = f"sim-{index}-{profile.name}"
+            options = {
+                "backendUrl": self.backend.url,
+                "userId": user_id,
+                "stateDir": str(self.out / "lsp" / user_id),
+                "survivalDelaysS": self.config.survival_delays_s,
+                "rewriteWindowS": self.config.rewrite_window_s,
+                "flushIntervalS": 0.5,
+                "reportsShown": True,
+                "debounceMs": 0,
+                # The model shares two busy cores with everything else: a slow answer is still one.
+                "requestTimeoutS": 20,
+            }
+            editor = await Editor.start(self.env, self.out / f"lsp-{user_id}.log", options)
+            developer = Developer(editor, profile, self.config.time_scale)
+            self.developers.append(SimDeveloper(user_id, profile, editor, developer))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(d.editor.stop() for d in self.developers), return_exceptions=True)
+        await asyncio.to_thread(self.backend.stop)
+
+    async def round(self, tag: str, developers: list[SimDeveloper], files: list[SourceFile]) -> RoundResult:
+        """Each developer writes each file (developers in parallel); then events are flushed and
+        the round waits until its shown suggestions are finalized episodes."""
+
+        async def write_all(sim: SimDeveloper) -> TypingStats:
+            stats = TypingStats()
+            for source in files:
+                rng = random.Random(f"{self.config.seed}:{tag}:{sim.user_id}:{source.name}")
+                uri = (self.out / "workspace" / sim.user_id / source.name).resolve().as_uri()
+                stats.add(await sim.developer.write(uri, source.text, rng))
+            for _ in range(5):
+                if await sim.editor.flush() == 0:
+                    break
+                await asyncio.sleep(0.5)
+            return stats
+
+        total = TypingStats()
+        for stats in await asyncio.gather(*(write_all(d) for d in developers)):
+            total.add(stats)
+        start = self.cursor
+        episodes, self.cursor = await asyncio.to_thread(
+            self.backend.wait_for_episodes, start, set(total.shown_ids), self.config.episode_window_s + 30
+        )
+        return RoundResult(total, episodes, start, self.cursor)
+
+    async def evaluate(self, cycle: int, evaluation: list[SourceFile]) -> CycleRow:
+        honest = [d for d in self.developers if not d.profile.adversarial]
+        # Same tag every cycle: the same seeds, so cycles differ only by the model.
+        result = await self.round("eval", honest, evaluation)
+        if not exclude_from_training(self.data_dir / "trainer", self.backend, result.start, result.end):
+            log.warning(
+                "cycle %d: the trainer had episodes waiting; evaluation episodes may be trained on", cycle
+            )
+        live = await asyncio.to_thread(self.backend.live_version)
+        return CycleRow(cycle, live, **round_figures(result.stats, result.episodes, self.rewards))
+
+    async def train(self, cycle: int, training: list[SourceFile]) -> dict[str, Any]:
+        files = training_batch(training, cycle - 1, self.config.files_per_round)
+        result = await self.round(f"train{cycle}", self.developers, files)
+        before = {c["version"] for c in await asyncio.to_thread(self.backend.checkpoints)}
+        started = time.monotonic()
+        code = await asyncio.to_thread(run_trainer_cycle, self.env, self.out / "trainer.log")
+        if code != 0:
+            raise RuntimeError(
+                f"`flywheel trainer --once` exited with {code}; see {self.out / 'trainer.log'}"
+            )
+        new = [c for c in await asyncio.to_thread(self.backend.checkpoints) if c["version"] not in before]
+        figures: dict[str, Any] = {
+            "train_requests": result.stats.requests,
+            "train_episodes": len(result.episodes),
+            "trainer_s": time.monotonic() - started,
+            "candidate_state": "skipped",
+        }
+        if new:
+            metrics = new[-1]["metrics"]
+            dropped = {
+                k.removeprefix("dropped_"): int(v) for k, v in metrics.items() if k.startswith("dropped_")
+            }
+            figures.update(
+                candidate=new[-1]["version"],
+                candidate_state=new[-1]["state"],
+                trained_on=int(metrics.get("episodes", 0)),
+                dropped=";".join(f"{k}={v}" for k, v in sorted(dropped.items())),
+            )
+        return figures
+
+    def fill_perplexity(self, rows: list[CycleRow], checkpoints: list[dict[str, Any]]) -> None:
+        """Held-out perplexity of each row's live version, from the trainer's eval-gate figures (the
+        gate measures the candidate, and the base model, on the fixed held-out code set)."""
+        by_version: dict[str, float] = {}
+        for checkpoint in checkpoints:
+            figures = (checkpoint["metrics"].get("gate") or {}).get("figures") or {}
+            if "ppl_candidate" in figures:
+                by_version[checkpoint["version"]] = figures["ppl_candidate"]
+            if "ppl_base" in figures:
+                by_version.setdefault("base", figures["ppl_base"])
+        for row in rows:
+            row.heldout_ppl = by_version.get(row.live_version, row.heldout_ppl)
+
+    async def run(self) -> list[CycleRow]:
+        files = load_corpus(self.config.corpus, self.config.max_lines)
+        if not files:
+            raise SystemExit(f"flywheel simulate: no Python files under {self.config.corpus}")
+        evaluation, training = split_eval(files, self.config.eval_files)
+        log.info("evaluation files: %s", ", ".join(f.name for f in evaluation))
+        rows = [await self.evaluate(0, evaluation)]
+        self.write(rows)
+        for cycle in range(1, self.config.cycles + 1):
+            trained = await self.train(cycle, training)
+            row = await self.evaluate(cycle, evaluation)
+            for name, value in trained.items():
+                setattr(row, name, value)
+            rows.append(row)
+            self.write(rows)
+        await self.write_users()
+        return rows
+
+    def write(self, rows: list[CycleRow]) -> None:
+        self.fill_perplexity(rows, self.backend.checkpoints())
+        write_csv(rows, self.out / "cycles.csv")
+        plot(rows, self.out / "cycles.png")
+        row = rows[-1]
+        log.info(
+            "cycle %d | live %s | requests %d shown %s accept %s ARC/100 %s reward %s ppl %s"
+            " | candidate %s %s",
+            row.cycle,
+            row.live_version,
+            row.requests,
+            _fmt(row.shown_rate),
+            _fmt(row.accept_rate),
+            _fmt(row.arc_per_100),
+            _fmt(row.mean_reward),
+            _fmt(row.heldout_ppl),
+            row.candidate or "-",
+            row.candidate_state or "",
+        )
+
+    async def write_users(self) -> None:
+        """Per user, what the backend recorded over the whole run: the adversarial users' figures
+        beside the honest ones'."""
+        episodes, _ = await asyncio.to_thread(self.backend.episodes_between, 0)
+        users: dict[str, Any] = {}
+        for d in self.developers:
+            mine = [e for e in episodes if e["user_id"] == d.user_id]
+            users[d.user_id] = {
+                "profile": d.profile.name,
+                "episodes": len(mine),
+                "outcomes": dict(Counter(e["outcome"] for e in mine)),
+                "mean_reward": sum(e["reward"] for e in mine) / len(mine) if mine else None,
+            }
+        (self.out / "users.json").write_text(json.dumps(users, indent=2) + "\n")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+async def simulate(config: SimulationConfig) -> list[CycleRow]:
+    simulation = Simulation(config)
+    try:
+        await simulation.start()
+        return await simulation.run()
+    finally:
+        await simulation.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    """`flywheel simulate`."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per message and per HTTP call would bury the per-cycle lines.
+    for chatty in ("pygls", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    model = args.model or load_settings().default_model_dir
+    if not (Path(model) / "config.json").is_file():
+        print(f"flywheel simulate: no model at {model}; run `flywheel bootstrap` or pass --model DIR")
+        return 2
+    config = SimulationConfig(
+        corpus=args.corpus,
+        model=Path(model).resolve(),
+        out=args.out.resolve(),
+        cycles=args.cycles,
+        developers=args.developers,
+        adversarial_share=args.adversarial_share,
+        seed=args.seed,
+        files_per_round=args.files_per_round,
+        eval_files=args.eval_files or args.files_per_round,
+        max_lines=args.max_lines,
+        time_scale=args.time_scale,
+    )
+    asyncio.run(simulate(config))
+    print(f"flywheel simulate: {config.out / 'cycles.csv'}, {config.out / 'cycles.png'}")
+    return 0

@@ -1,0 +1,152 @@
+"""The real backend and trainer as separate processes, and what the simulation reads back over HTTP.
+
+The backend gets a data directory of its own under the output directory (its own SQLite store and
+checkpoints), so a simulation never touches the installation's real data. Settings go through
+FLYWHEEL_* variables: time-related ones shrunk so a round costs seconds, candidates promoted on
+upload (canary share 0) so each cycle's adapter is what the next round is served.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trainer.state import load_state, save_state
+
+HEALTH_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> dict[str, str]:
+    """The environment of every process of the simulation (backend, trainer, language servers).
+    Settings the user exported (say FLYWHEEL_TRAINER__LEARNING_RATE) pass through; the ones the
+    simulation depends on are forced."""
+    url = f"http://127.0.0.1:{port}"
+    return dict(
+        os.environ,
+        FLYWHEEL_DATA_DIR=str(data_dir),
+        FLYWHEEL_MODEL__NAME=str(model),
+        FLYWHEEL_BACKEND__HOST="127.0.0.1",
+        FLYWHEEL_BACKEND__PORT=str(port),
+        FLYWHEEL_BACKEND__URL=url,
+        # A private backend on loopback: no tokens, whatever the user's flywheel.toml says.
+        FLYWHEEL_BACKEND__TOKEN="",
+        FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S="0.2",
+        FLYWHEEL_CANARY__SHARE="0",
+        FLYWHEEL_EPISODES__WINDOW_S=str(window_s),
+        FLYWHEEL_TRAINER__MIN_EPISODES="1",
+    )
+
+
+class Backend:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.url = env["FLYWHEEL_BACKEND__URL"]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flywheel.cli", "backend"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the backend exited early; see {self.log_path}")
+            try:
+                if self.http.get("/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the backend did not come up; see {self.log_path}")
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    # -- figures -----------------------------------------------------------------------------
+
+    def live_version(self) -> str:
+        return self.http.get("/v1/model").raise_for_status().json()["live_version"]
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self.http.get("/v1/checkpoints").raise_for_status().json()
+
+    def episodes_between(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        """Trainable episodes with seq > `after` (all pages), and the cursor past them."""
+        episodes: list[dict[str, Any]] = []
+        cursor = after
+        while True:
+            body = self.http.get("/v1/episodes", params={"cursor": cursor, "limit": 1000}).raise_for_status()
+            page = body.json()
+            episodes.extend(page["episodes"])
+            if page["next_cursor"] == cursor:
+                return episodes, cursor
+            cursor = page["next_cursor"]
+
+    def wait_for_episodes(
+        self, after: int, completion_ids: set[str], timeout_s: float
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Wait until every shown completion of a round has become a finalized episode (or
+        `timeout_s` passes: an episode too briefly visible is never trainable), then return the
+        round's episodes and the cursor past them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            episodes, cursor = self.episodes_between(after)
+            missing = completion_ids - {e["completion_id"] for e in episodes}
+            if not missing or time.monotonic() > deadline:
+                return episodes, cursor
+            time.sleep(0.3)
+
+
+def run_trainer_cycle(env: dict[str, str], log_path: Path, timeout_s: float = 1800.0) -> int:
+    """`flywheel trainer --once` as its own process, logging to `log_path`; returns its exit code."""
+    with open(log_path, "ab") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "flywheel.cli", "trainer", "--once"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
+    return done.returncode
+
+
+def exclude_from_training(trainer_dir: Path, backend: Backend, start: int, end: int) -> bool:
+    """Move the trainer's cursor over the episodes (start, end] of an evaluation round, so no cycle
+    trains on the held-out files. Only when no trainable episode before them is still waiting for
+    the trainer (it would be skipped too); returns whether it moved."""
+    state = load_state(trainer_dir)
+    if state.pending_candidate is not None or state.cursor > start:
+        return False
+    waiting, _ = backend.episodes_between(state.cursor)
+    if any(episode["seq"] <= start for episode in waiting):
+        return False
+    state.cursor = end
+    save_state(trainer_dir, state)
+    return True

@@ -1,0 +1,78 @@
+"""`flywheel simulate`, short: simulated developers (one honest, one adversarial) drive the real
+language server, backend and trainer for two cycles; the CSV, the plot and the backend's episodes
+show the loop turned."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+# Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
+SIM_MODULES = ["colorsys.py", "bisect.py", "keyword.py"]
+
+
+def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in SIM_MODULES:
+        shutil.copy(stdlib / name, corpus / name)
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        FLYWHEEL_CONFIG=str(tmp_path / "absent.toml"),
+        # A smaller perplexity set keeps the two trainer cycles short on a busy machine.
+        FLYWHEEL_TRAINER__GATE__PPL_CHARS="3000",
+    )
+    # The CLI as a user runs it: sizes cut down to keep the test short.
+    options = {
+        "--corpus": corpus,
+        "--model": tiny_model_dir,
+        "--out": out,
+        "--cycles": 2,
+        "--developers": 2,
+        "--adversarial-share": 0.5,
+        "--files-per-round": 2,
+        "--eval-files": 1,
+        "--max-lines": 25,
+        "--time-scale": 200,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "simulate", *(str(x) for kv in options.items() for x in kv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    with open(out / "cycles.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["cycle"] for row in rows] == ["0", "1", "2"]
+    for row in rows:
+        assert int(row["requests"]) > 0
+        for rate in ("shown_rate", "accept_rate"):
+            assert row[rate] == "" or 0.0 <= float(row[rate]) <= 1.0
+        assert row["mean_reward"] == "" or -0.25 <= float(row["mean_reward"]) <= 0.75
+        assert row["arc_per_100"] == "" or float(row["arc_per_100"]) >= 0
+    assert rows[0]["live_version"] == "base"
+    # Each trainer cycle's candidate went live (canary share 0) and was served in the next round.
+    for before, after in itertools.pairwise(rows):
+        assert int(after["train_episodes"]) > 0
+        assert after["candidate_state"] == "live", after
+        assert after["live_version"] == after["candidate"] != before["live_version"]
+    # The adversarial developer accepts at inhuman speed: the trainer's guards drop it whole.
+    assert "inhuman_user=" in rows[1]["dropped"]
+    assert rows[1]["heldout_ppl"] and float(rows[1]["heldout_ppl"]) > 1
+
+    assert (out / "cycles.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    users = json.loads((out / "users.json").read_text())
+    assert {user["profile"] for user in users.values()} == {"honest", "adversarial"}
+    assert all(user["episodes"] > 0 for user in users.values()), users
