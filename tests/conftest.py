@@ -53,12 +53,20 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    """A real Llama-style model and BPE tokenizer, trained for a few seconds by the test session."""
+    """A real Llama-style model and BPE tokenizer, trained for under a minute by the test session.
+
+    At least 800 steps, however busy the machine: fewer leave greedy output that is mostly loops."""
     from trainer.bootstrap import build_base_model
 
     output = tmp_path_factory.mktemp("models") / "tiny"
     build_base_model(
-        output=output, corpus=[tiny_corpus], budget_s=20, size="tiny", include_stdlib=False, progress=False
+        output=output,
+        corpus=[tiny_corpus],
+        budget_s=20,
+        size="tiny",
+        include_stdlib=False,
+        progress=False,
+        overrides={"min_steps": 800},
     )
     return output
 

@@ -13,8 +13,10 @@ from backend_traffic import PREFIXES, upload
 from conftest import make_adapter, start_backend, stop_backend
 
 EDITORS = 32
-DURATION_S = 24.0
+SWAPS = 7
 SWAP_EVERY_S = 3.0
+# A busy machine slows uploads under this load; the test counts swaps, not seconds.
+DEADLINE_S = 300.0
 
 
 async def editors(url: str, stop: asyncio.Event) -> tuple[Counter[str], list[str]]:
@@ -51,7 +53,7 @@ def test_hot_swaps_under_32_editors_fail_no_request(tiny_model_dir: Path, tmp_pa
         swapped: list[str] = []
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=120) as http:
-            while time.monotonic() - started < DURATION_S:
+            while len(swapped) < SWAPS and time.monotonic() - started < DEADLINE_S:
                 await asyncio.sleep(SWAP_EVERY_S)
                 if len(swapped) % 3 == 2:  # now and then the admin rolls the live version back
                     await http.post(f"{server.url}/v1/admin/checkpoints/{swapped[-1]}/rollback")
@@ -70,7 +72,7 @@ def test_hot_swaps_under_32_editors_fail_no_request(tiny_model_dir: Path, tmp_pa
     finally:
         stop_backend(server)
     assert failures == []
-    assert len(swapped) >= 6
+    assert len(swapped) == SWAPS
     versions = [v for v in swapped if v != "rollback"]
     # Traffic really crossed the swaps: several versions served, the base model among them.
     assert len(set(served) & {*versions, "base"}) >= 3, served

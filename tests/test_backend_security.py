@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +43,11 @@ def test_client_and_admin_tokens_guard_their_routes(tiny_model_dir: Path, tmp_pa
     raw = b"".join(p.read_bytes() for p in data_dir.glob("flywheel.sqlite3*"))
     assert not any(t.encode() in raw for t in (admin, client, revoked))
 
-    server = start_backend(tiny_model_dir, data_dir, FLYWHEEL_BACKEND__MAX_REQUEST_BYTES="200000")
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    # Uploads limited to half this adapter's size (other requests keep their own, larger limit).
+    limit = sum(f.stat().st_size for f in adapter.iterdir()) // 2
+    assert limit > 2000
+    server = start_backend(tiny_model_dir, data_dir, FLYWHEEL_BACKEND__MAX_REQUEST_BYTES=str(limit))
     try:
         url = server.url
         as_client = {"authorization": f"Bearer {client}"}
@@ -63,9 +68,11 @@ def test_client_and_admin_tokens_guard_their_routes(tiny_model_dir: Path, tmp_pa
             assert httpx.get(f"{url}{path}", headers=as_admin).status_code == 200, path
         assert "flywheel_completions_total" in httpx.get(f"{url}/metrics", headers=as_admin).text
         assert httpx.get(f"{url}/admin", headers=as_client, follow_redirects=False).status_code == 303
-        adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
-        assert upload(url, adapter, str(tiny_model_dir), **as_client).status_code == 401
-        # The adapter is bigger than this backend's 200 kB limit: refused before it is buffered.
+        # A client may not upload (a body under the size limit, so the token check is what refuses it).
+        meta = {"base_model": str(tiny_model_dir), "parent_version": "base"}
+        small = {"metadata": json.dumps(meta)}
+        assert httpx.post(f"{url}/v1/checkpoints", data=small, headers=as_client).status_code == 401
+        # The adapter is bigger than this backend's upload limit: refused before it is buffered.
         too_big = upload(url, adapter, str(tiny_model_dir), **as_admin)
         assert too_big.status_code == 413 and "larger than" in too_big.json()["detail"]
         assert httpx.get(f"{url}/v1/checkpoints", headers=as_client).json() == []
