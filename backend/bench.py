@@ -28,7 +28,6 @@ import numpy as np
 from backend.wire import ADAPTER_FILES
 from flywheel.config import Settings
 
-DEFAULT_MODEL = Path("/tmp/fw-base-default")
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",
     "def add(a, b):\n    return",
@@ -163,6 +162,7 @@ def _start(model: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         FLYWHEEL_CONFIG=str(data_dir / "absent.toml"),
         HF_HUB_OFFLINE="1",
     )
+    data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / "backend.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
         [sys.executable, "-m", "flywheel.cli", "backend"], env=env, stdout=log, stderr=log
@@ -188,14 +188,14 @@ def _percentiles(latencies: list[float]) -> str:
 def main(settings: Settings, argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="flywheel bench backend")
     parser.add_argument(
-        "--model", help="model directory or Hub id (default: /tmp/fw-base-default, else configured)"
+        "--model", help="model directory or Hub id (default: the configured model, else the bootstrapped one)"
     )
     parser.add_argument("--sequential", type=int, default=32, help="requests sent by the single client")
     parser.add_argument("--per-client", type=int, default=8, help="requests per client at 16 clients")
     parser.add_argument("--event-batches", type=int, default=300)
     parser.add_argument("--swaps", type=int, default=5)
     args = parser.parse_args(list(argv))
-    model = args.model or (str(DEFAULT_MODEL) if DEFAULT_MODEL.exists() else settings.base_model)
+    model = args.model or settings.base_model
 
     with tempfile.TemporaryDirectory(prefix="fw-bench-backend-") as tmp:
         data_dir = Path(tmp)

@@ -33,7 +33,7 @@ COMPLETION_TOKENS = 16
 
 
 def default_model(settings: Settings) -> str:
-    for candidate in (settings.model.name, str(settings.default_model_dir), "/tmp/fw-base-default"):
+    for candidate in (settings.model.name, str(settings.default_model_dir)):
         if candidate and (Path(candidate) / "config.json").is_file():
             return candidate
     raise SystemExit("no default model: run `flywheel bootstrap` first, or pass --model DIR")
