@@ -163,6 +163,7 @@ def _add_routes(app: FastAPI) -> None:
             live_version=policy.live,
             fim=policy.fim.name,
             temperature=policy.temperature,
+            canary_version=policy.canary,
         )
 
     @app.get(f"{API_PREFIX}/checkpoints", dependencies=client_only)

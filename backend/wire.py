@@ -130,6 +130,8 @@ class ModelInfo(BaseModel):
     live_version: str
     fim: str
     temperature: float
+    # The candidate being compared with live on real traffic; the trainer waits for its verdict.
+    canary_version: str | None = None
 
 
 class CheckpointInfo(BaseModel):

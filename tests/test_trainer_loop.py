@@ -44,6 +44,7 @@ class StubBackend:
         self.requests: list[str] = []
         self.fail_uploads = False
         self.promote_on_upload = True
+        self.canary: str | None = None
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(f"{request.method} {request.url.path}")
@@ -51,7 +52,13 @@ class StubBackend:
             return httpx.Response(401)
         path = request.url.path.removeprefix("/v1")
         if request.method == "GET" and path == "/model":
-            info = ModelInfo(base_model=self.base_model, live_version=self.live, fim="none", temperature=1.0)
+            info = ModelInfo(
+                base_model=self.base_model,
+                live_version=self.live,
+                fim="none",
+                temperature=1.0,
+                canary_version=self.canary,
+            )
             return httpx.Response(200, json=info.model_dump())
         if request.method == "GET" and path == "/episodes":
             cursor, limit = int(request.url.params["cursor"]), int(request.url.params["limit"])
@@ -243,6 +250,19 @@ def test_too_few_episodes_changes_nothing(stub: StubBackend, settings: Settings)
         assert run_cycle(settings, client, min_episodes=3) is None
     assert not (settings.trainer_dir / "state.json").exists()
     assert stub.uploads == []
+
+
+def test_no_new_candidate_while_a_canary_is_judged(stub: StubBackend, settings: Settings) -> None:
+    add_episodes(stub, 8)
+    stub.canary = "v9"
+    with client_for(stub, settings) as client:
+        assert run_cycle(settings, client) is None
+        assert stub.uploads == [] and load_state(settings.trainer_dir).cursor == 0
+        # The verdict is in: the episodes gathered meanwhile are trained on.
+        stub.canary = None
+        result = run_cycle(settings, client)
+    assert result is not None and result.episodes == 8
+    assert len(stub.uploads) == 1
 
 
 def test_untrainable_episodes_are_stepped_over(stub: StubBackend, settings: Settings) -> None:

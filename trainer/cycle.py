@@ -169,8 +169,8 @@ def run_cycle(
     cache: PolicyCache | None = None,
     on_state: Callable[[str], None] | None = None,
 ) -> CycleResult | None:
-    """One cycle; None (and nothing changed) when fewer than `min_episodes` new episodes are in, or
-    the guards want more distinct users first."""
+    """One cycle; None (and nothing changed) when fewer than `min_episodes` new episodes are in,
+    the guards want more distinct users first, or a canary is still being judged."""
     if client is None:
         with BackendClient.from_settings(settings) as own:
             return run_cycle(settings, own, min_episodes=min_episodes, pg=pg, cache=cache, on_state=on_state)
@@ -182,6 +182,11 @@ def run_cycle(
     state = load_state(trainer_dir)
     resume_pending(client, trainer_dir, state)
     info = client.model_info()
+    if info.canary_version is not None:
+        # One experiment at a time: a new candidate would retire the canary before its verdict,
+        # and a trainer cycling faster than a canary can decide would never ship anything.
+        log.info("waiting for the verdict on canary %s", info.canary_version)
+        return None
     episodes, next_cursor = client.all_episodes(state.cursor, max_count=cfg.max_episodes)
     if len(episodes) < max(min_episodes, 1):
         return None

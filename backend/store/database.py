@@ -18,6 +18,7 @@ import aiosqlite
 from backend.store.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
+WAL_CHECKPOINT_PAGES = 10_000
 
 
 class Database:
@@ -33,6 +34,9 @@ class Database:
         writer = await _connect(path)
         try:
             await writer.execute("PRAGMA journal_mode = WAL")
+            # Checkpoints are where WAL mode syncs to disk; every 1,000 pages (the default) they
+            # cost ingestion half its rate. 10,000 pages bounds the WAL at about 40 MB.
+            await writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             await migrate(writer)
             reader = await _connect(path)
         except BaseException:
