@@ -86,24 +86,28 @@ class _StopAtBoundary(StoppingCriteria):
         self.rows = rows
         self.eos = eos
         self.lengths: list[int | None] = [None] * len(rows)
+        # Each row's text so far, one decoded token at a time: decoding the whole row at every
+        # step cost more than the forward pass of a small model.
+        self.texts = [""] * len(rows)
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self.prompt_length
-        done = []
-        for index, ((mid_line, line_prefix, cap), row) in enumerate(zip(self.rows, input_ids, strict=True)):
-            if self.lengths[index] is None:
-                new = row[self.prompt_length :]
-                text = self.tokenizer.decode(new, skip_special_tokens=True)
-                if (
-                    int(new[-1]) == self.eos
-                    or generated >= cap
-                    or stops.stop_index(text, mid_line, line_prefix) is not None
-                ):
-                    self.lengths[index] = generated
-            done.append(self.lengths[index] is not None)
-        return torch.tensor(done, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for index, (mid_line, line_prefix, cap) in enumerate(self.rows):
+            if self.lengths[index] is not None:
+                continue
+            piece = self.tokenizer.decode([last[index]], skip_special_tokens=True)
+            self.texts[index] += piece
+            # Where a completion ends depends on its newlines only, so only a new one can end it.
+            if (
+                last[index] == self.eos
+                or generated >= cap
+                or ("\n" in piece and stops.stop_index(self.texts[index], mid_line, line_prefix) is not None)
+            ):
+                self.lengths[index] = generated
+        return torch.tensor([length is not None for length in self.lengths], device=input_ids.device)
 
 
 class Policy:
@@ -220,14 +224,15 @@ class Policy:
             stopping_criteria=[stopper],
             **extra,
         )
+        # Log-probabilities of every sampled token, all rows and steps at once: [rows, steps].
+        generated = out.sequences[:, width:]
+        scaled = torch.stack(out.logits, dim=1).float() / self.temperature
+        sampled_logprobs = torch.log_softmax(scaled, dim=-1).gather(-1, generated[..., None])[..., 0]
         samples = []
         for row, (prompt, version) in enumerate(zip(prompts, versions, strict=True)):
-            length = stopper.lengths[row] or out.sequences.shape[1] - width
-            completion_ids = out.sequences[row, width : width + length].tolist()
-            logprobs = []
-            for step, token in enumerate(completion_ids):
-                step_logprobs = torch.log_softmax(out.logits[step][row].float() / self.temperature, dim=-1)
-                logprobs.append(float(step_logprobs[token]))
+            length = stopper.lengths[row] or generated.shape[1]
+            completion_ids = generated[row, :length].tolist()
+            logprobs = sampled_logprobs[row, :length].tolist()
             mid_line, line_prefix, _ = rows[row]
             raw = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
             samples.append(
