@@ -1,4 +1,4 @@
-"""Dynamic batching: requests arriving within a short window share one `generate` call.
+"""Dynamic batching: requests arriving within a short window share one decoding loop.
 
 All model work (batches, installing adapters, re-routing) runs on one worker thread, in order, so
 a hot swap lands between two batches and never inside one. Adapter files are read off that thread,
@@ -72,8 +72,14 @@ class PolicyWorker:
             self.dropped += len(batch) - len(jobs)
             if not jobs:
                 continue
+
+            def deliver(index: int, sample: Sample, jobs: list[_Job] = jobs) -> None:
+                # From the worker thread, as each row completes: its editor need not wait for the
+                # batch's longest completion.
+                loop.call_soon_threadsafe(_resolve, jobs[index].future, sample)
+
             try:
-                samples = await self.run(self.policy.complete_batch, [job.request for job in jobs])
+                samples = await self.run(self.policy.complete_batch, [job.request for job in jobs], deliver)
             except Exception as error:  # one bad batch fails its requests, not the collector
                 log.exception("batch of %d failed", len(jobs))
                 for job in jobs:
@@ -82,14 +88,18 @@ class PolicyWorker:
                 continue
             self.batches += 1
             for job, sample in zip(jobs, samples, strict=True):
-                if not job.future.done():
-                    job.future.set_result(sample)
+                _resolve(job.future, sample)
 
     async def close(self) -> None:
         if self._collector is not None:
             self._collector.cancel()
             await asyncio.gather(self._collector, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _resolve(future: asyncio.Future[Sample], sample: Sample) -> None:
+    if not future.done():
+        future.set_result(sample)
 
 
 async def _gone(job: _Job) -> bool:

@@ -1,7 +1,8 @@
 """The serving policy: the base model plus LoRA adapters (live and canary), sampled in batches.
 
-One batch is one `generate` call: prompts left-padded, each row routed to its own adapter through
-peft's mixed-adapter batches (`adapter_names=`), so canary and live rows share a forward pass.
+One batch is one decoding loop over a KV cache: prompts left-padded, each row routed to its own
+adapter through peft's mixed-adapter batches (`adapter_names=`), so canary and live rows share a
+forward pass; a complete row leaves the batch at once.
 Every call on the model runs on one worker thread (backend/batching.py), so an adapter is
 installed or dropped only between batches, never inside one.
 """
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend import stops
 from backend.prompts import FimFormat, build_prompt_ids, detect_fim_format
@@ -74,40 +76,29 @@ def prepare_adapter(version: str, path: Path) -> PreparedAdapter:
     )
 
 
-class _StopAtBoundary(StoppingCriteria):
-    """Per row: stops once the decoded text reaches its end of line or block, EOS, or its token cap.
+class _RowStop:
+    """Where one row ends: its end of line or block, EOS, or its token cap.
 
-    Records how many tokens each row had when it stopped: after that generate pads the row.
+    The text grows one decoded token at a time (decoding the whole row at every step cost more
+    than a small model's forward pass); only a new newline can end a line or a block.
     """
 
-    def __init__(self, tokenizer: Any, prompt_length: int, rows: list[tuple[bool, str, int]], eos: int):
+    def __init__(self, tokenizer: Any, mid_line: bool, line_prefix: str, cap: int, eos: int) -> None:
         self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-        self.rows = rows
-        self.eos = eos
-        self.lengths: list[int | None] = [None] * len(rows)
-        # Each row's text so far, one decoded token at a time: decoding the whole row at every
-        # step cost more than the forward pass of a small model.
-        self.texts = [""] * len(rows)
+        self.mid_line, self.line_prefix, self.cap, self.eos = mid_line, line_prefix, cap, eos
+        self.text = ""
+        self.tokens = 0
 
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self.prompt_length
-        last = input_ids[:, -1].tolist()
-        for index, (mid_line, line_prefix, cap) in enumerate(self.rows):
-            if self.lengths[index] is not None:
-                continue
-            piece = self.tokenizer.decode([last[index]], skip_special_tokens=True)
-            self.texts[index] += piece
-            # Where a completion ends depends on its newlines only, so only a new one can end it.
-            if (
-                last[index] == self.eos
-                or generated >= cap
-                or ("\n" in piece and stops.stop_index(self.texts[index], mid_line, line_prefix) is not None)
-            ):
-                self.lengths[index] = generated
-        return torch.tensor([length is not None for length in self.lengths], device=input_ids.device)
+    def add(self, token: int) -> bool:
+        """Takes the next sampled token; True when the row is complete with it."""
+        self.tokens += 1
+        piece = self.tokenizer.decode([token], skip_special_tokens=True)
+        self.text += piece
+        return (
+            token == self.eos
+            or self.tokens >= self.cap
+            or ("\n" in piece and stops.stop_index(self.text, self.mid_line, self.line_prefix) is not None)
+        )
 
 
 class Policy:
@@ -139,18 +130,6 @@ class Policy:
         eos = self.tokenizer.eos_token_id
         self.eos_token_id = eos
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        # top_k=0 and top_p=1 switch off transformers' default truncation, so the recorded
-        # log-probabilities are exactly those of the distribution we sampled from.
-        self.sampling: dict[str, Any] = dict(
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            eos_token_id=eos,
-            pad_token_id=self.pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
 
     @property
     def version(self) -> str:
@@ -194,7 +173,12 @@ class Policy:
         return self.live
 
     @torch.inference_mode()
-    def complete_batch(self, requests: list[Request]) -> list[Sample]:
+    def complete_batch(
+        self, requests: list[Request], on_sample: Callable[[int, Sample], None] | None = None
+    ) -> list[Sample]:
+        """Samples every request's completion in one decoding loop. A row leaves the batch (and its
+        KV cache) as soon as it is complete, and `on_sample(row, sample)` hears of it then, so a
+        short completion is not held back by the longest one."""
         prompts = [
             build_prompt_ids(self.tokenizer, self.fim, r.prefix, r.suffix, self.context_tokens)
             for r in requests
@@ -207,41 +191,76 @@ class Policy:
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention[row, width - len(prompt) :] = 1
-        caps = [r.max_new_tokens or self.max_new_tokens for r in requests]
-        rows = [
-            (stops.is_mid_line(r.prefix), r.prefix.rsplit("\n", 1)[-1], cap)
-            for r, cap in zip(requests, caps, strict=True)
-        ]
-        stopper = _StopAtBoundary(self.tokenizer, width, rows, self.eos_token_id)
-        extra: dict[str, Any] = {}
-        if self.installed():
-            extra["adapter_names"] = [PEFT_BASE if v == BASE_VERSION else v for v in versions]
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            **self.sampling,
-            max_new_tokens=max(caps),
-            stopping_criteria=[stopper],
-            **extra,
-        )
-        # Log-probabilities of every sampled token, all rows and steps at once: [rows, steps].
-        generated = out.sequences[:, width:]
-        scaled = torch.stack(out.logits, dim=1).float() / self.temperature
-        sampled_logprobs = torch.log_softmax(scaled, dim=-1).gather(-1, generated[..., None])[..., 0]
-        samples = []
-        for row, (prompt, version) in enumerate(zip(prompts, versions, strict=True)):
-            length = stopper.lengths[row] or generated.shape[1]
-            completion_ids = generated[row, :length].tolist()
-            logprobs = sampled_logprobs[row, :length].tolist()
-            mid_line, line_prefix, _ = rows[row]
-            raw = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
-            samples.append(
-                Sample(
-                    text=stops.finish(raw, mid_line, line_prefix),
-                    prompt_ids=prompt,
-                    completion_ids=completion_ids,
-                    token_logprobs=logprobs,
-                    model_version=version,
-                )
+        row_stops = [
+            _RowStop(
+                self.tokenizer,
+                stops.is_mid_line(r.prefix),
+                r.prefix.rsplit("\n", 1)[-1],
+                r.max_new_tokens or self.max_new_tokens,
+                self.eos_token_id,
             )
-        return samples
+            for r in requests
+        ]
+        adapters = [PEFT_BASE if v == BASE_VERSION else v for v in versions]
+        tokens: list[list[int]] = [[] for _ in requests]
+        logprobs: list[list[float]] = [[] for _ in requests]
+        samples: list[Sample | None] = [None] * len(requests)
+
+        active = list(range(len(requests)))  # batch row → request index
+        attention = attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        step_ids, step_positions, cache = input_ids.to(self.device), positions, None
+        while active:
+            extra = {"adapter_names": [adapters[i] for i in active]} if self.installed() else {}
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=attention,
+                position_ids=step_positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+            cache = out.past_key_values
+            # Sampled from softmax(logits / T) itself (no top-k/top-p), so the recorded
+            # log-probabilities are exactly those of the distribution sampled from.
+            step_logprobs = torch.log_softmax(out.logits[:, -1].float() / self.temperature, dim=-1)
+            # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i.
+            race = step_logprobs.exp() / torch.empty_like(step_logprobs).exponential_()
+            chosen = race.argmax(dim=-1)
+            chosen_logprobs = step_logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
+            keep = []
+            for batch_row, (index, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
+                tokens[index].append(token)
+                logprobs[index].append(chosen_logprobs[batch_row])
+                if row_stops[index].add(token):
+                    samples[index] = self._sample(
+                        prompts[index], tokens[index], logprobs[index], versions[index], row_stops[index]
+                    )
+                    if on_sample is not None:
+                        on_sample(index, samples[index])
+                else:
+                    keep.append(batch_row)
+            if len(keep) < len(active):
+                if not keep:
+                    break
+                kept = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(kept)
+                attention, chosen, positions = attention[kept], chosen[kept], positions[kept]
+                active = [active[b] for b in keep]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            step_ids, step_positions = chosen[:, None], positions
+        return [sample for sample in samples if sample is not None]
+
+    def _sample(
+        self, prompt: list[int], tokens: list[int], logprobs: list[float], version: str, stop: _RowStop
+    ) -> Sample:
+        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Sample(
+            text=stops.finish(raw, stop.mid_line, stop.line_prefix),
+            prompt_ids=prompt,
+            completion_ids=tokens,
+            token_logprobs=logprobs,
+            model_version=version,
+        )
