@@ -110,17 +110,20 @@ def start_backend(model_dir: Path, data_dir: Path, **extra: str) -> RunningBacke
         process = subprocess.Popen(
             [sys.executable, "-m", "flywheel.cli", "backend"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    backend = RunningBackend(f"http://127.0.0.1:{port}", data_dir, env, process, log_path)
+    return wait_healthy(RunningBackend(f"http://127.0.0.1:{port}", data_dir, env, process, log_path))
+
+
+def wait_healthy(backend: RunningBackend) -> RunningBackend:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if backend.process.poll() is not None:
             raise RuntimeError(f"backend exited early:\n{backend.log()}")
         try:
             if httpx.get(f"{backend.url}/healthz", timeout=1).status_code == 200:
                 return backend
         except httpx.TransportError:
             time.sleep(0.2)
-    process.kill()
+    backend.process.kill()
     raise RuntimeError(f"backend did not come up:\n{backend.log()}")
 
 
@@ -154,18 +157,7 @@ def restart_backend(stopped: RunningBackend) -> RunningBackend:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    backend = RunningBackend(stopped.url, stopped.data_dir, stopped.env, process, stopped.log_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"backend exited early:\n{backend.log()}")
-        try:
-            if httpx.get(f"{backend.url}/healthz", timeout=1).status_code == 200:
-                return backend
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"backend did not come back:\n{backend.log()}")
+    return wait_healthy(RunningBackend(stopped.url, stopped.data_dir, stopped.env, process, stopped.log_path))
 
 
 def make_adapter(model_dir: Path, output: Path, seed: int = 0, scale: float = 0.05) -> Path:

@@ -17,6 +17,7 @@ SWAPS = 7
 SWAP_EVERY_S = 3.0
 # A busy machine slows uploads under this load; the test counts swaps, not seconds.
 DEADLINE_S = 300.0
+PATIENT = 96
 
 
 async def editors(url: str, stop: asyncio.Event) -> tuple[Counter[str], list[str]]:
@@ -80,18 +81,19 @@ def test_hot_swaps_under_32_editors_fail_no_request(tiny_model_dir: Path, tmp_pa
 
 
 def test_request_whose_client_went_away_is_dropped(tiny_model_dir: Path, tmp_path: Path) -> None:
-    server = start_backend(tiny_model_dir, tmp_path / "state", FLYWHEEL_BACKEND__MAX_BATCH="4")
+    # One request per batch: the queue ahead of the impatient clients takes a known while to drain.
+    server = start_backend(tiny_model_dir, tmp_path / "state", FLYWHEEL_BACKEND__MAX_BATCH="1")
 
     async def scenario() -> int:
         async with httpx.AsyncClient(timeout=60) as http:
             body = {"context": {"prefix": PREFIXES[0]}, "max_new_tokens": 48}
             # Keep the worker busy with patient clients, then queue impatient ones behind them.
             patient = [
-                asyncio.create_task(http.post(f"{server.url}/v1/complete", json=body)) for _ in range(12)
+                asyncio.create_task(http.post(f"{server.url}/v1/complete", json=body)) for _ in range(PATIENT)
             ]
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.05)
             impatient = 0
-            async with httpx.AsyncClient(timeout=0.5) as hasty:
+            async with httpx.AsyncClient(timeout=0.15) as hasty:
                 for outcome in await asyncio.gather(
                     *(hasty.post(f"{server.url}/v1/complete", json=body) for _ in range(8)),
                     return_exceptions=True,
@@ -112,4 +114,4 @@ def test_request_whose_client_went_away_is_dropped(tiny_model_dir: Path, tmp_pat
     )
     assert impatient > 0 and dropped > 0
     # A dropped request is never recorded as served.
-    assert stats["served"] == 12 + 8 - dropped
+    assert stats["served"] == PATIENT + 8 - dropped
