@@ -58,30 +58,41 @@ async def _clients(url: str, clients: int, per_client: int) -> tuple[list[float]
         return latencies, time.perf_counter() - started, ids
 
 
-async def _ingest(url: str, completion_ids: list[str], batches: int, connections: int = 4) -> float:
-    """Events per second stored, in batches of 100 (shown + survival events on real completions)."""
-    queue = list(range(batches))
+async def _ingest(url: str, completion_ids: list[str], batches: int, connections: int = 8) -> float:
+    """Events per second stored, in batches of 100 (survival events on real completions).
+
+    The bodies are made before the clock starts, so that the figure is the backend's rate and not
+    that of this client's JSON encoding, which shares the machine's cores with it.
+    """
+    bodies = [
+        json.dumps(
+            {
+                "events": [
+                    {
+                        "event_id": uuid.uuid4().hex,
+                        "completion_id": completion_ids[(b * 100 + i) % len(completion_ids)],
+                        "kind": "survival",
+                        "client_ts": time.time(),
+                        "delay_s": 30.0,
+                        "similarity": 0.8,
+                        "retained_chars": 12.0,
+                    }
+                    for i in range(100)
+                ]
+            }
+        ).encode()
+        for b in range(batches)
+    ]
+    headers = {"content-type": "application/json"}
 
     async def sender(http: httpx.AsyncClient) -> None:
-        while queue:
-            queue.pop()
-            events = [
-                {
-                    "event_id": uuid.uuid4().hex,
-                    "completion_id": completion_ids[i % len(completion_ids)],
-                    "kind": "survival",
-                    "client_ts": time.time(),
-                    "delay_s": 30.0,
-                    "similarity": 0.8,
-                    "retained_chars": 12.0,
-                }
-                for i in range(100)
-            ]
-            response = await http.post(f"{url}/v1/events", json={"events": events})
+        while bodies:
+            response = await http.post(f"{url}/v1/events", content=bodies.pop(), headers=headers)
             response.raise_for_status()
             assert response.json()["stored"] == 100, response.text
 
-    async with httpx.AsyncClient(timeout=120) as http:
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         started = time.perf_counter()
         await asyncio.gather(*(sender(http) for _ in range(connections)))
         return batches * 100 / (time.perf_counter() - started)
