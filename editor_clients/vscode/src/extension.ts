@@ -30,6 +30,7 @@ import {
 import { SuggestionMemory, completionIdOf, type Suggestion } from "./memory";
 import { matchPrefix, predictAccepted, type PartKind } from "./partial";
 import { Backoff, Problems, type ProblemKind } from "./problems";
+import { DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, STATUS_REQUEST } from "./protocol";
 import {
   SECTION,
   configurationSettings,
@@ -42,10 +43,6 @@ import {
 } from "./settings";
 import { formatStatus, parseStatus, type Phase, type ServerStatus } from "./status";
 
-const DID_SHOW = "flywheel/didShowCompletion";
-const DID_PARTIALLY_ACCEPT = "flywheel/didPartiallyAcceptCompletion";
-const DID_REJECT = "flywheel/didRejectCompletion";
-const STATUS_REQUEST = "flywheel/status";
 
 const BUILTIN_NEXT_WORD = "editor.action.inlineSuggest.acceptNextWord";
 const BUILTIN_NEXT_LINE = "editor.action.inlineSuggest.acceptNextLine";

@@ -7,7 +7,7 @@
  * So the first item seen for an id is the one kept: its start and its whole text.
  */
 
-export const ACCEPT_COMMAND = "flywheel.accept";
+import { ACCEPT_COMMAND } from "./protocol";
 
 export interface Suggestion {
   readonly completionId: string;

@@ -4,6 +4,7 @@
  */
 
 import * as path from "node:path";
+import { REPORTS_SHOWN_OPTION } from "./protocol";
 
 export const SECTION = "flywheel";
 export const DEFAULT_BACKEND_URL = "http://127.0.0.1:8765";
@@ -56,7 +57,7 @@ export function initializationOptions(s: FlywheelSettings): Record<string, unkno
   }
   options.telemetry = s.telemetry;
   // This client sends flywheel/didShowCompletion.
-  options.reportsShown = true;
+  options[REPORTS_SHOWN_OPTION] = true;
   return options;
 }
 

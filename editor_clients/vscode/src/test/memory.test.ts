@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { ACCEPT_COMMAND, SuggestionMemory, completionIdOf } from "../memory";
+import { SuggestionMemory, completionIdOf } from "../memory";
+import { ACCEPT_COMMAND } from "../protocol";
 
 describe("completionIdOf", () => {
   it("reads the id from the item's flywheel.accept command", () => {
