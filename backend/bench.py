@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +25,7 @@ import numpy as np
 
 from backend.wire import ADAPTER_FILES
 from flywheel.config import Settings
+from flywheel.processes import start_backend
 
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",
@@ -158,40 +157,6 @@ def _make_adapter(model: str, output: Path) -> Path:
     return output
 
 
-def _start(model: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(
-        os.environ,
-        FLYWHEEL_DATA_DIR=str(data_dir),
-        FLYWHEEL_MODEL__NAME=model,
-        FLYWHEEL_BACKEND__PORT=str(port),
-        FLYWHEEL_CANARY__SHARE="0",
-        FLYWHEEL_CONFIG=str(data_dir / "absent.toml"),
-        HF_HUB_OFFLINE="1",
-    )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / "backend.log", "wb")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "backend"], env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((data_dir / "backend.log").read_text())
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("backend did not come up")
-
-
 def _percentiles(latencies: list[float]) -> str:
     return f"p50 {np.percentile(latencies, 50):7.1f} ms   p95 {np.percentile(latencies, 95):7.1f} ms"
 
@@ -210,7 +175,9 @@ def main(settings: Settings, argv: Sequence[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fw-bench-backend-") as tmp:
         data_dir = Path(tmp)
-        process, url = _start(model, data_dir / "state")
+        process, url, _ = start_backend(
+            model, data_dir / "state", FLYWHEEL_CANARY__SHARE="0", HF_HUB_OFFLINE="1"
+        )
         try:
             print(f"model {model}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
             asyncio.run(_clients(url, 4, 2))  # warm-up

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import RewardConfig, load_settings
+from flywheel.processes import free_port
 from simulate.corpus import SourceFile, load_corpus, split_eval, training_batch
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor
@@ -30,7 +31,6 @@ from simulate.report import CycleRow, plot, round_figures, write_csv
 from simulate.services import (
     Backend,
     exclude_from_training,
-    free_port,
     run_trainer_cycle,
     simulation_env,
 )

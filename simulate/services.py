@@ -9,7 +9,6 @@ upload (canary share 0) so each cycle's adapter is what the next round is served
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from typing import Any
 
 import httpx
 
+from flywheel.processes import spawn_backend, wait_healthy
 from trainer.state import load_state, save_state
 
 HEALTH_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> dict[str, str]:
@@ -45,6 +39,10 @@ def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> d
         FLYWHEEL_BACKEND__TOKEN="",
         FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S="0.2",
         FLYWHEEL_CANARY__SHARE="0",
+        # No post-promotion watch: it compares a version's live period with its predecessor's, and
+        # here those alternate populations (training rounds with adversaries, evaluation rounds
+        # without), which it would read as a regression.
+        FLYWHEEL_CANARY__WATCH_EPISODES="0",
         FLYWHEEL_EPISODES__WINDOW_S=str(window_s),
         FLYWHEEL_TRAINER__MIN_EPISODES="1",
     )
@@ -59,24 +57,8 @@ class Backend:
         self.http = httpx.Client(base_url=self.url, timeout=30.0)
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "flywheel.cli", "backend"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the backend exited early; see {self.log_path}")
-            try:
-                if self.http.get("/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"the backend did not come up; see {self.log_path}")
+        self.process = spawn_backend(self.env, self.log_path)
+        wait_healthy(self.url, self.process, self.log_path, HEALTH_TIMEOUT_S)
 
     def stop(self) -> None:
         self.http.close()

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from flywheel import processes
+from flywheel.processes import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -71,12 +70,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) 
     return output
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunningBackend:
     url: str
@@ -90,14 +83,9 @@ class RunningBackend:
 
 
 def backend_env(model_dir: Path, data_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
-        FLYWHEEL_DATA_DIR=str(data_dir),
-        FLYWHEEL_MODEL__NAME=str(model_dir),
-        FLYWHEEL_BACKEND__PORT=str(port),
-        FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S="0.2",
-        FLYWHEEL_CONFIG=str(data_dir / "absent.toml"),
-        **extra,
+    # Episodes finalize within a fraction of a second, so tests need not wait for the default tick.
+    return processes.backend_env(
+        model_dir, data_dir, port, **{"FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S": "0.2", **extra}
     )
 
 
@@ -105,26 +93,11 @@ def start_backend(model_dir: Path, data_dir: Path, **extra: str) -> RunningBacke
     port = free_port()
     env = backend_env(model_dir, data_dir, port, **extra)
     log_path = data_dir / "backend.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "backend"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    return wait_healthy(RunningBackend(f"http://127.0.0.1:{port}", data_dir, env, process, log_path))
-
-
-def wait_healthy(backend: RunningBackend) -> RunningBackend:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if backend.process.poll() is not None:
-            raise RuntimeError(f"backend exited early:\n{backend.log()}")
-        try:
-            if httpx.get(f"{backend.url}/healthz", timeout=1).status_code == 200:
-                return backend
-        except httpx.TransportError:
-            time.sleep(0.2)
-    backend.process.kill()
-    raise RuntimeError(f"backend did not come up:\n{backend.log()}")
+    backend = RunningBackend(
+        f"http://127.0.0.1:{port}", data_dir, env, processes.spawn_backend(env, log_path), log_path
+    )
+    processes.wait_healthy(backend.url, backend.process, log_path, timeout_s=120)
+    return backend
 
 
 def stop_backend(backend: RunningBackend) -> None:
@@ -150,14 +123,9 @@ os.environ.setdefault("FLYWHEEL_CANARY__SHARE", "0")
 
 def restart_backend(stopped: RunningBackend) -> RunningBackend:
     """The same backend again after `stop_backend`: same port, data dir and settings."""
-    with open(stopped.log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "backend"],
-            env=stopped.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return wait_healthy(RunningBackend(stopped.url, stopped.data_dir, stopped.env, process, stopped.log_path))
+    process = processes.spawn_backend(stopped.env, stopped.log_path)
+    processes.wait_healthy(stopped.url, process, stopped.log_path, timeout_s=120)
+    return RunningBackend(stopped.url, stopped.data_dir, stopped.env, process, stopped.log_path)
 
 
 def make_adapter(model_dir: Path, output: Path, seed: int = 0, scale: float = 0.05) -> Path:

@@ -26,6 +26,7 @@ import torch
 
 from backend.wire import Episode
 from flywheel.config import Settings
+from flywheel.processes import start_backend
 from trainer.objectives.pg import PGConfig
 
 PROMPT_TOKENS = 256
@@ -126,41 +127,6 @@ def throughput(settings: Settings, model_dir: str, n: int) -> None:
     steps_s = pg_s - ref_s
     print(f"pg update, steps only       {tokens / steps_s:10.0f} tokens/s  ratio {raw_s / steps_s:.2f}")
     print(f"pg update, with reference   {tokens / pg_s:10.0f} tokens/s  ratio {raw_s / pg_s:.2f}")
-
-
-def start_backend(model_dir: str, data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str, dict]:
-    port = _free_port()
-    full_env = dict(
-        os.environ,
-        FLYWHEEL_DATA_DIR=str(data_dir),
-        FLYWHEEL_MODEL__NAME=model_dir,
-        FLYWHEEL_BACKEND__PORT=str(port),
-        FLYWHEEL_CONFIG=str(data_dir / "absent.toml"),
-        **env,
-    )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / "backend.log", "wb")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "backend"], env=full_env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url, full_env
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"backend did not start; see {data_dir / 'backend.log'}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 16) -> int:
