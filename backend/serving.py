@@ -209,13 +209,13 @@ class Policy:
         active = list(range(len(requests)))  # batch row → request index
         attention = attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        step_ids, step_positions, cache = input_ids.to(self.device), positions, None
+        step_ids, cache = input_ids.to(self.device), None
         while active:
             extra = {"adapter_names": [adapters[i] for i in active]} if self.installed() else {}
             out = self.model(
                 input_ids=step_ids,
                 attention_mask=attention,
-                position_ids=step_positions,
+                position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -250,7 +250,7 @@ class Policy:
                 active = [active[b] for b in keep]
             attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
             positions = positions[:, -1:] + 1
-            step_ids, step_positions = chosen[:, None], positions
+            step_ids = chosen[:, None]
         return [sample for sample in samples if sample is not None]
 
     def _sample(
