@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from uuid6 import uuid7
 
 from backend import admin_routes, checkpoints
 from backend.auth import Authenticator
@@ -43,6 +44,7 @@ from backend.wire import (
     EventsResponse,
     ModelInfo,
     TrainerReport,
+    parse_events,
 )
 from flywheel.config import Settings
 
@@ -118,7 +120,7 @@ def _add_routes(app: FastAPI) -> None:
         job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, body.user_id)
         sample = await state.worker.complete(job, gone=request.is_disconnected)
         latency_ms = (time.perf_counter() - started) * 1000
-        completion_id = uuid.uuid4().hex
+        completion_id = uuid7().hex
         await state.store.record_completion(
             completion_id=completion_id,
             user_id=body.user_id,
@@ -141,9 +143,19 @@ def _add_routes(app: FastAPI) -> None:
             latency_ms=latency_ms,
         )
 
-    @app.post(f"{API_PREFIX}/events", dependencies=client_only)
-    async def events(body: EventsRequest, state: State) -> EventsResponse:
-        result = await state.store.add_events(body.events, received_at=time.time())
+    # The body is read raw: a batch whose events are all valid is parsed and checked in one pass
+    # (wire.parse_events), three times faster than FastAPI's parse followed by one check per event.
+    @app.post(
+        f"{API_PREFIX}/events",
+        dependencies=client_only,
+        openapi_extra={"requestBody": _json_body(EventsRequest)},
+    )
+    async def events(request: Request, state: State) -> EventsResponse:
+        try:
+            valid, refused = parse_events(await request.body())
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False)) from None
+        result = await state.store.store_events(valid, refused, received_at=time.time())
         state.metrics.events(result)
         return result
 
@@ -206,3 +218,8 @@ def _add_routes(app: FastAPI) -> None:
     async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
         await state.store.set_setting(TRAINER_STATUS, report.model_dump())
         return {"status": "recorded"}
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An OpenAPI request body for an endpoint that reads and validates its body itself."""
+    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}

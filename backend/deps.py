@@ -33,6 +33,11 @@ def requires(role: str) -> Callable[..., Awaitable[None]]:
     return check
 
 
-State = Annotated[Any, Depends(get_state)]
+async def _state(request: Request) -> BackendState:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a hand-off on every request.
+    return get_state(request)
+
+
+State = Annotated[Any, Depends(_state)]
 client_only = [Depends(requires(CLIENT))]
 admin_only = [Depends(requires(ADMIN))]

@@ -11,6 +11,13 @@ from flywheel.config import Settings
 
 
 def serve(settings: Settings) -> None:
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.backend.host, port=settings.backend.port, log_level="info")
+    uvicorn.run(
+        app,
+        host=settings.backend.host,
+        port=settings.backend.port,
+        log_level="info",
+        access_log=settings.backend.access_log,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 API_PREFIX = "/v1"
 # The trainer POSTs a TrainerReport here (admin token), for the dashboard's trainer status.
@@ -83,10 +83,56 @@ class EventsRequest(BaseModel):
     events: Annotated[list[Any], Field(max_length=MAX_EVENTS_PER_BATCH)]
 
 
+class EventBatch(BaseModel):
+    """A batch whose events are all valid: the common case, parsed and checked in one pass."""
+
+    events: Annotated[list[Event], Field(max_length=MAX_EVENTS_PER_BATCH)]
+
+
 class RefusedEvent(BaseModel):
     index: int
     event_id: str | None
     reason: str
+
+
+def parse_events(body: bytes) -> tuple[list[tuple[int, Event]], list[RefusedEvent]]:
+    """The (index, event) pairs of a POSTed batch that are valid, and the refused ones with reasons.
+
+    Raises ValidationError only when the body is not a batch at all (not JSON, no event list, or
+    too many events).
+    """
+    try:
+        return list(enumerate(EventBatch.model_validate_json(body).events)), []
+    except ValidationError:
+        return judge_events(EventsRequest.model_validate_json(body).events)
+
+
+def judge_events(raw: list[Any]) -> tuple[list[tuple[int, Event]], list[RefusedEvent]]:
+    """Validate each raw event on its own, so that one bad event refuses only itself."""
+    valid: list[tuple[int, Event]] = []
+    refused: list[RefusedEvent] = []
+    for index, item in enumerate(raw):
+        try:
+            valid.append((index, Event.model_validate(item)))
+        except ValidationError as error:
+            event_id = item.get("event_id") if isinstance(item, dict) else None
+            refused.append(
+                RefusedEvent(
+                    index=index,
+                    event_id=event_id if isinstance(event_id, str) else None,
+                    reason=_why(error),
+                )
+            )
+    return valid, refused
+
+
+def _why(error: ValidationError) -> str:
+    """pydantic's report in one line: 'field: message; field: message'."""
+    parts = []
+    for detail in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in detail["loc"]) or "event"
+        parts.append(f"{where}: {detail['msg']}")
+    return "; ".join(parts)[:500]
 
 
 class EventsResponse(BaseModel):

@@ -39,6 +39,9 @@ class BackendConfig(BaseModel):
     # Events and completion contexts older than this are deleted; episodes and aggregates stay.
     retention_days: float = 90.0
     retention_interval_s: float = 3600.0
+    # One log line per HTTP request. Off by default: /metrics counts requests, and at thousands of
+    # event batches a second the log line costs more than storing the batch.
+    access_log: bool = False
 
     @property
     def base_url(self) -> str:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from uuid6 import uuid7
 
 from lsp_server.documents import Edit
 from lsp_server.ranges import (
@@ -407,7 +408,7 @@ class Tracker:
 
     def _send_raw(self, completion_id: str, kind: str, **fields: Any) -> None:
         event: dict[str, Any] = {
-            "event_id": uuid.uuid4().hex,
+            "event_id": uuid7().hex,
             "completion_id": completion_id,
             "kind": kind,
             "client_ts": self._wall_clock(),

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from conftest import RunningBackend, start_backend, stop_backend
 
-from backend.wire import ADAPTER_FILES, CompleteResponse, EpisodesPage
+from backend.wire import ADAPTER_FILES, MAX_EVENTS_PER_BATCH, CompleteResponse, EpisodesPage
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,17 @@ def test_bad_events_are_refused_and_good_ones_kept(server: RunningBackend) -> No
     assert all(refusal["reason"] for refusal in body["refused"])
     again = httpx.post(f"{server.url}/v1/events", json={"events": [good]}).json()
     assert again == {"stored": 0, "duplicates": 1, "refused": []}
+
+
+def test_a_body_that_is_not_a_batch_is_refused_whole(server: RunningBackend) -> None:
+    url = f"{server.url}/v1/events"
+    not_json = httpx.post(url, content=b"{events: [", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422
+    assert "JSON" in not_json.text
+    assert httpx.post(url, json={"event": []}).status_code == 422
+    too_many = httpx.post(url, json={"events": [{}] * (MAX_EVENTS_PER_BATCH + 1)})
+    assert too_many.status_code == 422
+    assert str(MAX_EVENTS_PER_BATCH) in too_many.text
 
 
 def test_checkpoint_upload_swaps_the_served_version(

@@ -144,6 +144,38 @@ async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -
     assert rows(store, "SELECT COUNT(*) FROM events") == [(20,)]
 
 
+async def test_batches_committed_together_are_answered_each_on_its_own(store: Store) -> None:
+    """Concurrent batches share one transaction; duplicates and unknown completions are still
+    attributed to the batch they came in, and each event id is stored once."""
+    await completion(store, "c1")
+    await completion(store, "c2")
+    earlier = event("c1", "shown")
+    assert (await store.add_events([earlier], T0)).stored == 1
+    shared = event("c2", "shown")
+    first = [shared, event("c2", "accepted", visible_ms=500)]
+    second = [dict(shared), earlier, event("ghost", "shown"), event("c1", "rejected", visible_ms=900)]
+    third = [event("c1", "survival", delay_s=30, similarity=1.0)]
+
+    results = await asyncio.gather(*(store.add_events(b, T0 + 1) for b in (first, second, third)))
+
+    assert [(r.stored, r.duplicates) for r in results] == [(2, 0), (1, 2), (1, 0)]
+    assert [(r.index, r.reason) for r in results[1].refused] == [(2, "unknown completion_id")]
+    assert rows(store, "SELECT COUNT(*) FROM events") == [(5,)]
+
+
+async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store: Store) -> None:
+    await completion(store, "c1")
+    with sqlite3.connect(store.path) as db:  # a write that SQLite refuses, whatever the path
+        db.execute(
+            "CREATE TRIGGER no_rewrites BEFORE INSERT ON events WHEN NEW.kind = 'rewrite'"
+            " BEGIN SELECT RAISE(ABORT, 'rewrites refused here'); END"
+        )
+    with pytest.raises(sqlite3.IntegrityError, match="rewrites refused here"):
+        await store.add_events([event("c1", "shown"), event("c1", "rewrite", text="x")], T0)
+    assert rows(store, "SELECT COUNT(*) FROM events") == [(0,)]
+    assert (await store.add_events([event("c1", "shown")], T0)).stored == 1
+
+
 # --- finalizing -----------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from backend.store.database import Database
 from backend.store.episodes import EpisodesMixin
-from backend.store.ingest import IngestMixin
+from backend.store.ingest import EventWriter, IngestMixin
 from backend.store.outcomes import ArmFigures, Moments, OutcomesMixin
 from backend.store.registry import STATES, RegistryMixin, UnknownCheckpoint
 from backend.store.schema import SCHEMA_VERSION, SchemaTooNew
@@ -25,6 +25,7 @@ __all__ = ["SCHEMA_VERSION", "STATES", "ArmFigures", "Moments", "SchemaTooNew", 
 class Store(IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin, OutcomesMixin, UpkeepMixin):
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._event_writer = EventWriter(db)
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -32,6 +33,7 @@ class Store(IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin, OutcomesMixin
         return cls(await Database.open(Path(path)))
 
     async def close(self) -> None:
+        await self._event_writer.flush()
         await self._db.close()
 
     @property

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
-from pydantic import ValidationError
 
 from backend import wire
 from backend.store.database import Database
 
-# Well under SQLite's bound-parameter limit, and a batch is at most MAX_EVENTS_PER_BATCH anyway.
-_IN_CHUNK = 500
-
 
 class IngestMixin:
     _db: Database
+    _event_writer: EventWriter
 
     async def record_completion(
         self,
@@ -57,85 +57,170 @@ class IngestMixin:
             )
 
     async def add_events(self, raw: list[Any], received_at: float) -> wire.EventsResponse:
-        """Store a batch of raw event dicts in one transaction; each is judged on its own.
+        """Judge a batch of raw event dicts one by one and store the valid ones."""
+        valid, refused = wire.judge_events(raw)
+        return await self.store_events(valid, refused, received_at)
 
-        A malformed event or one for an unknown completion is refused with its reason while the
-        rest are stored. An event id seen before (in this batch or earlier) counts as a duplicate
-        and is stored once, so a client may safely resend a batch it is unsure about.
+    async def store_events(
+        self,
+        valid: list[tuple[int, wire.Event]],
+        refused: list[wire.RefusedEvent],
+        received_at: float,
+    ) -> wire.EventsResponse:
+        """Store a batch's valid events; one for an unknown completion is refused with its reason.
+
+        An event id seen before (in this batch or earlier) counts as a duplicate and is stored
+        once, so a client may safely resend a batch it is unsure about.
         """
-        refused: list[wire.RefusedEvent] = []
-        valid: list[tuple[int, wire.Event]] = []
-        for index, item in enumerate(raw):
+        if not valid:
+            return wire.EventsResponse(stored=0, duplicates=0, refused=refused)
+        return await self._event_writer.write(_Batch(valid, refused, received_at))
+
+
+@dataclass
+class _Batch:
+    valid: list[tuple[int, wire.Event]]
+    refused: list[wire.RefusedEvent]
+    received_at: float
+    done: asyncio.Future[wire.EventsResponse] = field(init=False)
+
+
+class EventWriter:
+    """Group commit: the batches that arrive while a transaction runs share the next one.
+
+    Every statement is a hand-off between the event loop's thread and aiosqlite's, and under load
+    each hand-off waits its turn, so ingestion is bound by statements, not rows. A group costs a
+    write transaction of four or five statements, whatever the number of batches in it.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._waiting: list[_Batch] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def write(self, batch: _Batch) -> wire.EventsResponse:
+        batch.done = asyncio.get_running_loop().create_future()
+        self._waiting.append(batch)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        # Shielded: a sender that hangs up does not unwrite a batch the group is committing.
+        return await asyncio.shield(batch.done)
+
+    async def flush(self) -> None:
+        if self._drainer is not None:
+            await self._drainer
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
             try:
-                valid.append((index, wire.Event.model_validate(item)))
-            except ValidationError as error:
-                refused.append(wire.RefusedEvent(index=index, event_id=_raw_id(item), reason=_why(error)))
+                results = await self._commit(group)
+            except Exception as error:  # the whole group failed: every sender hears why
+                for batch in group:
+                    batch.done.set_exception(error)
+            else:
+                for batch, result in zip(group, results, strict=True):
+                    batch.done.set_result(result)
 
-        stored = 0
-        accepted: list[wire.Event] = []
+    async def _commit(self, group: list[_Batch]) -> list[wire.EventsResponse]:
+        """Store the group's new events in one transaction; each batch's response.
+
+        Almost always every event is new and names a known completion, so that is tried first:
+        one INSERT, which the foreign key and a short row count prove right or wrong. When it is
+        wrong, the transaction is rolled back and the group sorted out against what the reader
+        sees. That is exact: earlier groups are committed before this one starts, only this
+        writer inserts events, a completion is committed before its id is ever sent to a client,
+        and completions are never deleted.
+        """
+        results, new = _sort_out(group, known=None, stored_before=set())
+        try:
+            await self._insert(new, all_new=True)
+        except (_NotAllNew, sqlite3.IntegrityError):
+            known, stored_before = await _known_and_stored(
+                self._db.reader,
+                {event.completion_id for batch in group for _, event in batch.valid},
+                [event.event_id for batch in group for _, event in batch.valid],
+            )
+            results, new = _sort_out(group, known, stored_before)
+            await self._insert(new, all_new=False)
+        return results
+
+    async def _insert(self, new: dict[str, tuple[wire.Event, float]], all_new: bool) -> None:
+        if not new:
+            return
+        finals = sorted({event.completion_id for event, _ in new.values() if event.final})
         async with self._db.transaction() as db:
-            known = await _known_completions(db, {event.completion_id for _, event in valid})
-            for index, event in valid:
-                if event.completion_id in known:
-                    accepted.append(event)
-                else:
-                    refused.append(
-                        wire.RefusedEvent(
-                            index=index, event_id=event.event_id, reason="unknown completion_id"
-                        )
+            cursor = await db.executemany(
+                "INSERT OR IGNORE INTO events"
+                " (event_id, completion_id, kind, payload, client_ts, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.event_id,
+                        e.completion_id,
+                        e.kind.value,
+                        e.model_dump_json(exclude_none=True),
+                        e.client_ts,
+                        received_at,
                     )
-            if accepted:
-                cursor = await db.executemany(
-                    "INSERT OR IGNORE INTO events (event_id, completion_id, kind, payload, client_ts,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            e.event_id,
-                            e.completion_id,
-                            e.kind.value,
-                            e.model_dump_json(exclude_none=True),
-                            e.client_ts,
-                            received_at,
-                        )
-                        for e in accepted
-                    ],
-                )
-                # executemany's rowcount sums the rows really inserted; ignored duplicates add 0.
-                stored = cursor.rowcount
-                await cursor.close()
-            finals = {(e.completion_id,) for e in accepted if e.final}
+                    for e, received_at in new.values()
+                ],
+            )
+            # executemany's rowcount sums the rows really inserted; ignored duplicates add 0.
+            inserted = cursor.rowcount
+            await cursor.close()
+            if all_new and inserted != len(new):
+                raise _NotAllNew
             if finals:
-                await db.executemany(
+                await db.execute(
                     "UPDATE completions SET final_seen = 1"
-                    " WHERE completion_id = ? AND final_seen = 0 AND finalized_at IS NULL",
-                    sorted(finals),
+                    " WHERE completion_id IN (SELECT value FROM json_each(?))"
+                    " AND final_seen = 0 AND finalized_at IS NULL",
+                    (json.dumps(finals),),
                 )
+
+
+class _NotAllNew(Exception):
+    """Some event of the group was stored before: sort the group out against the database."""
+
+
+def _sort_out(
+    group: list[_Batch], known: set[str] | None, stored_before: set[str]
+) -> tuple[list[wire.EventsResponse], dict[str, tuple[wire.Event, float]]]:
+    """Each batch's response, and the group's events to store by id (with when they came).
+
+    `known` None takes every completion as known. The first copy of an event id is the one
+    stored; later copies, in this group or stored before it, are duplicates.
+    """
+    results: list[wire.EventsResponse] = []
+    new: dict[str, tuple[wire.Event, float]] = {}
+    for batch in group:
+        refused = list(batch.refused)
+        stored = duplicates = 0
+        for index, event in batch.valid:
+            if known is not None and event.completion_id not in known:
+                reason = "unknown completion_id"
+                refused.append(wire.RefusedEvent(index=index, event_id=event.event_id, reason=reason))
+            elif event.event_id in stored_before or event.event_id in new:
+                duplicates += 1
+            else:
+                new[event.event_id] = (event, batch.received_at)
+                stored += 1
         refused.sort(key=lambda r: r.index)
-        return wire.EventsResponse(stored=stored, duplicates=len(accepted) - stored, refused=refused)
+        results.append(wire.EventsResponse(stored=stored, duplicates=duplicates, refused=refused))
+    return results, new
 
 
-async def _known_completions(db: aiosqlite.Connection, ids: set[str]) -> set[str]:
-    known: set[str] = set()
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), _IN_CHUNK):
-        chunk = ordered[start : start + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = await db.execute_fetchall(
-            f"SELECT completion_id FROM completions WHERE completion_id IN ({marks})", chunk
-        )
-        known.update(row[0] for row in rows)
-    return known
-
-
-def _raw_id(item: Any) -> str | None:
-    event_id = item.get("event_id") if isinstance(item, dict) else None
-    return event_id if isinstance(event_id, str) else None
-
-
-def _why(error: ValidationError) -> str:
-    """pydantic's report in one line: 'field: message; field: message'."""
-    parts = []
-    for detail in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in detail["loc"]) or "event"
-        parts.append(f"{where}: {detail['msg']}")
-    return "; ".join(parts)[:500]
+async def _known_and_stored(
+    db: aiosqlite.Connection, completion_ids: set[str], event_ids: list[str]
+) -> tuple[set[str], set[str]]:
+    """Which of the completions exist, and which of the event ids are stored: one read."""
+    rows = await db.execute_fetchall(
+        "SELECT"
+        " (SELECT json_group_array(completion_id) FROM completions"
+        "  WHERE completion_id IN (SELECT value FROM json_each(?))),"
+        " (SELECT json_group_array(event_id) FROM events WHERE event_id IN (SELECT value FROM json_each(?)))",
+        (json.dumps(sorted(completion_ids)), json.dumps(event_ids)),
+    )
+    known, stored = rows[0]
+    return set(json.loads(known)), set(json.loads(stored))
