@@ -15,10 +15,12 @@ from backend import dashboard
 from backend.auth import ADMIN, COOKIE
 from backend.deps import State, admin_only, bearer
 from backend.lifecycle import PINNED, LifecycleError
-from backend.wire import API_PREFIX
+from backend.wire import API_PREFIX, SIMULATION_PATH, SimulationReport
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 ACTIONS = ("promote", "rollback", "pin", "unpin")
+# The store's key for the latest SimulationReport (one simulation's figures at a time).
+SIMULATION = "simulation_report"
 
 
 async def dashboard_data(state: Any) -> dict[str, Any]:
@@ -39,6 +41,7 @@ async def dashboard_data(state: Any) -> dict[str, Any]:
         "pinned": await store.get_setting(PINNED),
         "canary_verdict": state.lifecycle.last_verdict,
         "trainer": await store.get_setting("trainer_status"),
+        "simulation": await store.get_setting(SIMULATION),
         "stats": await store.stats(),
         "series": await store.series(now - span, bucket),
         "reward_histogram": await store.reward_histogram(now - span),
@@ -113,6 +116,18 @@ def add_routes(app: FastAPI) -> None:
     @app.post(f"{API_PREFIX}/admin/checkpoints/{{version}}/{{action}}", dependencies=admin_only)
     async def act_by_api(version: str, action: str, state: State) -> dict[str, Any]:
         return await act(state, action, version)
+
+    @app.post(SIMULATION_PATH, dependencies=admin_only)
+    async def record_simulation(report: SimulationReport, state: State) -> dict[str, str]:
+        await state.store.set_setting(SIMULATION, report.model_dump())
+        return {"status": "recorded"}
+
+    @app.get(SIMULATION_PATH, dependencies=admin_only)
+    async def latest_simulation(state: State) -> SimulationReport:
+        stored = await state.store.get_setting(SIMULATION)
+        if stored is None:
+            raise HTTPException(status_code=404, detail="no simulation has reported")
+        return SimulationReport.model_validate(stored)
 
     @app.get("/metrics", dependencies=admin_only)
     async def metrics(state: State) -> Response:

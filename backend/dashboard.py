@@ -4,6 +4,7 @@ that ships inside the plotly package (served at /admin/static/plotly.min.js: no 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -101,6 +102,92 @@ def charts(data: dict[str, Any]) -> str:
     return f'<div class="charts">{"".join(parts)}</div>'
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _decimals(value: float | None, places: int) -> str:
+    return "–" if value is None else f"{value:.{places}f}"
+
+
+# The simulation's per-cycle figures: (header, CycleRow field, how it is written) in table order.
+SIM_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("cycle", "cycle", _format),
+    ("live version", "live_version", _format),
+    ("requests", "requests", _format),
+    ("shown rate", "shown_rate", _percent),
+    ("accept rate", "accept_rate", _percent),
+    ("ARC/100", "arc_per_100", lambda v: _decimals(v, 1)),
+    ("mean reward", "mean_reward", _format),
+    ("held-out ppl", "heldout_ppl", lambda v: _decimals(v, 2)),
+    ("trained on", "trained_on", _format),
+    ("candidate", "candidate", _format),
+    ("candidate state", "candidate_state", _format),
+    ("dropped", "dropped", _format),
+    ("trainer s", "trainer_s", lambda v: _decimals(v, 1)),
+]
+# Charts of the simulation: (element id, CycleRow field, title, y axis settings).
+RATE_AXIS = {"range": [0, 1], "tickformat": ".0%"}
+SIM_CHARTS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("sim-accept", "accept_rate", "Accept rate per cycle", RATE_AXIS),
+    ("sim-arc", "arc_per_100", "ARC per 100 requests per cycle", {}),
+    ("sim-shown", "shown_rate", "Shown rate per cycle", RATE_AXIS),
+    ("sim-reward", "mean_reward", "Mean reward per cycle", {}),
+    ("sim-ppl", "heldout_ppl", "Held-out perplexity per cycle", {}),
+]
+
+
+def _per_cycle(cycles: list[dict[str, Any]], key: str) -> go.Figure:
+    # Cycles without the figure (no rated episode, no perplexity yet) are left out, not drawn as 0.
+    rows = [row for row in cycles if row.get(key) is not None]
+    return go.Figure(
+        go.Scatter(
+            x=[row["cycle"] for row in rows],
+            y=[row[key] for row in rows],
+            text=[row["live_version"] for row in rows],
+            mode="lines+markers",
+            hovertemplate="cycle %{x} (%{text}): %{y}<extra></extra>",
+        )
+    ).update_xaxes(title="trainer cycles", dtick=1)
+
+
+def simulation(report: dict[str, Any] | None) -> str:
+    """The latest `flywheel simulate` run's evaluation figures per cycle; nothing without a report."""
+    if not report:
+        return ""
+    charts = "".join(
+        _chart(_per_cycle(report["cycles"], key).update_yaxes(**axis), chart_id, title)
+        for chart_id, key, title, axis in SIM_CHARTS
+    )
+    return (
+        f'<h2 id="simulation">Simulation</h2>{_sim_summary(report)}'
+        f'<div class="charts">{charts}</div>{_sim_table(report["cycles"])}'
+    )
+
+
+def _sim_summary(report: dict[str, Any]) -> str:
+    done = max((row["cycle"] for row in report["cycles"]), default=0)
+    settings = ", ".join(f"{k} {v}" for k, v in report.get("settings", {}).items())
+    return (
+        f'<p class="sub" id="sim-summary">run {escape(report["run_id"])} on '
+        f"{escape(report.get('corpus', ''))}: cycle {done} of {report.get('planned_cycles', 0)}, "
+        f"updated {_when(report['updated_at'])} (started {_when(report['started_at'])}); "
+        "figures of the evaluation rounds on held-out files.</p>"
+        f'<p class="fig">{escape(settings)}</p>'
+    )
+
+
+def _sim_table(cycles: list[dict[str, Any]]) -> str:
+    header = "".join(f"<th>{escape(label)}</th>" for label, _, _ in SIM_COLUMNS)
+    body = "".join(
+        f'<tr id="sim-cycle-{int(row["cycle"])}">'
+        + "".join(f"<td>{write(row.get(key))}</td>" for _, key, write in SIM_COLUMNS)
+        + "</tr>"
+        for row in cycles
+    )
+    return f'<table id="sim-cycles"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _actions(version: str, state: str, pinned: str | None) -> str:
     buttons = []
     if state == "canary":
@@ -191,6 +278,7 @@ def render(data: dict[str, Any]) -> str:
 <p id="trainer-status"><b>Trainer:</b> {escape(trainer_text)}</p>
 <p id="canary-verdict"><b>Canary test:</b> {escape(_compact(verdict) if verdict else "no canary")}</p>
 {charts(data)}
+{simulation(data.get("simulation"))}
 <h2>Checkpoints {unpin}</h2>
 {timeline(data["checkpoints"], data["transitions"], data["pinned"])}
 </body></html>"""

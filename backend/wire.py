@@ -8,11 +8,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 API_PREFIX = "/v1"
 # The trainer POSTs a TrainerReport here (admin token), for the dashboard's trainer status.
 TRAINER_STATUS_PATH = "/v1/trainer/status"
+# `flywheel simulate` POSTs its SimulationReport here after each cycle (admin token), for the dashboard.
+SIMULATION_PATH = "/v1/simulation"
 MAX_EVENTS_PER_BATCH = 1000
 
 
@@ -213,6 +215,55 @@ class TrainerReport(BaseModel):
     at: float
     message: str = ""
     cycle: dict[str, Any] = Field(default_factory=dict)
+
+
+Rate = Annotated[float | None, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class SimulationCycle(BaseModel):
+    """One row of `flywheel simulate`'s cycles.csv: the same fields as simulate.report.CycleRow."""
+
+    # No NaN or infinity: the report is stored as JSON and served back, where neither is valid.
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    cycle: Count
+    live_version: Annotated[str, Field(max_length=64)]
+    # The evaluation round (honest developers, held-out files, same seeds every cycle).
+    requests: Count = 0
+    shown: Count = 0
+    shown_rate: Rate = None
+    accepted: Count = 0
+    fixed: Count = 0
+    dismissed: Count = 0
+    episodes: Count = 0
+    accept_rate: Rate = None
+    arc_per_100: Annotated[float | None, Field(ge=0)] = None
+    mean_reward: float | None = None
+    heldout_ppl: Annotated[float | None, Field(gt=0)] = None
+    # The training round and trainer cycle that led to this live version (none for cycle 0).
+    train_requests: Count = 0
+    train_episodes: Count = 0
+    trained_on: Annotated[int | None, Field(ge=0)] = None
+    candidate: Annotated[str, Field(max_length=64)] = ""
+    candidate_state: Annotated[str, Field(max_length=32)] = ""
+    dropped: Annotated[str, Field(max_length=2000)] = ""
+    trainer_s: Annotated[float | None, Field(ge=0)] = None
+
+
+class SimulationReport(BaseModel):
+    """A simulation run's figures so far, for the dashboard; each POST replaces the last one."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    run_id: Annotated[str, Field(min_length=1, max_length=64)]
+    started_at: float
+    updated_at: float
+    corpus: Annotated[str, Field(max_length=1000)] = ""
+    # Trainer cycles asked for: the report has planned_cycles + 1 rows when the run is over.
+    planned_cycles: Count = 0
+    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    cycles: Annotated[list[SimulationCycle], Field(max_length=10_000)]
 
 
 BASE_VERSION = "base"

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.wire import SimulationCycle, SimulationReport
 from flywheel.config import RewardConfig
 from simulate.developer import TypingStats
 
@@ -71,6 +73,34 @@ def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], reward
         "arc_per_100": 100 * arc / stats.requests if stats.requests else None,
         "mean_reward": sum(e["reward"] for e in episodes) / len(episodes) if episodes else None,
     }
+
+
+def simulation_report(
+    rows: Sequence[CycleRow],
+    *,
+    run_id: str,
+    started_at: float,
+    updated_at: float,
+    corpus: str,
+    planned_cycles: int,
+    settings: dict[str, str | int | float | bool | None],
+) -> SimulationReport:
+    """The figures so far as the dashboard's wire format; NaN or infinity (a perplexity overflow)
+    becomes None, as JSON has neither."""
+    cycles = [SimulationCycle(**{k: _finite(v) for k, v in dataclasses.asdict(row).items()}) for row in rows]
+    return SimulationReport(
+        run_id=run_id,
+        started_at=started_at,
+        updated_at=updated_at,
+        corpus=corpus,
+        planned_cycles=planned_cycles,
+        settings=settings,
+        cycles=cycles,
+    )
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def write_csv(rows: Sequence[CycleRow], path: Path) -> None:

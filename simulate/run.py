@@ -16,10 +16,14 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
+from pydantic import ValidationError
 
 from flywheel.config import RewardConfig, load_settings
 from flywheel.processes import free_port
@@ -27,7 +31,7 @@ from simulate.corpus import SourceFile, load_corpus, split_eval, training_batch
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor
 from simulate.profiles import Profile, assign_profiles
-from simulate.report import CycleRow, plot, round_figures, write_csv
+from simulate.report import CycleRow, plot, round_figures, simulation_report, write_csv
 from simulate.services import (
     Backend,
     exclude_from_training,
@@ -82,12 +86,15 @@ class Simulation:
         self.backend = Backend(self.env, config.out / "backend.log")
         self.developers: list[SimDeveloper] = []
         self.cursor = 0
+        self.run_id = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
         # Read in this process with the simulation's environment: the reward scale the backend uses.
         self.rewards: RewardConfig = load_settings().rewards
 
     async def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.backend.start)
+        log.info("dashboard: %s/admin (figures of each cycle as it ends; reload to update)", self.backend.url)
         for index, profile in enumerate(
             assign_profiles(self.config.developers, self.config.adversarial_share)
         ):
@@ -213,6 +220,7 @@ class Simulation:
         self.fill_perplexity(rows, self.backend.checkpoints())
         write_csv(rows, self.out / "cycles.csv")
         plot(rows, self.out / "cycles.png")
+        self.report(rows)
         row = rows[-1]
         log.info(
             "cycle %d | live %s | requests %d shown %s accept %s ARC/100 %s reward %s ppl %s"
@@ -228,6 +236,38 @@ class Simulation:
             row.candidate or "-",
             row.candidate_state or "",
         )
+
+    def report(self, rows: list[CycleRow]) -> None:
+        """Best effort: the dashboard's copy of the figures must never stop the simulation (the CSV
+        and the plot have them)."""
+        config = self.config
+        try:
+            self.backend.report(
+                simulation_report(
+                    rows,
+                    run_id=self.run_id,
+                    started_at=self.started_at,
+                    updated_at=time.time(),
+                    corpus=str(config.corpus),
+                    planned_cycles=config.cycles,
+                    settings=self.settings_summary(),
+                )
+            )
+        except (httpx.HTTPError, ValidationError) as error:
+            log.warning("cycle %d: figures not sent to the dashboard: %s", rows[-1].cycle, error)
+
+    def settings_summary(self) -> dict[str, str | int | float | bool | None]:
+        config = self.config
+        return {
+            "model": config.model.name,
+            "developers": config.developers,
+            "adversarial share": config.adversarial_share,
+            "seed": config.seed,
+            "files per round": config.files_per_round,
+            "eval files": config.eval_files,
+            "max lines": config.max_lines,
+            "time scale": config.time_scale,
+        }
 
     async def write_users(self) -> None:
         """Per user, what the backend recorded over the whole run: the adversarial users' figures

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from backend.wire import SIMULATION_PATH, SimulationReport
 from flywheel.processes import spawn_backend, wait_healthy
 from trainer.state import load_state, save_state
 
@@ -70,6 +71,15 @@ class Backend:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def report(self, report: SimulationReport) -> None:
+        """The figures so far, for the dashboard (the backend is open: no token needed)."""
+        self.http.post(
+            SIMULATION_PATH,
+            content=report.model_dump_json(),
+            headers={"content-type": "application/json"},
+            timeout=5.0,
+        ).raise_for_status()
 
     # -- figures -----------------------------------------------------------------------------
 

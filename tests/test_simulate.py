@@ -4,7 +4,9 @@ show the loop turned."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -13,6 +15,12 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+
+import pytest
+
+from backend.store import Store
+from backend.wire import SimulationCycle
+from simulate.report import CycleRow, simulation_report
 
 # Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
 SIM_MODULES = ["colorsys.py", "bisect.py", "keyword.py"]
@@ -76,3 +84,42 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     users = json.loads((out / "users.json").read_text())
     assert {user["profile"] for user in users.values()} == {"honest", "adversarial"}
     assert all(user["episodes"] > 0 for user in users.values()), users
+
+    # Each cycle's figures went to the backend for its dashboard, announced at the start.
+    assert "/admin" in done.stderr
+    assert "not sent to the dashboard" not in done.stderr, done.stderr[-3000:]
+    report = asyncio.run(stored_simulation_report(out / "data" / "flywheel.sqlite3"))
+    assert report["planned_cycles"] == 2
+    assert [row["live_version"] for row in report["cycles"]] == [row["live_version"] for row in rows]
+    # The CSV rounds to 4 decimals; the report keeps full precision.
+    assert report["cycles"][1]["heldout_ppl"] == pytest.approx(float(rows[1]["heldout_ppl"]), abs=1e-4)
+
+
+async def stored_simulation_report(database: Path) -> dict:
+    """What the simulation's backend, stopped now, last stored for its dashboard."""
+    store = await Store.open(database)
+    try:
+        return await store.get_setting("simulation_report")
+    finally:
+        await store.close()
+
+
+def test_report_carries_every_cycle_figure_and_only_finite_numbers() -> None:
+    assert [f.name for f in dataclasses.fields(CycleRow)] == list(SimulationCycle.model_fields)
+    rows = [
+        CycleRow(0, "base", requests=10, accept_rate=0.5, heldout_ppl=float("inf")),
+        CycleRow(1, "v1", requests=12, mean_reward=float("nan"), candidate="v1", trainer_s=3.0),
+    ]
+    report = simulation_report(
+        rows,
+        run_id="r",
+        started_at=1.0,
+        updated_at=2.0,
+        corpus="c",
+        planned_cycles=3,
+        settings={"seed": 0},
+    )
+    assert [cycle.model_dump() for cycle in report.cycles] == [
+        {**dataclasses.asdict(rows[0]), "heldout_ppl": None},
+        {**dataclasses.asdict(rows[1]), "mean_reward": None},
+    ]
