@@ -6,6 +6,10 @@ Starts a real `flywheel backend` on loopback (a fresh data directory) and measur
 - outcome-event ingestion rate in batches of 100;
 - the added latency of a hot swap: requests in flight while a checkpoint is uploaded and swapped
   in, against those that were not.
+
+References measured in the same run, for the report's ratios (`flywheel bench backend --out`):
+sequential requests each decoded again in this process with transformers alone, and the same
+event rows inserted with plain sqlite3 into the same schema.
 """
 
 from __future__ import annotations
@@ -14,17 +18,23 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 import numpy as np
 from uuid6 import uuid7
 
-from backend.wire import ADAPTER_FILES
+from backend.store.database import BUSY_TIMEOUT_MS, WAL_CHECKPOINT_PAGES
+from backend.store.schema import MIGRATIONS
+from backend.wire import ADAPTER_FILES, Event
+from flywheel.bench_report import Reference, Target, row
 from flywheel.config import Settings
 from flywheel.processes import start_backend
 
@@ -38,10 +48,23 @@ PREFIXES = [
 ]
 
 
-async def _clients(url: str, clients: int, per_client: int) -> tuple[list[float], float, list[str]]:
-    """Latencies (ms), wall seconds, completion ids of `clients` clients each sending `per_client`."""
-    latencies: list[float] = []
-    ids: list[str] = []
+@dataclass
+class ClientRun:
+    """What the clients saw: per request its latency and number of tokens sampled."""
+
+    latencies: list[float] = field(default_factory=list)  # ms
+    tokens: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.wall_s
+
+
+async def _clients(url: str, clients: int, per_client: int) -> ClientRun:
+    """`clients` clients each sending `per_client` completion requests, one after another."""
+    run = ClientRun()
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
         for turn in range(per_client):
@@ -49,13 +72,16 @@ async def _clients(url: str, clients: int, per_client: int) -> tuple[list[float]
             started = time.perf_counter()
             response = await http.post(f"{url}/v1/complete", json=body)
             response.raise_for_status()
-            latencies.append((time.perf_counter() - started) * 1000)
-            ids.append(response.json()["completion_id"])
+            run.latencies.append((time.perf_counter() - started) * 1000)
+            answer = response.json()
+            run.tokens.append(len(answer["token_logprobs"]))
+            run.ids.append(answer["completion_id"])
 
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients + 2)) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(n, http) for n in range(clients)))
-        return latencies, time.perf_counter() - started, ids
+        run.wall_s = time.perf_counter() - started
+    return run
 
 
 def _completion_life(completion_id: str) -> list[dict[str, object]]:
@@ -74,24 +100,25 @@ def _completion_life(completion_id: str) -> list[dict[str, object]]:
     return [{"event_id": uuid7().hex, "completion_id": completion_id, "client_ts": now, **e} for e in events]
 
 
+def _event_batches(completion_ids: list[str], batches: int) -> list[list[dict[str, object]]]:
+    """Batches of 100 events: the lives of 20 completions each."""
+    return [
+        [
+            event
+            for c in range(20)
+            for event in _completion_life(completion_ids[(b * 20 + c) % len(completion_ids)])
+        ]
+        for b in range(batches)
+    ]
+
+
 async def _ingest(url: str, completion_ids: list[str], batches: int, connections: int = 8) -> float:
-    """Events per second stored, in batches of 100: the lives of 20 completions each.
+    """Events per second stored, in batches of 100.
 
     The bodies are made before the clock starts, so that the figure is the backend's rate and not
     that of this client's JSON encoding, which shares the machine's cores with it.
     """
-    bodies = [
-        json.dumps(
-            {
-                "events": [
-                    event
-                    for c in range(20)
-                    for event in _completion_life(completion_ids[(b * 20 + c) % len(completion_ids)])
-                ]
-            }
-        ).encode()
-        for b in range(batches)
-    ]
+    bodies = [json.dumps({"events": batch}).encode() for batch in _event_batches(completion_ids, batches)]
     headers = {"content-type": "application/json"}
 
     async def sender(http: aiohttp.ClientSession) -> None:
@@ -106,6 +133,69 @@ async def _ingest(url: str, completion_ids: list[str], batches: int, connections
         started = time.perf_counter()
         await asyncio.gather(*(sender(http) for _ in range(connections)))
         return batches * 100 / (time.perf_counter() - started)
+
+
+def _plain_sqlite_db(path: Path, completion_ids: list[str]) -> sqlite3.Connection:
+    """The backend's schema and pragmas in a plain sqlite3 connection, with the completions the
+    events' foreign key points at."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for pragma in (
+        "journal_mode = WAL",
+        f"wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}",
+        "synchronous = NORMAL",
+        f"busy_timeout = {BUSY_TIMEOUT_MS}",
+        "foreign_keys = ON",
+    ):
+        db.execute(f"PRAGMA {pragma}")
+    for step in MIGRATIONS:
+        for statement in step:
+            db.execute(statement)
+    db.executemany(
+        "INSERT OR IGNORE INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
+        " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"
+        " VALUES (?, 'u', 'base', '{}', '[]', '[]', '[]', 0.7, '', ?, 0.0)",
+        [(completion_id, time.time()) for completion_id in completion_ids],
+    )
+    return db
+
+
+def _event_rows(completion_ids: list[str], batches: int) -> list[list[tuple[object, ...]]]:
+    """The rows the backend stores for `_event_batches`' events, less received_at."""
+    return [
+        [
+            (e.event_id, e.completion_id, e.kind.value, e.model_dump_json(exclude_none=True), e.client_ts)
+            for e in map(Event.model_validate, batch)
+        ]
+        for batch in _event_batches(completion_ids, batches)
+    ]
+
+
+def _insert_batches(db: sqlite3.Connection, batches: list[list[tuple[object, ...]]]) -> float:
+    """Rows per second, one transaction per batch, as the backend's writer inserts them."""
+    started = time.perf_counter()
+    for rows in batches:
+        received_at = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT OR IGNORE INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(*r, received_at) for r in rows],
+        )
+        db.execute("COMMIT")
+    return sum(len(rows) for rows in batches) / (time.perf_counter() - started)
+
+
+def _plain_sqlite_rate(path: Path, completion_ids: list[str], batches: int) -> float:
+    """Reference for ingestion: rows/s that plain sqlite3 inserts into the same `events` table,
+    the same rows (payload as the backend stores it) in one 100-row transaction per batch; no
+    HTTP, no validation, no event loop. Warmed up like the backend, with a fifth as many; the
+    rows are made before the clock starts, as the backend's request bodies are."""
+    db = _plain_sqlite_db(path, completion_ids)
+    try:
+        _insert_batches(db, _event_rows(completion_ids, max(1, batches // 5)))
+        return _insert_batches(db, _event_rows(completion_ids, batches))
+    finally:
+        db.close()
 
 
 async def _swap_cost(url: str, adapter: Path, base_model: str, swaps: int) -> dict[str, float]:
@@ -168,11 +258,143 @@ def _make_adapter(model: str, output: Path) -> Path:
     return output
 
 
-def _percentiles(latencies: list[float]) -> str:
-    return f"p50 {np.percentile(latencies, 50):7.1f} ms   p95 {np.percentile(latencies, 95):7.1f} ms"
+def _raw_decoder(
+    settings: Settings, model: str, fim_name: str, temperature: float
+) -> Callable[[str, int], float]:
+    """Decodes a prefix in this process with transformers alone: one forward per token over the
+    KV cache, sampled at the served temperature, as many tokens as asked. Returns milliseconds.
+    No HTTP, batching, stop checks or storage: what serving adds to this is what is compared."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend.prompts import build_prompt_ids, detect_fim_format
+    from backend.serving import pick_device
+
+    device = pick_device(settings.model.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+    fim = detect_fim_format(tokenizer, fim_name)
+
+    @torch.inference_mode()
+    def decode(prefix: str, tokens: int) -> float:
+        prompt = build_prompt_ids(tokenizer, fim, prefix, "", settings.model.context_tokens)
+        step, cache = torch.tensor([prompt], device=device), None
+        started = time.perf_counter()
+        for _ in range(tokens):
+            out = lm(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            step = torch.multinomial(torch.softmax(out.logits[:, -1].float() / temperature, -1), 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) * 1000
+
+    return decode
+
+
+def _against_raw_decode(settings: Settings, model: str, url: str, requests: int) -> dict[str, float]:
+    """Reference for serving latency: each request, served by one sequential client, is decoded
+    again in this process right after, the same prompt and as many tokens as the backend sampled
+    (matching lengths rather than the token cap, since a served completion stops at its end of
+    line). Served and raw alternate, so a change in the machine's load falls on both alike."""
+    info = httpx.get(f"{url}/v1/model").json()
+    decode = _raw_decoder(settings, model, info["fim"], info["temperature"])
+    served: list[float] = []
+    raw: list[float] = []
+    with httpx.Client(timeout=120) as http:
+        for turn in range(requests + 1):
+            prefix = PREFIXES[turn % len(PREFIXES)]
+            started = time.perf_counter()
+            response = http.post(f"{url}/v1/complete", json={"context": {"prefix": prefix}, "user_id": "raw"})
+            response.raise_for_status()
+            latency = (time.perf_counter() - started) * 1000
+            raw_ms = decode(prefix, len(response.json()["token_logprobs"]))
+            if turn:  # the first pair warms this process's model up
+                served.append(latency)
+                raw.append(raw_ms)
+    return {
+        "requests": requests,
+        "served_mean_ms": float(np.mean(served)),
+        "raw_mean_ms": float(np.mean(raw)),
+        "served_p50_ms": float(np.percentile(served, 50)),
+        "raw_p50_ms": float(np.percentile(raw, 50)),
+    }
+
+
+def _latency(run: ClientRun) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(run.latencies, 50)),
+        "p95_ms": float(np.percentile(run.latencies, 95)),
+        "mean_ms": float(np.mean(run.latencies)),
+        "requests": len(run.latencies),
+        "mean_tokens": float(np.mean(run.tokens)),
+        "req_per_s": run.rate,
+    }
+
+
+def _percentiles(latency: dict[str, float]) -> str:
+    return f"p50 {latency['p50_ms']:7.1f} ms   p95 {latency['p95_ms']:7.1f} ms"
+
+
+def _serving(
+    settings: Settings, model: str, url: str, args: argparse.Namespace
+) -> tuple[dict[str, Any], list[str]]:
+    """Latency and throughput at 1 and 16 clients, and served against raw decoding; also the ids
+    of the completions served, for the events of the ingestion run."""
+    asyncio.run(_clients(url, 4, 2))  # warm-up
+    one = asyncio.run(_clients(url, 1, args.sequential))
+    many = asyncio.run(_clients(url, 16, args.per_client))
+    one_latency, many_latency = _latency(one), _latency(many)
+    print(f"completion, 1 client:    {_percentiles(one_latency)}   {one.rate:6.2f} req/s")
+    print(f"completion, 16 clients:  {_percentiles(many_latency)}   {many.rate:6.2f} req/s")
+    print(f"throughput 16 clients / 1 client: {many.rate / one.rate:.2f}x")
+    raw = _against_raw_decode(settings, model, url, args.sequential)
+    print(
+        f"1 client, served and then decoded in-process with transformers alone, in turn:"
+        f" mean {raw['served_mean_ms']:.1f} ms vs {raw['raw_mean_ms']:.1f} ms raw"
+        f" ({raw['served_mean_ms'] / raw['raw_mean_ms']:.2f}x)"
+    )
+    figures = {
+        "one_client": one_latency,
+        "sixteen_clients": many_latency,
+        "throughput_ratio": many.rate / one.rate,
+        "against_raw_decode": raw,
+    }
+    return figures, one.ids + many.ids
+
+
+def _ingestion(url: str, completion_ids: list[str], batches: int, work: Path) -> dict[str, float]:
+    asyncio.run(_ingest(url, completion_ids, max(1, batches // 5)))  # warm-up
+    rate = asyncio.run(_ingest(url, completion_ids, batches))
+    plain = _plain_sqlite_rate(work / "plain.sqlite3", completion_ids, batches)
+    print(
+        f"event ingestion, batches of 100: {rate:,.0f} events/s;"
+        f" plain sqlite3, same rows: {plain:,.0f} rows/s ({rate / plain:.2f}x)"
+    )
+    return {"events_per_s": rate, "plain_sqlite_rows_per_s": plain, "batches": batches}
+
+
+def _print_swap(swap: dict[str, float]) -> None:
+    print(
+        f"hot swap: upload+swap {swap['swap_ms']:.0f} ms; requests in flight during a swap"
+        f" p50 {swap['during_p50']:.1f} / p95 {swap['during_p95']:.1f} ms vs others"
+        f" p50 {swap['other_p50']:.1f} / p95 {swap['other_p95']:.1f} ms;"
+        f" added mean latency {swap['added_mean_ms']:+.1f} ms"
+        f" ({swap['requests']:.0f} requests, 0 failed)"
+    )
+
+
+# `flywheel bench all --quick`: every part runs, in seconds; the figures mean little.
+QUICK = ["--sequential", "4", "--per-client", "1", "--event-batches", "20", "--swaps", "1"]
 
 
 def main(settings: Settings, argv: Sequence[str]) -> int:
+    run(settings, argv)
+    return 0
+
+
+def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
+    """Measures, prints the figures as it goes, and returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench backend")
     parser.add_argument(
         "--model", help="model directory or Hub id (default: the configured model, else the bootstrapped one)"
@@ -191,27 +413,52 @@ def main(settings: Settings, argv: Sequence[str]) -> int:
         )
         try:
             print(f"model {model}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-            asyncio.run(_clients(url, 4, 2))  # warm-up
-            one, one_s, ids = asyncio.run(_clients(url, 1, args.sequential))
-            many, many_s, more_ids = asyncio.run(_clients(url, 16, args.per_client))
-            one_rate, many_rate = len(one) / one_s, len(many) / many_s
-            print(f"completion, 1 client:    {_percentiles(one)}   {one_rate:6.2f} req/s")
-            print(f"completion, 16 clients:  {_percentiles(many)}   {many_rate:6.2f} req/s")
-            print(f"throughput 16 clients / 1 client: {many_rate / one_rate:.2f}x")
-            asyncio.run(_ingest(url, ids + more_ids, args.event_batches // 5))  # warm-up
-            rate = asyncio.run(_ingest(url, ids + more_ids, args.event_batches))
-            print(f"event ingestion, batches of 100: {rate:,.0f} events/s")
+            figures: dict[str, Any] = {"model": model, "load_average": list(os.getloadavg())}
+            figures["serving"], ids = _serving(settings, model, url, args)
+            figures["ingestion"] = _ingestion(url, ids, args.event_batches, data_dir)
             adapter = _make_adapter(model, data_dir / "adapter")
-            swap = asyncio.run(_swap_cost(url, adapter, model, args.swaps))
-            print(
-                f"hot swap: upload+swap {swap['swap_ms']:.0f} ms; requests in flight during a swap"
-                f" p50 {swap['during_p50']:.1f} / p95 {swap['during_p95']:.1f} ms vs others"
-                f" p50 {swap['other_p50']:.1f} / p95 {swap['other_p95']:.1f} ms;"
-                f" added mean latency {swap['added_mean_ms']:+.1f} ms"
-                f" ({swap['requests']:.0f} requests, 0 failed)"
-            )
+            figures["hot_swap"] = swap = asyncio.run(_swap_cost(url, adapter, model, args.swaps))
+            _print_swap(swap)
             print(f"load average after: {os.getloadavg()[0]:.2f}")
         finally:
             process.terminate()
             process.wait(timeout=30)
-    return 0
+    return figures
+
+
+def summary(f: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's rows: serving against a raw decode of the same requests and against one
+    sequential client, ingestion against plain SQLite inserts of the same rows."""
+    serving, ingestion, swap = f["serving"], f["ingestion"], f["hot_swap"]
+    one, many, raw = serving["one_client"], serving["sixteen_clients"], serving["against_raw_decode"]
+    return [
+        row("backend", "completion latency, 1 client, p50", one["p50_ms"], "ms"),
+        row("backend", "completion latency, 1 client, p95", one["p95_ms"], "ms"),
+        row("backend", "completion latency, 16 concurrent clients, p50", many["p50_ms"], "ms"),
+        row("backend", "completion latency, 16 concurrent clients, p95", many["p95_ms"], "ms"),
+        row(
+            "backend",
+            "completion latency, 1 client, mean (served and raw in turn)",
+            raw["served_mean_ms"],
+            "ms",
+            reference=Reference("raw decode in-process, same prompts and lengths", raw["raw_mean_ms"], "ms"),
+        ),
+        row(
+            "backend",
+            "throughput, 16 concurrent clients",
+            many["req_per_s"],
+            "req/s",
+            Target(">=", 4.0, of_ratio=True),
+            Reference("1 client, sequential", one["req_per_s"], "req/s"),
+        ),
+        row(
+            "backend",
+            "event ingestion, batches of 100",
+            ingestion["events_per_s"],
+            "events/s",
+            Target(">=", 20_000),
+            Reference("plain sqlite3 inserts, same rows", ingestion["plain_sqlite_rows_per_s"], "rows/s"),
+        ),
+        row("backend", "hot swap, upload + swap", swap["swap_ms"], "ms"),
+        row("backend", "hot swap, added latency of requests in flight", swap["added_mean_ms"], "ms"),
+    ]

@@ -60,15 +60,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import importlib
+    # Each suite lives beside the part it measures (lsp_server.bench, backend.bench, trainer.bench);
+    # flywheel.bench_report runs them and writes the report.
+    from flywheel.bench_report import main
 
-    # Each suite lives beside the part it measures: lsp_server.bench, backend.bench, trainer.bench.
-    suites = {"lsp": "lsp_server.bench", "backend": "backend.bench", "trainer": "trainer.bench"}
-    chosen = list(suites) if args.suite == "all" else [args.suite]
-    code = 0
-    for name in chosen:
-        code |= importlib.import_module(suites[name]).main(_settings(), args.rest)
-    return code
+    return main(_settings(), args.suite, args.rest)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -112,9 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-minutes", type=float, default=10.0)
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("bench", help="run benchmarks and print their figures")
+    p = sub.add_parser(
+        "bench",
+        help="run benchmarks and print their figures; with `all` or --out, a JSON report and a table",
+    )
     p.add_argument("suite", choices=["lsp", "backend", "trainer", "all"])
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite")
+    p.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="--out PATH (the JSON report), --quick (small sizes), --model M, and the suite's own options",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("simulate", help="simulated developers drive the real loop; learning curves out")

@@ -7,6 +7,9 @@ turnaround   from the last of 16 episodes finalizing to its checkpoint serving (
              live, with a backend and a continuous trainer at `flywheel up`'s defaults; canary
              traffic is simulated, accepting what the canary serves and rejecting what live does,
              the fastest a canary can be promoted by the sequential test
+
+`run` returns the figures and `summary` the report's rows (`flywheel bench trainer --out`), where
+the update's throughput is a ratio to the raw forward+backward measured beside it.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
 
 from backend.wire import Episode
+from flywheel.bench_report import Reference, Target, row
 from flywheel.config import Settings
 from flywheel.processes import start_backend
 from trainer.objectives.pg import PGConfig
@@ -79,7 +84,9 @@ def synthetic_episodes(model: torch.nn.Module, tokenizer, n: int) -> list[Episod
     return out
 
 
-def throughput(settings: Settings, model_dir: str, n: int) -> None:
+def throughput(settings: Settings, model_dir: str, n: int) -> dict[str, Any]:
+    """Tokens/s of the PG update and, as its reference, of a raw forward+backward on the same
+    batches of the same model, measured one after the other in this process."""
     from transformers import AutoTokenizer
 
     from trainer.policy import load_policy, resolve_device
@@ -119,14 +126,29 @@ def throughput(settings: Settings, model_dir: str, n: int) -> None:
         measure_kl_after=False,
     )
     pg_s = time.perf_counter() - started
+    figures = {
+        "model": model_dir,
+        "device": str(device),
+        "episodes": n,
+        "batch_size": cfg.batch_size,
+        "tokens": tokens,
+        "raw_tokens_per_s": tokens / raw_s,
+        "pg_steps_tokens_per_s": tokens / (pg_s - ref_s),
+        "pg_tokens_per_s": tokens / pg_s,
+    }
+    _print_throughput(figures)
+    return figures
+
+
+def _print_throughput(f: dict[str, Any]) -> None:
+    raw, steps, pg = f["raw_tokens_per_s"], f["pg_steps_tokens_per_s"], f["pg_tokens_per_s"]
     print(
-        f"model {model_dir} on {device}, {n} episodes of {PROMPT_TOKENS}+{COMPLETION_TOKENS} tokens,"
-        f" batch {cfg.batch_size}"
+        f"model {f['model']} on {f['device']}, {f['episodes']} episodes of"
+        f" {PROMPT_TOKENS}+{COMPLETION_TOKENS} tokens, batch {f['batch_size']}"
     )
-    print(f"raw forward+backward        {tokens / raw_s:10.0f} tokens/s")
-    steps_s = pg_s - ref_s
-    print(f"pg update, steps only       {tokens / steps_s:10.0f} tokens/s  ratio {raw_s / steps_s:.2f}")
-    print(f"pg update, with reference   {tokens / pg_s:10.0f} tokens/s  ratio {raw_s / pg_s:.2f}")
+    print(f"raw forward+backward        {raw:10.0f} tokens/s")
+    print(f"pg update, steps only       {steps:10.0f} tokens/s  ratio {steps / raw:.2f}")
+    print(f"pg update, with reference   {pg:10.0f} tokens/s  ratio {pg / raw:.2f}")
 
 
 async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 16) -> int:
@@ -160,7 +182,7 @@ async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 
     return shown
 
 
-def cycle(model_dir: str, n: int, work: Path) -> None:
+def cycle(model_dir: str, n: int, work: Path) -> dict[str, Any]:
     from trainer.client import BackendClient
     from trainer.cycle import run_cycle
 
@@ -178,17 +200,28 @@ def cycle(model_dir: str, n: int, work: Path) -> None:
             result = run_cycle(settings, client)
             elapsed = time.perf_counter() - started
         assert result is not None
+        gate = "passed" if result.gate and result.gate.passed else str(result.gate)
         print(
             f"one cycle on {n} episodes: {elapsed:.1f}s (trained {result.metrics.get('episodes', 0):.0f}, "
             f"held out {result.metrics.get('heldout', 0):.0f}, dropped {dict(result.dropped)}, "
-            f"gate {'passed' if result.gate and result.gate.passed else result.gate})"
+            f"gate {gate})"
         )
+        return {
+            "episodes": n,
+            "served": n * 2,
+            "shown": shown,
+            "cycle_s": elapsed,
+            "trained": result.metrics.get("episodes", 0),
+            "heldout": result.metrics.get("heldout", 0),
+            "dropped": dict(result.dropped),
+            "gate": gate,
+        }
     finally:
         process.terminate()
         process.wait()
 
 
-def turnaround(model_dir: str, work: Path, canary_budget: int) -> None:
+def turnaround(model_dir: str, work: Path, canary_budget: int) -> dict[str, Any]:
     process, url, env = start_backend(model_dir, work / "turnaround")
     trainer = subprocess.Popen(
         [sys.executable, "-m", "flywheel.cli", "trainer"],
@@ -223,6 +256,14 @@ def turnaround(model_dir: str, work: Path, canary_budget: int) -> None:
             if live
             else f"turnaround: {version} not live after {served} canary-period completions ({took:.1f}s)"
         )
+        return {
+            "version": version,
+            "first_state": state,
+            "to_upload_s": uploaded,
+            "live": live,
+            "to_live_s": took,
+            "canary_completions": served,
+        }
     finally:
         trainer.terminate()
         trainer.wait()
@@ -230,7 +271,18 @@ def turnaround(model_dir: str, work: Path, canary_budget: int) -> None:
         process.wait()
 
 
+# `flywheel bench all --quick`: every part runs, in seconds; the figures mean little.
+# No canary traffic: a checkpoint is only promoted at once where the canary share is 0.
+QUICK = ["--episodes", "16", "--throughput-episodes", "16", "--canary-budget", "0"]
+
+
 def main(settings: Settings, argv: list[str]) -> int:
+    run(settings, argv)
+    return 0
+
+
+def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
+    """Measures the parts asked for, printing each part's figures as it ends; returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench trainer", description=__doc__)
     parser.add_argument("--model", help="model directory (default: the bootstrapped default model)")
     parser.add_argument("--episodes", type=int, default=1000)
@@ -244,11 +296,55 @@ def main(settings: Settings, argv: list[str]) -> int:
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs;"
         f" torch threads {torch.get_num_threads()}"
     )
+    figures: dict[str, Any] = {"model": model_dir, "load_average": list(os.getloadavg())}
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
         if "throughput" in parts:
-            throughput(settings, model_dir, args.throughput_episodes)
+            figures["throughput"] = throughput(settings, model_dir, args.throughput_episodes)
         if "cycle" in parts:
-            cycle(model_dir, args.episodes, Path(tmp))
+            figures["cycle"] = cycle(model_dir, args.episodes, Path(tmp))
         if "turnaround" in parts:
-            turnaround(model_dir, Path(tmp), args.canary_budget)
-    return 0
+            figures["turnaround"] = turnaround(model_dir, Path(tmp), args.canary_budget)
+    return figures
+
+
+def summary(f: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's rows for the parts measured; the update's throughput is a ratio to a raw
+    forward+backward of the same batches."""
+    rows: list[dict[str, Any]] = []
+    if "throughput" in f:
+        rows += _throughput_rows(f["throughput"])
+    if "cycle" in f:
+        n = f["cycle"]["episodes"]
+        # The target is for 1,000 episodes; a cycle on another number is reported without it.
+        target = Target("<", 60.0) if n == 1000 else None
+        rows.append(row("trainer", f"one cycle on {n:,} episodes", f["cycle"]["cycle_s"], "s", target))
+    if "turnaround" in f:
+        rows += _turnaround_rows(f["turnaround"])
+    return rows
+
+
+def _throughput_rows(t: dict[str, Any]) -> list[dict[str, Any]]:
+    raw = Reference("raw forward+backward, same batches", t["raw_tokens_per_s"], "tokens/s")
+    return [
+        row("trainer", "pg update", t["pg_tokens_per_s"], "tokens/s", Target(">=", 0.8, of_ratio=True), raw),
+        row(
+            "trainer",
+            "pg update, without the KL reference pass",
+            t["pg_steps_tokens_per_s"],
+            "tokens/s",
+            reference=raw,
+        ),
+    ]
+
+
+def _turnaround_rows(t: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [
+        row("trainer", f"episode finalized → checkpoint serving as {t['first_state']}", t["to_upload_s"], "s")
+    ]
+    if t["live"]:
+        rows.append(row("trainer", "episode finalized → promoted live", t["to_live_s"], "s"))
+    elif t["canary_completions"]:
+        figure = f"episode finalized → not live after {t['canary_completions']} canary-period completions"
+        rows.append(row("trainer", figure, t["to_live_s"], "s"))
+    # With no canary traffic and no promotion there is nothing to report about going live.
+    return rows
