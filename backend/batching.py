@@ -1,8 +1,9 @@
-"""Dynamic batching: requests arriving within a short window share one decoding loop.
+"""Batching: requests share one continuous decoding loop (backend/decoding.py).
 
-All model work (batches, installing adapters, re-routing) runs on one worker thread, in order, so
-a hot swap lands between two batches and never inside one. Adapter files are read off that thread,
-so the worker only pays for copying weights in.
+An idle loop starts with the requests arriving within a short window of the first; after that,
+requests join between steps while there is room. All model work (steps, installing adapters,
+re-routing) runs on one worker thread, in order, so a hot swap lands between two steps and never
+inside one. Adapter files are read off that thread, so the worker only pays for copying weights in.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.decoding import Decoding
 from backend.serving import Policy, Request, Sample, prepare_adapter
 
 log = logging.getLogger(__name__)
@@ -36,15 +38,22 @@ class PolicyWorker:
         self.max_batch = max_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._collector: asyncio.Task[None] | None = None
+        self._driver: asyncio.Task[None] | None = None
+        # Read by the worker thread between steps: plain ints, so no lock is needed.
+        self._controls_waiting = 0
         self.batches = 0
         self.dropped = 0
 
     def start(self) -> None:
-        self._collector = asyncio.create_task(self._collect(), name="batch-collector")
+        self._driver = asyncio.create_task(self._drive(), name="decoding-driver")
 
     async def run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run `fn` on the model's thread between two decoding steps."""
+        self._controls_waiting += 1
+        try:
+            return await self._on_model_thread(fn, *args)
+        finally:
+            self._controls_waiting -= 1
 
     async def complete(self, request: Request, gone: Gone | None = None) -> Sample:
         future: asyncio.Future[Sample] = asyncio.get_running_loop().create_future()
@@ -58,42 +67,73 @@ class PolicyWorker:
     async def route(self, live: str, canary: str | None, share: float) -> None:
         await self.run(self.policy.route, live, canary, share)
 
-    async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.window_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
-                except TimeoutError:
-                    break
-            jobs = [job for job in batch if not job.future.done() and not await _gone(job)]
-            self.dropped += len(batch) - len(jobs)
-            if not jobs:
-                continue
+    async def _on_model_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-            def deliver(index: int, sample: Sample, jobs: list[_Job] = jobs) -> None:
-                # From the worker thread, as each row completes: its editor need not wait for the
-                # batch's longest completion.
-                loop.call_soon_threadsafe(_resolve, jobs[index].future, sample)
+    async def _drive(self) -> None:
+        """Feed the decoding loop: new requests join between steps while there is room; the loop
+        hands the thread back whenever a request waits to join or an adapter swap waits to land."""
+        loop = asyncio.get_running_loop()
+        decoding = Decoding(self.policy)
+        while True:
+            if decoding.size == 0:
+                jobs = await self._window()
+                self.batches += 1
+            else:
+                jobs = []
+                room = self.max_batch - decoding.size if decoding.can_join() else 0
+                while len(jobs) < room and not self._queue.empty():
+                    jobs.append(self._queue.get_nowait())
+            live = [job for job in jobs if not job.future.done() and not await _gone(job)]
+            self.dropped += len(jobs) - len(live)
+
+            def deliver(done: list[tuple[_Job, Sample]]) -> None:
+                # From the worker thread as rows complete: no editor waits for a longer completion.
+                for job, sample in done:
+                    loop.call_soon_threadsafe(_resolve, job.future, sample)
 
             try:
-                samples = await self.run(self.policy.complete_batch, [job.request for job in jobs], deliver)
-            except Exception as error:  # one bad batch fails its requests, not the collector
-                log.exception("batch of %d failed", len(jobs))
-                for job in jobs:
+                await self._on_model_thread(self._decode, decoding, live, deliver)
+            except Exception as error:  # a failed step fails its requests, not the driver
+                log.exception("decoding %d requests failed", decoding.size + len(live))
+                failed = decoding.abandon() + live
+                for job in failed:
                     if not job.future.done():
-                        job.future.set_exception(error)
-                continue
-            self.batches += 1
-            for job, sample in zip(jobs, samples, strict=True):
-                _resolve(job.future, sample)
+                        loop.call_soon_threadsafe(job.future.set_exception, error)
+
+    def _decode(
+        self,
+        decoding: Decoding,
+        joining: list[_Job],
+        deliver: Callable[[list[tuple[_Job, Sample]]], None],
+    ) -> None:
+        """On the worker thread: let `joining` in, then step until the batch is empty or someone
+        waits (a request with room for it, or an adapter swap)."""
+        if joining:
+            deliver(decoding.join([(job, job.request) for job in joining]))
+        while decoding.size:
+            deliver(decoding.step())
+            room = decoding.size < self.max_batch and decoding.can_join()
+            if self._controls_waiting or (room and not self._queue.empty()):
+                break
+        self.policy.prune()
+
+    async def _window(self) -> list[_Job]:
+        """The first request, and those arriving within the collection window after it."""
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.window_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
+            except TimeoutError:
+                break
+        return batch
 
     async def close(self) -> None:
-        if self._collector is not None:
-            self._collector.cancel()
-            await asyncio.gather(self._collector, return_exceptions=True)
+        if self._driver is not None:
+            self._driver.cancel()
+            await asyncio.gather(self._driver, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

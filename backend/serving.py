@@ -1,17 +1,17 @@
 """The serving policy: the base model plus LoRA adapters (live and canary), sampled in batches.
 
-One batch is one decoding loop over a KV cache: prompts left-padded, each row routed to its own
-adapter through peft's mixed-adapter batches (`adapter_names=`), so canary and live rows share a
-forward pass; a complete row leaves the batch at once.
+Requests are decoded in one continuous loop over a KV cache (backend/decoding.py): each row is
+routed to its own adapter through peft's mixed-adapter batches (`adapter_names=`), so canary and
+live rows share a forward pass; a complete row leaves at once and new requests join between steps.
 Every call on the model runs on one worker thread (backend/batching.py), so an adapter is
-installed or dropped only between batches, never inside one.
+installed or dropped only between two steps, never inside one, and never while a row uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from backend import stops
-from backend.prompts import FimFormat, build_prompt_ids, detect_fim_format
+from backend.prompts import FimFormat, detect_fim_format
 from backend.wire import BASE_VERSION
 
 log = logging.getLogger(__name__)
@@ -76,31 +75,6 @@ def prepare_adapter(version: str, path: Path) -> PreparedAdapter:
     )
 
 
-class _RowStop:
-    """Where one row ends: its end of line or block, EOS, or its token cap.
-
-    The text grows one decoded token at a time (decoding the whole row at every step cost more
-    than a small model's forward pass); only a new newline can end a line or a block.
-    """
-
-    def __init__(self, tokenizer: Any, mid_line: bool, line_prefix: str, cap: int, eos: int) -> None:
-        self.tokenizer = tokenizer
-        self.mid_line, self.line_prefix, self.cap, self.eos = mid_line, line_prefix, cap, eos
-        self.text = ""
-        self.tokens = 0
-
-    def add(self, token: int) -> bool:
-        """Takes the next sampled token; True when the row is complete with it."""
-        self.tokens += 1
-        piece = self.tokenizer.decode([token], skip_special_tokens=True)
-        self.text += piece
-        return (
-            token == self.eos
-            or self.tokens >= self.cap
-            or ("\n" in piece and stops.stop_index(self.text, self.mid_line, self.line_prefix) is not None)
-        )
-
-
 class Policy:
     """A causal LM loaded through transformers, with peft adapters installed by version."""
 
@@ -130,6 +104,8 @@ class Policy:
         eos = self.tokenizer.eos_token_id
         self.eos_token_id = eos
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        # Rows decoding under each version: an adapter is freed only when none is left.
+        self.in_use: Counter[str] = Counter()
 
     @property
     def version(self) -> str:
@@ -161,10 +137,7 @@ class Policy:
             if version not in (None, BASE_VERSION) and version not in self.installed():
                 raise ValueError(f"adapter {version} is not installed")
         self.live, self.canary, self.canary_share = live, canary, canary_share
-        # Adapters nobody is routed to any more are freed (peft keeps at least one installed).
-        for stale in sorted(self.installed() - {live, canary}):
-            if len(self.installed()) > 1:
-                self.model.delete_adapter(stale)
+        self.prune()
         log.info("serving live %s, canary %s (share %.2f)", live, canary, canary_share)
 
     def version_for(self, user_id: str) -> str:
@@ -172,95 +145,9 @@ class Policy:
             return self.canary
         return self.live
 
-    @torch.inference_mode()
-    def complete_batch(
-        self, requests: list[Request], on_sample: Callable[[int, Sample], None] | None = None
-    ) -> list[Sample]:
-        """Samples every request's completion in one decoding loop. A row leaves the batch (and its
-        KV cache) as soon as it is complete, and `on_sample(row, sample)` hears of it then, so a
-        short completion is not held back by the longest one."""
-        prompts = [
-            build_prompt_ids(self.tokenizer, self.fim, r.prefix, r.suffix, self.context_tokens)
-            for r in requests
-        ]
-        versions = [self.version_for(r.user_id) for r in requests]
-        width = max(len(p) for p in prompts)
-        # Left padding: every row's next token sits in the same column.
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention[row, width - len(prompt) :] = 1
-        row_stops = [
-            _RowStop(
-                self.tokenizer,
-                stops.is_mid_line(r.prefix),
-                r.prefix.rsplit("\n", 1)[-1],
-                r.max_new_tokens or self.max_new_tokens,
-                self.eos_token_id,
-            )
-            for r in requests
-        ]
-        adapters = [PEFT_BASE if v == BASE_VERSION else v for v in versions]
-        tokens: list[list[int]] = [[] for _ in requests]
-        logprobs: list[list[float]] = [[] for _ in requests]
-        samples: list[Sample | None] = [None] * len(requests)
-
-        active = list(range(len(requests)))  # batch row → request index
-        attention = attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        step_ids, cache = input_ids.to(self.device), None
-        while active:
-            extra = {"adapter_names": [adapters[i] for i in active]} if self.installed() else {}
-            out = self.model(
-                input_ids=step_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
-            cache = out.past_key_values
-            # Sampled from softmax(logits / T) itself (no top-k/top-p), so the recorded
-            # log-probabilities are exactly those of the distribution sampled from.
-            step_logprobs = torch.log_softmax(out.logits[:, -1].float() / self.temperature, dim=-1)
-            # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i.
-            race = step_logprobs.exp() / torch.empty_like(step_logprobs).exponential_()
-            chosen = race.argmax(dim=-1)
-            chosen_logprobs = step_logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
-            keep = []
-            for batch_row, (index, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
-                tokens[index].append(token)
-                logprobs[index].append(chosen_logprobs[batch_row])
-                if row_stops[index].add(token):
-                    samples[index] = self._sample(
-                        prompts[index], tokens[index], logprobs[index], versions[index], row_stops[index]
-                    )
-                    if on_sample is not None:
-                        on_sample(index, samples[index])
-                else:
-                    keep.append(batch_row)
-            if len(keep) < len(active):
-                if not keep:
-                    break
-                kept = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(kept)
-                attention, chosen, positions = attention[kept], chosen[kept], positions[kept]
-                active = [active[b] for b in keep]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            step_ids = chosen[:, None]
-        return [sample for sample in samples if sample is not None]
-
-    def _sample(
-        self, prompt: list[int], tokens: list[int], logprobs: list[float], version: str, stop: _RowStop
-    ) -> Sample:
-        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Sample(
-            text=stops.finish(raw, stop.mid_line, stop.line_prefix),
-            prompt_ids=prompt,
-            completion_ids=tokens,
-            token_logprobs=logprobs,
-            model_version=version,
-        )
+    def prune(self) -> None:
+        """Free the adapters nobody is routed to and no running row still uses."""
+        keep = {self.live, self.canary} | {version for version, n in self.in_use.items() if n > 0}
+        for stale in sorted(self.installed() - keep):
+            if len(self.installed()) > 1:  # peft keeps at least one adapter installed
+                self.model.delete_adapter(stale)

@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("simulate", help="simulated developers drive the real loop; learning curves out")
-    p.add_argument("--corpus", type=Path, required=True, help="directory of Python files they write")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        help="directory of Python files they write (default: the bootstrapped model's held-out files)",
+    )
     p.add_argument("--cycles", type=int, default=10, help="trainer cycles")
     p.add_argument("--developers", type=int, default=4)
     p.add_argument("--adversarial-share", type=float, default=0.25, help="share accepting then deleting all")

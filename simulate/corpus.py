@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +51,19 @@ def training_batch(training: list[SourceFile], round_index: int, count: int) -> 
         return []
     start = round_index * count
     return [training[(start + i) % len(training)] for i in range(min(count, len(training)))]
+
+
+def held_out_corpus(model: Path, dest: Path) -> Path:
+    """The standard-library files a bootstrapped model was never trained on (its held-out set,
+    listed in its flywheel_bootstrap.json), copied under `dest`: code the base model has not seen,
+    on any machine that built the model."""
+    manifest = model / "flywheel_bootstrap.json"
+    if not manifest.is_file():
+        raise SystemExit(f"flywheel simulate: {model} is not a bootstrapped model; pass --corpus DIR")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    dest.mkdir(parents=True, exist_ok=True)
+    for key in json.loads(manifest.read_text())["corpus"]["held_out_files"]:
+        root, _, relative = key.partition("/")
+        if root == "stdlib" and (stdlib / relative).is_file():
+            shutil.copyfile(stdlib / relative, dest / relative.replace("/", "__"))
+    return dest

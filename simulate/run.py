@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from flywheel.config import RewardConfig, load_settings
 from flywheel.processes import free_port
-from simulate.corpus import SourceFile, load_corpus, split_eval, training_batch
+from simulate.corpus import SourceFile, held_out_corpus, load_corpus, split_eval, training_batch
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor
 from simulate.profiles import Profile, assign_profiles
@@ -309,10 +309,12 @@ def main(args: argparse.Namespace) -> int:
     if not (Path(model) / "config.json").is_file():
         print(f"flywheel simulate: no model at {model}; run `flywheel bootstrap` or pass --model DIR")
         return 2
+    out = args.out.resolve()
+    corpus = args.corpus or held_out_corpus(Path(model), out / "corpus")
     config = SimulationConfig(
-        corpus=args.corpus,
+        corpus=corpus,
         model=Path(model).resolve(),
-        out=args.out.resolve(),
+        out=out,
         cycles=args.cycles,
         developers=args.developers,
         adversarial_share=args.adversarial_share,

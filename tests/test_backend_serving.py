@@ -1,4 +1,5 @@
-"""Batched serving on a real model: exact log-probs under left padding and mixed-adapter batches."""
+"""Batched serving on a real model: exact log-probs under left padding, mixed-adapter batches and
+requests joining a running decoding loop."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 from conftest import make_adapter
 
-from backend.serving import Policy, PreparedAdapter, Request, in_canary, prepare_adapter
+from backend.decoding import Decoding
+from backend.serving import Policy, PreparedAdapter, Request, Sample, in_canary, prepare_adapter
 
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",
@@ -54,6 +56,15 @@ def teacher_forced(policy: Policy, version: str, prompt: list[int], completion: 
     return [float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(completion)]
 
 
+def decode_all(policy: Policy, requests: list[Request]) -> list[Sample]:
+    """The requests decoded together from the first step to the last; samples in request order."""
+    decoding = Decoding(policy)
+    done = dict(decoding.join(list(enumerate(requests))))
+    while decoding.size:
+        done.update(decoding.step())
+    return [done[i] for i in range(len(requests))]
+
+
 def users_for(policy: Policy, canary: bool, count: int) -> list[str]:
     users = (f"user-{n}" for n in range(10_000))
     return [u for u in users if in_canary(u, policy.canary_share) == canary][:count]
@@ -62,7 +73,7 @@ def users_for(policy: Policy, canary: bool, count: int) -> list[str]:
 def test_batched_rows_keep_exact_logprobs_under_left_padding(policy: Policy) -> None:
     policy.route("v1", None, 0.0)
     torch.manual_seed(0)
-    samples = policy.complete_batch([Request(p, "", None, "someone") for p in PREFIXES])
+    samples = decode_all(policy, [Request(p, "", None, "someone") for p in PREFIXES])
     assert len(samples) == len(PREFIXES)
     assert len({len(s.prompt_ids) for s in samples}) > 1  # prompts of different lengths were padded
     for sample in samples:
@@ -82,7 +93,7 @@ def test_canary_and_live_rows_share_a_batch_each_under_its_adapter(policy: Polic
         Request(PREFIXES[i % len(PREFIXES)], "", None, u) for i, u in enumerate(canary_users + live_users)
     ]
     torch.manual_seed(1)
-    samples = policy.complete_batch(requests)
+    samples = decode_all(policy, requests)
     assert [s.model_version for s in samples] == ["v2"] * 3 + ["v1"] * 3
     for sample in samples:
         expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
@@ -102,6 +113,48 @@ def test_routing_is_sticky_and_unused_adapters_are_freed(policy: Policy) -> None
     assert 0.25 < first.count("v2") / len(users) < 0.35
     policy.route("v2", None, 0.0)
     assert policy.installed() == {"v2"}
-    samples = policy.complete_batch([Request(PREFIXES[0], "", 4, "x"), Request(PREFIXES[1], "", None, "y")])
+    samples = decode_all(policy, [Request(PREFIXES[0], "", 4, "x"), Request(PREFIXES[1], "", None, "y")])
     assert [s.model_version for s in samples] == ["v2", "v2"]
     assert len(samples[0].completion_ids) <= 4  # each row keeps its own token cap
+
+
+def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> None:
+    """Rows that join mid-decoding are spliced into the cache (padded to a common length) without
+    changing anyone's distribution: every row's log-probs equal an unpadded forward pass's."""
+    policy.route("v1", "v2", 0.5)
+    users = users_for(policy, True, 2) + users_for(policy, False, 3)
+    decoding = Decoding(policy)
+    torch.manual_seed(3)
+    first = [Request(PREFIXES[1], "", 40, users[0]), Request(PREFIXES[3], "", 40, users[2])]
+    done = dict(decoding.join(list(enumerate(first))))
+    for _ in range(3):
+        done.update(decoding.step())
+    assert decoding.size > 0, "the first rows are still decoding when the others join"
+    assert decoding.can_join()
+    later = [Request(PREFIXES[0], "", 12, users[1]), Request(PREFIXES[2], "", 12, users[3])]
+    later.append(Request(PREFIXES[4], "", 12, users[4]))
+    done.update(decoding.join(list(enumerate(later, start=2))))
+    steps_together = 0
+    while decoding.size:
+        steps_together += decoding.size > 1
+        done.update(decoding.step())
+    assert steps_together > 0
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    for sample in done.values():
+        expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
+        assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
+    assert [done[i].model_version for i in range(5)] == ["v2", "v1", "v2", "v1", "v1"]
+
+
+def test_an_adapter_in_use_is_freed_only_when_its_rows_are_done(policy: Policy) -> None:
+    policy.route("v1", "v2", 0.0)
+    decoding = Decoding(policy)
+    decoding.join([(0, Request(PREFIXES[2], "", 12, "someone"))])
+    if not decoding.size:
+        pytest.skip("the row completed at its first token")
+    policy.route("v2", None, 0.0)
+    assert "v1" in policy.installed()
+    while decoding.size:
+        decoding.step()
+    policy.prune()
+    assert policy.installed() == {"v2"}

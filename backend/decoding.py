@@ -1,0 +1,229 @@
+"""Continuous batching: one decoding loop over a KV cache that requests join and leave between steps.
+
+A request joining is prefilled on its own (its prompt, left-padded with the others joining with
+it), samples its first token, and is then spliced into the running batch: both caches are
+left-padded to the same length and stacked, and the padding is masked out. A complete row leaves
+the batch (and the cache) at once, so no request waits for a longer one, and a free slot is
+filled at the next step instead of when the whole batch is done.
+
+Sampling is from softmax(logits / T) itself (no top-k/top-p), so the recorded log-probabilities
+are exactly those of the distribution sampled from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from backend import stops
+from backend.prompts import build_prompt_ids
+from backend.serving import PEFT_BASE, Policy, Request, Sample
+from backend.wire import BASE_VERSION
+
+
+class RowStop:
+    """Where one row ends: its end of line or block, EOS, or its token cap.
+
+    The text grows one decoded token at a time (decoding the whole row at every step cost more
+    than a small model's forward pass); only a new newline can end a line or a block.
+    """
+
+    def __init__(self, tokenizer: Any, mid_line: bool, line_prefix: str, cap: int, eos: int) -> None:
+        self.tokenizer = tokenizer
+        self.mid_line, self.line_prefix, self.cap, self.eos = mid_line, line_prefix, cap, eos
+        self.text = ""
+        self.tokens = 0
+
+    def add(self, token: int) -> bool:
+        """Takes the next sampled token; True when the row is complete with it."""
+        self.tokens += 1
+        piece = self.tokenizer.decode([token], skip_special_tokens=True)
+        self.text += piece
+        return (
+            token == self.eos
+            or self.tokens >= self.cap
+            or ("\n" in piece and stops.stop_index(self.text, self.mid_line, self.line_prefix) is not None)
+        )
+
+
+@dataclass
+class Row:
+    """One request being decoded; `key` is the caller's handle for it."""
+
+    key: Any
+    prompt: list[int]
+    version: str
+    stop: RowStop
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def adapter(self) -> str:
+        return PEFT_BASE if self.version == BASE_VERSION else self.version
+
+
+@dataclass
+class _Batch:
+    """Rows and their decoding state. The cache holds every row's past; `attention` also covers
+    the pending token `next_ids` (one column more than the cache), `positions` is its position."""
+
+    rows: list[Row]
+    cache: Any
+    attention: Tensor
+    positions: Tensor
+    next_ids: Tensor
+
+
+class Decoding:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._batch: _Batch | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self._batch.rows) if self._batch else 0
+
+    def can_join(self) -> bool:
+        """Whether requests may join now. Caches other than plain per-layer key/value tensors
+        (sliding windows, recurrent state) cannot be spliced; those batches run until empty."""
+        if self._batch is None:
+            return True
+        cache = self._batch.cache
+        return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    @torch.inference_mode()
+    def join(self, keyed: Sequence[tuple[Any, Request]]) -> list[tuple[Any, Sample]]:
+        """Prefill `keyed` requests and add them to the loop; those complete after their first
+        token are returned at once."""
+        policy = self.policy
+        rows = [self._row(key, request) for key, request in keyed]
+        for row in rows:
+            policy.in_use[row.version] += 1
+        width = max(len(row.prompt) for row in rows)
+        # Left padding: every row's next token sits in the same column.
+        input_ids = torch.full((len(rows), width), policy.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
+            attention[i, width - len(row.prompt) :] = 1
+        attention = attention.to(policy.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        try:
+            new, done = self._forward(rows, input_ids.to(policy.device), attention, positions, None)
+        except BaseException:
+            for row in rows:
+                policy.in_use[row.version] -= 1
+            raise
+        if new is not None:
+            self._batch = new if self._batch is None else _splice(self._batch, new)
+        return done
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, Sample]]:
+        """One token for every row; the rows complete with it, with their samples."""
+        if self._batch is None:
+            return []
+        b = self._batch
+        self._batch, done = self._forward(b.rows, b.next_ids, b.attention, b.positions, b.cache)
+        return done
+
+    def abandon(self) -> list[Any]:
+        """Drop every row (after a failed step); their keys."""
+        keys = [row.key for row in self._batch.rows] if self._batch else []
+        for row in self._batch.rows if self._batch else []:
+            self.policy.in_use[row.version] -= 1
+        self._batch = None
+        return keys
+
+    def _row(self, key: Any, request: Request) -> Row:
+        policy = self.policy
+        prompt = build_prompt_ids(
+            policy.tokenizer, policy.fim, request.prefix, request.suffix, policy.context_tokens
+        )
+        stop = RowStop(
+            policy.tokenizer,
+            stops.is_mid_line(request.prefix),
+            request.prefix.rsplit("\n", 1)[-1],
+            request.max_new_tokens or policy.max_new_tokens,
+            policy.eos_token_id,
+        )
+        return Row(key, prompt, policy.version_for(request.user_id), stop)
+
+    def _forward(
+        self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any
+    ) -> tuple[_Batch | None, list[tuple[Any, Sample]]]:
+        """Run the model on `input_ids`, sample each row's next token, retire complete rows; the
+        batch of rows still running (None when none is) and the retired rows' samples."""
+        policy = self.policy
+        extra = {"adapter_names": [row.adapter for row in rows]} if policy.installed() else {}
+        out = policy.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        logprobs = torch.log_softmax(out.logits[:, -1].float() / policy.temperature, dim=-1)
+        # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i.
+        chosen = (logprobs.exp() / torch.empty_like(logprobs).exponential_()).argmax(dim=-1)
+        chosen_logprobs = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
+        done: list[tuple[Any, Sample]] = []
+        keep: list[int] = []
+        for i, (row, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
+            row.tokens.append(token)
+            row.logprobs.append(chosen_logprobs[i])
+            if row.stop.add(token):
+                done.append((row.key, self._sample(row)))
+                policy.in_use[row.version] -= 1
+            else:
+                keep.append(i)
+        if not keep:
+            return None, done
+        cache = out.past_key_values
+        if len(keep) < len(rows):
+            kept = torch.tensor(keep, device=policy.device)
+            cache.batch_select_indices(kept)
+            attention, chosen, positions = attention[kept], chosen[kept], positions[kept]
+        attention = torch.cat([attention, attention.new_ones((len(keep), 1))], dim=1)
+        batch = _Batch([rows[i] for i in keep], cache, attention, positions[:, -1:] + 1, chosen[:, None])
+        return batch, done
+
+    def _sample(self, row: Row) -> Sample:
+        raw = self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        return Sample(
+            text=stops.finish(raw, row.stop.mid_line, row.stop.line_prefix),
+            prompt_ids=row.prompt,
+            completion_ids=row.tokens,
+            token_logprobs=row.logprobs,
+            model_version=row.version,
+        )
+
+
+def _splice(running: _Batch, joining: _Batch) -> _Batch:
+    """One batch of both: caches and masks left-padded to the same length, rows stacked."""
+    length = max(running.attention.shape[1], joining.attention.shape[1])
+    pad_running = length - running.attention.shape[1]
+    pad_joining = length - joining.attention.shape[1]
+    for mine, theirs in zip(running.cache.layers, joining.cache.layers, strict=True):
+        mine.keys = torch.cat([_pad_left(mine.keys, pad_running), _pad_left(theirs.keys, pad_joining)])
+        mine.values = torch.cat([_pad_left(mine.values, pad_running), _pad_left(theirs.values, pad_joining)])
+    return _Batch(
+        running.rows + joining.rows,
+        running.cache,
+        torch.cat([F.pad(running.attention, (pad_running, 0)), F.pad(joining.attention, (pad_joining, 0))]),
+        torch.cat([running.positions, joining.positions]),
+        torch.cat([running.next_ids, joining.next_ids]),
+    )
+
+
+def _pad_left(states: Tensor, n: int) -> Tensor:
+    """Zeros before the sequence dimension (-2) of a (batch, heads, seq, head_dim) cache tensor."""
+    return F.pad(states, (0, 0, n, 0)) if n else states
