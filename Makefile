@@ -19,7 +19,7 @@ up: install
 
 # Simulated developers write code through the real loop: by default the standard-library files the
 # bootstrapped model held out (never trained on); CORPUS=DIR for a directory of your own.
-SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 6 --max-lines 150
+SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 4 --max-lines 120
 simulate: install
 	$(BIN)/flywheel simulate $(if $(CORPUS),--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
 

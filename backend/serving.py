@@ -106,6 +106,7 @@ class Policy:
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # Rows decoding under each version: an adapter is freed only when none is left.
         self.in_use: Counter[str] = Counter()
+        self._routed_away: set[str] = set()
 
     @property
     def version(self) -> str:
@@ -136,6 +137,7 @@ class Policy:
         for version in (live, canary):
             if version not in (None, BASE_VERSION) and version not in self.installed():
                 raise ValueError(f"adapter {version} is not installed")
+        self._routed_away |= self.installed() - {live, canary}
         self.live, self.canary, self.canary_share = live, canary, canary_share
         self.prune()
         log.info("serving live %s, canary %s (share %.2f)", live, canary, canary_share)
@@ -146,8 +148,12 @@ class Policy:
         return self.live
 
     def prune(self) -> None:
-        """Free the adapters nobody is routed to and no running row still uses."""
-        keep = {self.live, self.canary} | {version for version, n in self.in_use.items() if n > 0}
-        for stale in sorted(self.installed() - keep):
-            if len(self.installed()) > 1:  # peft keeps at least one adapter installed
-                self.model.delete_adapter(stale)
+        """Free the adapters routed away from that no running row uses any more. One installed but
+        not yet routed to (a swap between its install and its route) is kept."""
+        for version in sorted(self._routed_away):
+            if version in (self.live, self.canary):
+                self._routed_away.discard(version)
+            elif self.in_use[version] == 0:
+                self._routed_away.discard(version)
+                if version in self.installed() and len(self.installed()) > 1:  # peft keeps one
+                    self.model.delete_adapter(version)

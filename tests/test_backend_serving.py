@@ -158,3 +158,18 @@ def test_an_adapter_in_use_is_freed_only_when_its_rows_are_done(policy: Policy) 
         decoding.step()
     policy.prune()
     assert policy.installed() == {"v2"}
+
+
+def test_an_installed_adapter_waits_for_its_route(
+    loaded: Policy, adapters: list[PreparedAdapter], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Decoding steps may run between a hot swap's install and its route: nothing they prune may
+    take the adapter about to go live."""
+    for adapter in adapters:
+        loaded.install(adapter)
+    loaded.route("v1", None, 0.0)
+    loaded.install(prepare_adapter("v3", make_adapter(tiny_model_dir, tmp_path / "v3", 3, 0.3)))
+    decode_all(loaded, [Request(PREFIXES[1], "", 4, "someone")])
+    loaded.prune()
+    loaded.route("v3", None, 0.0)
+    assert loaded.installed() == {"v3"}
