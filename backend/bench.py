@@ -36,7 +36,7 @@ from backend.store.schema import MIGRATIONS
 from backend.wire import ADAPTER_FILES, Event
 from flywheel.bench_report import Reference, Target, row
 from flywheel.config import Settings
-from flywheel.processes import start_backend
+from flywheel.processes import start_backend, stop_process
 
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",
@@ -421,8 +421,7 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
             _print_swap(swap)
             print(f"load average after: {os.getloadavg()[0]:.2f}")
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process(process)
     return figures
 
 

@@ -20,4 +20,6 @@ def serve(settings: Settings) -> None:
         port=settings.backend.port,
         log_level="info",
         access_log=settings.backend.access_log,
+        # A client that keeps its connection open must not hold a stop (or a restart) forever.
+        timeout_graceful_shutdown=10,
     )

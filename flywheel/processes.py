@@ -70,3 +70,16 @@ def start_backend(
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, process, log_path, timeout_s)
     return process, url, env
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`: a benchmark or simulation
+    that failed half-way must not leave a backend behind."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from backend.wire import SIMULATION_PATH, SimulationReport
-from flywheel.processes import spawn_backend, wait_healthy
+from flywheel.processes import spawn_backend, stop_process, wait_healthy
 from trainer.state import load_state, save_state
 
 HEALTH_TIMEOUT_S = 180.0
@@ -63,14 +63,8 @@ class Backend:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def report(self, report: SimulationReport) -> None:
         """The figures so far, for the dashboard (the backend is open: no token needed)."""

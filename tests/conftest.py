@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flywheel import processes
-from flywheel.processes import free_port
+from flywheel.processes import free_port, stop_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -101,12 +101,7 @@ def start_backend(model_dir: Path, data_dir: Path, **extra: str) -> RunningBacke
 
 
 def stop_backend(backend: RunningBackend) -> None:
-    backend.process.terminate()
-    try:
-        backend.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        backend.process.kill()
-        backend.process.wait()
+    stop_process(backend.process, timeout_s=20)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import torch
 from backend.wire import Episode
 from flywheel.bench_report import Reference, Target, row
 from flywheel.config import Settings
-from flywheel.processes import start_backend
+from flywheel.processes import start_backend, stop_process
 from trainer.objectives.pg import PGConfig
 
 PROMPT_TOKENS = 256
@@ -217,8 +217,7 @@ def cycle(model_dir: str, n: int, work: Path) -> dict[str, Any]:
             "gate": gate,
         }
     finally:
-        process.terminate()
-        process.wait()
+        stop_process(process)
 
 
 def turnaround(model_dir: str, work: Path, canary_budget: int) -> dict[str, Any]:
@@ -265,10 +264,8 @@ def turnaround(model_dir: str, work: Path, canary_budget: int) -> dict[str, Any]
             "canary_completions": served,
         }
     finally:
-        trainer.terminate()
-        trainer.wait()
-        process.terminate()
-        process.wait()
+        stop_process(trainer)
+        stop_process(process)
 
 
 # `flywheel bench all --quick`: every part runs, in seconds; the figures mean little.
