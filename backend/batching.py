@@ -75,6 +75,12 @@ class PolicyWorker:
         hands the thread back whenever a request waits to join or an adapter swap waits to land."""
         loop = asyncio.get_running_loop()
         decoding = Decoding(self.policy)
+
+        def deliver(done: list[tuple[_Job, Sample]]) -> None:
+            # From the worker thread as rows complete: no editor waits for a longer completion.
+            for job, sample in done:
+                loop.call_soon_threadsafe(_resolve, job.future, sample)
+
         while True:
             if decoding.size == 0:
                 jobs = await self._window()
@@ -86,12 +92,6 @@ class PolicyWorker:
                     jobs.append(self._queue.get_nowait())
             live = [job for job in jobs if not job.future.done() and not await _gone(job)]
             self.dropped += len(jobs) - len(live)
-
-            def deliver(done: list[tuple[_Job, Sample]]) -> None:
-                # From the worker thread as rows complete: no editor waits for a longer completion.
-                for job, sample in done:
-                    loop.call_soon_threadsafe(_resolve, job.future, sample)
-
             try:
                 await self._on_model_thread(self._decode, decoding, live, deliver)
             except Exception as error:  # a failed step fails its requests, not the driver

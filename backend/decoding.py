@@ -135,11 +135,11 @@ class Decoding:
 
     def abandon(self) -> list[Any]:
         """Drop every row (after a failed step); their keys."""
-        keys = [row.key for row in self._batch.rows] if self._batch else []
-        for row in self._batch.rows if self._batch else []:
+        rows = self._batch.rows if self._batch else []
+        for row in rows:
             self.policy.in_use[row.version] -= 1
         self._batch = None
-        return keys
+        return [row.key for row in rows]
 
     def _row(self, key: Any, request: Request) -> Row:
         policy = self.policy

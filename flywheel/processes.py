@@ -43,11 +43,16 @@ def spawn_backend(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
         )
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 300) -> None:
-    """Until `GET /healthz` answers; RuntimeError (the process killed) if it exits or never does."""
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log_path: Path | None, timeout_s: float = 300
+) -> None:
+    """Until `GET /healthz` answers; RuntimeError (the process killed) if it exits or never does.
+    With `log_path` (a backend whose output goes to a file) the error carries the log's tail."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if log_path is None:
+                raise RuntimeError(f"the backend exited with code {process.returncode} while starting")
             raise RuntimeError(f"the backend exited early:\n{log_path.read_text(errors='replace')[-4000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
@@ -56,7 +61,8 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, tim
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"the backend did not come up within {timeout_s:.0f} s; see {log_path}")
+    where = f"; see {log_path}" if log_path else ""
+    raise RuntimeError(f"the backend did not answer at {url} within {timeout_s:.0f} s{where}")
 
 
 def start_backend(

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from flywheel.config import Settings
+from flywheel.processes import wait_healthy
 
 HEALTH_TIMEOUT_S = 600.0
 
@@ -71,20 +70,6 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"flywheel: the backend exited with code {process.returncode} while starting")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"flywheel: the backend did not answer at {url} within {HEALTH_TIMEOUT_S:.0f} s")
-
-
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -107,7 +92,10 @@ def up(settings: Settings, bootstrap_budget_s: float) -> int:
     try:
         backend = _spawn("backend", env)
         processes.append(backend)
-        _wait_healthy(url, backend)
+        try:
+            wait_healthy(url, backend, None, HEALTH_TIMEOUT_S)
+        except RuntimeError as error:
+            raise SystemExit(f"flywheel: {error}") from None
         processes.append(_spawn("trainer", env))
         print(
             f"\nFlywheel is up.\n  dashboard: {url}/admin\n  model:     {model}\n"
