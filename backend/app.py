@@ -28,7 +28,7 @@ from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
 from backend.metrics import Metrics
 from backend.retention import run_retention
-from backend.serving import Policy
+from backend.serving import Policy, use_cpu_threads
 from backend.serving import Request as PolicyRequest
 from backend.store import Store
 from backend.wire import (
@@ -76,7 +76,15 @@ def create_app(settings: Settings) -> FastAPI:
             context_tokens=settings.model.context_tokens,
             device=settings.model.device,
         )
-        worker = PolicyWorker(policy, settings.backend.batch_window_ms, settings.backend.max_batch)
+        if policy.device.type == "cpu":
+            log.info("serving on %d CPU threads", use_cpu_threads(settings.model.threads))
+        worker = PolicyWorker(
+            policy,
+            settings.backend.batch_window_ms,
+            settings.backend.max_batch,
+            settings.backend.join_min,
+            settings.backend.join_wait_steps,
+        )
         worker.start()
         lifecycle = Lifecycle(settings, store, worker)
         await lifecycle.apply_routing()

@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
 from backend.prompts import build_prompt_ids
-from backend.serving import PEFT_BASE, Policy, Request, Sample
+from backend.serving import PEFT_BASE, Policy, Request, Sample, returned_cache
 from backend.wire import BASE_VERSION
 
 
@@ -88,6 +88,11 @@ class Decoding:
     @property
     def size(self) -> int:
         return len(self._batch.rows) if self._batch else 0
+
+    @property
+    def columns(self) -> int:
+        """How many positions the next step attends over, padding included."""
+        return self._batch.attention.shape[1] if self._batch else 0
 
     def can_join(self) -> bool:
         """Whether requests may join now. Caches other than plain per-layer key/value tensors
@@ -166,9 +171,9 @@ class Decoding:
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{policy.cache_keyword: cache},
             **extra,
         )
         logprobs = torch.log_softmax(out.logits[:, -1].float() / policy.temperature, dim=-1)
@@ -187,11 +192,12 @@ class Decoding:
                 keep.append(i)
         if not keep:
             return None, done
-        cache = out.past_key_values
+        cache = returned_cache(out)
         if len(keep) < len(rows):
             kept = torch.tensor(keep, device=policy.device)
             cache.batch_select_indices(kept)
             attention, chosen, positions = attention[kept], chosen[kept], positions[kept]
+            attention = _trim_padding(cache, attention)
         attention = torch.cat([attention, attention.new_ones((len(keep), 1))], dim=1)
         batch = _Batch([rows[i] for i in keep], cache, attention, positions[:, -1:] + 1, chosen[:, None])
         return batch, done
@@ -222,6 +228,19 @@ def _splice(running: _Batch, joining: _Batch) -> _Batch:
         torch.cat([running.positions, joining.positions]),
         torch.cat([running.next_ids, joining.next_ids]),
     )
+
+
+def _trim_padding(cache: Any, attention: Tensor) -> Tensor:
+    """Drop the leading cache columns that are padding for every row left: under steady traffic
+    the batch never empties, and without this its cache would grow by a column every step for as
+    long as the traffic lasts, and every step would attend over all of it."""
+    start = int(attention.any(dim=0).int().argmax())
+    if start == 0 or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return attention
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, start:]
+        layer.values = layer.values[:, :, start:]
+    return attention[:, start:]
 
 
 def _pad_left(states: Tensor, n: int) -> Tensor:

@@ -10,7 +10,9 @@ installed or dropped only between two steps, never inside one, and never while a
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,27 @@ def pick_device(configured: str) -> torch.device:
     return torch.device(configured)
 
 
+def cache_keyword(model: Any) -> str:
+    """The forward argument that takes the KV cache: `cache` from transformers 5.x on, where
+    `past_key_values` is deprecated (and goes in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def use_cpu_threads(configured: int) -> int:
+    """Set torch's threads for serving on a CPU: `configured`, or every core this process may
+    use but one. Returns the number set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = configured or max(1, cores - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def in_canary(user_id: str, share: float) -> bool:
     """Sticky routing: a user's hash puts them in the canary slice for every request."""
     bucket = int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:8], "big") / 2**64
@@ -94,6 +117,7 @@ class Policy:
         self.tokenizer = AutoTokenizer.from_pretrained(model_name)
         self.base = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype).to(self.device).eval()
         self.model: Any = self.base
+        self.cache_keyword = cache_keyword(self.base)
         self.fim: FimFormat = detect_fim_format(self.tokenizer, fim)
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import platformdirs
 from pydantic import BaseModel, Field
@@ -34,6 +35,11 @@ class BackendConfig(BaseModel):
     # Dynamic batching: how long the first request of a batch waits for company, and the batch cap.
     batch_window_ms: float = 5.0
     max_batch: int = 16
+    # While a batch is decoding, requests join it between steps once this many wait (or as many
+    # as there is room for), or once the first has waited this many steps: a prefill costs about
+    # as much for one request as for four, so joining in groups buys throughput.
+    join_min: Annotated[int, Field(ge=1)] = 4
+    join_wait_steps: Annotated[int, Field(ge=1)] = 3
     # Largest request body accepted (checkpoint uploads included).
     max_request_bytes: int = 600 * 1024 * 1024
     # Events and completion contexts older than this are deleted; episodes and aggregates stay.
@@ -76,6 +82,9 @@ class ModelConfig(BaseModel):
     # Prompt budget in tokens; the text nearest the cursor is kept.
     context_tokens: int = 384
     device: str = "auto"
+    # Threads for the model's math on a CPU; 0: every core but one, which is left to the HTTP
+    # server and the store. (A small model gains nothing from a second thread; the event loop does.)
+    threads: Annotated[int, Field(ge=0)] = 0
 
 
 class EpisodeConfig(BaseModel):

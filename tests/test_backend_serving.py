@@ -3,6 +3,7 @@ requests joining a running decoding loop."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -123,12 +124,16 @@ def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> 
     changing anyone's distribution: every row's log-probs equal an unpadded forward pass's."""
     policy.route("v1", "v2", 0.5)
     users = users_for(policy, True, 2) + users_for(policy, False, 3)
-    decoding = Decoding(policy)
-    torch.manual_seed(3)
     first = [Request(PREFIXES[1], "", 40, users[0]), Request(PREFIXES[3], "", 40, users[2])]
-    done = dict(decoding.join(list(enumerate(first))))
-    for _ in range(3):
-        done.update(decoding.step())
+    # Sampling decides when rows end: seeds until the first rows are still decoding after 3 steps.
+    for seed in range(8):
+        torch.manual_seed(seed)
+        decoding = Decoding(policy)
+        done = dict(decoding.join(list(enumerate(first))))
+        for _ in range(3):
+            done.update(decoding.step())
+        if decoding.size:
+            break
     assert decoding.size > 0, "the first rows are still decoding when the others join"
     assert decoding.can_join()
     later = [Request(PREFIXES[0], "", 12, users[1]), Request(PREFIXES[2], "", 12, users[3])]
@@ -144,6 +149,37 @@ def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> 
         expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
         assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
     assert [done[i].model_version for i in range(5)] == ["v2", "v1", "v2", "v1", "v1"]
+
+
+def test_a_loop_that_never_empties_attends_only_over_its_rows(policy: Policy) -> None:
+    """Under steady traffic the batch never empties: columns that are padding for every row left
+    are dropped, so a step attends over the longest row and no more, and log-probs stay exact."""
+    policy.route("v1", None, 0.0)
+    shrank = False
+    # Sampling decides when rows end; a few seeds make sure the long row leaves before the rest.
+    for seed in range(8):
+        torch.manual_seed(seed)
+        decoding = Decoding(policy)
+        # The longest prompt, and short ones joining after it: once it leaves, its columns can go.
+        done = dict(decoding.join([(0, Request(PREFIXES[2], "", 10, "long"))]))
+        observed = []
+        for turn in range(1, 13):
+            done.update(decoding.join([(turn, Request(PREFIXES[1], "", 6, f"u{turn}"))]))
+            for _ in range(2):
+                done.update(decoding.step())
+                rows = decoding._batch.rows if decoding._batch else []
+                assert decoding.columns == max((len(row.prompt) + len(row.tokens) for row in rows), default=0)
+                observed.append(decoding.columns)
+        while decoding.size:
+            done.update(decoding.step())
+        assert sorted(done) == list(range(13))
+        for sample in done.values():
+            expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
+            assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
+        shrank = any(later < earlier for earlier, later in pairwise(observed))
+        if shrank:
+            break
+    assert shrank, "no run dropped a column"
 
 
 def test_an_adapter_in_use_is_freed_only_when_its_rows_are_done(policy: Policy) -> None:
