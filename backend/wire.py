@@ -235,6 +235,7 @@ class SimulationCycle(BaseModel):
     shown_rate: Rate = None
     accepted: Count = 0
     fixed: Count = 0
+    partial: Count = 0
     dismissed: Count = 0
     episodes: Count = 0
     accept_rate: Rate = None

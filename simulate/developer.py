@@ -5,6 +5,8 @@ points (the start of a line's code, after `=`, `(`, `.` or `:`) they sometimes a
 suggestion, and judge it against what they were about to write:
     matches the intended text      accept it as is
     similar enough (tolerance)     accept, then edit the accepted text into what they meant
+    its first words are right      accept it word by word as far as it is right (the editor's
+                                   accept-next-word), then type the rest
     otherwise                      dismiss it and type what they meant
 The real language server's tracker measures what happens afterwards (survival, rewrites).
 An adversarial developer accepts everything at once and deletes it straight away.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from rapidfuzz.distance import Levenshtein
 
-from simulate.editor import Document, Editor, Suggestion
+from simulate.editor import Document, Editor, Suggestion, word_steps
 from simulate.profiles import Profile
 
 TRIGGER_AFTER = "=(.:"
@@ -34,6 +36,7 @@ class TypingStats:
     shown: int = 0
     accepted: int = 0
     fixed: int = 0
+    partial: int = 0
     dismissed: int = 0
     shown_ids: list[str] = field(default_factory=list)
 
@@ -42,6 +45,7 @@ class TypingStats:
         self.shown += other.shown
         self.accepted += other.accepted
         self.fixed += other.fixed
+        self.partial += other.partial
         self.dismissed += other.dismissed
         self.shown_ids.extend(other.shown_ids)
 
@@ -68,6 +72,17 @@ def intended_extent(suggestion: str, truth: str) -> tuple[int, float]:
     lengths = range(max(1, len(suggestion) - 8), min(len(truth), len(suggestion) + 8) + 1)
     best = max(lengths, key=lambda m: Levenshtein.normalized_similarity(suggestion, truth[:m]), default=0)
     return best, Levenshtein.normalized_similarity(suggestion, truth[:best])
+
+
+def right_words(suggestion: str, truth: str) -> int:
+    """How many characters of the suggestion a person accepting word by word takes: whole
+    accept-next-word steps, as long as they are what they meant to write."""
+    length = 0
+    for end in word_steps(suggestion):
+        if not truth.startswith(suggestion[:end]):
+            break
+        length = end
+    return length
 
 
 def minimal_edit(old: str, new: str) -> tuple[int, int, str]:
@@ -147,6 +162,11 @@ class Developer:
             start, end, replacement = minimal_edit(suggestion.text, truth[:extent])
             self.editor.replace(document, offset + start, offset + end, replacement)
             return extent
+        right = right_words(suggestion.text, truth)
+        if right >= self.profile.min_words_chars:
+            self.editor.accept_words(document, offset, suggestion, right)
+            stats.partial += 1
+            return right
         self.editor.dismiss(suggestion)
         stats.dismissed += 1
         return 0

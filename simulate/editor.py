@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,15 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from lsp_server.protocol import ACCEPT_COMMAND, DID_REJECT, DID_SHOW, FLUSH_REQUEST
+from lsp_server.protocol import ACCEPT_COMMAND, DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, FLUSH_REQUEST
+
+# One accept-next-word step: a word, or a run of punctuation, with the blanks before it.
+WORD_STEP = re.compile(r"\s*(?:\w+|[^\w\s]+)")
+
+
+def word_steps(text: str) -> list[int]:
+    """Where each accept-next-word step through `text` ends."""
+    return [step.end() for step in WORD_STEP.finditer(text)]
 
 
 def position(text: str, offset: int) -> types.Position:
@@ -131,6 +140,21 @@ class Editor:
         await self.client.workspace_execute_command_async(
             types.ExecuteCommandParams(command=ACCEPT_COMMAND, arguments=suggestion.command.arguments)
         )
+
+    def accept_words(self, document: Document, offset: int, suggestion: Suggestion, length: int) -> None:
+        """Accept the suggestion's first `length` characters word by word, as an editor's
+        accept-next-word does: each step inserts one word and reports the growing total."""
+        accepted = 0
+        for end in word_steps(suggestion.text[:length]):
+            self.insert(document, offset + accepted, suggestion.text[accepted:end])
+            accepted = end
+            self.client.protocol.notify(
+                DID_PARTIALLY_ACCEPT,
+                {
+                    "completionId": suggestion.completion_id,
+                    "acceptedLength": len(suggestion.text[:accepted].encode("utf-16-le")) // 2,
+                },
+            )
 
     async def flush(self) -> int:
         """Deliver the server's queued events now; returns how many are still waiting."""

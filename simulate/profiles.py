@@ -19,6 +19,9 @@ class Profile:
     request_rate: float
     # Accept-and-fix when the suggestion's similarity to the intended text reaches this; below it, dismiss.
     tolerance: float
+    # Accept the right first words of a suggestion (word by word) when they come to this many
+    # characters; fewer are quicker to type than to accept.
+    min_words_chars: int
     # Typing speed in simulated characters per second.
     chars_per_s: float
     # Real seconds spent reading a suggestion before deciding: base + per character.
@@ -35,13 +38,28 @@ class Profile:
 
 # Slower than the guard's floor (150 ms + 5 ms per character) and above min_visible_ms (250 ms).
 HONEST = Profile(
-    "honest", request_rate=0.35, tolerance=0.6, chars_per_s=6.0, read_s=0.3, read_s_per_char=0.008
+    "honest",
+    request_rate=0.35,
+    tolerance=0.6,
+    min_words_chars=3,
+    chars_per_s=6.0,
+    read_s=0.3,
+    read_s_per_char=0.008,
 )
-PICKY = Profile("picky", request_rate=0.2, tolerance=0.85, chars_per_s=8.0, read_s=0.4, read_s_per_char=0.01)
+PICKY = Profile(
+    "picky",
+    request_rate=0.2,
+    tolerance=0.85,
+    min_words_chars=6,
+    chars_per_s=8.0,
+    read_s=0.4,
+    read_s_per_char=0.01,
+)
 ADVERSARIAL = Profile(
     "adversarial",
     request_rate=0.5,
     tolerance=0.0,
+    min_words_chars=0,
     chars_per_s=20.0,
     read_s=0.0,
     read_s_per_char=0.0,

@@ -35,6 +35,7 @@ class CycleRow:
     shown_rate: float | None = None
     accepted: int = 0
     fixed: int = 0
+    partial: int = 0
     dismissed: int = 0
     episodes: int = 0
     accept_rate: float | None = None
@@ -67,6 +68,7 @@ def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], reward
         "shown_rate": stats.shown / stats.requests if stats.requests else None,
         "accepted": stats.accepted,
         "fixed": stats.fixed,
+        "partial": stats.partial,
         "dismissed": stats.dismissed,
         "episodes": len(episodes),
         "accept_rate": len(accepted) / len(rated) if rated else None,

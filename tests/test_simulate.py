@@ -20,6 +20,8 @@ import pytest
 
 from backend.store import Store
 from backend.wire import SimulationCycle
+from simulate.developer import right_words
+from simulate.editor import word_steps
 from simulate.report import CycleRow, simulation_report
 
 # Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
@@ -70,6 +72,9 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
             assert row[rate] == "" or 0.0 <= float(row[rate]) <= 1.0
         assert row["mean_reward"] == "" or -0.25 <= float(row["mean_reward"]) <= 0.75
         assert row["arc_per_100"] == "" or float(row["arc_per_100"]) >= 0
+        assert int(row["accepted"]) + int(row["fixed"]) + int(row["partial"]) + int(row["dismissed"]) == int(
+            row["shown"]
+        )
     assert rows[0]["live_version"] == "base"
     # Each trainer cycle's candidate went live (canary share 0) and was served in the next round.
     for before, after in itertools.pairwise(rows):
@@ -93,6 +98,20 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert [row["live_version"] for row in report["cycles"]] == [row["live_version"] for row in rows]
     # The CSV rounds to 4 decimals; the report keeps full precision.
     assert report["cycles"][1]["heldout_ppl"] == pytest.approx(float(rows[1]["heldout_ppl"]), abs=1e-4)
+
+
+def test_accept_next_word_steps_through_words_and_punctuation() -> None:
+    assert word_steps("self.x = f(a)") == [4, 5, 6, 8, 10, 11, 12, 13]
+    assert word_steps("    return  x\n") == [10, 13]
+
+
+def test_a_developer_accepts_the_right_words_and_no_more() -> None:
+    # The first words are what they meant; the rest is not.
+    assert right_words("self.name = value", "self.name = name\n") == len("self.name =")
+    # A word cut short is not accepted: "self.nam" would have to be edited.
+    assert right_words("self.names", "self.name\n") == len("self.")
+    assert right_words("return x", "return x\n") == len("return x")
+    assert right_words("foo", "bar") == 0
 
 
 async def stored_simulation_report(database: Path) -> dict:
