@@ -60,6 +60,8 @@ class Row:
     prompt: list[int]
     version: str
     stop: RowStop
+    # Indentation typed before the cursor that the prompt leaves out (stops.typed_indent).
+    indent: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -148,17 +150,17 @@ class Decoding:
 
     def _row(self, key: Any, request: Request) -> Row:
         policy = self.policy
-        prompt = build_prompt_ids(
-            policy.tokenizer, policy.fim, request.prefix, request.suffix, policy.context_tokens
-        )
+        indent = stops.typed_indent(request.prefix)
+        prefix = request.prefix[: len(request.prefix) - len(indent)]
+        prompt = build_prompt_ids(policy.tokenizer, policy.fim, prefix, request.suffix, policy.context_tokens)
         stop = RowStop(
             policy.tokenizer,
-            stops.is_mid_line(request.prefix),
-            request.prefix.rsplit("\n", 1)[-1],
+            stops.is_mid_line(prefix),
+            prefix.rsplit("\n", 1)[-1],
             request.max_new_tokens or policy.max_new_tokens,
             policy.eos_token_id,
         )
-        return Row(key, prompt, policy.version_for(request.user_id), stop)
+        return Row(key, prompt, policy.version_for(request.user_id), stop, indent)
 
     def _forward(
         self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any
@@ -205,7 +207,7 @@ class Decoding:
     def _sample(self, row: Row) -> Sample:
         raw = self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True)
         return Sample(
-            text=stops.finish(raw, row.stop.mid_line, row.stop.line_prefix),
+            text=stops.after_indent(stops.finish(raw, row.stop.mid_line, row.stop.line_prefix), row.indent),
             prompt_ids=row.prompt,
             completion_ids=row.tokens,
             token_logprobs=row.logprobs,

@@ -11,6 +11,7 @@ import torch
 from conftest import make_adapter
 
 from backend.decoding import Decoding
+from backend.prompts import build_prompt_ids
 from backend.serving import Policy, PreparedAdapter, Request, Sample, in_canary, prepare_adapter
 
 PREFIXES = [
@@ -149,6 +150,18 @@ def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> 
         expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
         assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
     assert [done[i].model_version for i in range(5)] == ["v2", "v1", "v2", "v1", "v1"]
+
+
+def test_at_a_blank_line_the_prompt_stops_before_the_typed_indentation(policy: Policy) -> None:
+    policy.route("v1", None, 0.0)
+    torch.manual_seed(0)
+    samples = decode_all(policy, [Request("def f(a):\n    ", "", 12, f"u{n}") for n in range(8)])
+    unindented = build_prompt_ids(policy.tokenizer, policy.fim, "def f(a):\n", "", policy.context_tokens)
+    for sample in samples:
+        assert sample.prompt_ids == unindented
+        written = policy.tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
+        # Shown: what the model wrote after the typed indentation; nothing if it indented otherwise.
+        assert sample.text == "" or written.startswith("    " + sample.text)
 
 
 def test_a_loop_that_never_empties_attends_only_over_its_rows(policy: Policy) -> None:

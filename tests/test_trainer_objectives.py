@@ -78,6 +78,11 @@ def test_dpo_learns_the_users_rewrite_over_the_suggestion(policy_and_tokenizer) 
     episodes = [rejected] * 8 + [unchanged, no_rewrite]
     rows = dpo_rows(tokenizer, episodes)
     assert len(rows) == 8 and rows[0] == {"prompt": PROMPT, "chosen": "'a', 'b')", "rejected": '"a", "b")'}
+    # At a blank line the prompt stops before the typed indentation, which the completion writes:
+    # the user's text gets it back, so that both sides continue the same prompt.
+    healed = completion(tokenizer, prompt, "    return a", 4, -0.25, outcome="rejected", rewrite="return b")
+    healed = healed.model_copy(update={"text": "return a"})
+    assert dpo_rows(tokenizer, [healed])[0]["chosen"] == "    return b"
     chosen = completion(tokenizer, prompt, "'a', 'b')", 9, 0.0)
     before = margin(policy, chosen, rejected)
     metrics = train_dpo(

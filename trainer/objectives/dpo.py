@@ -12,7 +12,7 @@ from peft import PeftModel
 from trl import DPOConfig, DPOTrainer
 
 from backend.wire import Episode
-from trainer.objectives.trl_common import completion_text, prompt_text, run_trl
+from trainer.objectives.trl_common import completion_text, prompt_text, run_trl, typed_indent_of
 
 
 @dataclass
@@ -25,8 +25,11 @@ def dpo_rows(tokenizer: Any, episodes: Sequence[Episode]) -> list[dict]:
     rows = []
     for episode in episodes:
         rejected = completion_text(tokenizer, episode)
-        chosen = episode.rewrite
-        if not chosen or not rejected or chosen.strip() == rejected.strip():
+        if not episode.rewrite or not rejected:
+            continue
+        # The user's text starts at the cursor; the prompt may stop before their indentation.
+        chosen = typed_indent_of(rejected, episode.text) + episode.rewrite
+        if chosen.strip() == rejected.strip():
             continue
         rows.append({"prompt": prompt_text(tokenizer, episode), "chosen": chosen, "rejected": rejected})
     return rows
