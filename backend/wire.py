@@ -88,6 +88,9 @@ class EventsRequest(BaseModel):
 class EventBatch(BaseModel):
     """A batch whose events are all valid: the common case, parsed and checked in one pass."""
 
+    # Event and completion ids are new strings every time: caching them only churns the cache.
+    model_config = ConfigDict(cache_strings="keys")
+
     events: Annotated[list[Event], Field(max_length=MAX_EVENTS_PER_BATCH)]
 
 
