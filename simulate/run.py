@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -77,6 +78,18 @@ class RoundResult:
     end: int
 
 
+def _clear_previous_run(out: Path) -> None:
+    """Every run starts from the base model: the store, checkpoints and language-server state a
+    previous run left in `out` go (left there, its backend would come up serving its last version)."""
+    data = out / "data"
+    if data.exists() and any(data.iterdir()) and not (data / "flywheel.sqlite3").exists():
+        raise SystemExit(f"{data} is not a simulation's state; choose another --out")
+    for state in (data, out / "lsp"):
+        if state.exists():
+            log.info("removing the previous run's %s", state)
+            shutil.rmtree(state)
+
+
 class Simulation:
     def __init__(self, config: SimulationConfig) -> None:
         self.config = config
@@ -93,6 +106,7 @@ class Simulation:
 
     async def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        _clear_previous_run(self.out)
         await asyncio.to_thread(self.backend.start)
         log.info("dashboard: %s/admin (figures of each cycle as it ends; reload to update)", self.backend.url)
         for index, profile in enumerate(

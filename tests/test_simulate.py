@@ -23,6 +23,7 @@ from backend.wire import SimulationCycle
 from simulate.developer import right_words
 from simulate.editor import word_steps
 from simulate.report import CycleRow, simulation_report
+from simulate.run import _clear_previous_run
 
 # Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
 SIM_MODULES = ["colorsys.py", "bisect.py", "keyword.py"]
@@ -112,6 +113,21 @@ def test_a_developer_accepts_the_right_words_and_no_more() -> None:
     assert right_words("self.names", "self.name\n") == len("self.")
     assert right_words("return x", "return x\n") == len("return x")
     assert right_words("foo", "bar") == 0
+
+
+def test_a_new_run_clears_what_a_previous_run_left(tmp_path: Path) -> None:
+    for state in ("data/flywheel.sqlite3", "data/checkpoints/v3/adapter_config.json", "lsp/sim-0/outbox"):
+        (tmp_path / state).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / state).write_text("x")
+    (tmp_path / "notes.txt").write_text("mine")
+    _clear_previous_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # A data folder that is not a simulation's is never removed.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "thesis.tex").write_text("x")
+    with pytest.raises(SystemExit, match="not a simulation"):
+        _clear_previous_run(tmp_path)
+    assert (tmp_path / "data" / "thesis.tex").exists()
 
 
 async def stored_simulation_report(database: Path) -> dict:
