@@ -98,7 +98,7 @@ class PolicyWorker:
                 self.batches += 1
             else:
                 jobs = []
-                room = self.max_batch - decoding.size if decoding.can_join() else 0
+                room = self._room(decoding)
                 while len(jobs) < room and not self._queue.empty():
                     jobs.append(self._queue.get_nowait())
             live = [job for job in jobs if not job.future.done() and not await _gone(job)]
@@ -127,12 +127,16 @@ class PolicyWorker:
             deliver(decoding.step())
             if self._controls_waiting:
                 break
-            room = self.max_batch - decoding.size if decoding.can_join() else 0
+            room = self._room(decoding)
             waiting = min(self._queue.qsize(), room)
             waited = waited + 1 if waiting else 0
             if waiting and (waiting >= min(room, self.join_min) or waited >= self.join_wait_steps):
                 break
         self.policy.prune()
+
+    def _room(self, decoding: Decoding) -> int:
+        """How many requests may join the running loop now."""
+        return self.max_batch - decoding.size if decoding.can_join() else 0
 
     async def _window(self) -> list[_Job]:
         """The first request, and those arriving within the collection window after it."""

@@ -101,8 +101,7 @@ class Decoding:
         (sliding windows, recurrent state) cannot be spliced; those batches run until empty."""
         if self._batch is None:
             return True
-        cache = self._batch.cache
-        return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+        return _spliceable(self._batch.cache)
 
     @torch.inference_mode()
     def join(self, keyed: Sequence[tuple[Any, Request]]) -> list[tuple[Any, Sample]]:
@@ -232,12 +231,17 @@ def _splice(running: _Batch, joining: _Batch) -> _Batch:
     )
 
 
+def _spliceable(cache: Any) -> bool:
+    """Plain per-layer key/value tensors, which rows can be cut from and padded into."""
+    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
 def _trim_padding(cache: Any, attention: Tensor) -> Tensor:
     """Drop the leading cache columns that are padding for every row left: under steady traffic
     the batch never empties, and without this its cache would grow by a column every step for as
     long as the traffic lasts, and every step would attend over all of it."""
     start = int(attention.any(dim=0).int().argmax())
-    if start == 0 or not all(type(layer) is DynamicLayer for layer in cache.layers):
+    if start == 0 or not _spliceable(cache):
         return attention
     for layer in cache.layers:
         layer.keys = layer.keys[:, :, start:]

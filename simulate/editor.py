@@ -18,6 +18,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from lsp_server.protocol import ACCEPT_COMMAND, DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, FLUSH_REQUEST
+from lsp_server.ranges import utf16_units
 
 # One accept-next-word step: a word, or a run of punctuation, with the blanks before it.
 WORD_STEP = re.compile(r"\s*(?:\w+|[^\w\s]+)")
@@ -32,7 +33,7 @@ def position(text: str, offset: int) -> types.Position:
     """The LSP position of character `offset` in `text` (columns in UTF-16 code units)."""
     line = text.count("\n", 0, offset)
     line_start = text.rfind("\n", 0, offset) + 1
-    column = len(text[line_start:offset].encode("utf-16-le")) // 2
+    column = utf16_units(text[line_start:offset])
     return types.Position(line=line, character=column)
 
 
@@ -152,7 +153,7 @@ class Editor:
                 DID_PARTIALLY_ACCEPT,
                 {
                     "completionId": suggestion.completion_id,
-                    "acceptedLength": len(suggestion.text[:accepted].encode("utf-16-le")) // 2,
+                    "acceptedLength": utf16_units(suggestion.text[:accepted]),
                 },
             )
 
