@@ -408,11 +408,6 @@ def _print_swap(swap: dict[str, float]) -> None:
 QUICK = ["--sequential", "4", "--per-client", "1", "--event-batches", "20", "--swaps", "1"]
 
 
-def main(settings: Settings, argv: Sequence[str]) -> int:
-    run(settings, argv)
-    return 0
-
-
 def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     """Measures, prints the figures as it goes, and returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench backend")

@@ -141,7 +141,8 @@ def main(settings: Any, suite: str, argv: Sequence[str]) -> int:
         parser.error(f"the {suite} suite takes no model")
     if suite != "all" and options.out is None:
         # One suite without --out prints its figures and writes nothing, as it always has.
-        return int(importlib.import_module(SUITES[suite]).main(settings, _suite_argv(suite, options, rest)))
+        importlib.import_module(SUITES[suite]).run(settings, _suite_argv(suite, options, rest))
+        return 0
     chosen = list(SUITES) if suite == "all" else [suite]
     report = collect(settings, chosen, options, rest)
     path = options.out or settings.state_dir / REPORT_NAME

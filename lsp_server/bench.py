@@ -83,11 +83,6 @@ TARGETS = {
 QUICK = ["--completions", "30", "--edits", "200", "--starts", "2", "--session-minutes", "1"]
 
 
-def main(settings: Any, argv: list[str]) -> int:
-    run(settings, argv)
-    return 0
-
-
 def run(settings: Any, argv: list[str]) -> dict[str, Any]:
     """Measures, prints the figures, and returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench lsp", description=__doc__)

@@ -273,11 +273,6 @@ def turnaround(model_dir: str, work: Path, canary_budget: int) -> dict[str, Any]
 QUICK = ["--episodes", "16", "--throughput-episodes", "16", "--canary-budget", "0"]
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    run(settings, argv)
-    return 0
-
-
 def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     """Measures the parts asked for, printing each part's figures as it ends; returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench trainer", description=__doc__)
