@@ -54,7 +54,9 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
     """A real Llama-style model and BPE tokenizer, trained for under a minute by the test session.
 
-    At least 800 steps, however busy the machine: fewer leave greedy output that is mostly loops."""
+    A fixed 800 steps with a step-based schedule, so every session gets the same model however busy
+    the machine (a time budget gave a different model, and flaky learning tests, per session); fewer
+    steps leave greedy output that is mostly loops."""
     from trainer.bootstrap import build_base_model
 
     output = tmp_path_factory.mktemp("models") / "tiny"
@@ -65,7 +67,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) 
         size="tiny",
         include_stdlib=False,
         progress=False,
-        overrides={"min_steps": 800},
+        overrides={"steps": 800},
     )
     return output
 

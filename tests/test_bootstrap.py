@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -16,7 +17,17 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from backend.prompts import FIM_FORMATS, FLYWHEEL_SPECIAL_TOKENS, build_prompt_ids, detect_fim_format
-from trainer.bootstrap import PRESETS, REPORT_FILE, Samples, build_base_model, lr_at, main, train_tokenizer
+from trainer.bootstrap import (
+    PRESETS,
+    REPORT_FILE,
+    Samples,
+    build_base_model,
+    lr_at,
+    main,
+    make_model,
+    train,
+    train_tokenizer,
+)
 from trainer.corpus import is_held_out, load_corpus
 from trainer.evaluate_base import evaluate
 
@@ -212,3 +223,18 @@ def test_lr_schedule_warms_up_and_decays() -> None:
     assert lr_at(0.03, 1.0) == pytest.approx(1.0)
     assert lr_at(0.5, 1.0) < lr_at(0.1, 1.0)
     assert lr_at(1.0, 1.0) == pytest.approx(0.1)
+
+
+def test_a_step_count_trains_exactly_that_many_steps_the_same_way_each_time(corpus_dir: Path) -> None:
+    # The test suite's shared model is built this way, so its behaviour cannot depend on machine load.
+    preset = dataclasses.replace(PRESETS["tiny"], steps=6, batch=2)
+    texts = [p.read_text() for p in sorted(corpus_dir.glob("*.py"))[:4]]
+    tokenizer = train_tokenizer(texts, preset.vocab_size)
+    weights = []
+    for _ in range(2):
+        model = make_model(preset, len(tokenizer), seed=0)
+        samples = Samples(tokenizer, texts, preset, seed=0)
+        stats = train(model, samples, preset, 1e-6, torch.device("cpu"), progress=False)
+        assert stats["steps"] == 6  # the tiny time budget neither stops it early nor keeps it going
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
