@@ -2,6 +2,11 @@
 
 Each family spells FIM with its own special tokens; the bootstrapped model uses the `flywheel`
 format, which `trainer.bootstrap` trains with. No heavy imports: a tokenizer is passed in.
+
+With nothing but blanks after the cursor (writing at the end of a file) the prompt is the prefix
+alone: a causal code model continues text left to right better than it fills a middle before an
+empty suffix, which it rarely saw in training (the bootstrapped model, asked that way, mostly
+ignores the end of the prefix and starts a new line).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ class FimFormat:
 
     def text(self, prefix: str, suffix: str) -> str:
         """Prefix-suffix-middle order (PSM), which every family below supports."""
-        if not self.prefix:
+        if not self.prefix or not suffix.strip():
             return prefix
         return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
 
@@ -66,17 +71,18 @@ def build_prompt_ids(
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False) if text else []
 
+    fim = bool(fmt.prefix and suffix.strip())
     prefix_ids = encode(prefix)
-    suffix_ids = encode(suffix) if fmt.prefix else []
-    specials = [encode(token) for token in (fmt.prefix, fmt.suffix, fmt.middle) if token]
+    suffix_ids = encode(suffix) if fim else []
+    specials = [encode(token) for token in (fmt.prefix, fmt.suffix, fmt.middle) if token and fim]
     budget = max(budget_tokens - sum(len(ids) for ids in specials), 8)
     suffix_share = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
     prefix_share = budget - suffix_share
     prefix_ids = prefix_ids[-prefix_share:] if prefix_share else []
     suffix_ids = suffix_ids[:suffix_share]
-    if not fmt.prefix:
-        return prefix_ids
-    fim_prefix, fim_suffix, fim_middle = specials
     # Families such as CodeLlama expect their begin-of-sequence token; the bootstrapped one has none.
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    if not fim:
+        return bos + prefix_ids if fmt.prefix else prefix_ids
+    fim_prefix, fim_suffix, fim_middle = specials
     return bos + fim_prefix + prefix_ids + fim_suffix + suffix_ids + fim_middle
