@@ -7,7 +7,9 @@ the batch (and the cache) at once, so no request waits for a longer one, and a f
 filled at the next step instead of when the whole batch is done.
 
 Sampling is from softmax(logits / T) itself (no top-k/top-p), so the recorded log-probabilities
-are exactly those of the distribution sampled from.
+are exactly those of the distribution sampled from; while a row rewrites its healed text
+(backend/healing.py) the tokens that cannot spell it are masked out, and the recorded ones stay
+the model's own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
+from backend.healing import TokenTexts, after_healed, healed_text
 from backend.prompts import build_prompt_ids
 from backend.serving import PEFT_BASE, Policy, Request, Sample, returned_cache
 from backend.wire import BASE_VERSION
@@ -60,10 +63,14 @@ class Row:
     prompt: list[int]
     version: str
     stop: RowStop
-    # Indentation typed before the cursor that the prompt leaves out (stops.typed_indent).
-    indent: str = ""
+    # Text typed before the cursor that the prompt leaves out and the completion must rewrite.
+    healed: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+
+    def healing_left(self) -> str:
+        """What of the healed text is still to be written ("" once it is)."""
+        return self.healed[len(self.stop.text) :]
 
     @property
     def adapter(self) -> str:
@@ -86,6 +93,14 @@ class Decoding:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._batch: _Batch | None = None
+        self._token_texts: TokenTexts | None = None
+
+    @property
+    def token_texts(self) -> TokenTexts:
+        # Built on first use: decoding every token of a large vocabulary takes a moment.
+        if self._token_texts is None:
+            self._token_texts = TokenTexts(self.policy.tokenizer, self.policy.eos_token_id)
+        return self._token_texts
 
     @property
     def size(self) -> int:
@@ -149,17 +164,18 @@ class Decoding:
 
     def _row(self, key: Any, request: Request) -> Row:
         policy = self.policy
-        indent = stops.typed_indent(request.prefix)
-        prefix = request.prefix[: len(request.prefix) - len(indent)]
+        healed = healed_text(request.prefix)
+        prefix = request.prefix[: len(request.prefix) - len(healed)]
         prompt = build_prompt_ids(policy.tokenizer, policy.fim, prefix, request.suffix, policy.context_tokens)
         stop = RowStop(
             policy.tokenizer,
-            stops.is_mid_line(prefix),
+            stops.is_mid_line(request.prefix),
+            # What precedes the completion's text on its line: the prompt's last line.
             prefix.rsplit("\n", 1)[-1],
             request.max_new_tokens or policy.max_new_tokens,
             policy.eos_token_id,
         )
-        return Row(key, prompt, policy.version_for(request.user_id), stop, indent)
+        return Row(key, prompt, policy.version_for(request.user_id), stop, healed)
 
     def _forward(
         self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any
@@ -178,8 +194,10 @@ class Decoding:
             **extra,
         )
         logprobs = torch.log_softmax(out.logits[:, -1].float() / policy.temperature, dim=-1)
-        # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i.
-        chosen = (logprobs.exp() / torch.empty_like(logprobs).exponential_()).argmax(dim=-1)
+        # Exponential race: argmax log p_i − log E_i with E_i ~ Exp(1) picks i with probability p_i
+        # (among the allowed tokens, renormalized, where a mask sets the others to −inf).
+        race = self._healing_mask(rows, logprobs) - torch.empty_like(logprobs).exponential_().log()
+        chosen = race.argmax(dim=-1)
         chosen_logprobs = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
         done: list[tuple[Any, Sample]] = []
         keep: list[int] = []
@@ -203,10 +221,24 @@ class Decoding:
         batch = _Batch([rows[i] for i in keep], cache, attention, positions[:, -1:] + 1, chosen[:, None])
         return batch, done
 
+    def _healing_mask(self, rows: list[Row], logprobs: Tensor) -> Tensor:
+        """`logprobs` with −inf wherever a row still rewriting its healed text may not go."""
+        healing = [(i, left) for i, row in enumerate(rows) if (left := row.healing_left())]
+        if not healing:
+            return logprobs
+        masked = torch.full_like(logprobs, float("-inf"))
+        for i, left in healing:
+            # Ending is allowed as the first token (an abstention), not halfway through the text.
+            allowed = self.token_texts.allowed(left, may_end=not rows[i].tokens).to(logprobs.device)
+            masked[i, allowed] = logprobs[i, allowed]
+        free = [i for i, row in enumerate(rows) if not row.healing_left()]
+        masked[free] = logprobs[free]
+        return masked
+
     def _sample(self, row: Row) -> Sample:
         raw = self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True)
         return Sample(
-            text=stops.after_indent(stops.finish(raw, row.stop.mid_line, row.stop.line_prefix), row.indent),
+            text=after_healed(stops.finish(raw, row.stop.mid_line, row.stop.line_prefix), row.healed),
             prompt_ids=row.prompt,
             completion_ids=row.tokens,
             token_logprobs=row.logprobs,

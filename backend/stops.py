@@ -15,24 +15,6 @@ def is_mid_line(prefix: str) -> bool:
     return bool(current_line.strip())
 
 
-def typed_indent(prefix: str) -> str:
-    """The indentation typed on the cursor's line when that is all the line holds, else "".
-
-    A prompt that ends inside a run of blanks ends where no training text ever split a token
-    (byte-level BPE keeps a run of spaces together with the word after it), and a model answers
-    such a prompt badly. So the prompt stops at the line's start, and the completion must write
-    the typed indentation itself; what is shown is what comes after it.
-    """
-    line = prefix.rsplit("\n", 1)[-1]
-    return line if line and not line.strip() else ""
-
-
-def after_indent(text: str, indent: str) -> str:
-    """`text` less the indentation the user already typed; "" (nothing to show) when the model
-    indented the line otherwise."""
-    return text[len(indent) :] if text.startswith(indent) else ""
-
-
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 

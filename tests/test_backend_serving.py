@@ -152,16 +152,33 @@ def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> 
     assert [done[i].model_version for i in range(5)] == ["v2", "v1", "v2", "v1", "v1"]
 
 
-def test_at_a_blank_line_the_prompt_stops_before_the_typed_indentation(policy: Policy) -> None:
+@pytest.mark.parametrize(
+    ("prefix", "healed"),
+    [("def f(a):\n    ", "    "), ("import os\nimport sy", " sy"), ("def f(a):\n    ret", "    ret")],
+)
+def test_the_prompt_stops_before_the_text_being_typed_and_decoding_rewrites_it(
+    policy: Policy, prefix: str, healed: str
+) -> None:
     policy.route("v1", None, 0.0)
     torch.manual_seed(0)
-    samples = decode_all(policy, [Request("def f(a):\n    ", "", 12, f"u{n}") for n in range(8)])
-    unindented = build_prompt_ids(policy.tokenizer, policy.fim, "def f(a):\n", "", policy.context_tokens)
+    samples = decode_all(policy, [Request(prefix, "", 12, f"u{n}") for n in range(16)])
+    healed_prompt = build_prompt_ids(
+        policy.tokenizer, policy.fim, prefix.removesuffix(healed), "", policy.context_tokens
+    )
+    abstained = 0
     for sample in samples:
-        assert sample.prompt_ids == unindented
+        assert sample.prompt_ids == healed_prompt
         written = policy.tokenizer.decode(sample.completion_ids, skip_special_tokens=True)
-        # Shown: what the model wrote after the typed indentation; nothing if it indented otherwise.
-        assert sample.text == "" or written.startswith("    " + sample.text)
+        if sample.completion_ids[0] == policy.eos_token_id:
+            abstained += 1
+            continue
+        # Every sample spells out the healed text first; what is shown is what comes after it.
+        assert written.startswith(healed), written
+        assert written.startswith(healed + sample.text)
+        # The recorded log-probs are the model's own, unrestricted: what the trainer recomputes.
+        expected = teacher_forced(policy, "v1", sample.prompt_ids, sample.completion_ids)
+        assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
+    assert abstained < len(samples)
 
 
 def test_a_loop_that_never_empties_attends_only_over_its_rows(policy: Policy) -> None:

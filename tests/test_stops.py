@@ -41,19 +41,3 @@ def test_block_is_capped_in_lines() -> None:
     text = "".join(f"a{i} = {i}\n" for i in range(stops.MAX_BLOCK_LINES + 3))
     shown = stops.finish(text, mid_line=False)
     assert shown.count("\n") == stops.MAX_BLOCK_LINES - 1
-
-
-@pytest.mark.parametrize(
-    ("prefix", "indent"),
-    [("def f():\n    ", "    "), ("x = 1\n\t", "\t"), ("x = 1\n", ""), ("    y", ""), ("  ", "  "), ("", "")],
-)
-def test_the_prompt_leaves_out_indentation_typed_on_a_blank_line(prefix: str, indent: str) -> None:
-    assert stops.typed_indent(prefix) == indent
-
-
-def test_what_is_shown_comes_after_the_typed_indentation() -> None:
-    assert stops.after_indent("    return x", "    ") == "return x"
-    assert stops.after_indent("        pass", "    ") == "    pass"
-    # The model indented the line otherwise: nothing to show.
-    assert stops.after_indent("  return x", "    ") == ""
-    assert stops.after_indent("x = 1", "") == "x = 1"

@@ -11,8 +11,9 @@ from typing import Any
 from peft import PeftModel
 from trl import DPOConfig, DPOTrainer
 
+from backend.healing import healed_of
 from backend.wire import Episode
-from trainer.objectives.trl_common import completion_text, prompt_text, run_trl, typed_indent_of
+from trainer.objectives.trl_common import completion_text, prompt_text, run_trl
 
 
 @dataclass
@@ -27,8 +28,8 @@ def dpo_rows(tokenizer: Any, episodes: Sequence[Episode]) -> list[dict]:
         rejected = completion_text(tokenizer, episode)
         if not episode.rewrite or not rejected:
             continue
-        # The user's text starts at the cursor; the prompt may stop before their indentation.
-        chosen = typed_indent_of(rejected, episode.text) + episode.rewrite
+        # The user's text starts at the cursor; the prompt may stop before it (backend/healing.py).
+        chosen = healed_of(rejected, episode.text) + episode.rewrite
         if chosen.strip() == rejected.strip():
             continue
         rows.append({"prompt": prompt_text(tokenizer, episode), "chosen": chosen, "rejected": rejected})

@@ -32,14 +32,6 @@ def completion_text(tokenizer: Any, episode: Episode) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def typed_indent_of(completion: str, shown: str) -> str:
-    """The indentation a completion wrote before the text shown: the blanks the user had typed,
-    which the prompt left out (backend.stops.typed_indent); "" for any other completion."""
-    blanks = len(completion) - len(completion.lstrip(" \t"))
-    shown_blanks = len(shown) - len(shown.lstrip(" \t"))
-    return completion[: max(blanks - shown_blanks, 0)]
-
-
 def run_trl(
     trainer_cls: type, args_cls: type, model: PeftModel, tokenizer: Any, rows: list[dict], **args: Any
 ) -> dict:
