@@ -1,7 +1,14 @@
-"""The files simulated developers write: a fixed held-out evaluation set and rotating training files."""
+"""The files simulated developers write: a fixed held-out evaluation set and rotating training files.
+
+A developer adds code to a module whose header (leading comments and module docstring) is already
+written, as when extending a file: the header is the document's text when it opens, the code after
+it is typed. Prose is not what an inline code model is judged on, and typed from the top, the first
+lines of most standard-library files are licence text and docstrings.
+"""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import shutil
@@ -14,10 +21,35 @@ from pathlib import Path
 class SourceFile:
     name: str
     text: str
+    # Characters of `text` already in the file when the developer opens it.
+    header: int = 0
+
+
+def header_length(text: str) -> int:
+    """Characters of `text` before its first line of code: leading comments and blank lines, and
+    the module docstring with them. 0 for a file that does not parse and has no leading comments."""
+    lines = text.splitlines(keepends=True)
+    try:
+        body = ast.parse(text).body
+    except (SyntaxError, ValueError):
+        body = []
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        end_line = body[0].end_lineno or 0
+    else:
+        end_line = 0
+    while end_line < len(lines) and (not lines[end_line].strip() or lines[end_line].lstrip().startswith("#")):
+        end_line += 1
+    return len("".join(lines[:end_line]))
 
 
 def load_corpus(root: Path, max_lines: int) -> list[SourceFile]:
-    """Every readable, non-empty .py file under `root`, cut to `max_lines` lines, in path order."""
+    """Every readable .py file under `root` with code after its header, the code cut to `max_lines`
+    lines, in path order."""
     files = []
     for path in sorted(root.rglob("*.py")):
         try:
@@ -25,10 +57,14 @@ def load_corpus(root: Path, max_lines: int) -> list[SourceFile]:
         except (OSError, UnicodeDecodeError):
             continue
         # Editors send "\n" documents for these files; tabs are kept as written.
-        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        text = "\n".join(lines[:max_lines]) if max_lines > 0 else "\n".join(lines)
-        if text.strip():
-            files.append(SourceFile(str(path.relative_to(root)), text.rstrip("\n") + "\n"))
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        header = header_length(text)
+        code = text[header:].split("\n")
+        if max_lines > 0:
+            code = code[:max_lines]
+        if "".join(code).strip():
+            code_text = "\n".join(code).rstrip("\n") + "\n"
+            files.append(SourceFile(str(path.relative_to(root)), text[:header] + code_text, header))
     return files
 
 

@@ -1,8 +1,9 @@
 """One simulated developer writing one file through the editor, as a person would.
 
-The file's text is what the developer means to write. They type it line by line; at natural
-points (the start of a line's code, after `=`, `(`, `.` or `:`) they sometimes ask for a
-suggestion, and judge it against what they were about to write:
+The file's text is what the developer means to write; its header is already there. They type the
+rest line by line; at natural points (the start of a line's code, after `=`, `(`, `.` or `:`, and
+a pause after the first letters of a longer name) they sometimes ask for a suggestion, and judge
+it against what they were about to write:
     matches the intended text      accept it as is
     similar enough (tolerance)     accept, then edit the accepted text into what they meant
     its first words are right      accept it word by word as far as it is right (the editor's
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from dataclasses import dataclass, field
 
 from rapidfuzz.distance import Levenshtein
@@ -24,6 +26,11 @@ from simulate.editor import Document, Editor, Suggestion, word_steps
 from simulate.profiles import Profile
 
 TRIGGER_AFTER = "=(.:"
+# A pause after typing this many characters of a name at least NAME_PAUSE_MIN_LENGTH long, the
+# moment where editors most often offer the rest of an identifier.
+NAME_PAUSE_AFTER = 2
+NAME_PAUSE_MIN_LENGTH = 6
+NAME = re.compile(rf"(?<!\w)[A-Za-z_]\w{{{NAME_PAUSE_MIN_LENGTH - 1},}}")
 # No two requests closer than this many characters: nobody asks again right after a look.
 MIN_REQUEST_GAP = 8
 # Simulated seconds before an accepted suggestion is fixed, or an accepted one deleted.
@@ -50,18 +57,20 @@ class TypingStats:
         self.shown_ids.extend(other.shown_ids)
 
 
-def trigger_points(text: str) -> list[int]:
-    """Offsets where an editor would ask: the first code character of a line, and the character
-    after one of `=(.:` within a line."""
+def trigger_points(text: str, start: int = 0) -> list[int]:
+    """Offsets from `start` where an editor would ask: the first code character of a line, the
+    character after one of `=(.:` within a line, and a pause within a longer name."""
     points = []
-    line_start = 0
-    for i, char in enumerate(text):
+    line_start = text.rfind("\n", 0, start) + 1
+    name_pauses = {m.start() + NAME_PAUSE_AFTER for m in NAME.finditer(text, start)}
+    for i in range(max(start, 1), len(text)):
+        char = text[i]
         if char == "\n":
             line_start = i + 1
             continue
         after_trigger = text[i - 1] in TRIGGER_AFTER
         at_code_start = not char.isspace() and not text[line_start:i].strip()
-        if i > 0 and (after_trigger or at_code_start):
+        if after_trigger or at_code_start or i in name_pauses:
             points.append(i)
     return points
 
@@ -112,13 +121,14 @@ class Developer:
             self.editor.insert(document, len(document.text), piece)
             await self.sleep_simulated(len(piece) / self.profile.chars_per_s)
 
-    async def write(self, uri: str, text: str, rng: random.Random) -> TypingStats:
-        """Write `text` into a new document from scratch, asking for suggestions on the way."""
+    async def write(self, uri: str, text: str, rng: random.Random, header: int = 0) -> TypingStats:
+        """Write `text` into a document that opens with its first `header` characters, asking for
+        suggestions on the way."""
         stats = TypingStats()
-        document = self.editor.open(uri)
-        done, last_request = 0, -MIN_REQUEST_GAP
+        document = self.editor.open(uri, text[:header])
+        done, last_request = header, header - MIN_REQUEST_GAP
         try:
-            for point in trigger_points(text):
+            for point in trigger_points(text, header):
                 if stats.requests >= self.profile.max_requests_per_file:
                     break
                 if point < done or point - last_request < MIN_REQUEST_GAP:

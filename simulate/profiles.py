@@ -30,7 +30,7 @@ class Profile:
     # Accepts everything, then deletes it: a reward hacker the trainer's guards must catch.
     adversarial: bool = False
     # At most this many requests per file, so a long file cannot dominate a round.
-    max_requests_per_file: int = 12
+    max_requests_per_file: int = 40
 
     def reading_time(self, suggestion: str) -> float:
         return self.read_s + self.read_s_per_char * len(suggestion)

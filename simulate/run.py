@@ -142,7 +142,7 @@ class Simulation:
             for source in files:
                 rng = random.Random(f"{self.config.seed}:{tag}:{sim.user_id}:{source.name}")
                 uri = (self.out / "workspace" / sim.user_id / source.name).resolve().as_uri()
-                stats.add(await sim.developer.write(uri, source.text, rng))
+                stats.add(await sim.developer.write(uri, source.text, rng, source.header))
             for _ in range(5):
                 if await sim.editor.flush() == 0:
                     break

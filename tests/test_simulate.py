@@ -20,7 +20,8 @@ import pytest
 
 from backend.store import Store
 from backend.wire import SimulationCycle
-from simulate.developer import right_words
+from simulate.corpus import header_length, load_corpus
+from simulate.developer import right_words, trigger_points
 from simulate.editor import word_steps
 from simulate.report import CycleRow, simulation_report
 from simulate.run import _clear_previous_run
@@ -80,7 +81,7 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Each trainer cycle's candidate went live (canary share 0) and was served in the next round.
     for before, after in itertools.pairwise(rows):
         assert int(after["train_episodes"]) > 0
-        assert after["candidate_state"] == "live", after
+        assert after["candidate_state"] == "live", (after, (out / "trainer.log").read_text()[-3000:])
         assert after["live_version"] == after["candidate"] != before["live_version"]
     # The adversarial developer accepts at inhuman speed: the trainer's guards drop it whole.
     assert "inhuman_user=" in rows[1]["dropped"]
@@ -113,6 +114,33 @@ def test_a_developer_accepts_the_right_words_and_no_more() -> None:
     assert right_words("self.names", "self.name\n") == len("self.")
     assert right_words("return x", "return x\n") == len("return x")
     assert right_words("foo", "bar") == 0
+
+
+def test_a_module_header_is_already_written_and_only_its_code_is_typed(tmp_path: Path) -> None:
+    header = '#!/usr/bin/env python3\n# Licence.\n\n"""Module docstring.\n\nProse.\n"""\n\n# Imports.\n'
+    code = "".join(f"value_{i} = {i}\n" for i in range(10))
+    assert header_length(header + code) == len(header)
+    # No docstring: the leading comments alone; no comments either: nothing.
+    assert header_length("# note\nx = 1\n") == len("# note\n")
+    assert header_length("x = 1\n") == 0
+    # A file that does not parse still has its comments recognised.
+    assert header_length("# note\ndef broken(:\n") == len("# note\n")
+
+    (tmp_path / "mod.py").write_text(header + code)
+    (tmp_path / "only_docs.py").write_text('"""Nothing but a docstring."""\n')
+    [source] = load_corpus(tmp_path, max_lines=3)
+    # The header stays whole; max_lines counts lines of code after it.
+    assert source.header == len(header)
+    assert source.text == header + "value_0 = 0\nvalue_1 = 1\nvalue_2 = 2\n"
+
+
+def test_requests_come_after_the_header_at_code_starts_triggers_and_name_pauses() -> None:
+    text = '"""Doc: x = y."""\nresult = compute(ab)\n'
+    points = {text[:p].rsplit("\n", 1)[-1] + "|" for p in trigger_points(text, start=text.index("result"))}
+    # Line start; a pause two letters into a long name ("result", "compute"); after "=" and "(";
+    # none inside the header, and none within the short name "ab".
+    assert points == {"|", "re|", "result =|", "result = co|", "result = compute(|"}
+    assert all(p >= text.index("result") for p in trigger_points(text, start=text.index("result")))
 
 
 def test_a_new_run_clears_what_a_previous_run_left(tmp_path: Path) -> None:
