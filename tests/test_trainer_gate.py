@@ -14,6 +14,7 @@ from backend.wire import Episode
 from flywheel.config import GateConfig, TrainerConfig
 from trainer.gate import (
     GateBaseline,
+    degenerate_failures,
     evaluate_candidate,
     heldout_code,
     is_loop,
@@ -53,6 +54,19 @@ def test_repetition_loops_are_recognised() -> None:
     assert is_loop([1, 2, 3, 4, 3, 4, 3, 4, 3, 4])
     assert not is_loop([1, 2, 3, 4, 5, 6, 7, 8])
     assert not is_loop([])
+
+
+def test_degenerate_output_fails_beyond_the_bases_loops_and_when_all_empty() -> None:
+    config = GateConfig(max_extra_loops=1)
+    base = {"empty": 0, "loops": 1, "prompts": 8}
+    assert degenerate_failures({"empty": 0, "loops": 2, "prompts": 8}, base, config) == []
+    [loops] = degenerate_failures({"empty": 0, "loops": 3, "prompts": 8}, base, config)
+    assert "repetition loops on 3" in loops and "base: 1" in loops
+    assert degenerate_failures({"empty": 0, "loops": 2, "prompts": 8}, base, GateConfig(max_extra_loops=0))
+    [empty] = degenerate_failures({"empty": 8, "loops": 0, "prompts": 8}, base, config)
+    assert "empty output" in empty
+    # A base model that is silent everywhere itself is no reason to fail a silent candidate.
+    assert degenerate_failures({"empty": 8, "loops": 0, "prompts": 8}, {**base, "empty": 8}, config) == []
 
 
 def test_heldout_code_is_fixed_local_text() -> None:

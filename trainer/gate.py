@@ -8,8 +8,8 @@ Three checks, each against a reference measured in the same process:
                  (Σ w)² / Σ w² is too small to tell.
     perplexity   on a fixed held-out code set (the standard library files the bootstrap corpus holds
                  out, trainer/corpus.py), may rise at most `max_ppl_increase` over the base model's.
-    degenerate   greedy continuations of fixed prompts: not all empty, no more repetition loops
-                 than the base model produces.
+    degenerate   greedy continuations of fixed prompts: not all empty, and at most
+                 `max_extra_loops` more repetition loops than the base model produces.
 """
 
 from __future__ import annotations
@@ -187,14 +187,15 @@ def evaluate_candidate(
 
     degenerate = degenerate_counts(model, tokenizer)
     figures.update(degenerate_empty=degenerate["empty"], degenerate_loops=degenerate["loops"])
-    if (
-        degenerate["empty"] == degenerate["prompts"]
-        and baseline.base_degenerate["empty"] < degenerate["prompts"]
-    ):
-        failures.append("empty output on every fixed prompt")
-    if degenerate["loops"] > baseline.base_degenerate["loops"]:
-        failures.append(
-            f"repetition loops on {degenerate['loops']} fixed prompts"
-            f" (base: {baseline.base_degenerate['loops']})"
-        )
+    failures += degenerate_failures(degenerate, baseline.base_degenerate, config)
     return GateResult(passed=not failures, reason="; ".join(failures), figures=figures)
+
+
+def degenerate_failures(candidate: dict, base: dict, config: GateConfig) -> list[str]:
+    """Why the candidate's greedy continuations fail the degenerate check ([] when they pass)."""
+    failures = []
+    if candidate["empty"] == candidate["prompts"] and base["empty"] < candidate["prompts"]:
+        failures.append("empty output on every fixed prompt")
+    if candidate["loops"] > base["loops"] + config.max_extra_loops:
+        failures.append(f"repetition loops on {candidate['loops']} fixed prompts (base: {base['loops']})")
+    return failures
