@@ -20,8 +20,12 @@ up: install
 # Simulated developers write code through the real loop: by default the standard-library files the
 # bootstrapped model held out (never trained on); CORPUS=DIR for a directory of your own.
 SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 4 --max-lines 120
+# A few hundred episodes a cycle, far fewer than a team's: the trainer's default step size (2e-4)
+# barely moves the adapter in ten cycles, so the run trains faster; the KL budget and the eval gate
+# still bound each cycle.
+SIMULATE_LR ?= 2e-3
 simulate: install
-	$(BIN)/flywheel simulate $(if $(CORPUS),--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
+	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(CORPUS),--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
 
 lint: install
 	$(BIN)/ruff check .

@@ -46,6 +46,9 @@ def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> d
         FLYWHEEL_CANARY__WATCH_EPISODES="0",
         FLYWHEEL_EPISODES__WINDOW_S=str(window_s),
         FLYWHEEL_TRAINER__MIN_EPISODES="1",
+        # A team of three or four: under the default cap (a quarter of an update per user) three
+        # honest developers, a third each by construction, lost a third of their episodes a cycle.
+        FLYWHEEL_TRAINER__GUARDS__MAX_USER_SHARE="0.5",
     )
 
 
