@@ -93,14 +93,8 @@ class Decoding:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._batch: _Batch | None = None
-        self._token_texts: TokenTexts | None = None
-
-    @property
-    def token_texts(self) -> TokenTexts:
-        # Built on first use: decoding every token of a large vocabulary takes a moment.
-        if self._token_texts is None:
-            self._token_texts = TokenTexts(self.policy.tokenizer, self.policy.eos_token_id)
-        return self._token_texts
+        # Built before the first request: decoding every token of a large vocabulary takes a moment.
+        self.token_texts = TokenTexts(policy.tokenizer, policy.eos_token_id)
 
     @property
     def size(self) -> int:

@@ -68,7 +68,6 @@ class TokenTexts:
         for i, text in enumerate(texts):
             if text:
                 self._by_text.setdefault(text, []).append(i)
-        self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
 
     def allowed(self, remaining: str, may_end: bool) -> torch.Tensor:
