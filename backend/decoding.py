@@ -33,12 +33,12 @@ from backend.wire import BASE_VERSION
 class RowStop:
     """Where one row ends: its end of line or block, EOS, or its token cap.
 
-    The text grows one decoded token at a time (decoding the whole row at every step cost more
+    The text grows one token's text at a time (decoding the whole row at every step cost more
     than a small model's forward pass); only a new newline can end a line or a block.
     """
 
-    def __init__(self, tokenizer: Any, mid_line: bool, line_prefix: str, cap: int, eos: int) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, texts: TokenTexts, mid_line: bool, line_prefix: str, cap: int, eos: int) -> None:
+        self.texts = texts
         self.mid_line, self.line_prefix, self.cap, self.eos = mid_line, line_prefix, cap, eos
         self.text = ""
         self.tokens = 0
@@ -46,7 +46,7 @@ class RowStop:
     def add(self, token: int) -> bool:
         """Takes the next sampled token; True when the row is complete with it."""
         self.tokens += 1
-        piece = self.tokenizer.decode([token], skip_special_tokens=True)
+        piece = self.texts.text(token)
         self.text += piece
         return (
             token == self.eos
@@ -159,10 +159,14 @@ class Decoding:
     def _row(self, key: Any, request: Request) -> Row:
         policy = self.policy
         healed = healed_text(request.prefix)
+        # A healed text these tokens cannot spell (a tokenizer whose pieces do not read back as
+        # text) stays in the prompt rather than silence every answer.
+        if healed and not len(self.token_texts.allowed(healed, may_end=False)):
+            healed = ""
         prefix = request.prefix[: len(request.prefix) - len(healed)]
         prompt = build_prompt_ids(policy.tokenizer, policy.fim, prefix, request.suffix, policy.context_tokens)
         stop = RowStop(
-            policy.tokenizer,
+            self.token_texts,
             stops.is_mid_line(request.prefix),
             # What precedes the completion's text on its line: the prompt's last line.
             prefix.rsplit("\n", 1)[-1],
@@ -223,7 +227,9 @@ class Decoding:
         masked = torch.full_like(logprobs, float("-inf"))
         for i, left in healing:
             # Ending is allowed as the first token (an abstention), not halfway through the text.
-            allowed = self.token_texts.allowed(left, may_end=not rows[i].tokens).to(logprobs.device)
+            allowed = self.token_texts.allowed(left, may_end=not rows[i].tokens)
+            # A tokenizer may name more tokens than the model has logits for.
+            allowed = allowed[allowed < logprobs.shape[-1]].to(logprobs.device)
             masked[i, allowed] = logprobs[i, allowed]
         free = [i for i, row in enumerate(rows) if not row.healing_left()]
         masked[free] = logprobs[free]

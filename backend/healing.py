@@ -55,24 +55,36 @@ def healed_of(completion: str, shown: str) -> str:
 
 
 class TokenTexts:
-    """Which tokens may come next while the healed text is being rewritten: those whose text
-    starts with what is left of it, or is a non-empty part of its start."""
+    """Each token's text as it reads inside a sequence, and which tokens may come next while the
+    healed text is being rewritten: those whose text starts with what is left of it, or is a
+    non-empty part of its start."""
 
     def __init__(self, tokenizer: Any, eos_token_id: int | None) -> None:
         vocab_size = len(tokenizer)
-        texts = [tokenizer.decode([i]) for i in range(vocab_size)]
-        order = sorted(range(vocab_size), key=texts.__getitem__)
-        self._sorted = [texts[i] for i in order]
+        # Decoded after an anchor token: SentencePiece tokenizers drop a token's leading space
+        # when it is decoded alone. Special tokens read as nothing, as the shown text has them.
+        anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
+        skip = len(tokenizer.decode(anchor))
+        special = set(tokenizer.all_special_ids)
+        self.texts = [
+            "" if i in special else tokenizer.decode([*anchor, i])[skip:] for i in range(vocab_size)
+        ]
+        order = sorted(range(vocab_size), key=self.texts.__getitem__)
+        self._sorted = [self.texts[i] for i in order]
         self._ids = torch.tensor(order, dtype=torch.long)
         self._by_text: dict[str, list[int]] = {}
-        for i, text in enumerate(texts):
+        for i, text in enumerate(self.texts):
             if text:
                 self._by_text.setdefault(text, []).append(i)
         self.eos_token_id = eos_token_id
 
+    def text(self, token: int) -> str:
+        return self.texts[token] if token < len(self.texts) else ""
+
     def allowed(self, remaining: str, may_end: bool) -> torch.Tensor:
         """Token ids that keep the completion on the way to `remaining`, and the end of text where
         `may_end` (as the first token: abstaining is always allowed)."""
+        # Tokens of empty text (special ones) sort first and never match: `remaining` is not empty.
         low = bisect.bisect_left(self._sorted, remaining)
         # Every string that starts with `remaining` sorts below `remaining` + the largest code point.
         high = bisect.bisect_left(self._sorted, remaining + "\U0010ffff", lo=low)

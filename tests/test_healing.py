@@ -72,3 +72,24 @@ def test_allowed_tokens_are_exactly_those_that_keep_to_the_healed_text(tokenizer
         assert len(allowed) > 1, remaining
         # Past the first token the text may not end halfway.
         assert set(texts.allowed(remaining, may_end=False).tolist()) == expected - {tokenizer.eos_token_id}
+
+
+def test_token_texts_keep_the_leading_space_that_sentencepiece_drops_alone() -> None:
+    # A Llama-style tokenizer: "▁" marks a word's leading space, and decoding one token alone
+    # drops it; healing " im" needs the space to be part of "▁import"'s text.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    corpus = ["import os\nimport sys\nfrom os import path\n"] * 50
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    import_id = tokenizer.convert_tokens_to_ids("▁import")
+    assert tokenizer.decode([import_id]) == "import"  # alone, the space is gone
+
+    texts = TokenTexts(tokenizer, tokenizer.eos_token_id)
+    assert texts.text(import_id) == " import"
+    assert texts.text(tokenizer.eos_token_id) == ""
+    assert import_id in texts.allowed(" im", may_end=False).tolist()
