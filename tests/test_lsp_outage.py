@@ -20,7 +20,12 @@ from conftest import restart_backend, start_backend, stop_backend
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-DOCUMENT = "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n        data = \n\n"
+DOCUMENT = (
+    "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n"
+    "        data = \n    path = os.\n\n"
+)
+# Where the two suggestions are asked: mid-line, where a completion is the rest of one line.
+FIRST, SECOND = (5, 15), (6, 14)
 
 
 async def start_lsp(url: str, state: Path) -> LanguageClient:
@@ -117,23 +122,23 @@ async def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
         client = await start_lsp(backend.url, state)
         editor = Editor(client, uri)
         # Before the outage: one suggestion accepted (its first events delivered), one on screen.
-        first = await suggestion(client, uri, 5, 15, served)
-        editor.insert(5, 15, first.insert_text)
+        first = await suggestion(client, uri, *FIRST, served)
+        editor.insert(*FIRST, first.insert_text)
         await editor.accept(first.command.arguments[0])
         assert (await status(client, "flywheel/flush"))["pending"] == 0
-        second = await suggestion(client, uri, 6, 0, served)
+        second = await suggestion(client, uri, *SECOND, served)
         cid = second.command.arguments[0]
 
         stop_backend(backend)
         # The user goes on: types the first character of the suggestion on screen; the rest is
         # answered from it without the backend, then accepted; the first one is edited.
-        editor.insert(6, 0, second.insert_text[0])
-        rest = await ask(client, uri, 6, 1, invoked=False)
+        editor.insert(*SECOND, second.insert_text[0])
+        rest = await ask(client, uri, SECOND[0], SECOND[1] + 1, invoked=False)
         assert rest is not None and rest.command.arguments[0] == cid
         assert rest.insert_text == second.insert_text[1:]
-        editor.insert(6, 1, rest.insert_text)
+        editor.insert(SECOND[0], SECOND[1] + 1, rest.insert_text)
         await editor.accept(cid)
-        editor.insert(5, 15, "x")
+        editor.insert(*FIRST, "x")
         began = time.monotonic()
         assert await ask(client, uri, 7, 0) is None  # no backend: no item, quickly
         assert time.monotonic() - began < 3.0
