@@ -221,18 +221,18 @@ class Decoding:
 
     def _healing_mask(self, rows: list[Row], logprobs: Tensor) -> Tensor:
         """`logprobs` with −inf wherever a row still rewriting its healed text may not go."""
-        healing = [(i, left) for i, row in enumerate(rows) if (left := row.healing_left())]
-        if not healing:
-            return logprobs
-        masked = torch.full_like(logprobs, float("-inf"))
-        for i, left in healing:
+        masked = logprobs
+        for i, row in enumerate(rows):
+            if not (left := row.healing_left()):
+                continue
             # Ending is allowed as the first token (an abstention), not halfway through the text.
-            allowed = self.token_texts.allowed(left, may_end=not rows[i].tokens)
+            allowed = self.token_texts.allowed(left, may_end=not row.tokens)
             # A tokenizer may name more tokens than the model has logits for.
             allowed = allowed[allowed < logprobs.shape[-1]].to(logprobs.device)
+            if masked is logprobs:
+                masked = logprobs.clone()
+            masked[i] = float("-inf")
             masked[i, allowed] = logprobs[i, allowed]
-        free = [i for i, row in enumerate(rows) if not row.healing_left()]
-        masked[free] = logprobs[free]
         return masked
 
     def _sample(self, row: Row) -> Sample:
