@@ -184,6 +184,7 @@ def _add_routes(app: FastAPI) -> None:
             fim=policy.fim.name,
             temperature=policy.temperature,
             canary_version=policy.canary,
+            stop_logprob=policy.stop_logprobs.get(policy.live),
         )
 
     @app.get(f"{API_PREFIX}/checkpoints", dependencies=client_only)

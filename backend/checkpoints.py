@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from backend.wire import ADAPTER_FILES, CheckpointMetadata
+from backend.wire import ADAPTER_FILES, CHECKPOINT_METADATA, CheckpointMetadata
 
 MAX_ADAPTER_BYTES = 512 * 1024 * 1024
 VERSION_PATTERN = re.compile(r"^v[0-9]+$")
@@ -55,7 +55,7 @@ def write_checkpoint(root: Path, version: str, files: dict[str, bytes], metadata
     try:
         for name in ADAPTER_FILES:
             _write_synced(staging / name, files[name])
-        _write_synced(staging / "flywheel_checkpoint.json", metadata.model_dump_json(indent=2).encode())
+        _write_synced(staging / CHECKPOINT_METADATA, metadata.model_dump_json(indent=2).encode())
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,8 @@ filled at the next step instead of when the whole batch is done.
 Sampling is from softmax(logits / T) itself (no top-k/top-p), so the recorded log-probabilities
 are exactly those of the distribution sampled from; while a row rewrites its healed text
 (backend/healing.py) the tokens that cannot spell it are masked out, and the recorded ones stay
-the model's own.
+the model's own. A version may carry a learned cut (trainer/stopping.py): its rows end before the
+first sampled token whose log-prob is below it, so what is shown stops where the model is unsure.
 """
 
 from __future__ import annotations
@@ -65,12 +66,17 @@ class Row:
     stop: RowStop
     # Text typed before the cursor that the prompt leaves out and the completion must rewrite.
     healed: str = ""
+    # The version's learned cut: the row ends before a token whose log-prob is below it.
+    stop_logprob: float | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
     def healing_left(self) -> str:
         """What of the healed text is still to be written ("" once it is)."""
         return self.healed[len(self.stop.text) :]
+
+    def cut_before(self, logprob: float) -> bool:
+        return self.stop_logprob is not None and logprob < self.stop_logprob
 
     @property
     def adapter(self) -> str:
@@ -173,7 +179,8 @@ class Decoding:
             request.max_new_tokens or policy.max_new_tokens,
             policy.eos_token_id,
         )
-        return Row(key, prompt, policy.version_for(request.user_id), stop, healed)
+        version = policy.version_for(request.user_id)
+        return Row(key, prompt, version, stop, healed, policy.stop_logprobs.get(version))
 
     def _forward(
         self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any
@@ -200,9 +207,13 @@ class Decoding:
         done: list[tuple[Any, Sample]] = []
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
-            row.tokens.append(token)
-            row.logprobs.append(chosen_logprobs[i])
-            if row.stop.add(token):
+            # A token the version's cut rejects is not taken: the row ends before it (with
+            # nothing to show when it was the first).
+            cut = row.cut_before(chosen_logprobs[i])
+            if not cut:
+                row.tokens.append(token)
+                row.logprobs.append(chosen_logprobs[i])
+            if cut or row.stop.add(token):
                 done.append((row.key, self._sample(row)))
                 policy.in_use[row.version] -= 1
             else:

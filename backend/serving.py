@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend.prompts import FimFormat, detect_fim_format
-from backend.wire import BASE_VERSION
+from backend.wire import BASE_VERSION, CHECKPOINT_METADATA, CheckpointMetadata
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class PreparedAdapter:
     version: str
     config: Any
     weights: dict[str, torch.Tensor]
+    # The version's learned cut (CheckpointMetadata.stop_logprob); None: none.
+    stop_logprob: float | None = None
 
 
 def pick_device(configured: str) -> torch.device:
@@ -93,8 +95,15 @@ def prepare_adapter(version: str, path: Path) -> PreparedAdapter:
     from peft import LoraConfig
     from safetensors.torch import load_file
 
+    metadata = path / CHECKPOINT_METADATA
+    stop = None
+    if metadata.is_file():
+        stop = CheckpointMetadata.model_validate_json(metadata.read_text()).stop_logprob
     return PreparedAdapter(
-        version, LoraConfig.from_pretrained(str(path)), load_file(str(path / "adapter_model.safetensors"))
+        version,
+        LoraConfig.from_pretrained(str(path)),
+        load_file(str(path / "adapter_model.safetensors")),
+        stop,
     )
 
 
@@ -128,6 +137,8 @@ class Policy:
         eos = self.tokenizer.eos_token_id
         self.eos_token_id = eos
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        # Each installed version's learned cut (PreparedAdapter.stop_logprob), where it has one.
+        self.stop_logprobs: dict[str, float] = {}
         # Rows decoding under each version: an adapter is freed only when none is left.
         self.in_use: Counter[str] = Counter()
         self._routed_away: set[str] = set()
@@ -154,6 +165,8 @@ class Policy:
         if missing:
             self.model.delete_adapter(adapter.version)
             raise ValueError(f"adapter {adapter.version} lacks weights such as {missing[0]}")
+        if adapter.stop_logprob is not None:
+            self.stop_logprobs[adapter.version] = adapter.stop_logprob
         self.model.eval()
 
     def route(self, live: str, canary: str | None, canary_share: float) -> None:
@@ -181,3 +194,4 @@ class Policy:
                 self._routed_away.discard(version)
                 if version in self.installed() and len(self.installed()) > 1:  # peft keeps one
                     self.model.delete_adapter(version)
+                    self.stop_logprobs.pop(version, None)

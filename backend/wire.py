@@ -183,6 +183,8 @@ class ModelInfo(BaseModel):
     temperature: float
     # The candidate being compared with live on real traffic; the trainer waits for its verdict.
     canary_version: str | None = None
+    # The live version's learned cut (CheckpointMetadata.stop_logprob), the trainer's starting point.
+    stop_logprob: float | None = None
 
 
 class CheckpointInfo(BaseModel):
@@ -209,6 +211,9 @@ class CheckpointMetadata(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     # None: no gate ran (the backend then treats the candidate as ungated).
     gate: GateResult | None = None
+    # Serving cuts this version's completions before their first token whose log-prob (at the
+    # serving temperature) is below this; learned from outcomes (trainer/stopping.py). None: no cut.
+    stop_logprob: Annotated[float | None, Field(le=0, allow_inf_nan=False)] = None
 
 
 class TrainerReport(BaseModel):
@@ -272,3 +277,5 @@ class SimulationReport(BaseModel):
 
 BASE_VERSION = "base"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Beside the adapter files in a stored checkpoint: its CheckpointMetadata.
+CHECKPOINT_METADATA = "flywheel_checkpoint.json"

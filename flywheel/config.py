@@ -166,6 +166,9 @@ class TrainerConfig(BaseModel):
     pg: dict[str, float | str] = Field(default_factory=dict)
     kto: dict[str, float | str] = Field(default_factory=dict)
     dpo: dict[str, float | str] = Field(default_factory=dict)
+    # Fit each candidate's cut (where serving stops its completions) to the cycle's outcomes
+    # (trainer/stopping.py); off: a candidate keeps the live version's cut.
+    learn_stop: bool = True
     # At most this many episodes per cycle; the rest wait for the next one.
     max_episodes: int = 2000
     guards: GuardConfig = Field(default_factory=GuardConfig)
@@ -177,8 +180,11 @@ class TrainerConfig(BaseModel):
     learning_rate: float = 2e-4
     batch_size: int = 8
     epochs: int = 1
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = 16
+    lora_alpha: int = 32
+    # peft's target_modules: "all-linear" (attention and MLP: the MLP is where a model keeps what it
+    # knows, and the correction term teaches content), a regex, or a list of module names.
+    lora_target_modules: str | list[str] = "all-linear"
     device: str = "auto"
 
 

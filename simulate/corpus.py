@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import sysconfig
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,17 +90,18 @@ def training_batch(training: list[SourceFile], round_index: int, count: int) -> 
     return [training[(start + i) % len(training)] for i in range(min(count, len(training)))]
 
 
-def held_out_corpus(model: Path, dest: Path) -> Path:
+def held_out_corpus(model: Path, dest: Path, exclude: Collection[str] = ()) -> Path:
     """The standard-library files a bootstrapped model was never trained on (its held-out set,
-    listed in its flywheel_bootstrap.json), copied under `dest`: code the base model has not seen,
-    on any machine that built the model."""
+    listed in its flywheel_bootstrap.json) but those keyed in `exclude`, copied under a fresh
+    `dest`: code the base model has not seen, on any machine that built the model."""
     manifest = model / "flywheel_bootstrap.json"
     if not manifest.is_file():
         raise SystemExit(f"flywheel simulate: {model} is not a bootstrapped model; pass --corpus DIR")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     for key in json.loads(manifest.read_text())["corpus"]["held_out_files"]:
         root, _, relative = key.partition("/")
-        if root == "stdlib" and (stdlib / relative).is_file():
+        if root == "stdlib" and key not in exclude and (stdlib / relative).is_file():
             shutil.copyfile(stdlib / relative, dest / relative.replace("/", "__"))
     return dest

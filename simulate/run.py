@@ -39,6 +39,7 @@ from simulate.services import (
     run_trainer_cycle,
     simulation_env,
 )
+from trainer.gate import heldout_code_parts
 
 log = logging.getLogger("flywheel.simulate")
 
@@ -324,7 +325,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"flywheel simulate: no model at {model}; run `flywheel bootstrap` or pass --model DIR")
         return 2
     out = args.out.resolve()
-    corpus = args.corpus or held_out_corpus(Path(model), out / "corpus")
+    # The trainer's perplexity check reads some held-out files; training on them would spoil it.
+    ppl_files = [key for key, _ in heldout_code_parts(load_settings().trainer.gate.ppl_chars)]
+    corpus = args.corpus or held_out_corpus(Path(model), out / "corpus", exclude=ppl_files)
     config = SimulationConfig(
         corpus=corpus,
         model=Path(model).resolve(),

@@ -239,3 +239,36 @@ def test_an_installed_adapter_waits_for_its_route(
     loaded.prune()
     loaded.route("v3", None, 0.0)
     assert loaded.installed() == {"v3"}
+
+
+def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
+    tiny_model_dir: Path, tmp_path: Path, adapters: list[PreparedAdapter]
+) -> None:
+    from backend.wire import CHECKPOINT_METADATA, CheckpointMetadata
+
+    path = make_adapter(tiny_model_dir, tmp_path / "v3", seed=3, scale=0.3)
+    metadata = CheckpointMetadata(base_model=str(tiny_model_dir), parent_version="base", stop_logprob=-1.5)
+    (path / CHECKPOINT_METADATA).write_text(metadata.model_dump_json())
+    cut = prepare_adapter("v3", path)
+    assert cut.stop_logprob == -1.5 and adapters[0].stop_logprob is None
+
+    policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
+    policy.install(cut)
+    torch.manual_seed(0)
+    requests = [Request(prefix, "", None, "u") for prefix in PREFIXES * 6]
+    uncut = decode_all(policy, requests)
+    policy.route("v3", None, 0.0)
+    samples = decode_all(policy, requests)
+
+    assert all(s.model_version == "v3" for s in samples)
+    assert all(lp >= -1.5 for s in samples for lp in s.token_logprobs)
+    assert all(len(s.token_logprobs) == len(s.completion_ids) for s in samples)
+    # The uncut base model samples tokens below the threshold; the cut version ends before them,
+    # some before their first token, which shows nothing.
+    assert any(lp < -1.5 for s in uncut for lp in s.token_logprobs)
+    assert any(s.completion_ids == [] and s.text == "" for s in samples)
+    # What a cut row recorded is the model's own log-probs of the tokens it kept.
+    for sample, request in zip(samples, requests, strict=True):
+        if sample.completion_ids and request.prefix.endswith((".", "(")):
+            recorded = teacher_forced(policy, "v3", sample.prompt_ids, sample.completion_ids)
+            assert sample.token_logprobs == pytest.approx(recorded, abs=1e-4)

@@ -115,7 +115,10 @@ def test_one_user_flooding_accepts_moves_the_model_no_more_than_the_cap_allows(m
     def movement(episodes: list[Episode]) -> float:
         """How far the update moves the model: KL(policy ‖ base) on the other users' episodes."""
         torch.manual_seed(0)  # the same fresh LoRA initialization each time
-        policy = load_policy(str(model_dir), None, TrainerConfig(), CPU)
+        # A small attention-only adapter: a step that moves it stays in the range where KL
+        # grows with the pull (a larger one saturates on this random model and hides the flood).
+        small = TrainerConfig(lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"])
+        policy = load_policy(str(model_dir), None, small, CPU)
         train_on_episodes(policy, episodes, PGConfig(), learning_rate=5e-3, batch_size=8, epochs=1)
         return kl_to_base(policy, others, batch_size=8)
 

@@ -143,7 +143,7 @@ def test_when_every_shown_completion_is_rejected_the_policy_learns_to_abstain(tm
         lambda policy: first_token_mass(policy, prompt_ids, [eos]),
         cycles=4,
         samples=32,
-        learning_rate=1e-2,
+        learning_rate=3e-3,
         eos=eos,
     )
     # Abstention probability, before and after each cycle: above where it started after every cycle.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -133,6 +134,14 @@ def add_episodes(stub: StubBackend, n: int, version: str = BASE_VERSION) -> None
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(stub.base_model).eval()
+    if version != BASE_VERSION:
+        # The episodes of a version are that version's own samples, as serving records them.
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory() as adapter:
+            for name, content in stub.checkpoints[version].items():
+                (Path(adapter) / name).write_bytes(content)
+            model = PeftModel.from_pretrained(model, adapter).eval()
     torch.manual_seed(len(stub.episodes))
     prompt = prompts(tokenizer)[len(stub.episodes) % 4]
     for completion, logps in sample(model, prompt, 1.0, eos, max_new_tokens=3, n=n):

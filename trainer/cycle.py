@@ -36,11 +36,13 @@ from trainer.checkpoint import (
     save_adapter_atomic,
 )
 from trainer.client import BackendClient
+from trainer.corrections import wanted_ids
 from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
 from trainer.objectives.pg import PGConfig
 from trainer.selection import select_episodes
 from trainer.session import LoadedPolicy, PolicyCache
 from trainer.state import TrainerState, load_state, save_state
+from trainer.stopping import HindsightSet, fit_stop_logprob
 from trainer.update import train_on_episodes
 
 log = logging.getLogger("flywheel.trainer")
@@ -102,6 +104,9 @@ def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Setti
             parent_version=policy.version,
             kl_budget=cfg.guards.kl_budget,
             measure_kl_after=False,
+            wanted=[wanted_ids(policy.tokenizer, e, objective.correction_max_tokens) for e in episodes]
+            if objective.correction_coef > 0
+            else None,
             **common,
         )
     if cfg.objective == "kto":
@@ -231,6 +236,19 @@ def run_cycle(
     metrics.update({f"dropped_{reason}": float(n) for reason, n in selection.dropped.items()})
     metrics["dropped"] = float(sum(selection.dropped.values()))
 
+    stop_logprob = info.stop_logprob
+    if cfg.learn_stop:
+        fit = fit_stop_logprob(policy.tokenizer, train, settings.rewards, info.stop_logprob)
+        stop_logprob = fit.stop_logprob
+        metrics.update(stop_kept_chars=fit.chosen.kept_chars, stop_kept_chars_uncut=fit.uncut.kept_chars)
+        if heldout:
+            held = HindsightSet(policy.tokenizer, heldout, settings.rewards)
+            before, after = held.estimate(info.stop_logprob), held.estimate(stop_logprob)
+            metrics["stop_heldout_kept_chars_gain"] = after.kept_chars - before.kept_chars
+            metrics["stop_heldout_reward_gain"] = after.reward - before.reward
+    if stop_logprob is not None:
+        metrics["stop_logprob"] = stop_logprob
+
     gate = None
     if baseline is not None:
         notify("gating")
@@ -242,6 +260,7 @@ def run_cycle(
         parent_version=info.live_version,
         metrics={**metrics, "candidate": candidate_path.name, "objective": cfg.objective},
         gate=gate,
+        stop_logprob=stop_logprob,
     )
     optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
     save_adapter_atomic(policy.model, candidate_path, optimizer, metadata.model_dump_json())

@@ -74,19 +74,25 @@ def snis(target_logps: torch.Tensor, episodes: Sequence[Episode]) -> tuple[float
 
 
 @functools.cache
-def heldout_code(chars: int) -> str:
-    """The fixed held-out code set: held-out stdlib files in key order, up to `chars` characters."""
+def heldout_code_parts(chars: int) -> tuple[tuple[str, str], ...]:
+    """(source key, text) of the fixed held-out code set: held-out stdlib files in key order, up to
+    `chars` characters in all."""
     parts, total = [], 0
     for source in find_sources(stdlib_dir(), "stdlib", SKIP_DIRS | STDLIB_TEST_DIRS):
         if total >= chars or not is_held_out(source.key):
             continue
         text = read_source(source.path)
         if text:
-            parts.append(text[: chars - total])
-            total += len(parts[-1])
+            parts.append((source.key, text[: chars - total]))
+            total += len(parts[-1][1])
     if not parts:
         raise RuntimeError("no held-out standard library files found for the perplexity check")
-    return "\n\n".join(parts)
+    return tuple(parts)
+
+
+def heldout_code(chars: int) -> str:
+    """The fixed held-out code set the perplexity check reads."""
+    return "\n\n".join(text for _, text in heldout_code_parts(chars))
 
 
 @torch.no_grad()

@@ -36,8 +36,7 @@ def load_policy(
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
-            # None: peft's per-architecture defaults (q_proj/v_proj for Llama and Qwen2).
-            target_modules=None,
+            target_modules=config.lora_target_modules,
             # No dropout: the trainer's log-probs must equal serving's for the importance ratio.
             lora_dropout=0.0,
             task_type="CAUSAL_LM",

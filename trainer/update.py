@@ -11,7 +11,7 @@ from torch import Tensor
 
 from backend.wire import Episode
 from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
-from trainer.objectives.pg import PGConfig, compute_advantages, pg_loss
+from trainer.objectives.pg import PGConfig, compute_advantages, correction_loss, pg_loss
 
 
 def episode_batch(episodes: Sequence[Episode], device: torch.device) -> CompletionBatch:
@@ -69,8 +69,12 @@ def train_on_episodes(
     parent_version: str | None = None,
     kl_budget: float | None = None,
     measure_kl_after: bool = True,
+    wanted: Sequence[list[int] | None] | None = None,
 ) -> dict[str, float]:
     """Updates the adapter in place; returns the update's figures (step means, KL after).
+
+    `wanted[i]`: the tokens the user wanted instead of episode i's completion (trainer/corrections.py),
+    imitated with weight `config.correction_coef`; None where there are none.
 
     `kl_budget` bounds how far this update may move the policy from `parent_version`, the version
     it started from: before each step, KL(parent ‖ current) per token is estimated on the
@@ -79,6 +83,9 @@ def train_on_episodes(
     """
     if not episodes:
         raise ValueError("no episodes to train on")
+    wanted = list(wanted) if wanted is not None else [None] * len(episodes)
+    if len(wanted) != len(episodes):
+        raise ValueError("wanted and episodes differ in length")
     device = next(model.parameters()).device
     # The baseline spans every episode of the update, so all minibatches share it.
     advantages = compute_advantages(torch.tensor([e.reward for e in episodes]), config)
@@ -99,6 +106,7 @@ def train_on_episodes(
 
     sums: dict[str, float] = defaultdict(float)
     steps, kl_parent_max, kl_stopped = 0, 0.0, False
+    correction_nlls: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(len(episodes), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
@@ -128,6 +136,11 @@ def train_on_episodes(
                 config,
                 kl_weight[idx].to(device),
             )
+            corrected = [i for i in idx if wanted[i]]
+            if corrected and config.correction_coef > 0:
+                nll = correction_loss(*wanted_logprobs(model, episodes, wanted, corrected, device))
+                loss = loss + config.correction_coef * nll
+                correction_nlls.append(float(nll.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -143,11 +156,28 @@ def train_on_episodes(
     metrics["tokens"] = float(sum(len(e.completion_ids) for e in episodes))
     metrics["mean_reward"] = float(torch.tensor([e.reward for e in episodes]).mean())
     metrics["kl_parent_max"] = kl_parent_max
+    metrics["corrections"] = float(sum(w is not None for w in wanted))
+    if correction_nlls:
+        metrics["correction_nll"] = sum(correction_nlls) / len(correction_nlls)
     metrics["kl_stopped"] = float(kl_stopped)
     if measure_kl_after:
         full = ref if all(with_ref) else None
         metrics["kl_after"] = kl_to_base(model, episodes, batch_size, full)  # type: ignore[arg-type]
     return metrics
+
+
+def wanted_logprobs(
+    model: PeftModel,
+    episodes: Sequence[Episode],
+    wanted: Sequence[list[int] | None],
+    rows: Sequence[int],
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """([B, U] log-probs at temperature 1, mask) of the wanted tokens of episodes `rows`."""
+    batch = collate(
+        [episodes[i].prompt_ids for i in rows], [wanted[i] or [] for i in rows], [1.0] * len(rows)
+    ).to(device)
+    return completion_logprobs(model, batch), batch.completion_mask
 
 
 def make_optimizer(model: PeftModel, learning_rate: float) -> torch.optim.Optimizer:

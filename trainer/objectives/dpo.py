@@ -11,9 +11,9 @@ from typing import Any
 from peft import PeftModel
 from trl import DPOConfig, DPOTrainer
 
-from backend.healing import healed_of
 from backend.wire import Episode
-from trainer.objectives.trl_common import completion_text, prompt_text, run_trl
+from trainer.corrections import completion_text, wanted_text
+from trainer.objectives.trl_common import prompt_text, run_trl
 
 
 @dataclass
@@ -26,11 +26,8 @@ def dpo_rows(tokenizer: Any, episodes: Sequence[Episode]) -> list[dict]:
     rows = []
     for episode in episodes:
         rejected = completion_text(tokenizer, episode)
-        if not episode.rewrite or not rejected:
-            continue
-        # The user's text starts at the cursor; the prompt may stop before it (backend/healing.py).
-        chosen = healed_of(rejected, episode.text) + episode.rewrite
-        if chosen.strip() == rejected.strip():
+        chosen = wanted_text(rejected, episode)
+        if chosen is None:
             continue
         rows.append({"prompt": prompt_text(tokenizer, episode), "chosen": chosen, "rejected": rejected})
     return rows

@@ -11,7 +11,8 @@ from peft import PeftModel
 from trl import KTOConfig, KTOTrainer
 
 from backend.wire import Episode
-from trainer.objectives.trl_common import completion_text, prompt_text, run_trl
+from trainer.corrections import completion_text
+from trainer.objectives.trl_common import prompt_text, run_trl
 
 
 @dataclass

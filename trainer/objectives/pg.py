@@ -6,7 +6,13 @@ Per completion token t of episode i, with A_i the episode's advantage:
     surr_t  = min(ratio_t · A_i, clip(ratio_t, 1 − ε, 1 + ε) · A_i)          PPO clipped surrogate
     surr_t  = max(surr_t, c · A_i)   where A_i < 0                   dual clip: the ratio cap c
     k3_t    = exp(ref_t − logp_t) − (ref_t − logp_t) − 1            KL(policy ‖ base), k3 estimator
-    loss    = mean_i  Σ_t ( −surr_t + β · k3_t )
+    loss    = mean_i  Σ_t ( −surr_t + β · k3_t )  +  λ · mean_(j,u) −log π(w_ju | prompt_j, w_j<u)
+
+The last term imitates corrections: w_j is what the user wanted where episode j's suggestion was
+(what they wrote instead after rejecting it, or the edited text that survived an acceptance; see
+trainer/corrections.py), averaged over its tokens u. The policy gradient alone learns only from
+what the policy sampled, and a weak policy rarely samples what the user meant; the user's own text
+at that spot says it outright, for every rejection.
 
 The reference log-probs `ref` come from the same peft model with its adapter switched off (the base
 model), so no second model sits in memory. Tokens are summed within an episode because the reward
@@ -42,6 +48,9 @@ class PGConfig:
     # penalty of each sampled one is weighted 1 / kl_sample, an unbiased estimate of the full
     # penalty for a fraction of the cost of the reference forward pass (the update's largest extra).
     kl_sample: float = 0.25
+    # λ: weight of the correction term (0 switches it off), and the most tokens imitated per episode.
+    correction_coef: float = 1.0
+    correction_max_tokens: int = 64
 
 
 def compute_advantages(rewards: Tensor, config: PGConfig) -> Tensor:
@@ -102,3 +111,9 @@ def pg_loss(
             "clip_frac": float((was_clipped.to(mask.dtype) * mask).sum() / n_tokens),
         }
     return loss, stats
+
+
+def correction_loss(logps: Tensor, mask: Tensor) -> Tensor:
+    """Mean negative log-likelihood of the wanted tokens; logps, mask: [B, U] at temperature 1."""
+    mask = mask.to(logps.dtype)
+    return -(logps * mask).sum() / mask.sum().clamp(min=1)

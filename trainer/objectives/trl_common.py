@@ -26,12 +26,6 @@ def prompt_text(tokenizer: Any, episode: Episode) -> str:
     return tokenizer.decode(episode.prompt_ids, skip_special_tokens=False)
 
 
-def completion_text(tokenizer: Any, episode: Episode) -> str:
-    """The sampled completion without its end-of-sequence token (TRL appends its own)."""
-    ids = [t for t in episode.completion_ids if t != tokenizer.eos_token_id]
-    return tokenizer.decode(ids, skip_special_tokens=False)
-
-
 def run_trl(
     trainer_cls: type, args_cls: type, model: PeftModel, tokenizer: Any, rows: list[dict], **args: Any
 ) -> dict:

@@ -1,0 +1,129 @@
+"""The learned cut fitted in hindsight, and the correction term, on a real tokenizer and model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer_support import build_tokenizer, one_thread, save_tiny_model
+
+from backend.wire import Episode
+from flywheel.config import RewardConfig, TrainerConfig
+from trainer.corrections import wanted_ids, wanted_text
+from trainer.objectives.pg import PGConfig
+from trainer.policy import load_policy
+from trainer.stopping import HindsightSet, first_below, fit_stop_logprob
+from trainer.update import train_on_episodes, wanted_logprobs
+
+REWARDS = RewardConfig()
+
+
+def shown(
+    tokenizer, seq: int, text: str, logprobs_of_words: list[float], outcome: str, reward: float, rewrite=None
+) -> Episode:
+    """An episode that showed `text`, one log-prob per whitespace-separated word spread over its tokens."""
+    ids, logprobs = [], []
+    for i, word in enumerate(text.split(" ")):
+        piece = tokenizer.encode(word if i == 0 else " " + word, add_special_tokens=False)
+        ids += piece
+        logprobs += [logprobs_of_words[i]] * len(piece)
+    return Episode(
+        seq=seq,
+        completion_id=f"c{seq}",
+        user_id="u",
+        model_version="base",
+        prompt_ids=tokenizer.encode("x = ", add_special_tokens=False),
+        completion_ids=ids,
+        token_logprobs=logprobs,
+        temperature=0.7,
+        text=text,
+        outcome=outcome,
+        reward=reward,
+        created_at=0.0,
+        finalized_at=0.0,
+        rewrite=rewrite,
+    )
+
+
+def test_first_below_finds_the_token_serving_would_cut_before() -> None:
+    assert first_below([-0.1, -2.0, -0.1], -1.0) == 1
+    assert first_below([-0.1, -0.5], -1.0) is None
+    assert first_below([-9.0], None) is None
+
+
+def test_a_cut_is_learned_where_right_first_words_were_dismissed_for_their_tail() -> None:
+    tokenizer = build_tokenizer()
+    # Right first words (sure), then an unsure wrong tail: the users wrote something else there.
+    dismissed = [
+        shown(tokenizer, i, "return self value", [-0.2, -0.3, -5.0], "rejected", -0.25, "return self.key")
+        for i in range(15)
+    ]
+    # Sure and right all the way: taken as is.
+    taken = [shown(tokenizer, 100 + i, "import os", [-0.2, -0.4], "accepted", 0.75) for i in range(10)]
+    fit = fit_stop_logprob(tokenizer, dismissed + taken, REWARDS, current=None)
+    assert fit.stop_logprob is not None and -5.0 < fit.stop_logprob <= -0.3
+    assert fit.chosen.kept_chars > fit.uncut.kept_chars
+    assert fit.chosen.reward > fit.uncut.reward
+
+
+def test_no_cut_when_the_unsure_tails_were_what_users_kept() -> None:
+    tokenizer = build_tokenizer()
+    # The same shape of log-probs, but the unsure tail was right: cutting it would lose characters.
+    kept = [
+        shown(tokenizer, i, "return self value", [-0.2, -0.3, -5.0], "accepted", 0.75) for i in range(25)
+    ]
+    assert fit_stop_logprob(tokenizer, kept, REWARDS, current=None).stop_logprob is None
+    # Too few shown episodes to go on: the live version's cut stays.
+    assert fit_stop_logprob(tokenizer, kept[:5], REWARDS, current=-3.0).stop_logprob == -3.0
+
+
+def test_hindsight_scores_a_cut_to_nothing_as_an_abstention() -> None:
+    tokenizer = build_tokenizer()
+    unsure = shown(tokenizer, 1, "frobnicate it", [-6.0, -6.0], "rejected", -0.25, "pass")
+    silent = unsure.model_copy(update={"seq": 2, "text": "", "outcome": "abstained", "reward": 0.0})
+    scored = HindsightSet(tokenizer, [unsure, silent], REWARDS)
+    assert scored.estimate(None).reward == pytest.approx(-0.125)
+    assert scored.estimate(-3.0).reward == pytest.approx(0.0)
+    assert scored.estimate(-3.0).kept_chars == 0.0
+
+
+def test_wanted_text_is_the_healed_head_then_what_the_user_wrote() -> None:
+    tokenizer = build_tokenizer()
+    # The prompt stopped before "im"; the completion rewrote it, and "port" was shown.
+    episode = shown(tokenizer, 1, "port os", [-1.0, -1.0], "rejected", -0.25, "port sys")
+    episode = episode.model_copy(
+        update={"completion_ids": tokenizer.encode("import os", add_special_tokens=False)}
+    )
+    assert wanted_text("import os", episode) == "import sys"
+    assert tokenizer.decode(wanted_ids(tokenizer, episode, 64)) == "import sys"
+    assert wanted_text("import os", episode.model_copy(update={"rewrite": None})) is None
+    # The user wrote what was shown: nothing to correct.
+    assert wanted_text("import os", episode.model_copy(update={"rewrite": "port os"})) is None
+
+
+@pytest.mark.usefixtures(one_thread.__name__)
+def test_the_correction_term_teaches_what_users_wrote_instead(tmp_path: Path) -> None:
+    _, tokenizer = save_tiny_model(tmp_path / "base")
+    policy = load_policy(str(tmp_path / "base"), None, TrainerConfig(), torch.device("cpu"))
+    episodes = [
+        shown(tokenizer, i, "return self value", [-3.0, -3.0, -3.0], "rejected", -0.25, "return x + y")
+        for i in range(8)
+    ]
+    wanted = [wanted_ids(tokenizer, e, 64) for e in episodes]
+
+    def wanted_logp() -> float:
+        with torch.no_grad():
+            logps, mask = wanted_logprobs(policy, episodes, wanted, range(len(episodes)), torch.device("cpu"))
+        return float((logps * mask).sum())
+
+    before = wanted_logp()
+    config = PGConfig(correction_coef=1.0, kl_sample=1.0)
+    metrics = train_on_episodes(
+        policy, episodes, config, learning_rate=1e-2, batch_size=8, epochs=5, wanted=wanted
+    )
+    assert metrics["corrections"] == 8 and metrics["correction_nll"] > 0
+    assert wanted_logp() > before + 1.0
+    # One list of wanted tokens per episode, or none at all.
+    with pytest.raises(ValueError, match="differ in length"):
+        train_on_episodes(policy, episodes, config, learning_rate=1e-2, batch_size=8, epochs=1, wanted=[])

@@ -1,0 +1,168 @@
+"""The learned cut: where serving stops a completion, fitted to what users did with earlier ones.
+
+A sampled completion runs on after the model has stopped knowing what comes next: one unlikely
+token, and the rest of the line follows from it; a suggestion whose first words were right is
+dismissed for its tail. Serving ends a version's completions before their first token whose
+log-prob is below the version's `stop_logprob` (backend/decoding.py). Each cycle the trainer picks
+that threshold in hindsight from the cycle's episodes: under each candidate threshold every episode
+is cut as serving would have cut it, and scored by what its user is known to have wanted:
+
+    not cut                                    the reward it got
+    cut to nothing                             rewards.abstained
+    cut within what the user wanted            rewards.accepted   (taken as is)
+    cut elsewhere, episode accepted            the reward it got  (they took the longer one)
+    cut elsewhere, close to what was wanted    as if taken and fixed, s = their similarity
+    otherwise                                  rewards.rejected
+
+and with the characters the user would have kept. What the user wanted: the text they wrote at the
+spot (the episode's rewrite), else the accepted share of what was shown. The characters kept per
+request (ARC) come first: the mean reward alone counts a two-letter acceptance as much as a whole
+line and would cut to the first sure token. Of the thresholds that keep about as many characters as
+the best, the one with the best mean reward wins (fewer dismissed suggestions for the same help).
+On a tie the current threshold stays, else the one that cuts least (an episode already cut by the
+current threshold says nothing about cutting less, so lower thresholds tie with it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rapidfuzz.distance import Levenshtein
+
+from backend.healing import after_healed, healed_of
+from backend.rewards import ACCEPTED_OUTCOMES
+from backend.wire import Episode
+from flywheel.config import RewardConfig
+from trainer.corrections import completion_text
+
+# Candidate thresholds (log-probs at the serving temperature); None cuts nothing.
+THRESHOLDS: tuple[float | None, ...] = (
+    None,
+    -12.0,
+    -10.0,
+    -8.0,
+    -7.0,
+    -6.0,
+    -5.0,
+    -4.0,
+    -3.0,
+    -2.5,
+    -2.0,
+    -1.5,
+    -1.0,
+)
+
+# A cut suggestion this similar to what the user wanted is counted as accepted and then fixed.
+FIX_SIMILARITY = 0.6
+
+
+@dataclass(frozen=True)
+class StopFit:
+    stop_logprob: float | None
+    chosen: Estimate
+    uncut: Estimate
+    episodes: int
+
+
+def first_below(logprobs: Sequence[float], threshold: float | None) -> int | None:
+    """Index of the first token serving would cut before, or None."""
+    if threshold is None:
+        return None
+    return next((i for i, logprob in enumerate(logprobs) if logprob < threshold), None)
+
+
+class _Hindsight:
+    """One shown episode, ready to be cut at any token."""
+
+    def __init__(self, tokenizer: Any, episode: Episode, rewards: RewardConfig) -> None:
+        self.tokenizer, self.episode, self.rewards = tokenizer, episode, rewards
+        self.healed = healed_of(completion_text(tokenizer, episode), episode.text)
+        self.wanted = self._wanted()
+
+    def _wanted(self) -> str:
+        e = self.episode
+        if e.rewrite:
+            return e.rewrite
+        if e.outcome not in ACCEPTED_OUTCOMES:
+            return ""
+        return e.text[: math.floor(self._share(e.reward) * len(e.text) + 1e-9)]
+
+    def outcome(self, threshold: float | None) -> tuple[float, float]:
+        """(reward, characters kept) of this episode had it been cut at `threshold`."""
+        e = self.episode
+        cut = first_below(e.token_logprobs, threshold)
+        if cut is None:
+            return e.reward, self._share(e.reward) * len(e.text) if e.outcome in ACCEPTED_OUTCOMES else 0.0
+        raw = self.tokenizer.decode(e.completion_ids[:cut], skip_special_tokens=True)
+        shown = after_healed(raw, self.healed).rstrip()
+        if not shown:
+            return self.rewards.abstained, 0.0
+        if self.wanted.startswith(shown):
+            return self.rewards.accepted, float(len(shown))
+        if e.outcome in ACCEPTED_OUTCOMES:
+            return e.reward, self._share(e.reward) * len(shown)
+        similarity = Levenshtein.normalized_similarity(shown, self.wanted[: len(shown)])
+        if self.wanted and similarity >= FIX_SIMILARITY:
+            # Close enough to take and fix: scored as the backend would score it, s = similarity.
+            return self._reward_of(similarity), similarity * len(shown)
+        return self.rewards.rejected, 0.0
+
+    def _reward_of(self, share: float) -> float:
+        return share * self.rewards.accepted + (1.0 - share) * self.rewards.rejected
+
+    def _share(self, reward: float) -> float:
+        """s of reward = s·accepted + (1−s)·rejected."""
+        span = self.rewards.accepted - self.rewards.rejected
+        return min(max((reward - self.rewards.rejected) / span, 0.0), 1.0) if span else 0.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Means over a set of episodes had they been cut at one threshold."""
+
+    reward: float
+    # Characters kept per episode (accepted and surviving): ARC per request.
+    kept_chars: float
+
+
+class HindsightSet:
+    """A cycle's episodes, scored in hindsight under any threshold."""
+
+    def __init__(self, tokenizer: Any, episodes: Sequence[Episode], rewards: RewardConfig) -> None:
+        self.shown = [_Hindsight(tokenizer, e, rewards) for e in episodes if e.text]
+        self._silent = sum(e.reward for e in episodes if not e.text)
+        self.size = len(episodes)
+
+    def estimate(self, threshold: float | None) -> Estimate:
+        if not self.size:
+            return Estimate(0.0, 0.0)
+        outcomes = [h.outcome(threshold) for h in self.shown]
+        reward = self._silent + sum(r for r, _ in outcomes)
+        return Estimate(reward / self.size, sum(c for _, c in outcomes) / self.size)
+
+
+def fit_stop_logprob(
+    tokenizer: Any,
+    episodes: Sequence[Episode],
+    rewards: RewardConfig,
+    current: float | None,
+    min_shown: int = 20,
+    chars_tolerance: float = 0.02,
+) -> StopFit:
+    """The threshold for the next version, from a cycle's episodes; `current` is the live one's.
+    Of the thresholds that keep within `chars_tolerance` of the most characters, the one with the
+    best reward. With fewer than `min_shown` shown episodes the current threshold stays."""
+    scored = HindsightSet(tokenizer, episodes, rewards)
+    if len(scored.shown) < min_shown:
+        return StopFit(current, scored.estimate(current), scored.estimate(None), scored.size)
+    candidates = sorted(set(THRESHOLDS) | {current}, key=lambda t: -math.inf if t is None else t)
+    estimates = {t: scored.estimate(t) for t in candidates}
+    most_chars = max(e.kept_chars for e in estimates.values())
+    eligible = [t for t in candidates if estimates[t].kept_chars >= most_chars * (1 - chars_tolerance) - 1e-9]
+    best = max(estimates[t].reward for t in eligible)
+    tied = [t for t in eligible if estimates[t].reward >= best - 1e-9]
+    chosen = current if current in tied else tied[0]
+    return StopFit(chosen, estimates[chosen], estimates[None], scored.size)
