@@ -70,9 +70,7 @@ def test_a_cut_is_learned_where_right_first_words_were_dismissed_for_their_tail(
 def test_no_cut_when_the_unsure_tails_were_what_users_kept() -> None:
     tokenizer = build_tokenizer()
     # The same shape of log-probs, but the unsure tail was right: cutting it would lose characters.
-    kept = [
-        shown(tokenizer, i, "return self value", [-0.2, -0.3, -5.0], "accepted", 0.75) for i in range(25)
-    ]
+    kept = [shown(tokenizer, i, "return self value", [-0.2, -0.3, -5.0], "accepted", 0.75) for i in range(25)]
     assert fit_stop_logprob(tokenizer, kept, REWARDS, current=None).stop_logprob is None
     # Too few shown episodes to go on: the live version's cut stays.
     assert fit_stop_logprob(tokenizer, kept[:5], REWARDS, current=-3.0).stop_logprob == -3.0
