@@ -144,11 +144,28 @@ def _acceptance(ep: _Episode, outcome: str, fallback: float | None) -> Scored:
 
 def _last_survival(events: list[wire.Event]) -> float | None:
     """Similarity at the latest survival check: largest delay_s, ties broken by client_ts."""
-    checks = [e for e in events if e.kind == Kind.SURVIVAL and e.similarity is not None]
+    last = _last_check(events, lambda e: e.similarity is not None)
+    return last.similarity if last else None
+
+
+def _last_check(events: list[wire.Event], has: Callable[[wire.Event], bool]) -> wire.Event | None:
+    checks = [e for e in events if e.kind == Kind.SURVIVAL and has(e)]
     if not checks:
         return None
-    last = max(checks, key=lambda e: (e.delay_s if e.delay_s is not None else 0.0, e.client_ts))
-    return last.similarity
+    return max(checks, key=lambda e: (e.delay_s if e.delay_s is not None else 0.0, e.client_ts))
+
+
+def user_wrote(text: str, events: list[wire.Event]) -> str | None:
+    """What the user wanted where `text` was suggested, as far as the events say: what they wrote
+    at the spot instead (the latest rewrite), else the text in the accepted range at the latest
+    survival check when it differs from the suggestion. None when neither says (Episode.rewrite)."""
+    rewrites = [e for e in events if e.kind == Kind.REWRITE and e.text]
+    if rewrites:
+        return max(rewrites, key=lambda e: e.client_ts).text
+    survived = _last_check(events, lambda e: e.text is not None)
+    if survived is not None and survived.text and survived.text != text:
+        return survived.text
+    return None
 
 
 def _penalty(ep: _Episode, outcome: str, events: list[wire.Event]) -> Scored:

@@ -275,6 +275,40 @@ async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) 
     assert [e.completion_id for e in later.episodes] == ["h"]
 
 
+async def test_episodes_carry_what_the_user_wrote_instead(store: Store) -> None:
+    plan = {
+        # Rejected, then the user wrote something else at the spot (two captures: the later counts).
+        "rewritten": [
+            event("rewritten", "rejected", visible_ms=900),
+            event("rewritten", "rewrite", similarity=0.2, text="return y"),
+            event("rewritten", "rewrite", similarity=0.3, text="return y + 1"),
+        ],
+        # Accepted, then edited: the text that survived at the last check.
+        "edited": [
+            event("edited", "accepted", visible_ms=900),
+            event("edited", "survival", delay_s=30, similarity=0.9, text="return x"),
+            event("edited", "survival", delay_s=120, similarity=0.8, text="return x2"),
+        ],
+        # Accepted and kept as it was: nothing to correct.
+        "kept": [
+            event("kept", "accepted", visible_ms=900),
+            event("kept", "survival", delay_s=30, similarity=1.0, text="return x"),
+        ],
+        "dismissed": [event("dismissed", "rejected", visible_ms=900)],
+    }
+    for i, (cid, events) in enumerate(plan.items()):
+        await completion(store, cid, at=T0 + i)
+        await store.add_events(events, T0 + i)
+    await finalize(store, T0 + 10 * WINDOW)
+    page = await store.episodes_after(0, 10)
+    assert {e.completion_id: e.rewrite for e in page.episodes} == {
+        "rewritten": "return y + 1",
+        "edited": "return x2",
+        "kept": None,
+        "dismissed": None,
+    }
+
+
 async def test_an_empty_store_keeps_the_cursor(store: Store) -> None:
     page = await store.episodes_after(7, 100)
     assert (page.episodes, page.next_cursor) == ([], 7)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 
 import aiosqlite
 
 from backend import wire
-from backend.rewards import Scored, score_episode
+from backend.rewards import Scored, score_episode, user_wrote
 from backend.store.database import Database
 from flywheel.config import RewardConfig
 
@@ -80,6 +81,10 @@ class EpisodesMixin:
             " ORDER BY e.seq LIMIT ?",
             (cursor, top, limit),
         )
+        # What the users wrote instead, for the trainer's corrections and DPO pairs.
+        said = await _events_of(
+            db, [r[1] for r in rows if r[8]], kinds=(wire.EventKind.REWRITE, wire.EventKind.SURVIVAL)
+        )
         episodes = [
             wire.Episode(
                 seq=r[0],
@@ -96,6 +101,7 @@ class EpisodesMixin:
                 created_at=r[11],
                 finalized_at=r[12],
                 accept_visible_ms=r[13],
+                rewrite=user_wrote(r[8], said.get(r[1], [])),
             )
             for r in rows
         ]
@@ -139,15 +145,19 @@ def _columns(scored: Scored) -> tuple[str, float | None, float | None, float | N
     return scored.outcome, scored.reward, scored.similarity, scored.accept_visible_ms
 
 
-async def _events_of(db: aiosqlite.Connection, completion_ids: list[str]) -> dict[str, list[wire.Event]]:
+async def _events_of(
+    db: aiosqlite.Connection, completion_ids: list[str], kinds: Sequence[wire.EventKind] = ()
+) -> dict[str, list[wire.Event]]:
+    """The stored events of each completion (only those of `kinds`, when given), in client order."""
     events: dict[str, list[wire.Event]] = defaultdict(list)
+    only = f" AND kind IN ({','.join('?' * len(kinds))})" if kinds else ""
     for start in range(0, len(completion_ids), _IN_CHUNK):
         chunk = completion_ids[start : start + _IN_CHUNK]
         marks = ",".join("?" * len(chunk))
         rows = await db.execute_fetchall(
-            f"SELECT completion_id, payload FROM events WHERE completion_id IN ({marks})"
+            f"SELECT completion_id, payload FROM events WHERE completion_id IN ({marks}){only}"
             " ORDER BY client_ts, rowid",
-            chunk,
+            [*chunk, *(kind.value for kind in kinds)],
         )
         for cid, payload in rows:
             events[cid].append(wire.Event.model_validate_json(payload))
