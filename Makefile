@@ -22,8 +22,9 @@ up: install
 SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 4 --max-lines 120
 # A few hundred episodes a cycle, far fewer than a team's: the trainer's default step size (2e-4)
 # barely moves the adapter in ten cycles, so the run trains faster; the KL budget and the eval gate
-# still bound each cycle.
-SIMULATE_LR ?= 2e-3
+# still bound each cycle. (2e-3, right for an attention-only adapter, moves the all-linear one past
+# the gate's perplexity and loop checks in one cycle.)
+SIMULATE_LR ?= 5e-4
 simulate: install
 	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(CORPUS),--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
 
