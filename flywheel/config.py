@@ -154,9 +154,9 @@ class GateConfig(BaseModel):
     # Perplexity on the fixed held-out code set may rise at most this much over the base model's.
     max_ppl_increase: float = 0.03
     ppl_chars: int = 12_000
-    # Greedy continuations of the fixed prompts may loop on at most this many more prompts than
-    # the base model's: with eight prompts, a weak model's one flip either way is noise.
-    max_extra_loops: int = 1
+    # Greedy continuations of the check's prompts (8 fixed, 24 from the held-out code) may loop on
+    # at most this share of them more than the base model's.
+    max_extra_loop_share: float = 0.1
 
 
 class TrainerConfig(BaseModel):

@@ -13,8 +13,12 @@ from transformers import AutoTokenizer
 from backend.wire import Episode
 from flywheel.config import GateConfig, TrainerConfig
 from trainer.gate import (
+    DEGENERATE_CODE_PROMPTS,
+    DEGENERATE_PROMPT_CHARS,
+    DEGENERATE_PROMPTS,
     GateBaseline,
     degenerate_failures,
+    degenerate_prompts,
     evaluate_candidate,
     heldout_code,
     is_loop,
@@ -57,16 +61,28 @@ def test_repetition_loops_are_recognised() -> None:
 
 
 def test_degenerate_output_fails_beyond_the_bases_loops_and_when_all_empty() -> None:
-    config = GateConfig(max_extra_loops=1)
-    base = {"empty": 0, "loops": 1, "prompts": 8}
-    assert degenerate_failures({"empty": 0, "loops": 2, "prompts": 8}, base, config) == []
-    [loops] = degenerate_failures({"empty": 0, "loops": 3, "prompts": 8}, base, config)
-    assert "repetition loops on 3" in loops and "base: 1" in loops
-    assert degenerate_failures({"empty": 0, "loops": 2, "prompts": 8}, base, GateConfig(max_extra_loops=0))
-    [empty] = degenerate_failures({"empty": 8, "loops": 0, "prompts": 8}, base, config)
-    assert "empty output" in empty
-    # A base model that is silent everywhere itself is no reason to fail a silent candidate.
-    assert degenerate_failures({"empty": 8, "loops": 0, "prompts": 8}, {**base, "empty": 8}, config) == []
+    config = GateConfig(max_extra_loop_share=0.1)
+    base = {"empty": 0, "loops": 4, "prompts": 32}
+    # 10% of 32 prompts: three more loops than the base pass, four fail.
+    assert degenerate_failures({"empty": 0, "loops": 7, "prompts": 32}, base, config) == []
+    [loops] = degenerate_failures({"empty": 0, "loops": 8, "prompts": 32}, base, config)
+    assert "repetition loops on 8 of 32" in loops and "base: 4" in loops
+    assert degenerate_failures(
+        {"empty": 0, "loops": 5, "prompts": 32}, base, GateConfig(max_extra_loop_share=0)
+    )
+    [empty] = degenerate_failures({"empty": 32, "loops": 0, "prompts": 32}, base, config)
+    assert "empty" in empty
+    assert degenerate_failures({"empty": 32, "loops": 0, "prompts": 32}, {**base, "empty": 32}, config) == []
+
+
+def test_the_loop_check_also_reads_prompts_cut_from_the_held_out_code() -> None:
+    prompts = degenerate_prompts(GateConfig())
+    assert prompts[:8] == DEGENERATE_PROMPTS and len(prompts) == 8 + DEGENERATE_CODE_PROMPTS
+    code = heldout_code(GateConfig().ppl_chars)
+    for prompt in prompts[8:]:
+        # Ordinary code up to the first character of a line: where an editor asks at a line start.
+        assert prompt in code and len(prompt) == DEGENERATE_PROMPT_CHARS
+        assert not prompt.rsplit("\n", 1)[-1].strip()
 
 
 def test_heldout_code_is_fixed_local_text() -> None:
