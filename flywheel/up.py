@@ -87,8 +87,11 @@ def up(settings: Settings, bootstrap_budget_s: float) -> int:
     env = dict(os.environ, FLYWHEEL_MODEL__NAME=model, FLYWHEEL_DATA_DIR=str(settings.state_dir))
     url = settings.backend.base_url
     processes: list[subprocess.Popen[bytes]] = []
-    # SIGTERM (from a service manager) stops us the same way Ctrl-C does.
+    # SIGTERM (from a service manager) stops us the same way Ctrl-C does. SIGINT too, explicitly: a
+    # process started in the background by a shell (`nohup`, `&`) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler, so Ctrl-C (or a test's SIGINT) did nothing.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         backend = _spawn("backend", env)
         processes.append(backend)

@@ -54,7 +54,12 @@ def test_up_serves_the_default_model_when_the_configured_one_is_missing(
         assert model["base_model"] == str(data_dir / "models" / "bootstrap")
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # stops its children too; a kill would leave them running
+            process.communicate(timeout=60)
+            raise
     assert process.returncode == 0, output
     # Both children are gone: nothing answers on the port any more.
     try:
