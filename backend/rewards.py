@@ -138,8 +138,19 @@ def _acceptance(ep: _Episode, outcome: str, fallback: float | None) -> Scored:
     if s is None:
         # A partial acceptance of unknown length and no survival check: no honest reward.
         return Scored(outcome, None, None, accept_visible_ms)
-    reward = s * ep.rewards.accepted + (1.0 - s) * ep.rewards.rejected
+    reward = acceptance_reward(s, ep.rewards)
     return Scored(outcome, reward, s, accept_visible_ms)
+
+
+def acceptance_reward(share: float, rewards: RewardConfig) -> float:
+    """An accepted suggestion of which `share` survived: s·accepted + (1−s)·rejected."""
+    return share * rewards.accepted + (1.0 - share) * rewards.rejected
+
+
+def retained_share(reward: float, rewards: RewardConfig) -> float:
+    """s of an accepted episode, back from its reward = s·accepted + (1−s)·rejected."""
+    span = rewards.accepted - rewards.rejected
+    return min(max((reward - rewards.rejected) / span, 0.0), 1.0) if span else 0.0
 
 
 def _last_survival(events: list[wire.Event]) -> float | None:

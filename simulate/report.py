@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.rewards import ACCEPTED_OUTCOMES, retained_share
 from backend.wire import SimulationCycle, SimulationReport
 from flywheel.config import RewardConfig
 from simulate.developer import TypingStats
-
-ACCEPTED_OUTCOMES = frozenset({"accepted", "partially_accepted"})
 
 
 @dataclass
@@ -50,12 +49,6 @@ class CycleRow:
     candidate_state: str = ""
     dropped: str = ""
     trainer_s: float | None = None
-
-
-def retained_share(reward: float, rewards: RewardConfig) -> float:
-    """s of an accepted episode, from reward = s·accepted + (1−s)·rejected."""
-    span = rewards.accepted - rewards.rejected
-    return min(max((reward - rewards.rejected) / span, 0.0), 1.0) if span else 0.0
 
 
 def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], rewards: RewardConfig) -> dict:

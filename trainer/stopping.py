@@ -33,7 +33,7 @@ from typing import Any
 from rapidfuzz.distance import Levenshtein
 
 from backend.healing import after_healed, healed_of
-from backend.rewards import ACCEPTED_OUTCOMES
+from backend.rewards import ACCEPTED_OUTCOMES, acceptance_reward, retained_share
 from backend.wire import Episode
 from flywheel.config import RewardConfig
 from trainer.corrections import completion_text
@@ -81,6 +81,8 @@ class _Hindsight:
         self.tokenizer, self.episode, self.rewards = tokenizer, episode, rewards
         self.healed = healed_of(completion_text(tokenizer, episode), episode.text)
         self.wanted = self._wanted()
+        # The shown text of each cut point: thresholds that cut at the same token share it.
+        self._shown_at: dict[int, str] = {}
 
     def _wanted(self) -> str:
         e = self.episode
@@ -96,8 +98,7 @@ class _Hindsight:
         cut = first_below(e.token_logprobs, threshold)
         if cut is None:
             return e.reward, self._share(e.reward) * len(e.text) if e.outcome in ACCEPTED_OUTCOMES else 0.0
-        raw = self.tokenizer.decode(e.completion_ids[:cut], skip_special_tokens=True)
-        shown = after_healed(raw, self.healed).rstrip()
+        shown = self._shown(cut)
         if not shown:
             return self.rewards.abstained, 0.0
         if self.wanted.startswith(shown):
@@ -107,16 +108,17 @@ class _Hindsight:
         similarity = Levenshtein.normalized_similarity(shown, self.wanted[: len(shown)])
         if self.wanted and similarity >= FIX_SIMILARITY:
             # Close enough to take and fix: scored as the backend would score it, s = similarity.
-            return self._reward_of(similarity), similarity * len(shown)
+            return acceptance_reward(similarity, self.rewards), similarity * len(shown)
         return self.rewards.rejected, 0.0
 
-    def _reward_of(self, share: float) -> float:
-        return share * self.rewards.accepted + (1.0 - share) * self.rewards.rejected
+    def _shown(self, cut: int) -> str:
+        if cut not in self._shown_at:
+            raw = self.tokenizer.decode(self.episode.completion_ids[:cut], skip_special_tokens=True)
+            self._shown_at[cut] = after_healed(raw, self.healed).rstrip()
+        return self._shown_at[cut]
 
     def _share(self, reward: float) -> float:
-        """s of reward = s·accepted + (1−s)·rejected."""
-        span = self.rewards.accepted - self.rewards.rejected
-        return min(max((reward - self.rewards.rejected) / span, 0.0), 1.0) if span else 0.0
+        return retained_share(reward, self.rewards)
 
 
 @dataclass(frozen=True)
