@@ -185,6 +185,9 @@ class TrainerConfig(BaseModel):
     # peft's target_modules: "all-linear" (attention and MLP: the MLP is where a model keeps what it
     # knows, and the correction term teaches content), a regex, or a list of module names.
     lora_target_modules: str | list[str] = "all-linear"
+    # General code for the PG objective's replay term (trainer/replay.py): "stdlib" (the standard
+    # library outside the held-out split) and/or directories of Python files.
+    replay_sources: list[str] = Field(default_factory=lambda: ["stdlib"])
     device: str = "auto"
 
 

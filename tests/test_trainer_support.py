@@ -141,3 +141,30 @@ def episode(
 
 def prompts(tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
     return [tokenizer.encode(text, add_special_tokens=False) for text in CORPUS]
+
+
+def shown(
+    tokenizer, seq: int, text: str, logprobs_of_words: list[float], outcome: str, reward: float, rewrite=None
+) -> Episode:
+    """An episode that showed `text`, one log-prob per whitespace-separated word spread over its tokens."""
+    ids, logprobs = [], []
+    for i, word in enumerate(text.split(" ")):
+        piece = tokenizer.encode(word if i == 0 else " " + word, add_special_tokens=False)
+        ids += piece
+        logprobs += [logprobs_of_words[i]] * len(piece)
+    return Episode(
+        seq=seq,
+        completion_id=f"c{seq}",
+        user_id="u",
+        model_version="base",
+        prompt_ids=tokenizer.encode("x = ", add_special_tokens=False),
+        completion_ids=ids,
+        token_logprobs=logprobs,
+        temperature=0.7,
+        text=text,
+        outcome=outcome,
+        reward=reward,
+        created_at=0.0,
+        finalized_at=0.0,
+        rewrite=rewrite,
+    )

@@ -39,6 +39,7 @@ from trainer.client import BackendClient
 from trainer.corrections import wanted_ids
 from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
 from trainer.objectives.pg import PGConfig
+from trainer.replay import load_replay
 from trainer.selection import select_episodes
 from trainer.session import LoadedPolicy, PolicyCache
 from trainer.state import TrainerState, load_state, save_state
@@ -49,6 +50,9 @@ log = logging.getLogger("flywheel.trainer")
 
 # Below this many kept episodes none are held out: the SNIS check would have nothing to go on.
 MIN_EPISODES_TO_HOLD_OUT = 20
+# Windows of general code a cycle's replay term draws from (a fresh set each cycle, by its seed):
+# 512 windows of 256 tokens, about 0.5 MB of code, a few seconds to read and tokenize.
+REPLAY_WINDOWS = 512
 
 
 @dataclass
@@ -106,6 +110,11 @@ def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Setti
             measure_kl_after=False,
             wanted=[wanted_ids(policy.tokenizer, e, objective.correction_max_tokens) for e in episodes]
             if objective.correction_coef > 0
+            else None,
+            replay=load_replay(
+                policy.tokenizer, cfg.replay_sources, objective.replay_window_tokens, REPLAY_WINDOWS, seed
+            )
+            if objective.replay_coef > 0
             else None,
             **common,
         )

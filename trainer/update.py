@@ -12,6 +12,7 @@ from torch import Tensor
 from backend.wire import Episode
 from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
 from trainer.objectives.pg import PGConfig, compute_advantages, correction_loss, pg_loss
+from trainer.replay import ReplayText, replay_loss
 
 
 def episode_batch(episodes: Sequence[Episode], device: torch.device) -> CompletionBatch:
@@ -70,11 +71,13 @@ def train_on_episodes(
     kl_budget: float | None = None,
     measure_kl_after: bool = True,
     wanted: Sequence[list[int] | None] | None = None,
+    replay: ReplayText | None = None,
 ) -> dict[str, float]:
     """Updates the adapter in place; returns the update's figures (step means, KL after).
 
     `wanted[i]`: the tokens the user wanted instead of episode i's completion (trainer/corrections.py),
-    imitated with weight `config.correction_coef`; None where there are none.
+    imitated with weight `config.correction_coef`; None where there are none. `replay`: general code
+    whose next-token loss is added with weight `config.replay_coef`, `config.replay_windows` windows a step.
 
     `kl_budget` bounds how far this update may move the policy from `parent_version`, the version
     it started from: before each step, KL(parent ‖ current) per token is estimated on the
@@ -107,6 +110,7 @@ def train_on_episodes(
     sums: dict[str, float] = defaultdict(float)
     steps, kl_parent_max, kl_stopped = 0, 0.0, False
     correction_nlls: list[float] = []
+    replay_nlls: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(len(episodes), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
@@ -141,6 +145,10 @@ def train_on_episodes(
                 nll = correction_loss(*wanted_logprobs(model, episodes, wanted, corrected, device))
                 loss = loss + config.correction_coef * nll
                 correction_nlls.append(float(nll.detach()))
+            if replay is not None and config.replay_coef > 0:
+                nll = replay_loss(model, replay.sample(config.replay_windows, generator).to(device))
+                loss = loss + config.replay_coef * nll
+                replay_nlls.append(float(nll.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -159,6 +167,8 @@ def train_on_episodes(
     metrics["corrections"] = float(sum(w is not None for w in wanted))
     if correction_nlls:
         metrics["correction_nll"] = sum(correction_nlls) / len(correction_nlls)
+    if replay_nlls:
+        metrics["replay_nll"] = sum(replay_nlls) / len(replay_nlls)
     metrics["kl_stopped"] = float(kl_stopped)
     if measure_kl_after:
         full = ref if all(with_ref) else None

@@ -7,12 +7,16 @@ Per completion token t of episode i, with A_i the episode's advantage:
     surr_t  = max(surr_t, c · A_i)   where A_i < 0                   dual clip: the ratio cap c
     k3_t    = exp(ref_t − logp_t) − (ref_t − logp_t) − 1            KL(policy ‖ base), k3 estimator
     loss    = mean_i  Σ_t ( −surr_t + β · k3_t )  +  λ · mean_(j,u) −log π(w_ju | prompt_j, w_j<u)
+                                                  +  γ · mean_(k,v) −log π(g_kv | g_k<v)
 
 The last term imitates corrections: w_j is what the user wanted where episode j's suggestion was
 (what they wrote instead after rejecting it, or the edited text that survived an acceptance; see
 trainer/corrections.py), averaged over its tokens u. The policy gradient alone learns only from
 what the policy sampled, and a weak policy rarely samples what the user meant; the user's own text
 at that spot says it outright, for every rejection.
+
+The γ term is PPO-ptx's pretraining mix: next-token loss on windows g_k of general code
+(trainer/replay.py), so that learning one team's text does not cost the rest of what the model knows.
 
 The reference log-probs `ref` come from the same peft model with its adapter switched off (the base
 model), so no second model sits in memory. Tokens are summed within an episode because the reward
@@ -51,6 +55,10 @@ class PGConfig:
     # λ: weight of the correction term (0 switches it off), and the most tokens imitated per episode.
     correction_coef: float = 1.0
     correction_max_tokens: int = 64
+    # γ: weight of the replay term (0 switches it off); windows of general code per step, their length.
+    replay_coef: float = 1.0
+    replay_windows: int = 4
+    replay_window_tokens: int = 256
 
 
 def compute_advantages(rewards: Tensor, config: PGConfig) -> Tensor:
