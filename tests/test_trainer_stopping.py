@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import build_tokenizer, one_thread, save_tiny_model
+from test_trainer_support import build_tokenizer, one_thread, save_tiny_model, shown
 
-from backend.wire import Episode
 from flywheel.config import RewardConfig, TrainerConfig
 from trainer.corrections import wanted_ids, wanted_text
 from trainer.objectives.pg import PGConfig
@@ -17,33 +16,6 @@ from trainer.stopping import HindsightSet, first_below, fit_stop_logprob
 from trainer.update import train_on_episodes, wanted_logprobs
 
 REWARDS = RewardConfig()
-
-
-def shown(
-    tokenizer, seq: int, text: str, logprobs_of_words: list[float], outcome: str, reward: float, rewrite=None
-) -> Episode:
-    """An episode that showed `text`, one log-prob per whitespace-separated word spread over its tokens."""
-    ids, logprobs = [], []
-    for i, word in enumerate(text.split(" ")):
-        piece = tokenizer.encode(word if i == 0 else " " + word, add_special_tokens=False)
-        ids += piece
-        logprobs += [logprobs_of_words[i]] * len(piece)
-    return Episode(
-        seq=seq,
-        completion_id=f"c{seq}",
-        user_id="u",
-        model_version="base",
-        prompt_ids=tokenizer.encode("x = ", add_special_tokens=False),
-        completion_ids=ids,
-        token_logprobs=logprobs,
-        temperature=0.7,
-        text=text,
-        outcome=outcome,
-        reward=reward,
-        created_at=0.0,
-        finalized_at=0.0,
-        rewrite=rewrite,
-    )
 
 
 def test_first_below_finds_the_token_serving_would_cut_before() -> None:
@@ -74,6 +46,30 @@ def test_no_cut_when_the_unsure_tails_were_what_users_kept() -> None:
     assert fit_stop_logprob(tokenizer, kept, REWARDS, current=None).stop_logprob is None
     # Too few shown episodes to go on: the live version's cut stays.
     assert fit_stop_logprob(tokenizer, kept[:5], REWARDS, current=-3.0).stop_logprob == -3.0
+
+
+def test_no_cut_when_its_gain_in_characters_rests_on_a_few_episodes() -> None:
+    """A cut that would rescue four dismissed lines and shorten twenty taken ones keeps a little
+    more in the mean, and much more reward, but the characters are not surely kept: no cut."""
+    tokenizer = build_tokenizer()
+    rescued = [
+        shown(tokenizer, i, "return self value", [-0.2, -0.3, -5.0], "rejected", -0.25, "return self.key")
+        for i in range(4)
+    ]
+    shortened = [
+        shown(tokenizer, 100 + i, "return self x", [-0.2, -0.3, -5.0], "accepted", 0.75) for i in range(20)
+    ]
+    episodes = rescued + shortened
+    scored = HindsightSet(tokenizer, episodes, REWARDS)
+    assert scored.estimate(-3.0).kept_chars > scored.estimate(None).kept_chars
+    assert scored.estimate(-3.0).reward > scored.estimate(None).reward
+    assert scored.kept_chars_bound(-3.0, None) < 0
+    assert fit_stop_logprob(tokenizer, episodes, REWARDS, current=None).stop_logprob is None
+    # Forty rescued lines instead of four: the gain is sure, and the cut is learned.
+    many = [e.model_copy(update={"completion_id": f"r{n}"}) for n in range(10) for e in rescued]
+    surer = HindsightSet(tokenizer, many + shortened, REWARDS)
+    assert surer.kept_chars_bound(-3.0, None) > scored.kept_chars_bound(-3.0, None)
+    assert fit_stop_logprob(tokenizer, many + shortened, REWARDS, current=None).stop_logprob is not None
 
 
 def test_hindsight_scores_a_cut_to_nothing_as_an_abstention() -> None:
