@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from backend.rewards import ACCEPTED_OUTCOMES, retained_share
 from backend.wire import SimulationCycle, SimulationReport
 from flywheel.config import RewardConfig
@@ -51,10 +53,73 @@ class CycleRow:
     trainer_s: float | None = None
 
 
+def kept_chars(episode: dict[str, Any], rewards: RewardConfig) -> float:
+    """Characters of an episode's suggestion its user accepted and kept (0 when not accepted)."""
+    if episode["outcome"] not in ACCEPTED_OUTCOMES:
+        return 0.0
+    return retained_share(episode["reward"], rewards) * len(episode["text"])
+
+
+@dataclass
+class RoundSamples:
+    """An evaluation round per unit: each rated suggestion accepted or not, each request's kept
+    characters (requests that got no episode kept none)."""
+
+    live_version: str
+    accepted: list[float]
+    kept_per_request: list[float]
+
+    @classmethod
+    def of(
+        cls, live: str, requests: int, episodes: Sequence[dict[str, Any]], rewards: RewardConfig
+    ) -> RoundSamples:
+        rated = [e for e in episodes if e["outcome"] != "abstained"]
+        kept = [kept_chars(e, rewards) for e in episodes]
+        return cls(
+            live,
+            [float(e["outcome"] in ACCEPTED_OUTCOMES) for e in rated],
+            kept + [0.0] * max(0, requests - len(kept)),
+        )
+
+
+def ratio_interval(
+    before: Sequence[float], after: Sequence[float], resamples: int = 4000, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """mean(after) / mean(before) with its 95% percentile bootstrap interval, each side resampled
+    on its own (two rounds are independent samples of requests); None when before's mean is 0."""
+    a, b = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if not len(a) or not len(b) or a.mean() == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means_a = a[rng.integers(len(a), size=(resamples, len(a)))].mean(axis=1)
+    means_b = b[rng.integers(len(b), size=(resamples, len(b)))].mean(axis=1)
+    # A resample of `before` with mean 0 has no ratio; it is left out of the percentiles.
+    ratios = means_b[means_a > 0] / means_a[means_a > 0]
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(b.mean() / a.mean()), float(low), float(high)
+
+
+def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
+    """Cycle 0 against the last cycle, and against every round the last live version served
+    pooled (one round's figures move by a tenth or more between rounds of the same model)."""
+    first, last = rounds[0], rounds[-1]
+    pooled = [r for r in rounds[1:] if r.live_version == last.live_version] or [last]
+    summary: dict[str, Any] = {"cycles": len(rounds) - 1, "live_version": last.live_version}
+    for name, after in (("last_cycle", [last]), (f"rounds_of_{last.live_version}", pooled)):
+        figures: dict[str, Any] = {"rounds": len(after)}
+        for figure, field_name in (("accept_rate", "accepted"), ("arc_per_request", "kept_per_request")):
+            before_values = getattr(first, field_name)
+            after_values = [v for r in after for v in getattr(r, field_name)]
+            interval = ratio_interval(before_values, after_values)
+            figures[figure] = None if interval is None else {"ratio": interval[0], "ci95": list(interval[1:])}
+        summary[name] = figures
+    return summary
+
+
 def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], rewards: RewardConfig) -> dict:
     rated = [e for e in episodes if e["outcome"] != "abstained"]
     accepted = [e for e in rated if e["outcome"] in ACCEPTED_OUTCOMES]
-    arc = sum(retained_share(e["reward"], rewards) * len(e["text"]) for e in accepted)
+    arc = sum(kept_chars(e, rewards) for e in accepted)
     return {
         "requests": stats.requests,
         "shown": stats.shown,

@@ -32,7 +32,15 @@ from simulate.corpus import SourceFile, held_out_corpus, load_corpus, split_eval
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor
 from simulate.profiles import Profile, assign_profiles
-from simulate.report import CycleRow, plot, round_figures, simulation_report, write_csv
+from simulate.report import (
+    CycleRow,
+    RoundSamples,
+    learning_summary,
+    plot,
+    round_figures,
+    simulation_report,
+    write_csv,
+)
 from simulate.services import (
     Backend,
     exclude_from_training,
@@ -99,6 +107,7 @@ class Simulation:
         self.env = simulation_env(config.model, self.data_dir, free_port(), config.episode_window_s)
         self.backend = Backend(self.env, config.out / "backend.log")
         self.developers: list[SimDeveloper] = []
+        self.samples: list[RoundSamples] = []
         self.cursor = 0
         self.run_id = uuid.uuid4().hex[:12]
         self.started_at = time.time()
@@ -168,6 +177,7 @@ class Simulation:
                 "cycle %d: the trainer had episodes waiting; evaluation episodes may be trained on", cycle
             )
         live = await asyncio.to_thread(self.backend.live_version)
+        self.samples.append(RoundSamples.of(live, result.stats.requests, result.episodes, self.rewards))
         return CycleRow(cycle, live, **round_figures(result.stats, result.episodes, self.rewards))
 
     async def train(self, cycle: int, training: list[SourceFile]) -> dict[str, Any]:
@@ -229,7 +239,22 @@ class Simulation:
             rows.append(row)
             self.write(rows)
         await self.write_users()
+        self.write_summary()
         return rows
+
+    def write_summary(self) -> None:
+        """summary.json: the learning ratios with bootstrap intervals, also logged."""
+        summary = learning_summary(self.samples)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for name in ("last_cycle", f"rounds_of_{summary['live_version']}"):
+            figures = summary[name]
+            log.info(
+                "%s (%d rounds) over cycle 0: accept rate %s, ARC per request %s",
+                name,
+                figures["rounds"],
+                _fmt_ratio(figures["accept_rate"]),
+                _fmt_ratio(figures["arc_per_request"]),
+            )
 
     def write(self, rows: list[CycleRow]) -> None:
         self.fill_perplexity(rows, self.backend.checkpoints())
@@ -302,6 +327,13 @@ class Simulation:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _fmt_ratio(figure: dict[str, Any] | None) -> str:
+    if figure is None:
+        return "- (nothing in cycle 0)"
+    low, high = figure["ci95"]
+    return f"{figure['ratio']:.2f}x (95% CI {low:.2f}-{high:.2f})"
 
 
 async def simulate(config: SimulationConfig) -> list[CycleRow]:

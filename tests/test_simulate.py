@@ -23,7 +23,7 @@ from backend.wire import SimulationCycle
 from simulate.corpus import header_length, load_corpus
 from simulate.developer import right_words, trigger_points
 from simulate.editor import word_steps
-from simulate.report import CycleRow, simulation_report
+from simulate.report import CycleRow, RoundSamples, learning_summary, ratio_interval, simulation_report
 from simulate.run import _clear_previous_run
 
 # Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
@@ -91,6 +91,12 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     users = json.loads((out / "users.json").read_text())
     assert {user["profile"] for user in users.values()} == {"honest", "adversarial"}
     assert all(user["episodes"] > 0 for user in users.values()), users
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cycles"] == 2 and summary["live_version"] == rows[-1]["live_version"]
+    assert set(summary) == {"cycles", "live_version", "last_cycle", f"rounds_of_{rows[-1]['live_version']}"}
+    for figure in ("accept_rate", "arc_per_request"):
+        last = summary["last_cycle"][figure]
+        assert last is None or last["ci95"][0] <= last["ratio"] <= last["ci95"][1]
 
     # Each cycle's figures went to the backend for its dashboard, announced at the start.
     assert "/admin" in done.stderr
@@ -165,6 +171,22 @@ async def stored_simulation_report(database: Path) -> dict:
         return await store.get_setting("simulation_report")
     finally:
         await store.close()
+
+
+def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> None:
+    before = RoundSamples("base", [1.0, 0.0, 0.0, 0.0] * 50, [8.0, 0.0, 0.0, 0.0] * 100)
+    better = RoundSamples("v2", [1.0, 1.0, 0.0, 0.0] * 50, [8.0, 8.0, 0.0, 0.0] * 100)
+    ratio, low, high = ratio_interval(before.accepted, better.accepted)
+    assert ratio == pytest.approx(2.0) and low < 2.0 < high and low > 1.0
+    summary = learning_summary([before, better, better, better])
+    single, pooled = summary["last_cycle"], summary["rounds_of_v2"]
+    assert (single["rounds"], pooled["rounds"]) == (1, 3)
+    for figure in ("accept_rate", "arc_per_request"):
+        assert single[figure]["ratio"] == pytest.approx(pooled[figure]["ratio"]) == pytest.approx(2.0)
+        (pooled_low, pooled_high), (single_low, single_high) = pooled[figure]["ci95"], single[figure]["ci95"]
+        assert pooled_high - pooled_low < single_high - single_low
+    # Nothing accepted in cycle 0: no ratio, rather than an infinite one.
+    assert ratio_interval([0.0] * 10, [1.0] * 10) is None
 
 
 def test_report_carries_every_cycle_figure_and_only_finite_numbers() -> None:
