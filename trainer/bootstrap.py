@@ -254,13 +254,14 @@ def train(
     start = time.monotonic()
     step = tokens = 0
     losses: list[float] = []
+    # The bar counts what ends the run: steps when the preset fixes them, else seconds of budget.
+    unit = "steps" if preset.steps else "s"
     bar = tqdm(
-        total=budget_s,
-        unit="s",
+        total=preset.steps or budget_s,
         desc="bootstrap",
         disable=not progress,
         mininterval=1.0,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f}s {postfix}",
+        bar_format=f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| {{n:.0f}}/{{total:.0f}} {unit} {{postfix}}",
     )
     while True:
         elapsed = time.monotonic() - start
@@ -284,8 +285,9 @@ def train(
         step += 1
         tokens += int((labels != -100).sum())
         losses.append(loss.item())
-        bar.n = min(time.monotonic() - start, bar.total)
-        bar.set_postfix_str(f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f} {tokens / bar.n:.0f} tok/s")
+        bar.n = step if preset.steps else min(time.monotonic() - start, bar.total)
+        rate = tokens / max(time.monotonic() - start, 1e-9)
+        bar.set_postfix_str(f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f} {rate:.0f} tok/s")
     bar.close()
     head, tail = losses[: max(len(losses) // 10, 1)], losses[-max(len(losses) // 10, 1) :]
     return {
