@@ -50,6 +50,13 @@ class Database:
             await self.reader.close()
             await self._writer.close()
 
+    async def write_one(self, sql: str, parameters: tuple[object, ...]) -> None:
+        """One statement, its own transaction: one hand-off to the writer's thread instead of the
+        three of BEGIN, the statement and COMMIT (each completion served is one such row)."""
+        async with self._lock:
+            # execute_fetchall runs and finishes the statement on the writer's thread in one call.
+            await self._writer.execute_fetchall(sql, parameters)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: committed on exit, rolled back if the body raises."""
