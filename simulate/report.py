@@ -116,10 +116,8 @@ def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
     return summary
 
 
-def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], rewards: RewardConfig) -> dict:
-    rated = [e for e in episodes if e["outcome"] != "abstained"]
-    accepted = [e for e in rated if e["outcome"] in ACCEPTED_OUTCOMES]
-    arc = sum(kept_chars(e, rewards) for e in accepted)
+def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], samples: RoundSamples) -> dict:
+    """A round's row figures: counts from the editors, rates from the episodes (`samples`)."""
     return {
         "requests": stats.requests,
         "shown": stats.shown,
@@ -129,8 +127,8 @@ def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], reward
         "partial": stats.partial,
         "dismissed": stats.dismissed,
         "episodes": len(episodes),
-        "accept_rate": len(accepted) / len(rated) if rated else None,
-        "arc_per_100": 100 * arc / stats.requests if stats.requests else None,
+        "accept_rate": sum(samples.accepted) / len(samples.accepted) if samples.accepted else None,
+        "arc_per_100": 100 * sum(samples.kept_per_request) / stats.requests if stats.requests else None,
         "mean_reward": sum(e["reward"] for e in episodes) / len(episodes) if episodes else None,
     }
 

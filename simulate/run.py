@@ -177,8 +177,9 @@ class Simulation:
                 "cycle %d: the trainer had episodes waiting; evaluation episodes may be trained on", cycle
             )
         live = await asyncio.to_thread(self.backend.live_version)
-        self.samples.append(RoundSamples.of(live, result.stats.requests, result.episodes, self.rewards))
-        return CycleRow(cycle, live, **round_figures(result.stats, result.episodes, self.rewards))
+        samples = RoundSamples.of(live, result.stats.requests, result.episodes, self.rewards)
+        self.samples.append(samples)
+        return CycleRow(cycle, live, **round_figures(result.stats, result.episodes, samples))
 
     async def train(self, cycle: int, training: list[SourceFile]) -> dict[str, Any]:
         files = training_batch(training, cycle - 1, self.config.files_per_round)

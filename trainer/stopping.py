@@ -144,11 +144,19 @@ class HindsightSet:
         self.shown = [_Hindsight(tokenizer, e, rewards) for e in episodes if e.text]
         self._silent = sum(e.reward for e in episodes if not e.text)
         self.size = len(episodes)
+        # Each threshold's outcomes, scored once: the fit reads the current one's for every other.
+        self._outcomes: dict[float | None, list[tuple[float, float]]] = {}
+
+    def outcomes(self, threshold: float | None) -> list[tuple[float, float]]:
+        """(reward, characters kept) of each shown episode cut at `threshold`."""
+        if threshold not in self._outcomes:
+            self._outcomes[threshold] = [h.outcome(threshold) for h in self.shown]
+        return self._outcomes[threshold]
 
     def estimate(self, threshold: float | None) -> Estimate:
         if not self.size:
             return Estimate(0.0, 0.0)
-        outcomes = [h.outcome(threshold) for h in self.shown]
+        outcomes = self.outcomes(threshold)
         reward = self._silent + sum(r for r, _ in outcomes)
         return Estimate(reward / self.size, sum(c for _, c in outcomes) / self.size)
 
@@ -156,7 +164,8 @@ class HindsightSet:
         """One-sided 95% lower bound on the mean per-request difference in characters kept,
         `threshold` minus `reference`, paired over the same episodes (silent ones differ by 0)."""
         diffs = np.zeros(self.size)
-        diffs[: len(self.shown)] = [h.outcome(threshold)[1] - h.outcome(reference)[1] for h in self.shown]
+        cut, ref = self.outcomes(threshold), self.outcomes(reference)
+        diffs[: len(self.shown)] = [kept - before for (_, kept), (_, before) in zip(cut, ref, strict=True)]
         if self.size < 2:
             return float(diffs.mean()) if self.size else 0.0
         return float(diffs.mean() - NON_INFERIORITY_Z * diffs.std(ddof=1) / math.sqrt(self.size))
