@@ -66,6 +66,9 @@ class Suggestion:
     # An edit brought two or more of its characters at once: the editor inserted or pasted it.
     inserted_in_one_piece: bool = False
     inserted: bool = False
+    # The client dismissed it after accepting part of it: what was accepted is still followed,
+    # the rest is never offered again.
+    dismissed: bool = False
     checks_done: int = 0
     delays: tuple[float, ...] = field(default_factory=tuple)
 
@@ -155,6 +158,8 @@ class Tracker:
         for s in self._suggestions.values():
             if s.uri != uri or s.end != offset or s.end - s.start >= len(s.text) or s.range.wiped:
                 continue
+            if s.dismissed:
+                continue
             if not s.inserted or self._untouched(s):
                 return s
         return None
@@ -199,6 +204,7 @@ class Tracker:
         s = self._suggestions.get(completion_id)
         if s is None:
             return False
+        s.dismissed = True
         if not s.accepted:
             self._end_unaccepted(s, None)
         return True

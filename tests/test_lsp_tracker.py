@@ -153,6 +153,21 @@ def test_accept_command_before_the_insertion_keeps_following_the_insertion() -> 
     assert ed.tracker.accept("nope") is False
 
 
+def test_a_partly_accepted_suggestion_once_dismissed_is_never_offered_again() -> None:
+    ed = Editor("x = foo.\n")
+    offset = ed.serve("c1", 0, 8, "bar(baz)")
+    ed.change((0, 8), (0, 8), "bar")  # the editor inserts the accepted word
+    assert ed.tracker.partially_accept("c1", 3) is True
+    s = ed.tracker.pending_at(URI, offset + 3)
+    assert s is not None and s.completion_id == "c1"  # typing on into it keeps the rest
+    assert ed.tracker.reject("c1") is True
+    assert ed.tracker.pending_at(URI, offset + 3) is None
+    # What was accepted is still followed and measured.
+    ed.wait(2.5)
+    assert ed.kinds() == ["shown", "partially_accepted", "survival", "survival"]
+    assert ed.last("survival")["retained_chars"] == 3
+
+
 def test_survival_checks_measure_what_still_stands_at_each_delay() -> None:
     ed = Editor("x = foo.\n", delays=(1.0, 2.0))
     ed.serve("c1", 0, 8, "bar()")
