@@ -21,15 +21,15 @@ from uuid6 import uuid7
 
 from backend import admin_routes, checkpoints
 from backend.auth import Authenticator
-from backend.batching import PolicyWorker
+from backend.batching import ModelProcessError, PolicyWorker
 from backend.deps import State, admin_only, client_only
 from backend.finalize import run_finalizer
 from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
 from backend.metrics import Metrics
+from backend.model_messages import Request as PolicyRequest
+from backend.model_process import LoopConfig
 from backend.retention import run_retention
-from backend.serving import Policy, use_cpu_threads
-from backend.serving import Request as PolicyRequest
 from backend.store import Store
 from backend.wire import (
     ADAPTER_FILES,
@@ -67,25 +67,17 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await Store.open(settings.database_path)
-        policy = await asyncio.to_thread(
-            Policy,
-            settings.base_model,
-            fim=settings.model.fim,
-            temperature=settings.model.temperature,
-            max_new_tokens=settings.model.max_new_tokens,
-            context_tokens=settings.model.context_tokens,
-            device=settings.model.device,
-        )
-        if policy.device.type == "cpu":
-            log.info("serving on %d CPU threads", use_cpu_threads(settings.model.threads))
         worker = PolicyWorker(
-            policy,
-            settings.backend.batch_window_ms,
-            settings.backend.max_batch,
-            settings.backend.join_min,
-            settings.backend.join_wait_steps,
+            LoopConfig(
+                settings.base_model,
+                settings.model,
+                settings.backend.batch_window_ms,
+                settings.backend.max_batch,
+                settings.backend.join_min,
+                settings.backend.join_wait_steps,
+            )
         )
-        worker.start()
+        await worker.start()
         lifecycle = Lifecycle(settings, store, worker)
         await lifecycle.apply_routing()
         auth = Authenticator(store, settings.backend.token)
@@ -100,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
             asyncio.create_task(lifecycle.run(stop)),
             asyncio.create_task(run_retention(store, settings, stop)),
         ]
-        log.info("backend ready: model %s, live version %s", settings.base_model, policy.live)
+        log.info("backend ready: model %s, live version %s", settings.base_model, worker.policy.live)
         try:
             yield
         finally:
@@ -125,6 +117,8 @@ def _json(model: BaseModel) -> Response:
 def _add_routes(app: FastAPI) -> None:
     @app.get("/healthz")
     async def healthz(state: State) -> dict[str, str | None]:
+        if state.worker.failure is not None:
+            raise HTTPException(503, f"model unavailable: {state.worker.failure}")
         policy = state.worker.policy
         return {"status": "ok", "live_version": policy.live, "canary_version": policy.canary}
 
@@ -132,7 +126,11 @@ def _add_routes(app: FastAPI) -> None:
     async def complete(body: CompleteRequest, request: Request, state: State) -> Response:
         started = time.perf_counter()
         job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, body.user_id)
-        sample = await state.worker.complete(job, gone=request.is_disconnected)
+        try:
+            sample = await state.worker.complete(job, gone=request.is_disconnected)
+        except ModelProcessError as error:
+            # The editor may simply ask again: a new model process is starting.
+            raise HTTPException(503, f"model unavailable: {error}") from error
         latency_ms = (time.perf_counter() - started) * 1000
         completion_id = uuid7().hex
         await state.store.record_completion(
@@ -190,7 +188,7 @@ def _add_routes(app: FastAPI) -> None:
         return ModelInfo(
             base_model=state.base_model,
             live_version=policy.live,
-            fim=policy.fim.name,
+            fim=policy.fim,
             temperature=policy.temperature,
             canary_version=policy.canary,
             stop_logprob=policy.stop_logprobs.get(policy.live),

@@ -1,29 +1,37 @@
-"""Batching: requests share one continuous decoding loop (backend/decoding.py).
+"""The HTTP process's handle on the model process (backend/model_process.py).
 
-An idle loop starts with the requests arriving within a short window of the first; after that,
-requests join between steps while there is room, a few at a time: each join is a prefill forward
-pass, which costs a small model about the same for one request as for four. All model work
-(steps, installing adapters, re-routing) runs on one worker thread, in order, so a hot swap lands
-between two steps and never inside one. Adapter files are read off that thread, so the worker
-only pays for copying weights in.
+Requests wait here, in the event loop, until the batch has room: only then is a request whose
+client has gone dropped or sent on, so a queue that backs up costs no prefill for editors that
+stopped waiting. Replies come back over the pipe and resolve their futures from the event loop's
+reader callback. If the model process dies, its requests fail, and a new one is started with the
+adapters that were being served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import multiprocessing
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from backend.decoding import Decoding
-from backend.serving import Policy, Request, Sample, prepare_adapter
+from backend.model_messages import PolicyState, Request, Sample
+from backend.model_process import LoopConfig, serve
+from backend.wire import BASE_VERSION
 
 log = logging.getLogger(__name__)
 
 Gone = Callable[[], Awaitable[bool]]
+
+
+class ModelProcessError(RuntimeError):
+    """The model process could not load its model, or exited."""
 
 
 @dataclass
@@ -34,37 +42,37 @@ class _Job:
 
 
 class PolicyWorker:
-    def __init__(
-        self,
-        policy: Policy,
-        window_ms: float = 5.0,
-        max_batch: int = 16,
-        join_min: int = 4,
-        join_wait_steps: int = 3,
-    ) -> None:
-        self.policy = policy
-        self.window_s = window_ms / 1000
-        self.max_batch = max_batch
-        self.join_min = join_min
-        self.join_wait_steps = join_wait_steps
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+    # As of the model process's last reply; set once it is ready.
+    policy: PolicyState
+
+    def __init__(self, config: LoopConfig) -> None:
+        self.config = config
+        self.batches = 0  # decoding loops started from idle
+        self.dropped = 0  # requests dropped because their client had gone
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(config.max_batch)
+        self._running: dict[int, _Job] = {}
+        self._calls: dict[int, asyncio.Future[PolicyState]] = {}
+        self._keys = itertools.count()
+        # Control calls may go once the model process is up; requests once it serves what the
+        # last one served (a restarted process re-installs its adapters first).
+        self._connected = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._started: asyncio.Future[PolicyState] | None = None
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
         self._driver: asyncio.Task[None] | None = None
-        # Read by the worker thread between steps: plain ints, so no lock is needed.
-        self._controls_waiting = 0
-        self.batches = 0
-        self.dropped = 0
+        self._restart: asyncio.Task[None] | None = None
+        self._adapters: dict[str, Path] = {}
+        self._closing = False
+        # Why nothing can be served (a model process that could not be restarted); None: all well.
+        self._failure: Exception | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the model process and wait until its model is loaded."""
+        await self._spawn()
+        self._ready.set()
         self._driver = asyncio.create_task(self._drive(), name="decoding-driver")
-
-    async def run(self, fn: Any, *args: Any) -> Any:
-        """Run `fn` on the model's thread between two decoding steps."""
-        self._controls_waiting += 1
-        try:
-            return await self._on_model_thread(fn, *args)
-        finally:
-            self._controls_waiting -= 1
 
     async def complete(self, request: Request, gone: Gone | None = None) -> Sample:
         future: asyncio.Future[Sample] = asyncio.get_running_loop().create_future()
@@ -72,94 +80,174 @@ class PolicyWorker:
         return await future
 
     async def install(self, version: str, path: Path) -> None:
-        prepared = await asyncio.to_thread(prepare_adapter, version, path)
-        await self.run(self.policy.install, prepared)
+        """Install an adapter (a no-op when it is installed); it serves once routed to."""
+        self._adapters[version] = path
+        await self._call("install", version, str(path))
 
     async def route(self, live: str, canary: str | None, share: float) -> None:
-        await self.run(self.policy.route, live, canary, share)
+        await self._call("route", live, canary, share)
 
-    async def _on_model_thread(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _drive(self) -> None:
-        """Feed the decoding loop: new requests join between steps while there is room; the loop
-        hands the thread back whenever a request waits to join or an adapter swap waits to land."""
-        loop = asyncio.get_running_loop()
-        decoding = Decoding(self.policy)
-
-        def deliver(done: list[tuple[_Job, Sample]]) -> None:
-            # From the worker thread as rows complete: no editor waits for a longer completion.
-            for job, sample in done:
-                loop.call_soon_threadsafe(_resolve, job.future, sample)
-
-        while True:
-            if decoding.size == 0:
-                jobs = await self._window()
-                self.batches += 1
-            else:
-                jobs = []
-                room = self._room(decoding)
-                while len(jobs) < room and not self._queue.empty():
-                    jobs.append(self._queue.get_nowait())
-            live = [job for job in jobs if not job.future.done() and not await _gone(job)]
-            self.dropped += len(jobs) - len(live)
-            try:
-                await self._on_model_thread(self._decode, decoding, live, deliver)
-            except Exception as error:  # a failed step fails its requests, not the driver
-                log.exception("decoding %d requests failed", decoding.size + len(live))
-                failed = decoding.abandon() + live
-                for job in failed:
-                    if not job.future.done():
-                        loop.call_soon_threadsafe(job.future.set_exception, error)
-
-    def _decode(
-        self,
-        decoding: Decoding,
-        joining: list[_Job],
-        deliver: Callable[[list[tuple[_Job, Sample]]], None],
-    ) -> None:
-        """On the worker thread: let `joining` in, then step until the batch is empty, an adapter
-        swap waits, or enough requests wait to join (or one has waited long enough)."""
-        if joining:
-            deliver(decoding.join([(job, job.request) for job in joining]))
-        waited = 0  # steps run while a request waited to join
-        while decoding.size:
-            deliver(decoding.step())
-            if self._controls_waiting:
-                break
-            room = self._room(decoding)
-            waiting = min(self._queue.qsize(), room)
-            waited = waited + 1 if waiting else 0
-            if waiting and (waiting >= min(room, self.join_min) or waited >= self.join_wait_steps):
-                break
-        self.policy.prune()
-
-    def _room(self, decoding: Decoding) -> int:
-        """How many requests may join the running loop now."""
-        return self.max_batch - decoding.size if decoding.can_join() else 0
-
-    async def _window(self) -> list[_Job]:
-        """The first request, and those arriving within the collection window after it."""
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        deadline = loop.time() + self.window_s
-        while len(batch) < self.max_batch:
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
-            except TimeoutError:
-                break
-        return batch
+    @property
+    def failure(self) -> Exception | None:
+        """Why nothing can be served (a model process that could not be restarted); None if all is well."""
+        return self._failure
 
     async def close(self) -> None:
-        if self._driver is not None:
-            self._driver.cancel()
-            await asyncio.gather(self._driver, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._closing = True
+        for task in (self._driver, self._restart):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._conn is not None:
+            with contextlib.suppress(OSError):  # already gone
+                self._conn.send(("stop",))
+        await asyncio.to_thread(self._reap)
+        self._disconnect()
+        self._lost(ModelProcessError("the backend is shutting down"))
 
+    # The model process's life.
 
-def _resolve(future: asyncio.Future[Sample], sample: Sample) -> None:
-    if not future.done():
-        future.set_result(sample)
+    async def _spawn(self) -> None:
+        context = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded process
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=serve, args=(theirs, self.config), name="flywheel-model", daemon=True
+        )
+        await asyncio.to_thread(process.start)
+        theirs.close()
+        loop = asyncio.get_running_loop()
+        self._process, self._conn = process, ours
+        self._started = loop.create_future()
+        loop.add_reader(ours.fileno(), self._on_readable)
+        self.policy = await self._started
+        log.info("model process %d ready: live %s", process.pid, self.policy.live)
+        self._connected.set()
+
+    def _reap(self) -> None:
+        if self._process is None:
+            return
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    def _on_readable(self) -> None:
+        assert self._conn is not None
+        try:
+            while self._conn.poll():
+                self._dispatch(self._conn.recv())
+        except (EOFError, OSError):
+            was_serving = self._ready.is_set()
+            self._disconnect()
+            self._lost(ModelProcessError("the model process exited"))
+            if was_serving and not self._closing:
+                self._restart = asyncio.create_task(self._respawn(), name="model-restart")
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            for key, sample in message[1]:
+                self._finish(key, lambda future, sample=sample: future.set_result(sample))
+        elif kind == "failed":
+            _, keys, text = message
+            for key in keys:
+                self._finish(key, lambda future: future.set_exception(RuntimeError(text)))
+        elif kind == "reply":
+            _, call, state, error = message
+            future = self._calls.pop(call)
+            if error is not None:
+                kind_name, text = error
+                future.set_exception((ValueError if kind_name == "ValueError" else RuntimeError)(text))
+            else:
+                self.policy = state
+                future.set_result(state)
+        elif kind == "ready":
+            assert self._started is not None
+            self._started.set_result(message[1])
+        elif kind == "error":
+            assert self._started is not None
+            self._started.set_exception(ModelProcessError(f"the model failed to load:\n{message[1]}"))
+
+    def _finish(self, key: int, settle: Callable[[asyncio.Future[Sample]], None]) -> None:
+        job = self._running.pop(key)
+        self._slots.release()
+        if not job.future.done():  # its handler may have been cancelled meanwhile
+            settle(job.future)
+
+    def _disconnect(self) -> None:
+        self._connected.clear()
+        self._ready.clear()
+        if self._conn is not None:
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._conn.close()
+            self._conn = None
+
+    def _lost(self, error: Exception) -> None:
+        """Fail what the model process held: its requests and control calls."""
+        for key in list(self._running):
+            self._finish(key, lambda future: future.set_exception(error))
+        for future in self._calls.values():
+            if not future.done():
+                future.set_exception(error)
+        self._calls.clear()
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(error)
+
+    async def _respawn(self) -> None:
+        """A new model process serving what the last one served; if that fails, every request
+        from then on fails with the reason."""
+        await asyncio.to_thread(self._reap)
+        code = self._process.exitcode if self._process else None
+        log.error("the model process exited (code %s); starting a new one", code)
+        served = self.policy
+        try:
+            await self._spawn()
+            for version in (served.live, served.canary):
+                if version not in (None, BASE_VERSION) and version in self._adapters:
+                    await self.install(version, self._adapters[version])
+            await self.route(served.live, served.canary, served.canary_share)
+        except Exception as error:
+            log.exception("the model process could not be restarted")
+            self._failure = error
+            self._connected.set()
+        self._ready.set()
+
+    # Requests.
+
+    async def _drive(self) -> None:
+        """Send queued requests on while the batch has room, dropping those whose client has gone."""
+        while True:
+            job = await self._queue.get()
+            await self._slots.acquire()
+            await self._ready.wait()
+            if self._failure is not None:
+                job.future.set_exception(self._failure)
+                self._slots.release()
+                continue
+            if job.future.done() or await _gone(job):
+                self.dropped += 1
+                self._slots.release()
+                continue
+            key = next(self._keys)
+            if not self._running:
+                self.batches += 1
+            self._running[key] = job
+            self._send(("job", key, job.request))
+
+    async def _call(self, kind: str, *args: Any) -> PolicyState:
+        await self._connected.wait()
+        if self._failure is not None:
+            raise self._failure
+        call = next(self._keys)
+        future: asyncio.Future[PolicyState] = asyncio.get_running_loop().create_future()
+        self._calls[call] = future
+        self._send((kind, call, *args))
+        return await future
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        assert self._conn is not None
+        with contextlib.suppress(OSError):  # the process is gone: the reader fails what it held
+            self._conn.send(message)
 
 
 async def _gone(job: _Job) -> bool:

@@ -26,8 +26,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
 from backend.healing import TokenTexts, after_healed, healed_text
+from backend.model_messages import Request, Sample
 from backend.prompts import build_prompt_ids
-from backend.serving import PEFT_BASE, Policy, Request, Sample, returned_cache
+from backend.serving import PEFT_BASE, Policy, returned_cache
 from backend.wire import BASE_VERSION
 
 
@@ -199,10 +200,7 @@ class Decoding:
             **extra,
         )
         logprobs = torch.log_softmax(out.logits[:, -1].float() / policy.temperature, dim=-1)
-        # Exponential race: argmax log p_i − log E_i with E_i ~ Exp(1) picks i with probability p_i
-        # (among the allowed tokens, renormalized, where a mask sets the others to −inf).
-        race = self._healing_mask(rows, logprobs) - torch.empty_like(logprobs).exponential_().log()
-        chosen = race.argmax(dim=-1)
+        chosen = sample_rows(self._healing_mask(rows, logprobs))
         chosen_logprobs = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
         done: list[tuple[Any, Sample]] = []
         keep: list[int] = []
@@ -255,6 +253,20 @@ class Decoding:
             token_logprobs=row.logprobs,
             model_version=row.version,
         )
+
+
+def sample_rows(logprobs: Tensor) -> Tensor:
+    """One token index per row, drawn with probability exp(logprob), renormalized over the
+    tokens a mask left finite (the others are −inf, so their probability is 0).
+
+    By inverting each row's cumulative distribution at one uniform draw: a draw per row, not per
+    token (an exponential race draws one per token, and drawing 16 rows' worth took longer than
+    the small model's forward pass). The sum runs in float64 so that rounding loses no token."""
+    cdf = logprobs.double().exp().cumsum(dim=-1)
+    draw = torch.rand((logprobs.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    # `right`: the first token whose cumulative probability exceeds the draw (never a masked one:
+    # its cumulative probability equals its predecessor's).
+    return torch.searchsorted(cdf, draw, right=True)[:, 0].clamp(max=logprobs.shape[-1] - 1)
 
 
 def _splice(running: _Batch, joining: _Batch) -> _Batch:

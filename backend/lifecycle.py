@@ -43,7 +43,9 @@ class Lifecycle:
         live = await self.store.live_version()
         candidate = await self.canary_version()
         for version in (live, candidate):
-            if version not in (None, BASE_VERSION) and version not in self.worker.policy.installed():
+            # Installing an installed adapter is a no-op that keeps it: asking the model process
+            # is cheaper than a copy of its state that may lag behind it.
+            if version not in (None, BASE_VERSION):
                 path = await self.store.checkpoint_path(version)
                 assert path is not None
                 await self.worker.install(version, path)

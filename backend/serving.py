@@ -3,8 +3,9 @@
 Requests are decoded in one continuous loop over a KV cache (backend/decoding.py): each row is
 routed to its own adapter through peft's mixed-adapter batches (`adapter_names=`), so canary and
 live rows share a forward pass; a complete row leaves at once and new requests join between steps.
-Every call on the model runs on one worker thread (backend/batching.py), so an adapter is
-installed or dropped only between two steps, never inside one, and never while a row uses it.
+The model lives in its own process (backend/model_process.py), whose one loop runs every call on
+it in turn, so an adapter is installed or dropped only between two steps, never inside one, and
+never while a row uses it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from backend.model_messages import PolicyState
 from backend.prompts import FimFormat, detect_fim_format
 from backend.wire import BASE_VERSION, CHECKPOINT_METADATA, CheckpointMetadata
 
@@ -28,23 +30,6 @@ log = logging.getLogger(__name__)
 
 # peft's name for "no adapter" in a mixed-adapter batch.
 PEFT_BASE = "__base__"
-
-
-@dataclass
-class Sample:
-    text: str
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    token_logprobs: list[float]
-    model_version: str
-
-
-@dataclass
-class Request:
-    prefix: str
-    suffix: str
-    max_new_tokens: int | None
-    user_id: str
 
 
 @dataclass
@@ -150,11 +135,28 @@ class Policy:
     def installed(self) -> set[str]:
         return set(getattr(self.model, "peft_config", {}))
 
+    def state(self) -> PolicyState:
+        return PolicyState(
+            self.live,
+            self.canary,
+            self.canary_share,
+            self.temperature,
+            self.fim.name,
+            frozenset(self.installed()),
+            dict(self.stop_logprobs),
+        )
+
+    def keep(self, version: str) -> bool:
+        """Whether `version` is installed; if so it is kept, through any prune, until a route
+        routes it away again (it is wanted: a route to it comes next)."""
+        self._routed_away.discard(version)
+        return version in self.installed()
+
     def install(self, adapter: PreparedAdapter) -> None:
         """Add a prepared adapter under its version name (idempotent)."""
         from peft import PeftModel, set_peft_model_state_dict
 
-        if adapter.version in self.installed():
+        if self.keep(adapter.version):
             return
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(adapter.version, adapter.config)

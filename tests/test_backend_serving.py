@@ -10,9 +10,10 @@ import pytest
 import torch
 from conftest import make_adapter
 
-from backend.decoding import Decoding
+from backend.decoding import Decoding, sample_rows
+from backend.model_messages import Request, Sample
 from backend.prompts import build_prompt_ids
-from backend.serving import Policy, PreparedAdapter, Request, Sample, in_canary, prepare_adapter
+from backend.serving import Policy, PreparedAdapter, in_canary, prepare_adapter
 
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",
@@ -272,3 +273,17 @@ def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
         if sample.completion_ids and request.prefix.endswith((".", "(")):
             recorded = teacher_forced(policy, "v3", sample.prompt_ids, sample.completion_ids)
             assert sample.token_logprobs == pytest.approx(recorded, abs=1e-4)
+
+
+def test_sampling_draws_each_token_with_its_probability_and_never_a_masked_one() -> None:
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    logprobs = probs.log()
+    logprobs[1, 0] = float("-inf")  # masked: the rest of the row is renormalized
+    draws = 50_000
+    chosen = sample_rows(logprobs.repeat(draws, 1)).view(draws, 2)
+    share = torch.stack([torch.bincount(chosen[:, row], minlength=4) for row in range(2)]) / draws
+    expected = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 1 / 3, 1 / 3, 1 / 3]])
+    # Five standard errors of a share of 50,000 draws at most.
+    assert (share - expected).abs().max() < 5 * (0.25 / draws) ** 0.5
+    assert share[0, 1] == 0 and share[1, 0] == 0

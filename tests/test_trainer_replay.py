@@ -78,7 +78,13 @@ def test_replay_holds_general_code_while_corrections_are_learned(tmp_path: Path)
         policy = load_policy(str(tmp_path / "base"), None, TrainerConfig(), torch.device("cpu"))
         config = PGConfig(correction_coef=1.0, replay_coef=replay_coef, replay_windows=8)
         metrics = train_on_episodes(
-            policy, episodes, config, learning_rate=1e-2, batch_size=8, epochs=15, wanted=wanted,
+            policy,
+            episodes,
+            config,
+            learning_rate=1e-2,
+            batch_size=8,
+            epochs=15,
+            wanted=wanted,
             replay=replay,
         )
         assert ("replay_nll" in metrics) == (replay_coef > 0)
