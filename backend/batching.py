@@ -155,7 +155,10 @@ class PolicyWorker:
         elif kind == "reply":
             _, call, state, error = message
             future = self._calls.pop(call)
-            if error is not None:
+            if future.done():  # its caller was cancelled meanwhile
+                if state is not None:
+                    self.policy = state
+            elif error is not None:
                 kind_name, text = error
                 future.set_exception((ValueError if kind_name == "ValueError" else RuntimeError)(text))
             else:
