@@ -6,6 +6,7 @@ The admin dashboard, its actions and /metrics live in backend/admin_routes.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -66,40 +67,44 @@ class BackendState:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = await Store.open(settings.database_path)
-        worker = PolicyWorker(
-            LoopConfig(
-                settings.base_model,
-                settings.model,
-                settings.backend.batch_window_ms,
-                settings.backend.max_batch,
-                settings.backend.join_min,
-                settings.backend.join_wait_steps,
+        # Everything opened is closed again whatever fails after it: the store's thread alone
+        # would keep a backend whose model failed to load running, serving nothing.
+        async with contextlib.AsyncExitStack() as opened:
+            store = await Store.open(settings.database_path)
+            opened.push_async_callback(store.close)
+            worker = PolicyWorker(
+                LoopConfig(
+                    settings.base_model,
+                    settings.model,
+                    settings.backend.batch_window_ms,
+                    settings.backend.max_batch,
+                    settings.backend.join_min,
+                    settings.backend.join_wait_steps,
+                )
             )
-        )
-        await worker.start()
-        lifecycle = Lifecycle(settings, store, worker)
-        await lifecycle.apply_routing()
-        auth = Authenticator(store, settings.backend.token)
-        if await auth.is_open() and settings.backend.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("no access tokens, bound to %s: anyone reaching it may use it", settings.backend.host)
-        app.state.backend = BackendState(
-            settings, store, worker, lifecycle, auth, Metrics(worker), settings.base_model
-        )
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(run_finalizer(store, settings, stop)),
-            asyncio.create_task(lifecycle.run(stop)),
-            asyncio.create_task(run_retention(store, settings, stop)),
-        ]
-        log.info("backend ready: model %s, live version %s", settings.base_model, worker.policy.live)
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-            await worker.close()
-            await store.close()
+            opened.push_async_callback(worker.close)
+            await worker.start()
+            lifecycle = Lifecycle(settings, store, worker)
+            await lifecycle.apply_routing()
+            auth = Authenticator(store, settings.backend.token)
+            host = settings.backend.host
+            if await auth.is_open() and host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning("no access tokens, bound to %s: anyone reaching it may use it", host)
+            app.state.backend = BackendState(
+                settings, store, worker, lifecycle, auth, Metrics(worker), settings.base_model
+            )
+            stop = asyncio.Event()
+            tasks = [
+                asyncio.create_task(run_finalizer(store, settings, stop)),
+                asyncio.create_task(lifecycle.run(stop)),
+                asyncio.create_task(run_retention(store, settings, stop)),
+            ]
+            log.info("backend ready: model %s, live version %s", settings.base_model, worker.policy.live)
+            try:
+                yield
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
 
     app = FastAPI(title="Flywheel backend", lifespan=lifespan)
     app.add_middleware(BodyLimit, upload_bytes=settings.backend.max_request_bytes)

@@ -169,7 +169,8 @@ class PolicyWorker:
             self._started.set_result(message[1])
         elif kind == "error":
             assert self._started is not None
-            self._started.set_exception(ModelProcessError(f"the model failed to load:\n{message[1]}"))
+            name = self.config.model_name
+            self._started.set_exception(ModelProcessError(f"the model {name} failed to load:\n{message[1]}"))
 
     def _finish(self, key: int, settle: Callable[[asyncio.Future[Sample]], None]) -> None:
         job = self._running.pop(key)

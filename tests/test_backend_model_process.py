@@ -12,6 +12,9 @@ import psutil
 from backend_traffic import PREFIXES, upload
 from conftest import make_adapter, start_backend, stop_backend
 
+from flywheel import processes
+from flywheel.processes import stop_process
+
 
 def model_process(backend_pid: int) -> psutil.Process:
     children = [
@@ -54,3 +57,19 @@ def test_a_model_process_that_dies_is_replaced_serving_the_same_version(
     finally:
         stop_backend(server)
     assert "the model process exited" in server.log_path.read_text()
+
+
+def test_a_model_that_cannot_load_stops_the_backend_with_the_reason(tmp_path: Path) -> None:
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    data = tmp_path / "state"
+    data.mkdir()
+    env = processes.backend_env(not_a_model, data, processes.free_port())
+    backend = processes.spawn_backend(env, data / "backend.log")
+    try:
+        code = backend.wait(timeout=120)
+    finally:
+        stop_process(backend)
+    log = (data / "backend.log").read_text()
+    assert code != 0
+    assert f"the model {not_a_model} failed to load" in log
