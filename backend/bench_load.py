@@ -1,0 +1,173 @@
+"""`flywheel bench backend`'s load: sequential and concurrent completion clients, batches of
+outcome events, and traffic across hot swaps, all over loopback HTTP.
+
+aiohttp where the rate is the figure: the load generator shares the machine's cores with the
+backend, so its own cost per request is kept small (httpx parses in Python, aiohttp in C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+import numpy as np
+from uuid6 import uuid7
+
+from backend.wire import ADAPTER_FILES
+
+PREFIXES = [
+    "import os\n\ndef main():\n    path = os.",
+    "def add(a, b):\n    return",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.",
+    "for i in range(",
+    "import json\n\ndata = json.loads(text)\nfor key in data:\n    ",
+    "def read(path):\n    with open(path) as handle:\n        return handle.",
+]
+
+
+@dataclass
+class ClientRun:
+    """What the clients saw: per request its latency and number of tokens sampled."""
+
+    latencies: list[float] = field(default_factory=list)  # ms
+    tokens: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)  # s from the start, as each request ended
+    # When the first client had sent all its requests: until then every client was busy.
+    all_busy_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Requests a second while every client was busy: the last clients finishing alone, with
+        the batch emptying, say nothing about serving that many clients."""
+        return sum(end <= self.all_busy_s for end in self.ends) / self.all_busy_s
+
+
+async def completion_clients(url: str, clients: int, per_client: int) -> ClientRun:
+    """`clients` clients each sending `per_client` completion requests, one after another.
+
+    aiohttp, as for ingestion: the load generator shares the machine's cores with the backend, so
+    its own cost per request is kept small (httpx parses in Python, aiohttp in C).
+    """
+    run = ClientRun()
+
+    async def client(number: int, http: aiohttp.ClientSession) -> None:
+        for turn in range(per_client):
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}, "user_id": f"b{number}"}
+            started = time.perf_counter()
+            async with http.post(f"{url}/v1/complete", json=body) as response:
+                response.raise_for_status()
+                answer = await response.json()
+            run.latencies.append((time.perf_counter() - started) * 1000)
+            run.ends.append(time.perf_counter() - begin)
+            run.tokens.append(len(answer["token_logprobs"]))
+            run.ids.append(answer["completion_id"])
+        if not run.all_busy_s:
+            run.all_busy_s = time.perf_counter() - begin
+
+    connector = aiohttp.TCPConnector(limit=clients + 2)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
+        begin = time.perf_counter()
+        await asyncio.gather(*(client(n, http) for n in range(clients)))
+    return run
+
+
+def completion_life(completion_id: str) -> list[dict[str, object]]:
+    """The events the language server reports for an accepted completion that survives."""
+    now = time.time()
+    events: list[dict[str, object]] = [
+        {"kind": "shown"},
+        {"kind": "accepted", "visible_ms": 800.0},
+        *(
+            {"kind": "survival", "delay_s": delay, "similarity": 0.8, "retained_chars": 12.0}
+            for delay in (30, 120, 600)
+        ),
+    ]
+    events[-1]["final"] = True
+    # Ids as the language server makes them: time-ordered, so SQLite appends to its indexes.
+    return [{"event_id": uuid7().hex, "completion_id": completion_id, "client_ts": now, **e} for e in events]
+
+
+def event_batches(completion_ids: list[str], batches: int) -> list[list[dict[str, object]]]:
+    """Batches of 100 events: the lives of 20 completions each."""
+    return [
+        [
+            event
+            for c in range(20)
+            for event in completion_life(completion_ids[(b * 20 + c) % len(completion_ids)])
+        ]
+        for b in range(batches)
+    ]
+
+
+async def ingest(url: str, completion_ids: list[str], batches: int, connections: int = 8) -> float:
+    """Events per second stored, in batches of 100.
+
+    The bodies are made before the clock starts, so that the figure is the backend's rate and not
+    that of this client's JSON encoding, which shares the machine's cores with it.
+    """
+    bodies = [json.dumps({"events": batch}).encode() for batch in event_batches(completion_ids, batches)]
+    headers = {"content-type": "application/json"}
+
+    async def sender(http: aiohttp.ClientSession) -> None:
+        while bodies:
+            async with http.post(f"{url}/v1/events", data=bodies.pop(), headers=headers) as response:
+                response.raise_for_status()
+                answer = await response.json()
+                assert answer["stored"] == 100, answer
+
+    # aiohttp, not httpx: its parser is C, so the load generator leaves the cores to the backend.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(http) for _ in range(connections)))
+        return batches * 100 / (time.perf_counter() - started)
+
+
+async def swap_cost(url: str, adapter: Path, base_model: str, swaps: int) -> dict[str, float]:
+    """16 clients run while `swaps` uploads land; compare requests overlapping a swap with the rest."""
+    spans: list[tuple[float, float]] = []
+    requests: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        turn = 0
+        while not stop.is_set():
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}, "user_id": f"s{number}"}
+            turn += 1
+            started = time.perf_counter()
+            (await http.post(f"{url}/v1/complete", json=body)).raise_for_status()
+            requests.append((started, time.perf_counter()))
+
+    files = {name: (name, (adapter / name).read_bytes()) for name in ADAPTER_FILES}
+    metadata = json.dumps({"base_model": base_model, "parent_version": "base"})
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=20)) as http:
+        traffic = [asyncio.create_task(client(n, http)) for n in range(16)]
+        for _ in range(swaps):
+            await asyncio.sleep(2.0)
+            started = time.perf_counter()
+            response = await http.post(f"{url}/v1/checkpoints", data={"metadata": metadata}, files=files)
+            response.raise_for_status()
+            spans.append((started, time.perf_counter()))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*traffic)
+
+    def overlaps(request: tuple[float, float]) -> bool:
+        return any(request[0] < end and start < request[1] for start, end in spans)
+
+    hit = [(e - s) * 1000 for s, e in requests if overlaps((s, e))]
+    rest = [(e - s) * 1000 for s, e in requests if not overlaps((s, e))]
+    return {
+        "swap_ms": float(np.mean([(e - s) * 1000 for s, e in spans])),
+        "during_p50": float(np.percentile(hit, 50)),
+        "during_p95": float(np.percentile(hit, 95)),
+        "other_p50": float(np.percentile(rest, 50)),
+        "other_p95": float(np.percentile(rest, 95)),
+        "added_mean_ms": float(np.mean(hit) - np.mean(rest)),
+        "requests": float(len(requests)),
+    }
