@@ -50,6 +50,5 @@ class PolicyState:
     canary_share: float
     temperature: float
     fim: str
-    installed: frozenset[str] = frozenset()
     # Each installed version's learned cut (CheckpointMetadata.stop_logprob), where it has one.
     stop_logprobs: dict[str, float] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from backend.model_messages import Request, Sample
@@ -127,9 +128,7 @@ class ModelLoop:
             if self.policy.keep(version):
                 self.reply(call)
             else:
-                from pathlib import Path
-
-                from backend.serving import prepare_adapter
+                from backend.serving import prepare_adapter  # torch: the model process only
 
                 self.installs.append((call, self.reader.submit(prepare_adapter, version, Path(path))))
         elif kind == "route":

@@ -142,7 +142,6 @@ class Policy:
             self.canary_share,
             self.temperature,
             self.fim.name,
-            frozenset(self.installed()),
             dict(self.stop_logprobs),
         )
 

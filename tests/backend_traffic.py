@@ -12,16 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from backend.bench_load import PREFIXES  # the benchmark's prompts: tests load the backend alike
 from backend.wire import ADAPTER_FILES
-
-PREFIXES = [
-    "import os\n\ndef main():\n    path = os.",
-    "def add(a, b):\n    return",
-    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.",
-    "for i in range(",
-    "import json\n\ndata = json.loads(text)\nfor key in data:\n    ",
-    "def read(path):\n    with open(path) as handle:\n        return handle.",
-]
 
 
 def upload(
