@@ -28,6 +28,7 @@ from backend.finalize import run_finalizer
 from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
 from backend.metrics import Metrics
+from backend.model_messages import Cut
 from backend.model_messages import Request as PolicyRequest
 from backend.model_process import LoopConfig
 from backend.retention import run_retention
@@ -190,13 +191,15 @@ def _add_routes(app: FastAPI) -> None:
     @app.get(f"{API_PREFIX}/model", dependencies=client_only)
     async def model_info(state: State) -> ModelInfo:
         policy = state.worker.policy
+        cut = policy.cuts.get(policy.live, Cut())
         return ModelInfo(
             base_model=state.base_model,
             live_version=policy.live,
             fim=policy.fim,
             temperature=policy.temperature,
             canary_version=policy.canary,
-            stop_logprob=policy.stop_logprobs.get(policy.live),
+            stop_logprob=cut.stop_logprob,
+            min_confidence=cut.min_confidence,
         )
 
     @app.get(f"{API_PREFIX}/checkpoints", dependencies=client_only)

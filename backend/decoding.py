@@ -10,7 +10,8 @@ Sampling is from softmax(logits / T) itself (no top-k/top-p), so the recorded lo
 are exactly those of the distribution sampled from; while a row rewrites its healed text
 (backend/healing.py) the tokens that cannot spell it are masked out, and the recorded ones stay
 the model's own. A version may carry a learned cut (trainer/stopping.py): its rows end before the
-first sampled token whose log-prob is below it, so what is shown stops where the model is unsure.
+first sampled token whose log-prob is below it, so what is shown stops where the model is unsure,
+and a confidence floor (trainer/withholding.py): a completion less sure than it is not shown.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
+from backend.confidence import confidence, cursor_place
 from backend.healing import TokenTexts, after_healed, healed_text
-from backend.model_messages import Request, Sample
+from backend.model_messages import Cut, Request, Sample
 from backend.prompts import build_prompt_ids
 from backend.serving import PEFT_BASE, Policy, returned_cache
 from backend.wire import BASE_VERSION
@@ -67,8 +69,10 @@ class Row:
     stop: RowStop
     # Text typed before the cursor that the prompt leaves out and the completion must rewrite.
     healed: str = ""
-    # The version's learned cut: the row ends before a token whose log-prob is below it.
-    stop_logprob: float | None = None
+    # The version's learned serving rules: where the row ends, and whether it is shown at all.
+    cut: Cut = field(default_factory=Cut)
+    # Where the cursor stood (backend/confidence.py): the confidence floor that applies.
+    place: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -77,7 +81,12 @@ class Row:
         return self.healed[len(self.stop.text) :]
 
     def cut_before(self, logprob: float) -> bool:
-        return self.stop_logprob is not None and logprob < self.stop_logprob
+        return self.cut.stop_logprob is not None and logprob < self.cut.stop_logprob
+
+    def withheld(self) -> bool:
+        """Whether the version's confidence floor keeps this completion from being shown."""
+        floor = self.cut.min_confidence.get(self.place)
+        return floor is not None and bool(self.tokens) and confidence(self.logprobs) < floor
 
     @property
     def adapter(self) -> str:
@@ -181,7 +190,9 @@ class Decoding:
             policy.eos_token_id,
         )
         version = policy.version_for(request.user_id)
-        return Row(key, prompt, version, stop, healed, policy.stop_logprobs.get(version))
+        return Row(
+            key, prompt, version, stop, healed, policy.cuts.get(version, Cut()), cursor_place(request.prefix)
+        )
 
     def _forward(
         self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any
@@ -245,6 +256,10 @@ class Decoding:
         return masked
 
     def _sample(self, row: Row) -> Sample:
+        if row.withheld():
+            # An abstention, recorded as one: no tokens, so nothing for the policy gradient to
+            # credit (what was sampled and not shown has no outcome).
+            return Sample("", row.prompt, [], [], row.version)
         raw = self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True)
         return Sample(
             text=after_healed(stops.finish(raw, row.stop.mid_line, row.stop.line_prefix), row.healed),

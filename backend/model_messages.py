@@ -42,6 +42,18 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """A version's learned serving rules (CheckpointMetadata): where its completions end, and
+    which it withholds. None: no such rule."""
+
+    # Rows end before their first sampled token whose log-prob is below this (trainer/stopping.py).
+    stop_logprob: float | None = None
+    # A completion less sure than the floor of the place where the cursor stood is not shown
+    # (backend/confidence.py, trainer/withholding.py); a place without one shows everything.
+    min_confidence: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PolicyState:
     """What the HTTP process knows of the policy: as of the model process's last reply."""
 
@@ -50,5 +62,5 @@ class PolicyState:
     canary_share: float
     temperature: float
     fim: str
-    # Each installed version's learned cut (CheckpointMetadata.stop_logprob), where it has one.
-    stop_logprobs: dict[str, float] = field(default_factory=dict)
+    # Each installed version's learned serving rules, where it has any.
+    cuts: dict[str, Cut] = field(default_factory=dict)

@@ -153,6 +153,11 @@ def retained_share(reward: float, rewards: RewardConfig) -> float:
     return min(max((reward - rewards.rejected) / span, 0.0), 1.0) if span else 0.0
 
 
+def kept_characters(outcome: str, reward: float, text: str, rewards: RewardConfig) -> float:
+    """Characters of a suggestion its user accepted and kept (s of its text); 0 unless accepted."""
+    return retained_share(reward, rewards) * len(text) if outcome in ACCEPTED_OUTCOMES else 0.0
+
+
 def _last_survival(events: list[wire.Event]) -> float | None:
     """Similarity at the latest survival check: largest delay_s, ties broken by client_ts."""
     last = _last_check(events, lambda e: e.similarity is not None)

@@ -15,14 +15,14 @@ import inspect
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from backend.model_messages import PolicyState
+from backend.model_messages import Cut, PolicyState
 from backend.prompts import FimFormat, detect_fim_format
 from backend.wire import BASE_VERSION, CHECKPOINT_METADATA, CheckpointMetadata
 
@@ -39,8 +39,8 @@ class PreparedAdapter:
     version: str
     config: Any
     weights: dict[str, torch.Tensor]
-    # The version's learned cut (CheckpointMetadata.stop_logprob); None: none.
-    stop_logprob: float | None = None
+    # The version's learned serving rules (CheckpointMetadata); none by default.
+    cut: Cut = field(default_factory=Cut)
 
 
 def pick_device(configured: str) -> torch.device:
@@ -81,14 +81,15 @@ def prepare_adapter(version: str, path: Path) -> PreparedAdapter:
     from safetensors.torch import load_file
 
     metadata = path / CHECKPOINT_METADATA
-    stop = None
+    cut = Cut()
     if metadata.is_file():
-        stop = CheckpointMetadata.model_validate_json(metadata.read_text()).stop_logprob
+        meta = CheckpointMetadata.model_validate_json(metadata.read_text())
+        cut = Cut(meta.stop_logprob, meta.min_confidence)
     return PreparedAdapter(
         version,
         LoraConfig.from_pretrained(str(path)),
         load_file(str(path / "adapter_model.safetensors")),
-        stop,
+        cut,
     )
 
 
@@ -122,8 +123,8 @@ class Policy:
         eos = self.tokenizer.eos_token_id
         self.eos_token_id = eos
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        # Each installed version's learned cut (PreparedAdapter.stop_logprob), where it has one.
-        self.stop_logprobs: dict[str, float] = {}
+        # Each installed version's learned serving rules (PreparedAdapter.cut), where it has any.
+        self.cuts: dict[str, Cut] = {}
         # Rows decoding under each version: an adapter is freed only when none is left.
         self.in_use: Counter[str] = Counter()
         self._routed_away: set[str] = set()
@@ -142,7 +143,7 @@ class Policy:
             self.canary_share,
             self.temperature,
             self.fim.name,
-            dict(self.stop_logprobs),
+            dict(self.cuts),
         )
 
     def keep(self, version: str) -> bool:
@@ -166,8 +167,8 @@ class Policy:
         if missing:
             self.model.delete_adapter(adapter.version)
             raise ValueError(f"adapter {adapter.version} lacks weights such as {missing[0]}")
-        if adapter.stop_logprob is not None:
-            self.stop_logprobs[adapter.version] = adapter.stop_logprob
+        if adapter.cut != Cut():
+            self.cuts[adapter.version] = adapter.cut
         self.model.eval()
 
     def route(self, live: str, canary: str | None, canary_share: float) -> None:
@@ -195,4 +196,4 @@ class Policy:
                 self._routed_away.discard(version)
                 if version in self.installed() and len(self.installed()) > 1:  # peft keeps one
                     self.model.delete_adapter(version)
-                    self.stop_logprobs.pop(version, None)
+                    self.cuts.pop(version, None)

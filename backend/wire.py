@@ -6,9 +6,11 @@ This module imports pydantic only: the language server and trainer import it, an
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backend.confidence import AFTER_SYMBOL, IN_WORD, LINE_START
 
 API_PREFIX = "/v1"
 # The trainer POSTs a TrainerReport here (admin token), for the dashboard's trainer status.
@@ -146,6 +148,12 @@ class EventsResponse(BaseModel):
     refused: list[RefusedEvent]
 
 
+# A version's confidence floor for each place the cursor can stand (backend/confidence.py).
+ConfidenceFloors = dict[
+    Literal[LINE_START, IN_WORD, AFTER_SYMBOL], Annotated[float, Field(le=0, allow_inf_nan=False)]
+]
+
+
 class Episode(BaseModel):
     """A finalized completion with its reward, as the trainer receives it."""
 
@@ -169,6 +177,8 @@ class Episode(BaseModel):
     # What the user wrote at the spot instead (rewrite event), or the edited text that survived an
     # acceptance; None when unknown or unchanged. The chosen side of DPO pairs.
     rewrite: str | None = None
+    # Where the cursor stood when the completion was asked for (backend/confidence.py); "" unknown.
+    place: str = ""
 
 
 class EpisodesPage(BaseModel):
@@ -185,6 +195,8 @@ class ModelInfo(BaseModel):
     canary_version: str | None = None
     # The live version's learned cut (CheckpointMetadata.stop_logprob), the trainer's starting point.
     stop_logprob: float | None = None
+    # The live version's confidence floors (CheckpointMetadata.min_confidence), likewise.
+    min_confidence: ConfidenceFloors = Field(default_factory=dict)
 
 
 class CheckpointInfo(BaseModel):
@@ -214,6 +226,10 @@ class CheckpointMetadata(BaseModel):
     # Serving cuts this version's completions before their first token whose log-prob (at the
     # serving temperature) is below this; learned from outcomes (trainer/stopping.py). None: no cut.
     stop_logprob: Annotated[float | None, Field(le=0, allow_inf_nan=False)] = None
+    # Serving withholds this version's completions whose confidence is below the floor of the
+    # place where the cursor stood (backend/confidence.py): they are abstentions. Learned from
+    # outcomes (trainer/withholding.py). A place without a floor shows everything.
+    min_confidence: ConfidenceFloors = Field(default_factory=dict)
 
 
 class TrainerReport(BaseModel):
@@ -255,7 +271,7 @@ class SimulationCycle(BaseModel):
     train_episodes: Count = 0
     trained_on: Annotated[int | None, Field(ge=0)] = None
     candidate: Annotated[str, Field(max_length=64)] = ""
-    candidate_state: Annotated[str, Field(max_length=32)] = ""
+    candidate_state: Annotated[str, Field(max_length=64)] = ""
     dropped: Annotated[str, Field(max_length=2000)] = ""
     trainer_s: Annotated[float | None, Field(ge=0)] = None
 

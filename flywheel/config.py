@@ -171,6 +171,12 @@ class TrainerConfig(BaseModel):
     # `make simulate` every cut fitted on one round's files (-4, -7) cost 10-30% of the characters
     # accepted on other files, though each raised the accept rate.
     learn_stop: bool = False
+    # Fit each candidate's confidence floor (below it serving withholds a completion: an
+    # abstention) to the cycle's outcomes (trainer/withholding.py); off: a candidate keeps the live
+    # version's floor.
+    learn_floor: bool = True
+    # The floors are fitted on the last this many episodes trained on, not on one cycle's.
+    floor_history: Annotated[int, Field(ge=1)] = 2000
     # At most this many episodes per cycle; the rest wait for the next one.
     max_episodes: int = 2000
     guards: GuardConfig = Field(default_factory=GuardConfig)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.rewards import ACCEPTED_OUTCOMES, retained_share
+from backend.rewards import ACCEPTED_OUTCOMES, kept_characters
 from backend.wire import SimulationCycle, SimulationReport
 from flywheel.config import RewardConfig
 from simulate.developer import TypingStats
@@ -55,9 +55,7 @@ class CycleRow:
 
 def kept_chars(episode: dict[str, Any], rewards: RewardConfig) -> float:
     """Characters of an episode's suggestion its user accepted and kept (0 when not accepted)."""
-    if episode["outcome"] not in ACCEPTED_OUTCOMES:
-        return 0.0
-    return retained_share(episode["reward"], rewards) * len(episode["text"])
+    return kept_characters(episode["outcome"], episode["reward"], episode["text"], rewards)
 
 
 @dataclass

@@ -199,13 +199,17 @@ class Simulation:
             "candidate_state": "skipped",
         }
         if new:
-            metrics = new[-1]["metrics"]
+            # The update; a second checkpoint carries new floors alone, on the live weights, when
+            # the gate refused the update (trainer/cycle.py).
+            metrics = new[0]["metrics"]
             dropped = {
                 k.removeprefix("dropped_"): int(v) for k, v in metrics.items() if k.startswith("dropped_")
             }
             figures.update(
-                candidate=new[-1]["version"],
-                candidate_state=new[-1]["state"],
+                candidate=" + ".join(c["version"] for c in new),
+                candidate_state=" + ".join(
+                    c["state"] + (" (floors only)" if c["metrics"].get("floors_only") else "") for c in new
+                ),
                 trained_on=int(metrics.get("episodes", 0)),
                 dropped=";".join(f"{k}={v}" for k, v in sorted(dropped.items())),
             )
@@ -219,6 +223,9 @@ class Simulation:
             figures = (checkpoint["metrics"].get("gate") or {}).get("figures") or {}
             if "ppl_candidate" in figures:
                 by_version[checkpoint["version"]] = figures["ppl_candidate"]
+            elif checkpoint["metrics"].get("floors_only") and checkpoint["parent_version"] in by_version:
+                # The parent's weights, new floors.
+                by_version[checkpoint["version"]] = by_version[checkpoint["parent_version"]]
             if "ppl_base" in figures:
                 by_version.setdefault("base", figures["ppl_base"])
         for row in rows:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import make_adapter
 
+from backend.confidence import confidence
 from backend.decoding import Decoding, sample_rows
 from backend.model_messages import Request, Sample
 from backend.prompts import build_prompt_ids
@@ -251,7 +252,7 @@ def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
     metadata = CheckpointMetadata(base_model=str(tiny_model_dir), parent_version="base", stop_logprob=-1.5)
     (path / CHECKPOINT_METADATA).write_text(metadata.model_dump_json())
     cut = prepare_adapter("v3", path)
-    assert cut.stop_logprob == -1.5 and adapters[0].stop_logprob is None
+    assert cut.cut.stop_logprob == -1.5 and adapters[0].cut.stop_logprob is None
 
     policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
     policy.install(cut)
@@ -273,6 +274,46 @@ def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
         if sample.completion_ids and request.prefix.endswith((".", "(")):
             recorded = teacher_forced(policy, "v3", sample.prompt_ids, sample.completion_ids)
             assert sample.token_logprobs == pytest.approx(recorded, abs=1e-4)
+
+
+def test_a_versions_confidence_floor_withholds_its_unsure_completions(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from backend.wire import CHECKPOINT_METADATA, CheckpointMetadata
+
+    requests = [Request(prefix, "", None, "u") for prefix in PREFIXES * 8]
+    policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
+
+    def serve(version: str, floor: float | None) -> list[Sample]:
+        # The same weights under each name; only the floor in the metadata differs.
+        path = make_adapter(tiny_model_dir, tmp_path / version, seed=4, scale=0.3)
+        metadata = CheckpointMetadata(
+            base_model=str(tiny_model_dir), parent_version="base", min_confidence=floor
+        )
+        (path / CHECKPOINT_METADATA).write_text(metadata.model_dump_json())
+        adapter = prepare_adapter(version, path)
+        assert adapter.cut.min_confidence == floor and adapter.cut.stop_logprob is None
+        policy.install(adapter)
+        policy.route(version, None, 0.0)
+        torch.manual_seed(0)
+        return decode_all(policy, requests)
+
+    unfloored = serve("v4", None)
+    floor = sorted(confidence(s.token_logprobs) for s in unfloored)[len(unfloored) // 2]
+    floored = serve("v5", floor)
+    assert policy.state().cuts["v5"].min_confidence == floor
+
+    # The same draws: each completion at least as sure as the floor is shown as it was, each less
+    # sure one is an abstention with no tokens.
+    withheld = 0
+    for before, after in zip(unfloored, floored, strict=True):
+        if confidence(before.token_logprobs) >= floor:
+            assert (after.text, after.completion_ids) == (before.text, before.completion_ids)
+        else:
+            withheld += 1
+            assert (after.text, after.completion_ids, after.token_logprobs) == ("", [], [])
+        assert after.model_version == "v5"
+    assert 0 < withheld < len(requests)
 
 
 def test_sampling_draws_each_token_with_its_probability_and_never_a_masked_one() -> None:

@@ -28,13 +28,20 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def completion(
-    store: Store, cid: str, text: str = "return x", *, at: float = T0, model: str = "base", user: str = "u1"
+    store: Store,
+    cid: str,
+    text: str = "return x",
+    *,
+    at: float = T0,
+    model: str = "base",
+    user: str = "u1",
+    prefix: str = "def f(x):\n    ",
 ) -> None:
     await store.record_completion(
         completion_id=cid,
         user_id=user,
         model_version=model,
-        context={"prefix": "def f(x):\n    ", "suffix": "", "path": "a.py", "language": "python"},
+        context={"prefix": prefix, "suffix": "", "path": "a.py", "language": "python"},
         prompt_ids=[1, 2, 3],
         completion_ids=[7, 8, 0] if text else [0],
         token_logprobs=[-0.5, -0.25, -0.125] if text else [-0.01],
@@ -247,7 +254,8 @@ async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) 
         ("g", [event("g", "ignored", reason="superseded", visible_ms=5)]),
     ]
     for i, (cid, events) in enumerate(plan):
-        await completion(store, cid, at=T0 + i, user=f"user-{i}")
+        prefix = "def f(x):\n    return se" if cid == "c" else "def f(x):\n    "
+        await completion(store, cid, at=T0 + i, user=f"user-{i}", prefix=prefix)
         if events:
             await store.add_events(events, T0 + i)
     assert await finalize(store, T0 + 10 * WINDOW) == len(plan)
@@ -260,6 +268,8 @@ async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) 
     assert (a.user_id, a.model_version, a.outcome, a.reward) == ("user-0", "base", "accepted", 0.75)
     assert (a.prompt_ids, a.completion_ids, a.token_logprobs) == ([1, 2, 3], [7, 8, 0], [-0.5, -0.25, -0.125])
     assert (a.temperature, a.text, a.created_at, a.accept_visible_ms) == (0.7, "return x", T0, 400.0)
+    # Where the cursor stood, from the stored context: the confidence floors' place.
+    assert [e.place for e in first.episodes] == ["line_start", "in_word"]
 
     second = await store.episodes_after(first.next_cursor, 2)
     assert [e.completion_id for e in second.episodes] == ["e"]

@@ -53,12 +53,14 @@ class StubBackend:
             return httpx.Response(401)
         path = request.url.path.removeprefix("/v1")
         if request.method == "GET" and path == "/model":
+            live = self.uploads[int(self.live[1:]) - 1] if self.live != BASE_VERSION else None
             info = ModelInfo(
                 base_model=self.base_model,
                 live_version=self.live,
                 fim="none",
                 temperature=1.0,
                 canary_version=self.canary,
+                min_confidence=live.min_confidence if live else {},
             )
             return httpx.Response(200, json=info.model_dump())
         if request.method == "GET" and path == "/episodes":
@@ -76,10 +78,15 @@ class StubBackend:
             version = f"v{len(self.checkpoints) + 1}"
             self.checkpoints[version] = fields
             self.uploads.append(meta)
-            if self.promote_on_upload:
+            # As the backend does: a candidate that failed its gate is recorded, never served.
+            refused = meta.gate is not None and not meta.gate.passed
+            if self.promote_on_upload and not refused:
                 self.live = version
             info = CheckpointInfo(
-                version=version, state="live", parent_version=meta.parent_version, created_at=0
+                version=version,
+                state="rejected" if refused else "live",
+                parent_version=meta.parent_version,
+                created_at=0,
             )
             return httpx.Response(200, json=info.model_dump())
         if request.method == "GET" and path == "/checkpoints":
@@ -197,6 +204,49 @@ def test_cycles_train_upload_and_continue_from_live(stub: StubBackend, settings:
         assert stub.checkpoints["v2"] != stub.checkpoints["v1"]
         # Continuing v1 on its own samples: the first importance ratios are ~1.
         assert 0.5 < stub.uploads[1].metrics["ratio_mean"] < 2.0
+
+
+def test_an_update_the_gate_refuses_still_ships_its_floors_on_the_live_weights(
+    stub: StubBackend, settings: Settings
+) -> None:
+    from safetensors.torch import load
+
+    from backend.confidence import LINE_START, confidence
+    from trainer.withholding import FLOORS
+
+    add_episodes(stub, 40)
+    # Shown at line starts; the least sure ones (below the first floor that withholds any) were
+    # dismissed, the others taken.
+    confidences = [confidence(e.token_logprobs) for e in stub.episodes]
+    first_step = min(f for f in FLOORS if f is not None and f > min(confidences))
+    stub.episodes = [
+        e.model_copy(
+            update={
+                "text": "abc",
+                "place": LINE_START,
+                "outcome": "rejected" if c < first_step else "accepted",
+                "reward": -0.25 if c < first_step else 0.75,
+            }
+        )
+        for e, c in zip(stub.episodes, confidences, strict=True)
+    ]
+    # Any change of perplexity fails the gate.
+    refusing = settings.model_copy(deep=True)
+    refusing.trainer.gate.max_ppl_increase = -1.0
+    with client_for(stub, refusing) as client:
+        result = run_cycle(refusing, client)
+    assert result is not None and (result.version, result.state) == ("v1", "rejected")
+    assert (result.floors_version, result.floors_state) == ("v2", "live")
+    update, floors = stub.uploads
+    assert not update.gate.passed and update.min_confidence == {LINE_START: first_step}
+    assert floors.gate.passed and floors.metrics["floors_only"] == 1.0
+    assert (floors.parent_version, floors.min_confidence) == (BASE_VERSION, {LINE_START: first_step})
+    # The live weights (the base model's: an adapter that adds nothing), not the refused update's.
+    shipped = load(stub.checkpoints["v2"]["adapter_model.safetensors"])
+    refused = load(stub.checkpoints["v1"]["adapter_model.safetensors"])
+    assert all(not t.any() for name, t in shipped.items() if "lora_B" in name)
+    assert any(t.any() for name, t in refused.items() if "lora_B" in name)
+    assert stub.live == "v2" and load_state(refusing.trainer_dir).cursor == 40
 
 
 def test_live_adapter_is_downloaded_when_not_cached(

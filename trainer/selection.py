@@ -39,7 +39,9 @@ def malformed(episode: Episode) -> str | None:
     if not episode.prompt_ids:
         return "empty_prompt"
     if not episode.completion_ids:
-        return "empty_completion"
+        # Serving sampled something and did not show it (the version's cut or confidence floor):
+        # nothing was shown, so there is no outcome to credit the sampled tokens with.
+        return "withheld" if not episode.text else "empty_completion"
     if len(episode.token_logprobs) != len(episode.completion_ids):
         return "logprob_length"
     # A log-prob above 0 is no log-prob; the slack allows float rounding at probability 1.

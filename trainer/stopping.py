@@ -38,7 +38,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from backend.healing import after_healed, healed_of
-from backend.rewards import ACCEPTED_OUTCOMES, acceptance_reward, retained_share
+from backend.rewards import ACCEPTED_OUTCOMES, acceptance_reward, kept_characters, retained_share
 from backend.wire import Episode
 from flywheel.config import RewardConfig
 from trainer.corrections import completion_text
@@ -104,7 +104,7 @@ class _Hindsight:
         e = self.episode
         cut = first_below(e.token_logprobs, threshold)
         if cut is None:
-            return e.reward, self._share(e.reward) * len(e.text) if e.outcome in ACCEPTED_OUTCOMES else 0.0
+            return e.reward, kept_characters(e.outcome, e.reward, e.text, self.rewards)
         shown = self._shown(cut)
         if not shown:
             return self.rewards.abstained, 0.0

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import aiosqlite
 
 from backend import wire
+from backend.confidence import cursor_place
 from backend.rewards import Scored, score_episode, user_wrote
 from backend.store.database import Database
 from flywheel.config import RewardConfig
@@ -75,7 +76,7 @@ class EpisodesMixin:
         rows = await db.execute_fetchall(
             "SELECT e.seq, e.completion_id, c.user_id, c.model_version, c.prompt_ids, c.completion_ids,"
             " c.token_logprobs, c.temperature, c.text, e.outcome, e.reward, c.created_at,"
-            " e.finalized_at, e.accept_visible_ms"
+            " e.finalized_at, e.accept_visible_ms, json_extract(c.context, '$.prefix')"
             " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
             " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL AND c.purged_at IS NULL"
             " ORDER BY e.seq LIMIT ?",
@@ -102,6 +103,7 @@ class EpisodesMixin:
                 finalized_at=r[12],
                 accept_visible_ms=r[13],
                 rewrite=user_wrote(r[8], said.get(r[1], [])),
+                place=cursor_place(r[14]) if r[14] is not None else "",
             )
             for r in rows
         ]
