@@ -83,6 +83,10 @@ def build_prompt_ids(
     # Families such as CodeLlama expect their begin-of-sequence token; the bootstrapped one has none.
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
     if not fim:
-        return bos + prefix_ids if fmt.prefix else prefix_ids
+        ids = bos + prefix_ids if fmt.prefix else prefix_ids
+        # At the start of an empty file there is no text to continue: the model reads the start
+        # of a document (its begin token, else the end-of-sequence token that separated the
+        # documents it was trained on). A forward pass over no tokens at all fails.
+        return ids or bos or [tokenizer.eos_token_id]
     fim_prefix, fim_suffix, fim_middle = specials
     return bos + fim_prefix + prefix_ids + fim_suffix + suffix_ids + fim_middle

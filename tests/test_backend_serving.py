@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_adapter
 
-from backend.confidence import confidence
+from backend.confidence import IN_WORD, PLACES, confidence, cursor_place
 from backend.decoding import Decoding, sample_rows
 from backend.model_messages import Request, Sample
 from backend.prompts import build_prompt_ids
@@ -284,24 +284,25 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
     requests = [Request(prefix, "", None, "u") for prefix in PREFIXES * 8]
     policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
 
-    def serve(version: str, floor: float | None) -> list[Sample]:
+    def serve(version: str, floors: dict[str, float]) -> list[Sample]:
         # The same weights under each name; only the floor in the metadata differs.
         path = make_adapter(tiny_model_dir, tmp_path / version, seed=4, scale=0.3)
         metadata = CheckpointMetadata(
-            base_model=str(tiny_model_dir), parent_version="base", min_confidence=floor
+            base_model=str(tiny_model_dir), parent_version="base", min_confidence=floors
         )
         (path / CHECKPOINT_METADATA).write_text(metadata.model_dump_json())
         adapter = prepare_adapter(version, path)
-        assert adapter.cut.min_confidence == floor and adapter.cut.stop_logprob is None
+        assert adapter.cut.min_confidence == floors and adapter.cut.stop_logprob is None
         policy.install(adapter)
         policy.route(version, None, 0.0)
         torch.manual_seed(0)
         return decode_all(policy, requests)
 
-    unfloored = serve("v4", None)
+    unfloored = serve("v4", {})
     floor = sorted(confidence(s.token_logprobs) for s in unfloored)[len(unfloored) // 2]
-    floored = serve("v5", floor)
-    assert policy.state().cuts["v5"].min_confidence == floor
+    # The same floor wherever the cursor stands (one per place; the fit sets each on its own).
+    floored = serve("v5", dict.fromkeys(PLACES, floor))
+    assert policy.state().cuts["v5"].min_confidence == dict.fromkeys(PLACES, floor)
 
     # The same draws: each completion at least as sure as the floor is shown as it was, each less
     # sure one is an abstention with no tokens.
@@ -314,6 +315,24 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
             assert (after.text, after.completion_ids, after.token_logprobs) == ("", [], [])
         assert after.model_version == "v5"
     assert 0 < withheld < len(requests)
+
+    # A floor applies where the cursor stands only: after "return" (in a word) nothing is shown,
+    # elsewhere what was.
+    in_words = serve("v6", {IN_WORD: 0.0})
+    for request, before, after in zip(requests, unfloored, in_words, strict=True):
+        if cursor_place(request.prefix) == IN_WORD:
+            assert after.completion_ids == []
+        else:
+            assert (after.text, after.completion_ids) == (before.text, before.completion_ids)
+    assert any(cursor_place(r.prefix) == IN_WORD for r in requests)
+
+
+def test_a_request_at_the_start_of_an_empty_file_is_served_beside_others(policy: Policy) -> None:
+    policy.route("v1", None, 0.0)
+    torch.manual_seed(0)
+    samples = decode_all(policy, [Request("", "", None, "u"), *(Request(p, "", None, "u") for p in PREFIXES)])
+    assert samples[0].prompt_ids == [policy.eos_token_id]
+    assert all(len(s.token_logprobs) == len(s.completion_ids) for s in samples)
 
 
 def test_sampling_draws_each_token_with_its_probability_and_never_a_masked_one() -> None:

@@ -57,3 +57,12 @@ def test_the_budget_keeps_the_text_nearest_the_cursor(tokenizer: Any) -> None:
     # Alone, the prefix gets the whole budget.
     alone = build_prompt_ids(tokenizer, fmt, prefix, "", 120)
     assert 110 <= len(alone) <= 120 and tokenizer.decode(alone).endswith("line_299 = 299\n")
+
+
+def test_an_empty_file_is_the_start_of_a_document(tokenizer: Any) -> None:
+    """Nothing before the cursor and nothing after: the prompt is the document boundary the model
+    knows, never no tokens (a forward pass over none fails, and with it the batch it joined)."""
+    fmt = detect_fim_format(tokenizer)
+    assert tokenizer.bos_token_id is None
+    assert build_prompt_ids(tokenizer, fmt, "", "", 384) == [tokenizer.eos_token_id]
+    assert build_prompt_ids(tokenizer, fmt, "", "\n", 384) == [tokenizer.eos_token_id]
