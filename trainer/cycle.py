@@ -13,7 +13,6 @@ the saved candidate again if not, so no cycle is trained twice and nothing half-
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -25,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from backend.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, Episode, GateResult, ModelInfo
+from backend.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, GateResult, ModelInfo
 from flywheel.config import Settings, TrainerConfig
 from trainer.checkpoint import (
     UPLOAD_FILE,
@@ -48,14 +45,7 @@ from trainer.session import LoadedPolicy, PolicyCache
 from trainer.state import TrainerState, load_state, save_state
 from trainer.stopping import HindsightSet, fit_stop_logprob
 from trainer.update import train_on_episodes
-from trainer.withholding import (
-    FloorHindsight,
-    evidence_of,
-    extend_evidence,
-    fit_min_confidence,
-    load_evidence,
-    save_evidence,
-)
+from trainer.withholding import fit_floors
 
 log = logging.getLogger("flywheel.trainer")
 
@@ -140,53 +130,6 @@ def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Setti
     from trainer.objectives.dpo import train_dpo
 
     return train_dpo(policy.model, policy.tokenizer, episodes, objective, **common)
-
-
-def fit_floors(
-    trainer_dir: Path,
-    train: list[Episode],
-    heldout: list[Episode],
-    current: dict[str, float],
-    settings: Settings,
-    metrics: dict[str, float],
-) -> dict[str, float]:
-    """The candidate's confidence floors (trainer/withholding.py), fitted on the evidence of the
-    last `floor_history` episodes trained on, this cycle's added; their figures go to `metrics`."""
-    evidence = extend_evidence(
-        load_evidence(trainer_dir), evidence_of(train, settings.rewards), settings.trainer.floor_history
-    )
-    save_evidence(trainer_dir, evidence)
-    fit = fit_min_confidence(evidence, current)
-    log.info(
-        "confidence floors %s -> %s: would have withheld %.0f%% of the last %d episodes' suggestions",
-        current or "none",
-        fit.min_confidence or "none",
-        100 * fit.withheld_share,
-        fit.evidence,
-    )
-    metrics.update(floor_withheld_share=fit.withheld_share, floor_kept_chars=fit.chosen.kept_chars)
-    metrics.update({f"min_confidence_{place}": floor for place, floor in fit.min_confidence.items()})
-    if heldout:
-        held = FloorHindsight(evidence_of(heldout, settings.rewards))
-        before, after = held.estimate(current), held.estimate(fit.min_confidence)
-        metrics["floor_heldout_kept_chars_gain"] = after.kept_chars - before.kept_chars
-        metrics["floor_heldout_reward_gain"] = after.reward - before.reward
-    return fit.min_confidence
-
-
-def snapshot(policy: LoadedPolicy) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A copy of the trainable (adapter) weights and of the optimizer's state."""
-    weights = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
-    return weights, copy.deepcopy(policy.optimizer.state_dict())
-
-
-def restore(policy: LoadedPolicy, saved: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
-    weights, optimizer = saved
-    with torch.no_grad():
-        for name, parameter in policy.model.named_parameters():
-            if name in weights:
-                parameter.copy_(weights[name])
-    policy.optimizer.load_state_dict(optimizer)
 
 
 def ship_floors(
@@ -331,7 +274,7 @@ def run_cycle(
     )
     # The live weights, kept so that floors fitted on their outcomes can ship on them when the
     # update fails the gate.
-    live_weights = snapshot(policy) if cfg.learn_floor else None
+    live_weights = policy.snapshot() if cfg.learn_floor else None
     metrics = update(policy, train, objective, settings, seed=next_cursor)
     cache.became(None)  # the weights in memory are now the candidate's, no served version
     metrics.update(episodes=float(len(train)), heldout=float(len(heldout)))
@@ -352,7 +295,9 @@ def run_cycle(
         metrics["stop_logprob"] = stop_logprob
     min_confidence = info.min_confidence
     if cfg.learn_floor:
-        min_confidence = fit_floors(trainer_dir, train, heldout, info.min_confidence, settings, metrics)
+        min_confidence = fit_floors(
+            trainer_dir, train, heldout, info.min_confidence, settings.rewards, cfg.floor_history, metrics
+        )
 
     gate = None
     if baseline is not None:
@@ -404,7 +349,7 @@ def run_cycle(
         metrics["duration_s"],
     )
     if checkpoint.state == "rejected" and live_weights is not None and min_confidence != info.min_confidence:
-        restore(policy, live_weights)
+        policy.restore(live_weights)
         floors = ship_floors(client, trainer_dir, state, policy, info, min_confidence, checkpoint.version)
         log.info(
             "floors %s shipped on the live weights as %s (%s)", min_confidence, floors.version, floors.state

@@ -3,6 +3,7 @@ just produced (or the same live version) loads nothing from disk."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from trainer.update import make_optimizer
 
 log = logging.getLogger(__name__)
 
+# Adapter weights by parameter name, and the optimizer's state dict.
+Snapshot = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
 
 @dataclass
 class LoadedPolicy:
@@ -29,6 +33,19 @@ class LoadedPolicy:
     model: PeftModel
     tokenizer: Any
     optimizer: torch.optim.Optimizer
+
+    def snapshot(self) -> Snapshot:
+        """A copy of the trainable (adapter) weights and of the optimizer's state."""
+        weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return weights, copy.deepcopy(self.optimizer.state_dict())
+
+    def restore(self, saved: Snapshot) -> None:
+        weights, optimizer = saved
+        with torch.no_grad():
+            for name, parameter in self.model.named_parameters():
+                if name in weights:
+                    parameter.copy_(weights[name])
+        self.optimizer.load_state_dict(optimizer)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +40,8 @@ from backend.wire import Episode
 from flywheel.config import RewardConfig
 from trainer.fsutil import write_file_atomic
 from trainer.stopping import NON_INFERIORITY_Z, Estimate
+
+log = logging.getLogger("flywheel.trainer")
 
 EVIDENCE_FILE = "floor_evidence.json"
 
@@ -197,3 +200,34 @@ def fit_min_confidence(
     chosen = dict(current) if scored.shown < min_shown else scored.fit(current, chars_tolerance)
     withheld = 1.0 - scored.shows(chosen).mean() if scored.shown else 0.0
     return FloorFit(chosen, scored.estimate(chosen), scored.estimate(current), float(withheld), scored.size)
+
+
+def fit_floors(
+    trainer_dir: Path,
+    train: Sequence[Episode],
+    heldout: Sequence[Episode],
+    current: Floors,
+    rewards: RewardConfig,
+    history: int,
+    metrics: dict[str, float],
+) -> Floors:
+    """A cycle's candidate floors: this cycle's episodes join the evidence in `trainer_dir`, the
+    floors are fitted on it, and their figures go to `metrics`."""
+    evidence = extend_evidence(load_evidence(trainer_dir), evidence_of(train, rewards), history)
+    save_evidence(trainer_dir, evidence)
+    fit = fit_min_confidence(evidence, current)
+    log.info(
+        "confidence floors %s -> %s: would have withheld %.0f%% of the last %d episodes' suggestions",
+        current or "none",
+        fit.min_confidence or "none",
+        100 * fit.withheld_share,
+        fit.evidence,
+    )
+    metrics.update(floor_withheld_share=fit.withheld_share, floor_kept_chars=fit.chosen.kept_chars)
+    metrics.update({f"min_confidence_{place}": floor for place, floor in fit.min_confidence.items()})
+    if heldout:
+        held = FloorHindsight(evidence_of(heldout, rewards))
+        before, after = held.estimate(current), held.estimate(fit.min_confidence)
+        metrics["floor_heldout_kept_chars_gain"] = after.kept_chars - before.kept_chars
+        metrics["floor_heldout_reward_gain"] = after.reward - before.reward
+    return fit.min_confidence
