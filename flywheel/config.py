@@ -175,8 +175,12 @@ class TrainerConfig(BaseModel):
     # abstention) to the cycle's outcomes (trainer/withholding.py); off: a candidate keeps the live
     # version's floor.
     learn_floor: bool = True
-    # The floors are fitted on the last this many episodes trained on, not on one cycle's.
+    # The floors are fitted on the last this many episodes trained on, not on one cycle's, and
+    # move only once that evidence holds this many shown suggestions: in a few hundred, the
+    # acceptances a floor would cost (a few in a hundred, and more on some files than on others)
+    # often do not show at all.
     floor_history: Annotated[int, Field(ge=1)] = 2000
+    floor_min_shown: Annotated[int, Field(ge=1)] = 800
     # At most this many episodes per cycle; the rest wait for the next one.
     max_episodes: int = 2000
     guards: GuardConfig = Field(default_factory=GuardConfig)

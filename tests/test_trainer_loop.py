@@ -233,6 +233,7 @@ def test_an_update_the_gate_refuses_still_ships_its_floors_on_the_live_weights(
     # Any change of perplexity fails the gate.
     refusing = settings.model_copy(deep=True)
     refusing.trainer.gate.max_ppl_increase = -1.0
+    refusing.trainer.floor_min_shown = 20
     with client_for(stub, refusing) as client:
         result = run_cycle(refusing, client)
     assert result is not None and (result.version, result.state) == ("v1", "rejected")

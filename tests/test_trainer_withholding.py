@@ -65,8 +65,10 @@ def test_a_floor_rises_a_step_where_unsure_suggestions_were_dismissed() -> None:
         + rows(LINE_START, 10, -0.5, taken=True, start=100)
         + rows(IN_WORD, 30, -5.5, taken=True)
     )
+    # Not on 80 shown suggestions by default: the floors wait for 800.
+    assert fit_min_confidence(evidence, current={}).min_confidence == {}
     # One step a cycle, to the next floor that withholds anything more: -6 would withhold nothing.
-    fit = fit_min_confidence(evidence, current={})
+    fit = fit_min_confidence(evidence, current={}, min_shown=20)
     assert fit.min_confidence == {LINE_START: -5.0}
     assert fit.chosen.kept_chars == pytest.approx(fit.current.kept_chars)
     assert fit.chosen.reward > fit.current.reward
@@ -74,17 +76,21 @@ def test_a_floor_rises_a_step_where_unsure_suggestions_were_dismissed() -> None:
     # Withholding the unsure words would cost what their users kept: that floor does not rise.
     assert IN_WORD not in fit.min_confidence
     # The next cycle, the same evidence: nothing more to withhold at line starts, so it stays.
-    assert fit_min_confidence(evidence, current=fit.min_confidence).min_confidence == {LINE_START: -5.0}
+    assert fit_min_confidence(evidence, current=fit.min_confidence, min_shown=20).min_confidence == {
+        LINE_START: -5.0
+    }
 
 
 def test_a_floor_comes_down_where_what_it_withholds_was_taken() -> None:
     # Evidence from before the floor rose: the suggestions it now withholds were mostly taken.
     evidence = rows(AFTER_SYMBOL, 30, -2.7, taken=True) + rows(AFTER_SYMBOL, 10, -2.7, taken=False, start=50)
-    assert fit_min_confidence(evidence, current={AFTER_SYMBOL: -2.5}).min_confidence == {AFTER_SYMBOL: -3.0}
+    assert fit_min_confidence(evidence, current={AFTER_SYMBOL: -2.5}, min_shown=20).min_confidence == {
+        AFTER_SYMBOL: -3.0
+    }
     # Nothing known below the floor (all withheld since): it stays.
     silent = [Evidence(f"s{i}", AFTER_SYMBOL, None, 0.0, 0.0) for i in range(40)]
     kept = rows(AFTER_SYMBOL, 30, -1.0, taken=True)
-    assert fit_min_confidence(silent + kept, current={AFTER_SYMBOL: -2.5}).min_confidence == {
+    assert fit_min_confidence(silent + kept, current={AFTER_SYMBOL: -2.5}, min_shown=20).min_confidence == {
         AFTER_SYMBOL: -2.5
     }
 
@@ -92,9 +98,11 @@ def test_a_floor_comes_down_where_what_it_withholds_was_taken() -> None:
 def test_no_floor_where_the_unsure_suggestions_were_taken_too_often() -> None:
     # A third of the unsure ones were taken and kept: withholding them costs a third of the help.
     evidence = rows(IN_WORD, 20, -5.5, taken=False) + rows(IN_WORD, 10, -5.5, taken=True, start=50)
-    assert fit_min_confidence(evidence, current={}).min_confidence == {}
+    assert fit_min_confidence(evidence, current={}, min_shown=20).min_confidence == {}
     # Too few shown episodes to go on: the live version's floors stay.
-    assert fit_min_confidence(evidence[:5], current={IN_WORD: -2.0}).min_confidence == {IN_WORD: -2.0}
+    assert fit_min_confidence(evidence[:5], current={IN_WORD: -2.0}, min_shown=20).min_confidence == {
+        IN_WORD: -2.0
+    }
 
 
 def test_a_step_whose_cost_rests_on_few_episodes_is_not_taken() -> None:
@@ -104,7 +112,7 @@ def test_a_step_whose_cost_rests_on_few_episodes_is_not_taken() -> None:
     evidence.append(Evidence("long", LINE_START, -6.5, 0.75, 40.0))
     scored = FloorHindsight(evidence)
     assert scored.estimate({LINE_START: -6.0}).reward > scored.estimate({}).reward
-    assert fit_min_confidence(evidence, current={}).min_confidence == {}
+    assert fit_min_confidence(evidence, current={}, min_shown=20).min_confidence == {}
 
 
 def test_the_evidence_keeps_the_newest_episodes_once_each(tmp_path: Path) -> None:

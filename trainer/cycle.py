@@ -296,7 +296,14 @@ def run_cycle(
     min_confidence = info.min_confidence
     if cfg.learn_floor:
         min_confidence = fit_floors(
-            trainer_dir, train, heldout, info.min_confidence, settings.rewards, cfg.floor_history, metrics
+            trainer_dir,
+            train,
+            heldout,
+            info.min_confidence,
+            settings.rewards,
+            metrics,
+            history=cfg.floor_history,
+            min_shown=cfg.floor_min_shown,
         )
 
     gate = None

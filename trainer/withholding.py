@@ -191,7 +191,7 @@ def _steps(floor: float | None, seen: np.ndarray) -> list[float | None]:
 def fit_min_confidence(
     evidence: Sequence[Evidence],
     current: Floors,
-    min_shown: int = 20,
+    min_shown: int = 800,
     chars_tolerance: float = 0.02,
 ) -> FloorFit:
     """The floors for the next version from the evidence; `current` are the live one's. With
@@ -208,14 +208,16 @@ def fit_floors(
     heldout: Sequence[Episode],
     current: Floors,
     rewards: RewardConfig,
-    history: int,
     metrics: dict[str, float],
+    *,
+    history: int,
+    min_shown: int,
 ) -> Floors:
     """A cycle's candidate floors: this cycle's episodes join the evidence in `trainer_dir`, the
     floors are fitted on it, and their figures go to `metrics`."""
     evidence = extend_evidence(load_evidence(trainer_dir), evidence_of(train, rewards), history)
     save_evidence(trainer_dir, evidence)
-    fit = fit_min_confidence(evidence, current)
+    fit = fit_min_confidence(evidence, current, min_shown)
     log.info(
         "confidence floors %s -> %s: would have withheld %.0f%% of the last %d episodes' suggestions",
         current or "none",
