@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import shutil
+import signal
 import time
 import uuid
 from collections import Counter
@@ -345,6 +346,11 @@ def _fmt_ratio(figure: dict[str, Any] | None) -> str:
 
 
 async def simulate(config: SimulationConfig) -> list[CycleRow]:
+    # `kill` ends a run as Ctrl-C does: the backend and the language servers are stopped with it
+    # (they were left running, holding their ports and a core).
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     simulation = Simulation(config)
     try:
         await simulation.start()
@@ -381,6 +387,10 @@ def main(args: argparse.Namespace) -> int:
         max_lines=args.max_lines,
         time_scale=args.time_scale,
     )
-    asyncio.run(simulate(config))
+    try:
+        asyncio.run(simulate(config))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("flywheel simulate: stopped; the figures of the cycles done are in", config.out)
+        return 130
     print(f"flywheel simulate: {config.out / 'cycles.csv'}, {config.out / 'cycles.png'}")
     return 0

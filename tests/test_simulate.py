@@ -5,17 +5,20 @@ show the loop turned."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
+import httpx
 import pytest
 
 from backend.store import Store
@@ -106,6 +109,58 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert [row["live_version"] for row in report["cycles"]] == [row["live_version"] for row in rows]
     # The CSV rounds to 4 decimals; the report keeps full precision.
     assert report["cycles"][1]["heldout_ppl"] == pytest.approx(float(rows[1]["heldout_ppl"]), abs=1e-4)
+
+
+def test_a_killed_run_stops_its_backend_and_language_servers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in SIM_MODULES:
+        shutil.copy(stdlib / name, corpus / name)
+    env = dict(os.environ, FLYWHEEL_CONFIG=str(tmp_path / "absent.toml"))
+    command = [sys.executable, "-m", "flywheel.cli", "simulate", "--corpus", str(corpus)]
+    command += ["--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--cycles", "5"]
+    run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stderr is not None
+        # The run announces its backend's dashboard once the backend answers.
+        url = (
+            next(line for line in run.stderr if "dashboard:" in line)
+            .split("dashboard: ")[1]
+            .split("/admin")[0]
+        )
+        servers = _children(run.pid)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200 and servers
+        run.send_signal(signal.SIGTERM)
+        rest = run.communicate(timeout=120)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 130, rest[-3000:]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", timeout=5)
+    # The backend (and its model process) and each language server are gone.
+    assert not [pid for pid in servers if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+
+
+def _children(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return True
 
 
 def test_accept_next_word_steps_through_words_and_punctuation() -> None:
