@@ -14,7 +14,7 @@ import csv
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class RoundSamples:
     live_version: str
     accepted: list[float]
     kept_per_request: list[float]
+    # Where the cursor stood (backend/confidence.py) → [episodes, shown, accepted] there.
+    places: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -73,11 +75,29 @@ class RoundSamples:
     ) -> RoundSamples:
         rated = [e for e in episodes if e["outcome"] != "abstained"]
         kept = [kept_chars(e, rewards) for e in episodes]
+        places: dict[str, list[int]] = {}
+        for e in episodes:
+            counts = places.setdefault(e.get("place") or "unknown", [0, 0, 0])
+            counts[0] += 1
+            counts[1] += e["outcome"] != "abstained"
+            counts[2] += e["outcome"] in ACCEPTED_OUTCOMES
         return cls(
             live,
             [float(e["outcome"] in ACCEPTED_OUTCOMES) for e in rated],
             kept + [0.0] * max(0, requests - len(kept)),
+            places,
         )
+
+    def place_figures(self) -> dict[str, dict[str, float | int | None]]:
+        """Per place: episodes, the share of them shown, and the accept rate of those shown."""
+        return {
+            place: {
+                "episodes": n,
+                "shown_rate": shown / n if n else None,
+                "accept_rate": accepted / shown if shown else None,
+            }
+            for place, (n, shown, accepted) in sorted(self.places.items())
+        }
 
 
 def ratio_interval(
@@ -111,6 +131,8 @@ def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
             interval = ratio_interval(before_values, after_values)
             figures[figure] = None if interval is None else {"ratio": interval[0], "ci95": list(interval[1:])}
         summary[name] = figures
+    # Where suggestions stopped being shown, and how those still shown fared there.
+    summary["by_place"] = {"cycle_0": first.place_figures(), "last_cycle": last.place_figures()}
     return summary
 
 

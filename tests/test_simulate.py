@@ -23,6 +23,7 @@ import pytest
 
 from backend.store import Store
 from backend.wire import SimulationCycle
+from flywheel.config import RewardConfig
 from simulate.corpus import header_length, load_corpus
 from simulate.developer import right_words, trigger_points
 from simulate.editor import word_steps
@@ -96,7 +97,13 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert all(user["episodes"] > 0 for user in users.values()), users
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cycles"] == 2 and summary["live_version"] == rows[-1]["live_version"]
-    assert set(summary) == {"cycles", "live_version", "last_cycle", f"rounds_of_{rows[-1]['live_version']}"}
+    assert set(summary) == {
+        "cycles",
+        "live_version",
+        "last_cycle",
+        f"rounds_of_{rows[-1]['live_version']}",
+        "by_place",
+    }
     for figure in ("accept_rate", "arc_per_request"):
         last = summary["last_cycle"][figure]
         assert last is None or last["ci95"][0] <= last["ratio"] <= last["ci95"][1]
@@ -240,6 +247,19 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
         assert single[figure]["ratio"] == pytest.approx(pooled[figure]["ratio"]) == pytest.approx(2.0)
         (pooled_low, pooled_high), (single_low, single_high) = pooled[figure]["ci95"], single[figure]["ci95"]
         assert pooled_high - pooled_low < single_high - single_low
+    # Per place, from the episodes: shown share and accept rate where the cursor stood.
+    episodes = [
+        {"outcome": "rejected", "place": "line_start", "reward": -0.25, "text": "x"},
+        {"outcome": "abstained", "place": "line_start", "reward": 0.0, "text": ""},
+        {"outcome": "accepted", "place": "in_word", "reward": 0.75, "text": "abc"},
+    ]
+    samples = RoundSamples.of("v1", 4, episodes, RewardConfig())
+    assert samples.kept_per_request == [0.0, 0.0, 3.0, 0.0]
+    assert samples.place_figures() == {
+        "in_word": {"episodes": 1, "shown_rate": 1.0, "accept_rate": 1.0},
+        "line_start": {"episodes": 2, "shown_rate": 0.5, "accept_rate": 0.0},
+    }
+    assert learning_summary([samples, samples])["by_place"]["last_cycle"] == samples.place_figures()
     # Nothing accepted in cycle 0: no ratio, rather than an infinite one.
     assert ratio_interval([0.0] * 10, [1.0] * 10) is None
 
