@@ -205,6 +205,12 @@ def _actions(version: str, state: str, pinned: str | None) -> str:
 
 def _figures(metrics: dict[str, Any]) -> str:
     shown = {k: v for k, v in metrics.items() if k in ("gate", "canary", "rollback") and v}
+    # The version's confidence floors (trainer/withholding.py), by where the cursor stands.
+    floors = {
+        k.removeprefix("min_confidence_"): v for k, v in metrics.items() if k.startswith("min_confidence_")
+    }
+    if floors:
+        shown["floors" + (" only" if metrics.get("floors_only") else "")] = floors
     if not shown:
         return ""
     return "".join(f'<div class="fig">{escape(k)}: {escape(_compact(v))}</div>' for k, v in shown.items())

@@ -164,3 +164,17 @@ def test_simulation_figures_reach_the_dashboard(tiny_model_dir: Path, tmp_path: 
             browser.close()
     finally:
         stop_backend(server)
+
+
+def test_the_timeline_shows_each_versions_confidence_floors() -> None:
+    from backend.dashboard import timeline
+    from backend.wire import CheckpointInfo
+
+    metrics = {"min_confidence_line_start": -4.0, "min_confidence_after_symbol": -3.5, "floors_only": 1.0}
+    floors_only = CheckpointInfo(
+        version="v3", state="live", parent_version="v1", created_at=0, metrics=metrics
+    )
+    update = CheckpointInfo(version="v2", state="rejected", parent_version="v1", created_at=0, metrics={})
+    html = timeline([update, floors_only], [], None)
+    assert "floors only: {line_start: -4, after_symbol: -3.5}" in html
+    assert html.count("floors") == 1

@@ -241,6 +241,7 @@ def test_an_update_the_gate_refuses_still_ships_its_floors_on_the_live_weights(
     update, floors = stub.uploads
     assert not update.gate.passed and update.min_confidence == {LINE_START: first_step}
     assert floors.gate.passed and floors.metrics["floors_only"] == 1.0
+    assert floors.metrics["min_confidence_line_start"] == first_step  # for the dashboard
     assert (floors.parent_version, floors.min_confidence) == (BASE_VERSION, {LINE_START: first_step})
     # The live weights (the base model's: an adapter that adds nothing), not the refused update's.
     shipped = load(stub.checkpoints["v2"]["adapter_model.safetensors"])

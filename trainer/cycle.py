@@ -147,7 +147,12 @@ def ship_floors(
     metadata = CheckpointMetadata(
         base_model=info.base_model,
         parent_version=info.live_version,
-        metrics={"candidate": path.name, "floors_only": 1.0, "rejected_update": rejected},
+        metrics={
+            "candidate": path.name,
+            "floors_only": 1.0,
+            "rejected_update": rejected,
+            **{f"min_confidence_{place}": floor for place, floor in floors.items()},
+        },
         gate=GateResult(passed=True, reason=f"floors only, on the weights of {info.live_version}"),
         stop_logprob=info.stop_logprob,
         min_confidence=floors,
