@@ -45,7 +45,7 @@ from trainer.session import LoadedPolicy, PolicyCache
 from trainer.state import TrainerState, load_state, save_state
 from trainer.stopping import HindsightSet, fit_stop_logprob
 from trainer.update import train_on_episodes
-from trainer.withholding import fit_floors
+from trainer.withholding import fit_floors, floor_metrics
 
 log = logging.getLogger("flywheel.trainer")
 
@@ -151,14 +151,31 @@ def ship_floors(
             "candidate": path.name,
             "floors_only": 1.0,
             "rejected_update": rejected,
-            **{f"min_confidence_{place}": floor for place, floor in floors.items()},
+            **floor_metrics(floors),
         },
         gate=GateResult(passed=True, reason=f"floors only, on the weights of {info.live_version}"),
         stop_logprob=info.stop_logprob,
         min_confidence=floors,
     )
-    save_adapter_atomic(policy.model, path, policy.optimizer, metadata.model_dump_json())
-    state.pending_candidate, state.pending_cursor = path.name, state.cursor
+    return upload_candidate(
+        client, trainer_dir, state, policy, path, metadata, policy.optimizer, state.cursor
+    )
+
+
+def upload_candidate(
+    client: BackendClient,
+    trainer_dir: Path,
+    state: TrainerState,
+    policy: LoadedPolicy,
+    path: Path,
+    metadata: CheckpointMetadata,
+    optimizer: Any,
+    cursor: int,
+) -> CheckpointInfo:
+    """Saves the candidate whole, marks it pending (with the cursor its upload completes), uploads
+    it and files it under the version the backend gave it."""
+    save_adapter_atomic(policy.model, path, optimizer, metadata.model_dump_json())
+    state.pending_candidate, state.pending_cursor = path.name, cursor
     save_state(trainer_dir, state)
     checkpoint = client.upload_checkpoint(path, metadata)
     _finish(trainer_dir, state, path, checkpoint)
@@ -326,13 +343,10 @@ def run_cycle(
         min_confidence=min_confidence,
     )
     optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
-    save_adapter_atomic(policy.model, candidate_path, optimizer, metadata.model_dump_json())
-    state.pending_candidate, state.pending_cursor = candidate_path.name, next_cursor
-    save_state(trainer_dir, state)
-
     notify("uploading")
-    checkpoint = client.upload_checkpoint(candidate_path, metadata)
-    _finish(trainer_dir, state, candidate_path, checkpoint)
+    checkpoint = upload_candidate(
+        client, trainer_dir, state, policy, candidate_path, metadata, optimizer, next_cursor
+    )
     if checkpoint.state != "rejected" and (gate is None or gate.passed):
         cache.became(checkpoint.version)
     clean_trainer_dir(trainer_dir, keep={info.live_version, checkpoint.version})

@@ -166,9 +166,14 @@ class HindsightSet:
         diffs = np.zeros(self.size)
         cut, ref = self.outcomes(threshold), self.outcomes(reference)
         diffs[: len(self.shown)] = [kept - before for (_, kept), (_, before) in zip(cut, ref, strict=True)]
-        if self.size < 2:
-            return float(diffs.mean()) if self.size else 0.0
-        return float(diffs.mean() - NON_INFERIORITY_Z * diffs.std(ddof=1) / math.sqrt(self.size))
+        return lower_bound(diffs)
+
+
+def lower_bound(diffs: np.ndarray) -> float:
+    """One-sided 95% lower bound on the mean of paired differences: mean − z · standard error."""
+    if len(diffs) < 2:
+        return float(diffs.mean()) if len(diffs) else 0.0
+    return float(diffs.mean() - NON_INFERIORITY_Z * diffs.std(ddof=1) / math.sqrt(len(diffs)))
 
 
 def fit_stop_logprob(

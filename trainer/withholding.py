@@ -39,7 +39,7 @@ from backend.rewards import kept_characters
 from backend.wire import Episode
 from flywheel.config import RewardConfig
 from trainer.fsutil import write_file_atomic
-from trainer.stopping import NON_INFERIORITY_Z, Estimate
+from trainer.stopping import Estimate, lower_bound
 
 log = logging.getLogger("flywheel.trainer")
 
@@ -151,9 +151,7 @@ class FloorHindsight:
         `floors` minus `reference`, paired over the same episodes (silent ones differ by 0)."""
         diffs = np.zeros(self.size)
         diffs[: self.shown] = self._kept * (self.shows(floors).astype(float) - self.shows(reference))
-        if self.size < 2:
-            return float(diffs.mean()) if self.size else 0.0
-        return float(diffs.mean() - NON_INFERIORITY_Z * diffs.std(ddof=1) / math.sqrt(self.size))
+        return lower_bound(diffs)
 
     def fit(self, current: Floors, chars_tolerance: float) -> Floors:
         """Of the floors one step below, at or one step above the current, place by place, those
@@ -202,6 +200,11 @@ def fit_min_confidence(
     return FloorFit(chosen, scored.estimate(chosen), scored.estimate(current), float(withheld), scored.size)
 
 
+def floor_metrics(floors: Floors) -> dict[str, float]:
+    """A version's floors as checkpoint metrics (the dashboard shows them)."""
+    return {f"min_confidence_{place}": floor for place, floor in floors.items()}
+
+
 def fit_floors(
     trainer_dir: Path,
     train: Sequence[Episode],
@@ -226,7 +229,7 @@ def fit_floors(
         fit.evidence,
     )
     metrics.update(floor_withheld_share=fit.withheld_share, floor_kept_chars=fit.chosen.kept_chars)
-    metrics.update({f"min_confidence_{place}": floor for place, floor in fit.min_confidence.items()})
+    metrics.update(floor_metrics(fit.min_confidence))
     if heldout:
         held = FloorHindsight(evidence_of(heldout, rewards))
         before, after = held.estimate(current), held.estimate(fit.min_confidence)
