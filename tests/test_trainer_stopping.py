@@ -121,3 +121,28 @@ def test_the_correction_term_teaches_what_users_wrote_instead(tmp_path: Path) ->
     # One list of wanted tokens per episode, or none at all.
     with pytest.raises(ValueError, match="differ in length"):
         train_on_episodes(policy, episodes, config, learning_rate=1e-2, batch_size=8, epochs=1, wanted=[])
+
+
+def test_what_users_wrote_mid_line_ends_with_the_newline_that_stops_it() -> None:
+    tokenizer = build_tokenizer()
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    rejected = shown(tokenizer, 1, "os", [-1.0], "rejected", -0.25, "sys")
+    in_word = rejected.model_copy(update={"place": "in_word"})
+    assert tokenizer.decode(wanted_ids(tokenizer, in_word, 64)) == "sys\n"
+    assert wanted_ids(tokenizer, in_word, 64)[-len(newline) :] == newline
+    # At a line's start the user's text is a block whose end the newline does not mark.
+    at_line_start = rejected.model_copy(update={"place": "line_start"})
+    assert tokenizer.decode(wanted_ids(tokenizer, at_line_start, 64)) == "sys"
+    # Place unknown (episodes stored before places were): nothing is assumed.
+    assert tokenizer.decode(wanted_ids(tokenizer, rejected, 64)) == "sys"
+    # An acceptance the user edited ran to the line's end only if the suggestion did.
+    edited = shown(tokenizer, 2, "os", [-1.0], "accepted", 0.4, "sys").model_copy(
+        update={"place": "after_symbol"}
+    )
+    assert tokenizer.decode(wanted_ids(tokenizer, edited, 64)) == "sys"
+    to_line_end = edited.model_copy(
+        update={"completion_ids": tokenizer.encode("os\n", add_special_tokens=False)}
+    )
+    assert tokenizer.decode(wanted_ids(tokenizer, to_line_end, 64)) == "sys\n"
+    # The token cap may leave no room for it.
+    assert tokenizer.decode(wanted_ids(tokenizer, in_word, 1)) != "sys\n"
