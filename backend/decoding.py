@@ -26,7 +26,7 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
-from backend.confidence import confidence, cursor_place
+from backend.confidence import LEADING_TOKENS, confidence, cursor_place
 from backend.healing import TokenTexts, after_healed, healed_text
 from backend.model_messages import Cut, Request, Sample
 from backend.prompts import build_prompt_ids
@@ -87,6 +87,11 @@ class Row:
         """Whether the version's confidence floor keeps this completion from being shown."""
         floor = self.cut.min_confidence.get(self.place)
         return floor is not None and bool(self.tokens) and confidence(self.logprobs) < floor
+
+    def withheld_whatever_follows(self) -> bool:
+        """Whether the floor withholds this row already: its confidence is final once it has its
+        first LEADING_TOKENS tokens, and decoding the rest would only hold a slot of the batch."""
+        return len(self.tokens) >= LEADING_TOKENS and self.withheld()
 
     @property
     def adapter(self) -> str:
@@ -222,7 +227,7 @@ class Decoding:
             if not cut:
                 row.tokens.append(token)
                 row.logprobs.append(chosen_logprobs[i])
-            if cut or row.stop.add(token):
+            if cut or row.stop.add(token) or row.withheld_whatever_follows():
                 done.append((row.key, self._sample(row)))
                 policy.in_use[row.version] -= 1
             else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_adapter
 
-from backend.confidence import IN_WORD, PLACES, confidence, cursor_place
+from backend.confidence import IN_WORD, LEADING_TOKENS, PLACES, confidence, cursor_place
 from backend.decoding import Decoding, sample_rows
 from backend.model_messages import Request, Sample
 from backend.prompts import build_prompt_ids
@@ -295,8 +295,13 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
         assert adapter.cut.min_confidence == floors and adapter.cut.stop_logprob is None
         policy.install(adapter)
         policy.route(version, None, 0.0)
-        torch.manual_seed(0)
-        return decode_all(policy, requests)
+        # Each request on its own, seeded by its index: a withheld row ends early, and in a
+        # shared batch the rows after it would draw other numbers.
+        samples = []
+        for i, request in enumerate(requests):
+            torch.manual_seed(i)
+            samples += decode_all(policy, [request])
+        return samples
 
     unfloored = serve("v4", {})
     floor = sorted(confidence(s.token_logprobs) for s in unfloored)[len(unfloored) // 2]
@@ -315,6 +320,25 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
             assert (after.text, after.completion_ids, after.token_logprobs) == ("", [], [])
         assert after.model_version == "v5"
     assert 0 < withheld < len(requests)
+
+    # A withheld row leaves the batch once its first tokens have decided it, not at its end.
+    def forward_passes(request_index: int) -> int:
+        torch.manual_seed(request_index)
+        decoding = Decoding(policy)
+        decoding.join([(0, requests[request_index])])
+        passes = 1
+        while decoding.size:
+            decoding.step()
+            passes += 1
+        return passes
+
+    long_and_withheld = [
+        i
+        for i, before in enumerate(unfloored)
+        if len(before.completion_ids) > LEADING_TOKENS and confidence(before.token_logprobs) < floor
+    ]
+    assert long_and_withheld
+    assert all(forward_passes(i) == LEADING_TOKENS for i in long_and_withheld)
 
     # A floor applies where the cursor stands only: after "return" (in a word) nothing is shown,
     # elsewhere what was.
