@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files-per-round", type=int, default=2, help="files each developer writes per round")
     p.add_argument("--eval-files", type=int, default=0, help="held-out files (default: files per round)")
     p.add_argument("--max-lines", type=int, default=120, help="cut each file to this many lines (0: all)")
+    p.add_argument(
+        "--requests-per-file", type=int, default=40, help="most suggestions one developer asks for in a file"
+    )
     p.add_argument("--time-scale", type=float, default=50.0, help="simulated typing seconds per real second")
     p.set_defaults(func=cmd_simulate)
 

@@ -20,7 +20,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class SimulationConfig:
     files_per_round: int = 2
     eval_files: int = 2
     max_lines: int = 120
+    # Each developer asks for at most this many suggestions in a file (the rest they type).
+    requests_per_file: int = 40
     # Simulated seconds per real second, for typing. Survival and windows below are real seconds.
     time_scale: float = 50.0
     survival_delays_s: list[float] = field(default_factory=lambda: [0.3, 1.0])
@@ -123,6 +125,7 @@ class Simulation:
         for index, profile in enumerate(
             assign_profiles(self.config.developers, self.config.adversarial_share)
         ):
+            profile = replace(profile, max_requests_per_file=self.config.requests_per_file)
             user_id = f"sim-{index}-{profile.name}"
             options = {
                 "backendUrl": self.backend.url,
@@ -315,6 +318,7 @@ class Simulation:
             "files per round": config.files_per_round,
             "eval files": config.eval_files,
             "max lines": config.max_lines,
+            "requests per file": config.requests_per_file,
             "time scale": config.time_scale,
         }
 
@@ -385,6 +389,7 @@ def main(args: argparse.Namespace) -> int:
         files_per_round=args.files_per_round,
         eval_files=args.eval_files or args.files_per_round,
         max_lines=args.max_lines,
+        requests_per_file=args.requests_per_file,
         time_scale=args.time_scale,
     )
     try:

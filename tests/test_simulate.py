@@ -58,6 +58,7 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         "--files-per-round": 2,
         "--eval-files": 1,
         "--max-lines": 25,
+        "--requests-per-file": 8,
         "--time-scale": 200,
     }
     done = subprocess.run(
@@ -82,6 +83,8 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
             row["shown"]
         )
     assert rows[0]["live_version"] == "base"
+    # One honest developer writes the one evaluation file, asking at most 8 times in it.
+    assert all(int(row["requests"]) <= 8 for row in rows)
     # Each trainer cycle's candidate went live (canary share 0) and was served in the next round.
     for before, after in itertools.pairwise(rows):
         assert int(after["train_episodes"]) > 0
