@@ -17,16 +17,28 @@ install: $(STAMP)
 up: install
 	$(BIN)/flywheel up
 
-# Simulated developers write code through the real loop: by default the standard-library files the
-# bootstrapped model held out (never trained on); CORPUS=DIR for a directory of your own.
-SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 4 --max-lines 120
+# Simulated developers write code through the real loop. By default they write `rich`, a codebase
+# the bootstrapped model never saw (it trains on the standard library) and one project, as a team's
+# code is: its modules less its data tables (emoji, palettes, spinners, Unicode widths, styles,
+# export templates), copied from the venv (pinned in the dev extras). CORPUS=DIR for a directory of
+# your own; CORPUS=stdlib for the standard-library files the bootstrapped model held out.
+CORPUS ?= rich
+RICH_DATA_TABLES := _emoji_codes.py _palettes.py _spinners.py _unicode_data default_styles.py _export_format.py _cell_widths.py __pycache__
+SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 8 --max-lines 120
 # A few hundred episodes a cycle, far fewer than a team's: the trainer's default step size (2e-4)
 # barely moves the adapter in ten cycles, so the run trains faster; the KL budget and the eval gate
 # still bound each cycle. (2e-3, right for an attention-only adapter, moves the all-linear one past
 # the gate's perplexity and loop checks in one cycle.)
 SIMULATE_LR ?= 5e-4
 simulate: install
-	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(CORPUS),--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
+ifeq ($(CORPUS),rich)
+	rm -rf flywheel-simulation-corpus
+	cp -r "$$($(BIN)/python -c 'import os, rich; print(os.path.dirname(rich.__file__))')" flywheel-simulation-corpus
+	cd flywheel-simulation-corpus && rm -rf $(RICH_DATA_TABLES)
+	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate --corpus flywheel-simulation-corpus $(SIMULATE_ARGS) --out flywheel-simulation
+else
+	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(filter stdlib,$(CORPUS)),,--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
+endif
 
 lint: install
 	$(BIN)/ruff check .
