@@ -30,15 +30,15 @@ SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-
 # still bound each cycle. (2e-3, right for an attention-only adapter, moves the all-linear one past
 # the gate's perplexity and loop checks in one cycle.)
 SIMULATE_LR ?= 5e-4
+# `flywheel simulate` with no --corpus writes the held-out standard-library files.
+SIMULATE_CORPUS := $(if $(filter rich,$(CORPUS)),flywheel-simulation-corpus,$(filter-out stdlib,$(CORPUS)))
 simulate: install
 ifeq ($(CORPUS),rich)
 	rm -rf flywheel-simulation-corpus
 	cp -r "$$($(BIN)/python -c 'import os, rich; print(os.path.dirname(rich.__file__))')" flywheel-simulation-corpus
 	cd flywheel-simulation-corpus && rm -rf $(RICH_DATA_TABLES)
-	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate --corpus flywheel-simulation-corpus $(SIMULATE_ARGS) --out flywheel-simulation
-else
-	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(filter stdlib,$(CORPUS)),,--corpus $(CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
 endif
+	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(SIMULATE_CORPUS),--corpus $(SIMULATE_CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
 
 lint: install
 	$(BIN)/ruff check .

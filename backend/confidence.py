@@ -23,6 +23,9 @@ LEADING_TOKENS = 3
 LINE_START, IN_WORD, AFTER_SYMBOL = "line_start", "in_word", "after_symbol"
 PLACES = (LINE_START, IN_WORD, AFTER_SYMBOL)
 
+# A version's floor at a place, among its checkpoint's metrics: this prefix, then the place.
+FLOOR_METRIC_PREFIX = "min_confidence_"
+
 
 def confidence(token_logprobs: Sequence[float]) -> float:
     """Mean log-prob of the first LEADING_TOKENS sampled tokens; 0 (sure) for none."""

@@ -10,6 +10,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from backend.confidence import FLOOR_METRIC_PREFIX
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem 2rem; color: #1d2330; background: #fafbfc; }
 h1 { margin: 0; } h2 { margin-top: 2rem; font-size: 1.2rem; } .sub { color: #667; margin: 0.2rem 0 0; }
@@ -207,7 +209,9 @@ def _figures(metrics: dict[str, Any]) -> str:
     shown = {k: v for k, v in metrics.items() if k in ("gate", "canary", "rollback") and v}
     # The version's confidence floors (trainer/withholding.py), by where the cursor stands.
     floors = {
-        k.removeprefix("min_confidence_"): v for k, v in metrics.items() if k.startswith("min_confidence_")
+        key.removeprefix(FLOOR_METRIC_PREFIX): value
+        for key, value in metrics.items()
+        if key.startswith(FLOOR_METRIC_PREFIX)
     }
     if floors:
         shown["floors" + (" only" if metrics.get("floors_only") else "")] = floors

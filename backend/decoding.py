@@ -90,8 +90,9 @@ class Row:
 
     def withheld_whatever_follows(self) -> bool:
         """Whether the floor withholds this row already: its confidence is final once it has its
-        first LEADING_TOKENS tokens, and decoding the rest would only hold a slot of the batch."""
-        return len(self.tokens) >= LEADING_TOKENS and self.withheld()
+        first LEADING_TOKENS tokens, and decoding the rest would only hold a slot of the batch.
+        Asked at every step, it looks once, at that token: a row not withheld then never is."""
+        return len(self.tokens) == LEADING_TOKENS and self.withheld()
 
     @property
     def adapter(self) -> str:

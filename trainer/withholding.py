@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.confidence import PLACES, confidence
+from backend.confidence import FLOOR_METRIC_PREFIX, PLACES, confidence
 from backend.rewards import kept_characters
 from backend.wire import Episode
 from flywheel.config import RewardConfig
@@ -202,7 +202,7 @@ def fit_min_confidence(
 
 def floor_metrics(floors: Floors) -> dict[str, float]:
     """A version's floors as checkpoint metrics (the dashboard shows them)."""
-    return {f"min_confidence_{place}": floor for place, floor in floors.items()}
+    return {FLOOR_METRIC_PREFIX + place: floor for place, floor in floors.items()}
 
 
 def fit_floors(
