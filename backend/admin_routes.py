@@ -12,10 +12,19 @@ from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from backend import dashboard
-from backend.auth import ADMIN, COOKIE
-from backend.deps import State, admin_only, bearer
+from backend.auth import ADMIN, hash_token, new_token, person_of
+from backend.deps import State, admin_only, principal_of, session_of
 from backend.lifecycle import PINNED, LifecycleError
-from backend.wire import API_PREFIX, SIMULATION_PATH, SimulationReport
+from backend.sessions import COOKIE, LIFETIME_S
+from backend.wire import (
+    API_PREFIX,
+    SIMULATION_PATH,
+    TOKENS_PATH,
+    NewToken,
+    SimulationReport,
+    TokenInfo,
+    TokenRequest,
+)
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 ACTIONS = ("promote", "rollback", "pin", "unpin")
@@ -72,30 +81,51 @@ async def act(state: Any, action: str, version: str) -> dict[str, Any]:
 
 
 def add_routes(app: FastAPI) -> None:
-    async def is_admin(request: Request, state: Any) -> bool:
-        return await state.auth.allows(bearer(request), ADMIN)
+    def is_admin(request: Request) -> bool:
+        principal = principal_of(request)
+        return principal is not None and principal.role == ADMIN
 
     @app.get("/admin", response_class=HTMLResponse, response_model=None)
     async def admin_page(request: Request, state: State) -> HTMLResponse | RedirectResponse:
-        if not await is_admin(request, state):
+        session = session_of(request)
+        if not is_admin(request) or session is None:
             return RedirectResponse("/admin/login", status_code=303)
-        return HTMLResponse(dashboard.render(await dashboard_data(state)))
+        return HTMLResponse(dashboard.render(await dashboard_data(state), session.csrf))
 
     @app.get("/admin/login", response_class=HTMLResponse)
     async def login_form() -> str:
         return dashboard.login_page()
 
     @app.post("/admin/login", response_model=None)
-    async def login(state: State, token: Annotated[str, Form()] = "") -> HTMLResponse | RedirectResponse:
-        if await state.auth.role_of(token) != ADMIN:
+    async def login(
+        request: Request, state: State, token: Annotated[str, Form(max_length=512)] = ""
+    ) -> HTMLResponse | RedirectResponse:
+        principal = await state.auth.identify(token.strip())
+        if principal is None or principal.role != ADMIN:
             return HTMLResponse(dashboard.login_page("not an admin token"), status_code=401)
+        session_id, _ = state.sessions.open(principal.token_hash)
         response = RedirectResponse("/admin", status_code=303)
-        # SameSite=Strict: the dashboard's forms are not reachable from another site's page.
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+        # The cookie holds a session id, never the token. SameSite=Strict: no other site's page
+        # sends it; Secure when served over TLS (directly or behind a proxy that says so).
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            max_age=int(LIFETIME_S),
+        )
         return response
 
-    @app.get("/admin/logout")
-    async def logout() -> RedirectResponse:
+    @app.post("/admin/logout")
+    async def logout(
+        request: Request, state: State, csrf: Annotated[str, Form(max_length=512)] = ""
+    ) -> RedirectResponse:
+        # A forged form cannot log the admin out either.
+        session = session_of(request)
+        if session is not None and not session.csrf_matches(csrf):
+            return RedirectResponse("/admin", status_code=303)
+        state.sessions.close(request.cookies.get(COOKIE))
         response = RedirectResponse("/admin/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
@@ -109,7 +139,14 @@ def add_routes(app: FastAPI) -> None:
         return await dashboard_data(state)
 
     @app.post("/admin/act/{action}/{version}", dependencies=admin_only)
-    async def act_from_dashboard(action: str, version: str, state: State) -> RedirectResponse:
+    async def act_from_dashboard(
+        action: str, version: str, request: Request, state: State, csrf: Annotated[str, Form()] = ""
+    ) -> RedirectResponse:
+        # A dashboard form carries its session's CSRF token; a bearer token needs none (no
+        # browser sends one on its own).
+        session = session_of(request)
+        if session is not None and not session.csrf_matches(csrf):
+            raise HTTPException(status_code=403, detail="missing or stale CSRF token; reload the dashboard")
         await act(state, action, version)
         return RedirectResponse("/admin", status_code=303)
 
@@ -129,6 +166,37 @@ def add_routes(app: FastAPI) -> None:
             raise HTTPException(status_code=404, detail="no simulation has reported")
         return SimulationReport.model_validate(stored)
 
+    @app.post(TOKENS_PATH, dependencies=admin_only)
+    async def create_token(body: TokenRequest, state: State) -> NewToken:
+        token = new_token()
+        token_hash = hash_token(token)
+        token_id = await state.store.add_token(body.name, body.role, token_hash)
+        state.auth.reload()
+        info = next(t for t in await state.store.tokens() if t["id"] == token_id)
+        return NewToken(**_token_info(info).model_dump(), token=token)
+
+    @app.get(TOKENS_PATH, dependencies=admin_only)
+    async def list_tokens(state: State) -> list[TokenInfo]:
+        return [_token_info(t) for t in await state.store.tokens(include_revoked=True)]
+
+    @app.post(f"{TOKENS_PATH}/{{token_id}}/revoke", dependencies=admin_only)
+    async def revoke_token(token_id: int, state: State) -> dict[str, str]:
+        if not await state.store.revoke_token(token_id):
+            raise HTTPException(status_code=404, detail=f"no active token with id {token_id}")
+        state.auth.reload()
+        return {"status": "revoked"}
+
     @app.get("/metrics", dependencies=admin_only)
     async def metrics(state: State) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _token_info(row: dict[str, Any]) -> TokenInfo:
+    return TokenInfo(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        person=person_of(row["hash"]),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )

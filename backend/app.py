@@ -21,17 +21,19 @@ from pydantic import BaseModel, ValidationError
 from uuid6 import uuid7
 
 from backend import admin_routes, checkpoints
-from backend.auth import Authenticator
+from backend.access import AccessControl, allowed_hosts
+from backend.auth import Authenticator, ensure_tokens
 from backend.batching import ModelProcessError, PolicyWorker
-from backend.deps import State, admin_only, client_only
+from backend.deps import Caller, State, admin_only, client_only
 from backend.finalize import run_finalizer
 from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
 from backend.metrics import Metrics
-from backend.model_messages import Cut
+from backend.model_messages import Cut, Sample
 from backend.model_messages import Request as PolicyRequest
 from backend.model_process import LoopConfig
 from backend.retention import run_retention
+from backend.sessions import Sessions
 from backend.store import Store
 from backend.wire import (
     ADAPTER_FILES,
@@ -61,6 +63,7 @@ class BackendState:
     worker: PolicyWorker
     lifecycle: Lifecycle
     auth: Authenticator
+    sessions: Sessions
     metrics: Metrics
     base_model: str
 
@@ -73,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
         async with contextlib.AsyncExitStack() as opened:
             store = await Store.open(settings.database_path)
             opened.push_async_callback(store.close)
+            # Before the model loads: a backend that would serve strangers stops at once.
+            await ensure_tokens(store, settings)
             worker = PolicyWorker(
                 LoopConfig(
                     settings.base_model,
@@ -88,11 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
             lifecycle = Lifecycle(settings, store, worker)
             await lifecycle.apply_routing()
             auth = Authenticator(store, settings.backend.token)
-            host = settings.backend.host
-            if await auth.is_open() and host not in ("127.0.0.1", "localhost", "::1"):
-                log.warning("no access tokens, bound to %s: anyone reaching it may use it", host)
             app.state.backend = BackendState(
-                settings, store, worker, lifecycle, auth, Metrics(worker), settings.base_model
+                settings, store, worker, lifecycle, auth, Sessions(), Metrics(worker), settings.base_model
             )
             stop = asyncio.Event()
             tasks = [
@@ -109,6 +111,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Flywheel backend", lifespan=lifespan)
     app.add_middleware(BodyLimit, upload_bytes=settings.backend.max_request_bytes)
+    # Added last, so it runs first: nothing else sees a request the door refuses.
+    app.add_middleware(
+        AccessControl, hosts=allowed_hosts(settings.backend.allowed_hosts, settings.backend.host)
+    )
     _add_routes(app)
     admin_routes.add_routes(app)
     return app
@@ -129,9 +135,10 @@ def _add_routes(app: FastAPI) -> None:
         return {"status": "ok", "live_version": policy.live, "canary_version": policy.canary}
 
     @app.post(f"{API_PREFIX}/complete", dependencies=client_only, response_model=CompleteResponse)
-    async def complete(body: CompleteRequest, request: Request, state: State) -> Response:
+    async def complete(body: CompleteRequest, request: Request, state: State, caller: Caller) -> Response:
         started = time.perf_counter()
-        job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, body.user_id)
+        # The person is the token's, never the client's word: caps and canary count people.
+        job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, caller.person)
         try:
             sample = await state.worker.complete(job, gone=request.is_disconnected)
         except ModelProcessError as error:
@@ -139,19 +146,8 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(503, f"model unavailable: {error}") from error
         latency_ms = (time.perf_counter() - started) * 1000
         completion_id = uuid7().hex
-        await state.store.record_completion(
-            completion_id=completion_id,
-            user_id=body.user_id,
-            model_version=sample.model_version,
-            context=body.context.model_dump(),
-            prompt_ids=sample.prompt_ids,
-            completion_ids=sample.completion_ids,
-            token_logprobs=sample.token_logprobs,
-            temperature=state.worker.policy.temperature,
-            text=sample.text,
-            created_at=time.time(),
-            latency_ms=latency_ms,
-        )
+        if body.telemetry:
+            await _record(state, body, caller.person, completion_id, sample, latency_ms)
         state.metrics.completed(sample.model_version, bool(sample.text), latency_ms)
         return _json(
             CompleteResponse(
@@ -242,6 +238,31 @@ def _add_routes(app: FastAPI) -> None:
     async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
         await state.store.set_setting(TRAINER_STATUS, report.model_dump())
         return {"status": "recorded"}
+
+
+async def _record(
+    state: BackendState,
+    body: CompleteRequest,
+    person: str,
+    completion_id: str,
+    sample: Sample,
+    latency_ms: float,
+) -> None:
+    """Keep a served completion for learning. Only with the user's telemetry on: off, nothing of
+    their code, no text and no episode is kept, and events naming the completion are refused."""
+    await state.store.record_completion(
+        completion_id=completion_id,
+        user_id=person,
+        model_version=sample.model_version,
+        context=body.context.model_dump(),
+        prompt_ids=sample.prompt_ids,
+        completion_ids=sample.completion_ids,
+        token_logprobs=sample.token_logprobs,
+        temperature=state.worker.policy.temperature,
+        text=sample.text,
+        created_at=time.time(),
+        latency_ms=latency_ms,
+    )
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:

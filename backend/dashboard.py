@@ -190,7 +190,20 @@ def _sim_table(cycles: list[dict[str, Any]]) -> str:
     return f'<table id="sim-cycles"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _actions(version: str, state: str, pinned: str | None) -> str:
+def _form_to(target: str, label: str, element_id: str, csrf: str) -> str:
+    """A button that posts to `target`; the form carries the session's CSRF token."""
+    return (
+        f'<form method="post" action="{escape(target)}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        f'<button type="submit" id="{escape(element_id)}">{label}</button></form>'
+    )
+
+
+def _form(action: str, version: str, label: str, element_id: str, csrf: str) -> str:
+    return _form_to(f"/admin/act/{action}/{version}", label, element_id, csrf)
+
+
+def _actions(version: str, state: str, pinned: str | None, csrf: str) -> str:
     buttons = []
     if state == "canary":
         buttons.append(("promote", "Promote"))
@@ -198,11 +211,7 @@ def _actions(version: str, state: str, pinned: str | None) -> str:
         buttons.append(("rollback", "Roll back"))
     if state in ("gated", "canary", "live", "retired", "rolled_back") and pinned != version:
         buttons.append(("pin", "Pin live"))
-    return "".join(
-        f'<form method="post" action="/admin/act/{action}/{escape(version)}">'
-        f'<button type="submit" id="{action}-{escape(version)}">{label}</button></form>'
-        for action, label in buttons
-    )
+    return "".join(_form(action, version, label, f"{action}-{version}", csrf) for action, label in buttons)
 
 
 def _figures(metrics: dict[str, Any]) -> str:
@@ -228,7 +237,9 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
-def timeline(checkpoints: list[Any], transitions: list[dict[str, Any]], pinned: str | None) -> str:
+def timeline(
+    checkpoints: list[Any], transitions: list[dict[str, Any]], pinned: str | None, csrf: str
+) -> str:
     by_version: dict[str, list[dict[str, Any]]] = {}
     for t in transitions:
         by_version.setdefault(t["version"], []).append(t)
@@ -243,7 +254,7 @@ def timeline(checkpoints: list[Any], transitions: list[dict[str, Any]], pinned: 
             f'<tr id="checkpoint-{escape(c.version)}"><td><b>{escape(c.version)}</b></td>'
             f'<td class="state {escape(c.state)}">{escape(c.state)}{pin}</td>'
             f"<td>{_format(c.parent_version)}</td><td>{history}{_figures(c.metrics)}</td>"
-            f"<td>{_actions(c.version, c.state, pinned)}</td></tr>"
+            f"<td>{_actions(c.version, c.state, pinned, csrf)}</td></tr>"
         )
     body = "".join(rows) or "<tr><td colspan=5>none yet: serving the base model</td></tr>"
     return (
@@ -252,7 +263,7 @@ def timeline(checkpoints: list[Any], transitions: list[dict[str, Any]], pinned: 
     )
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: dict[str, Any], csrf: str) -> str:
     stats = data["stats"]
     trainer = data.get("trainer") or {}
     trainer_text = (
@@ -273,24 +284,20 @@ def render(data: dict[str, Any]) -> str:
         _card("latency p95 ms (1 h)", data["latency_p95_ms"], "latency-p95"),
     ]
     verdict = data.get("canary_verdict") or {}
-    unpin = (
-        '<form method="post" action="/admin/act/unpin/-"><button id="unpin">Unpin</button></form>'
-        if data["pinned"]
-        else ""
-    )
+    unpin = _form("unpin", "-", "Unpin", "unpin", csrf) if data["pinned"] else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Flywheel admin</title><style>{STYLE}</style>
 <script src="/admin/static/plotly.min.js"></script></head>
 <body>
 <h1>Flywheel</h1><p class="sub">base model {escape(data["base_model"])}
- · <a href="/admin/logout">log out</a></p>
+ · {_form_to("/admin/logout", "Log out", "logout", csrf)}</p>
 <div class="cards">{"".join(cards)}</div>
 <p id="trainer-status"><b>Trainer:</b> {escape(trainer_text)}</p>
 <p id="canary-verdict"><b>Canary test:</b> {escape(_compact(verdict) if verdict else "no canary")}</p>
 {charts(data)}
 {simulation(data.get("simulation"))}
 <h2>Checkpoints {unpin}</h2>
-{timeline(data["checkpoints"], data["transitions"], data["pinned"])}
+{timeline(data["checkpoints"], data["transitions"], data["pinned"], csrf)}
 </body></html>"""
 
 

@@ -31,10 +31,13 @@ class CompletionContext(BaseModel):
 
 class CompleteRequest(BaseModel):
     context: CompletionContext
-    # Pseudonymous id of the person at the editor (never a name or e-mail).
-    user_id: str = "anonymous"
-    client: str = "lsp"
+    # A hint only, kept for older clients: the backend decides who a request is from by its token.
+    user_id: Annotated[str, Field(max_length=128)] = "anonymous"
+    client: Annotated[str, Field(max_length=64)] = "lsp"
     max_new_tokens: Annotated[int | None, Field(ge=1, le=512)] = None
+    # Off: nothing of this request is kept (no context, no text, no episode); the suggestion is
+    # still served.
+    telemetry: bool = True
 
 
 class CompleteResponse(BaseModel):
@@ -59,6 +62,9 @@ class EventKind(StrEnum):
 
 class Event(BaseModel):
     """One observation about one completion, made by the language server."""
+
+    # NaN and infinity are refused per event: stored, they cannot be read back as JSON numbers.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     event_id: Annotated[str, Field(min_length=8, max_length=64)]
     completion_id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -91,7 +97,7 @@ class EventBatch(BaseModel):
     """A batch whose events are all valid: the common case, parsed and checked in one pass."""
 
     # Event and completion ids are new strings every time: caching them only churns the cache.
-    model_config = ConfigDict(cache_strings="keys")
+    model_config = ConfigDict(cache_strings="keys", allow_inf_nan=False)
 
     events: Annotated[list[Event], Field(max_length=MAX_EVENTS_PER_BATCH)]
 
@@ -235,6 +241,8 @@ class CheckpointMetadata(BaseModel):
 class TrainerReport(BaseModel):
     """The trainer's state and its last cycle's figures, for the dashboard."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     state: str  # idle, training, gating, uploading, error
     at: float
     message: str = ""
@@ -295,3 +303,28 @@ BASE_VERSION = "base"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Beside the adapter files in a stored checkpoint: its CheckpointMetadata.
 CHECKPOINT_METADATA = "flywheel_checkpoint.json"
+
+
+# An admin makes, lists and revokes access tokens here (`flywheel token` does the same offline).
+TOKENS_PATH = "/v1/admin/tokens"
+
+
+class TokenRequest(BaseModel):
+    # Who or what the token is for ("alice", "ci"): shown to admins only, never used as an identity.
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    role: Literal["client", "admin"] = "client"
+
+
+class TokenInfo(BaseModel):
+    id: int
+    name: str
+    role: str
+    # The pseudonym the backend files this token's completions and episodes under.
+    person: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class NewToken(TokenInfo):
+    # Shown once: the backend keeps only its hash.
+    token: str

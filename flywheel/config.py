@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from flywheel import local_tokens
+
 APP_NAME = "flywheel"
 
 
@@ -28,8 +30,13 @@ class BackendConfig(BaseModel):
     port: int = 8765
     # Where clients (language server, trainer) reach the backend; derived from host/port when empty.
     url: str = ""
-    # Token the language server and trainer send; empty means the backend runs without client auth.
+    # The token this process sends (language server, trainer), and on the backend an operator's
+    # admin token. Empty: the token a local backend left in the data directory (tokens/), which
+    # it makes on first start (flywheel/local_tokens.py).
     token: str = ""
+    # Names the backend answers to in the Host header (DNS rebinding defence); empty: the loopback
+    # names and the bound host. Behind a reverse proxy, its public name ("flywheel.example.com").
+    allowed_hosts: list[str] = Field(default_factory=list)
     # How often the backend closes observation windows and scores episodes.
     finalize_interval_s: float = 5.0
     # Dynamic batching: how long the first request of a batch waits for company, and the batch cap.
@@ -237,6 +244,10 @@ class Settings(BaseSettings):
         path = self.data_dir or Path(platformdirs.user_data_dir(APP_NAME))
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def access_token(self, role: str) -> str:
+        """The token to send: the configured one, else the local one for `role` (admin, client)."""
+        return self.backend.token or local_tokens.read_token(self.state_dir, role)
 
     @property
     def base_model(self) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flywheel.local_tokens import CLIENT
+
 logger = logging.getLogger(__name__)
 
 APP_NAME = "flywheel"
@@ -94,7 +96,7 @@ def from_settings() -> Options:
     lsp = settings.lsp
     return Options(
         backend_url=settings.backend.base_url,
-        token=settings.backend.token,
+        token=settings.access_token(CLIENT),
         telemetry=lsp.telemetry,
         user_id=lsp.user_id,
         request_timeout_s=lsp.request_timeout_s,

@@ -187,8 +187,10 @@ class Session:
                 path=context.path,
                 **({"language": context.language} if context.language else {}),
             ),
-            # With telemetry off nothing is learned from this person, so nothing names them either.
+            # With telemetry off nothing is learned from this person, so nothing names them either,
+            # and the backend keeps nothing of the request.
             user_id=self.user_id if self.options.telemetry else "anonymous",
+            telemetry=self.options.telemetry,
         )
         try:
             # The editor needs a bound on the whole call, imports on first use included.

@@ -76,7 +76,10 @@ class SimulationConfig:
 
 @dataclass
 class SimDeveloper:
+    # The simulation's name for the developer (their files, logs and random seeds); the backend
+    # files their episodes under `person`, the pseudonym of the token they were given.
     user_id: str
+    person: str
     profile: Profile
     editor: Editor
     developer: Developer
@@ -127,8 +130,10 @@ class Simulation:
         ):
             profile = replace(profile, max_requests_per_file=self.config.requests_per_file)
             user_id = f"sim-{index}-{profile.name}"
+            token, person = await asyncio.to_thread(self.backend.create_token, user_id)
             options = {
                 "backendUrl": self.backend.url,
+                "token": token,
                 "userId": user_id,
                 "stateDir": str(self.out / "lsp" / user_id),
                 "survivalDelaysS": self.config.survival_delays_s,
@@ -141,7 +146,7 @@ class Simulation:
             }
             editor = await Editor.start(self.env, self.out / f"lsp-{user_id}.log", options)
             developer = Developer(editor, profile, self.config.time_scale)
-            self.developers.append(SimDeveloper(user_id, profile, editor, developer))
+            self.developers.append(SimDeveloper(user_id, person, profile, editor, developer))
 
     async def stop(self) -> None:
         await asyncio.gather(*(d.editor.stop() for d in self.developers), return_exceptions=True)
@@ -328,7 +333,7 @@ class Simulation:
         episodes, _ = await asyncio.to_thread(self.backend.episodes_between, 0)
         users: dict[str, Any] = {}
         for d in self.developers:
-            mine = [e for e in episodes if e["user_id"] == d.user_id]
+            mine = [e for e in episodes if e["user_id"] == d.person]
             users[d.user_id] = {
                 "profile": d.profile.name,
                 "episodes": len(mine),

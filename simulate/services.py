@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from backend.wire import SIMULATION_PATH, SimulationReport
+from backend.wire import SIMULATION_PATH, TOKENS_PATH, SimulationReport
+from flywheel.local_tokens import ADMIN, read_token
 from flywheel.processes import spawn_backend, stop_process, wait_healthy
 from trainer.state import load_state, save_state
 
@@ -36,7 +37,8 @@ def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> d
         FLYWHEEL_BACKEND__HOST="127.0.0.1",
         FLYWHEEL_BACKEND__PORT=str(port),
         FLYWHEEL_BACKEND__URL=url,
-        # A private backend on loopback: no tokens, whatever the user's flywheel.toml says.
+        # A private backend on loopback: the trainer uses the admin token it leaves in its data
+        # directory, whatever the user's flywheel.toml says; each developer gets a token of their own.
         FLYWHEEL_BACKEND__TOKEN="",
         FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S="0.2",
         FLYWHEEL_CANARY__SHARE="0",
@@ -63,6 +65,14 @@ class Backend:
     def start(self) -> None:
         self.process = spawn_backend(self.env, self.log_path)
         wait_healthy(self.url, self.process, self.log_path, HEALTH_TIMEOUT_S)
+        # Made by the backend on its first start, for this machine's own tools.
+        admin = read_token(Path(self.env["FLYWHEEL_DATA_DIR"]), ADMIN)
+        self.http.headers["authorization"] = f"Bearer {admin}"
+
+    def create_token(self, name: str) -> tuple[str, str]:
+        """A client token for one simulated developer: the token and the person it stands for."""
+        made = self.http.post(TOKENS_PATH, json={"name": name}).raise_for_status().json()
+        return made["token"], made["person"]
 
     def stop(self) -> None:
         self.http.close()
@@ -70,7 +80,7 @@ class Backend:
             stop_process(self.process)
 
     def report(self, report: SimulationReport) -> None:
-        """The figures so far, for the dashboard (the backend is open: no token needed)."""
+        """The figures so far, for the dashboard."""
         self.http.post(
             SIMULATION_PATH,
             content=report.model_dump_json(),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from flywheel import processes
+from flywheel.local_tokens import ADMIN, CLIENT, read_token
 from flywheel.processes import free_port, stop_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,6 +83,21 @@ class RunningBackend:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """Headers with the admin token the backend made for this machine on its first start."""
+        return bearer(read_token(self.data_dir, ADMIN))
+
+    @property
+    def client(self) -> dict[str, str]:
+        """Headers with the client token the backend made for this machine on its first start."""
+        return bearer(read_token(self.data_dir, CLIENT))
+
+
+def bearer(token: str) -> dict[str, str]:
+    assert token, "no token: the backend makes its local tokens on its first start"
+    return {"authorization": f"Bearer {token}"}
 
 
 def backend_env(model_dir: Path, data_dir: Path, port: int, **extra: str) -> dict[str, str]:

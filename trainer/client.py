@@ -21,6 +21,7 @@ from backend.wire import (
     TrainerReport,
 )
 from flywheel.config import Settings
+from flywheel.local_tokens import ADMIN
 from trainer.checkpoint import check_version
 from trainer.fsutil import atomic_dir
 
@@ -52,7 +53,7 @@ class BackendClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> BackendClient:
-        return cls(settings.backend.base_url, settings.backend.token, **kwargs)
+        return cls(settings.backend.base_url, settings.access_token(ADMIN), **kwargs)
 
     def close(self) -> None:
         self._http.close()
