@@ -53,3 +53,8 @@ def write_token(data_dir: Path, role: str, token: str) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def authorization(token: str) -> dict[str, str]:
+    """The HTTP header that presents `token` to the backend."""
+    return {"authorization": f"Bearer {token}"}
