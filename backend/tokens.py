@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from backend.auth import ROLES, hash_token, new_token
+from backend.auth import ROLES, hash_token, new_token, person_of
 from backend.store import Store
 from flywheel.config import Settings
 
@@ -33,13 +33,15 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "create":
             token = new_token()
             token_id = await store.add_token(args.name or args.role, args.role, hash_token(token))
-            print(f"# token {token_id} ({args.role}); shown once, store it now")
+            person = person_of(hash_token(token))
+            print(f"# token {token_id} ({args.role}, person {person}); shown once, store it now")
             print(token)
         elif args.action == "list":
             for t in await store.tokens(include_revoked=True):
                 state = "revoked" if t["revoked_at"] else "active"
                 created = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_at"]))
-                print(f"{t['id']:>4}  {t['role']:<6}  {state:<7}  {created}  {t['name']}")
+                person = person_of(t["hash"])
+                print(f"{t['id']:>4}  {t['role']:<6}  {state:<7}  {created}  {person}  {t['name']}")
         elif not await store.revoke_token(args.id):
             print(f"no active token with id {args.id}")
             return 1

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 
 from backend.bench_load import PREFIXES  # the benchmark's prompts: tests load the backend alike
-from backend.wire import ADAPTER_FILES
+from backend.wire import ADAPTER_FILES, TOKENS_PATH
+from flywheel.local_tokens import authorization
 
 
 def upload(
@@ -30,17 +31,29 @@ def upload(
     )
 
 
+def people(url: str, admin: dict[str, str], count: int) -> list[dict[str, str]]:
+    """The headers of `count` people, a client token each: the backend counts people by token."""
+    return [
+        authorization(
+            httpx.post(f"{url}{TOKENS_PATH}", json={"name": f"user-{n}"}, headers=admin)
+            .raise_for_status()
+            .json()["token"]
+        )
+        for n in range(count)
+    ]
+
+
 async def editor_round(
     http: httpx.AsyncClient,
     url: str,
-    user: str,
+    person: dict[str, str],
     accept_probability: Callable[[str], float],
     rng: random.Random,
 ) -> str:
     """One completion and, when something was shown, its outcome (accepted or rejected, final)."""
     prefix = rng.choice(PREFIXES)
     response = await http.post(
-        f"{url}/v1/complete", json={"context": {"prefix": prefix, "path": "a.py"}, "user_id": user}
+        f"{url}/v1/complete", json={"context": {"prefix": prefix, "path": "a.py"}}, headers=person
     )
     response.raise_for_status()
     body = response.json()
@@ -51,7 +64,7 @@ async def editor_round(
             dict(event, event_id=uuid.uuid4().hex, kind="shown"),
             dict(event, event_id=uuid.uuid4().hex, kind=kind, final=True),
         ]
-        stored = await http.post(f"{url}/v1/events", json={"events": events})
+        stored = await http.post(f"{url}/v1/events", json={"events": events}, headers=person)
         stored.raise_for_status()
     return body["model_version"]
 
@@ -60,12 +73,12 @@ async def drive(
     url: str,
     rounds: int,
     accept_probability: Callable[[str], float],
+    people: list[dict[str, str]],
     editors: int = 16,
-    users: int = 400,
     seed: int = 0,
-    headers: dict[str, str] | None = None,
 ) -> Counter[str]:
-    """`rounds` completions from `editors` concurrent editors; returns how many each version served."""
+    """`rounds` completions from `editors` concurrent editors, each round by one of `people` (their
+    token headers); returns how many each version served."""
     rng = random.Random(seed)
     served: Counter[str] = Counter()
     remaining = rounds
@@ -74,10 +87,8 @@ async def drive(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            served[
-                await editor_round(http, url, f"user-{rng.randrange(users)}", accept_probability, rng)
-            ] += 1
+            served[await editor_round(http, url, rng.choice(people), accept_probability, rng)] += 1
 
-    async with httpx.AsyncClient(timeout=120, headers=headers) as http:
+    async with httpx.AsyncClient(timeout=120) as http:
         await asyncio.gather(*(editor(http) for _ in range(editors)))
     return served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flywheel import processes
@@ -93,6 +95,15 @@ class RunningBackend:
     def client(self) -> dict[str, str]:
         """Headers with the client token the backend made for this machine on its first start."""
         return bearer(read_token(self.data_dir, CLIENT))
+
+
+    @contextlib.contextmanager
+    def dashboard(self) -> Iterator[httpx.Client]:
+        """A browser's view: logged in to the dashboard with the admin token (a session cookie)."""
+        with httpx.Client(base_url=self.url, follow_redirects=False, timeout=30) as browser:
+            login = browser.post("/admin/login", data={"token": read_token(self.data_dir, ADMIN)})
+            assert login.status_code == 303, login.text
+            yield browser
 
 
 def bearer(token: str) -> dict[str, str]:

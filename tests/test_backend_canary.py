@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backend_traffic import drive, upload
+from backend_traffic import drive, people, upload
 from conftest import RunningBackend, make_adapter, start_backend, stop_backend
 
 CANARY_ENV = dict(
@@ -24,6 +24,10 @@ CANARY_ENV = dict(
 PASSED = {"passed": True, "reason": "held-out loss within budget", "figures": {"loss_delta": -0.01}}
 
 
+# The canary serves a share of people, each known by their token: traffic from this many.
+PEOPLE = 60
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
     running = start_backend(tiny_model_dir, tmp_path_factory.mktemp("canary") / "state", **CANARY_ENV)
@@ -31,45 +35,55 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     stop_backend(running)
 
 
-def state_of(url: str, version: str) -> str:
-    return {c["version"]: c["state"] for c in httpx.get(f"{url}/v1/checkpoints").json()}[version]
+@pytest.fixture(scope="module")
+def crowd(server: RunningBackend) -> list[dict[str, str]]:
+    return people(server.url, server.admin, PEOPLE)
+
+
+def state_of(server: RunningBackend, version: str) -> str:
+    listed = httpx.get(f"{server.url}/v1/checkpoints", headers=server.admin).json()
+    return {c["version"]: c["state"] for c in listed}[version]
 
 
 def transitions(server: RunningBackend, version: str) -> list[dict]:
-    return [
-        t for t in httpx.get(f"{server.url}/admin/data.json").json()["transitions"] if t["version"] == version
-    ]
+    data = httpx.get(f"{server.url}/admin/data.json", headers=server.admin).json()
+    return [t for t in data["transitions"] if t["version"] == version]
 
 
 def drive_until(
-    url: str, version: str, states: set[str], rates: dict[str, float], timeout_s: float = 240
+    server: RunningBackend,
+    crowd: list[dict[str, str]],
+    version: str,
+    states: set[str],
+    rates: dict[str, float],
+    timeout_s: float = 240,
 ) -> str:
     """Real traffic in rounds, accepting each version's suggestions at its rate, until `version` leaves."""
     deadline = time.monotonic() + timeout_s
     seed = 0
     while time.monotonic() < deadline:
-        asyncio.run(drive(url, 32, lambda v: rates.get(v, 0.5), seed=seed))
+        asyncio.run(drive(server.url, 32, lambda v: rates.get(v, 0.5), crowd, seed=seed))
         seed += 1
         time.sleep(0.6)  # finalizer and canary ticks
-        state = state_of(url, version)
+        state = state_of(server, version)
         if state not in states:
             return state
-    raise AssertionError(f"{version} still {state_of(url, version)} after {timeout_s} s")
+    raise AssertionError(f"{version} still {state_of(server, version)} after {timeout_s} s")
 
 
 def test_canary_promotes_the_better_and_rolls_back_the_worse(
-    server: RunningBackend, tiny_model_dir: Path, tmp_path: Path
+    server: RunningBackend, crowd: list[dict[str, str]], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     # The base model has been live a while: users accept half of what it shows.
-    asyncio.run(drive(server.url, 96, lambda v: 0.5))
+    asyncio.run(drive(server.url, 96, lambda v: 0.5, crowd))
     better = make_adapter(tiny_model_dir, tmp_path / "a", seed=3, scale=0.02)
-    first = upload(server.url, better, str(tiny_model_dir), gate=PASSED).json()
+    first = upload(server.url, better, str(tiny_model_dir), gate=PASSED, **server.admin).json()
     assert first["state"] == "canary" and first["metrics"]["gate"]["passed"]
     v1 = first["version"]
     assert httpx.get(f"{server.url}/healthz").json()["canary_version"] == v1
 
     # Users like v1 much more than the base model: promoted.
-    assert drive_until(server.url, v1, {"canary"}, {v1: 0.9, "base": 0.5}) == "live"
+    assert drive_until(server, crowd, v1, {"canary"}, {v1: 0.9, "base": 0.5}) == "live"
     promoted = transitions(server, v1)[-1]
     assert promoted["to_state"] == "live" and "significantly above" in promoted["reason"]
     assert promoted["metrics"]["canary"]["tests"]["reward"]["likelihood_ratio"] >= 20
@@ -80,14 +94,14 @@ def test_canary_promotes_the_better_and_rolls_back_the_worse(
     }
 
     # Then v1 turns bad for everyone: the watch rolls it back and its predecessor serves again.
-    assert drive_until(server.url, v1, {"live"}, {v1: 0.0}) == "rolled_back"
+    assert drive_until(server, crowd, v1, {"live"}, {v1: 0.0}) == "rolled_back"
     assert "below its predecessor base" in transitions(server, v1)[-1]["reason"]
     assert httpx.get(f"{server.url}/healthz").json()["live_version"] == "base"
 
     # A candidate users reject more than the live version: rolled back, never promoted.
     worse = make_adapter(tiny_model_dir, tmp_path / "b", seed=4, scale=0.02)
-    v2 = upload(server.url, worse, str(tiny_model_dir), gate=PASSED).json()["version"]
-    assert drive_until(server.url, v2, {"canary"}, {v2: 0.05, "base": 0.85}) == "rolled_back"
+    v2 = upload(server.url, worse, str(tiny_model_dir), gate=PASSED, **server.admin).json()["version"]
+    assert drive_until(server, crowd, v2, {"canary"}, {v2: 0.05, "base": 0.85}) == "rolled_back"
     rollback = transitions(server, v2)[-1]
     assert "significantly worse than base" in rollback["reason"]
     assert (
@@ -99,14 +113,14 @@ def test_canary_promotes_the_better_and_rolls_back_the_worse(
 
 
 def test_candidate_failing_its_gate_is_rejected_and_never_served(
-    server: RunningBackend, tiny_model_dir: Path, tmp_path: Path
+    server: RunningBackend, crowd: list[dict[str, str]], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     adapter = make_adapter(tiny_model_dir, tmp_path / "c", seed=5)
     gate = {"passed": False, "reason": "held-out loss rose 12%", "figures": {"loss_delta": 0.12}}
-    info = upload(server.url, adapter, str(tiny_model_dir), gate=gate).json()
+    info = upload(server.url, adapter, str(tiny_model_dir), gate=gate, **server.admin).json()
     assert info["state"] == "rejected"
     history = transitions(server, info["version"])
     assert [t["to_state"] for t in history] == ["candidate", "rejected"]
     assert "held-out loss rose 12%" in history[-1]["reason"]
     assert history[-1]["metrics"]["gate"]["figures"]["loss_delta"] == 0.12
-    assert info["version"] not in asyncio.run(drive(server.url, 8, lambda v: 0.5))
+    assert info["version"] not in asyncio.run(drive(server.url, 8, lambda v: 0.5, crowd))

@@ -53,7 +53,7 @@ def test_admin_logs_in_sees_charts_and_rolls_back_by_clicking(tiny_model_dir: Pa
         for seed in (1, 2):
             adapter = make_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed, scale=0.02)
             assert upload(server.url, adapter, str(tiny_model_dir), **auth).status_code == 200
-            asyncio.run(drive(server.url, 24, lambda v: 0.6, headers={"authorization": f"Bearer {client}"}))
+            asyncio.run(drive(server.url, 24, lambda v: 0.6, [{"authorization": f"Bearer {client}"}]))
         httpx.post(
             f"{server.url}/v1/trainer/status",
             json={"state": "training", "at": 1.7e9, "message": "cycle 3: 24 episodes"},
@@ -71,6 +71,9 @@ def test_admin_logs_in_sees_charts_and_rolls_back_by_clicking(tiny_model_dir: Pa
             page.fill("#token", admin)
             page.click("#login")
             page.wait_for_selector("#chart-accept-rate .main-svg")
+            # The browser holds a session id, never the token.
+            [cookie] = page.context.cookies()
+            assert cookie["httpOnly"] and admin not in cookie["value"]
 
             assert page.inner_text("#live-version .v") == "v2"
             assert int(page.inner_text("#stat-served .v")) >= 48
@@ -134,7 +137,7 @@ def test_simulation_figures_reach_the_dashboard(tiny_model_dir: Path, tmp_path: 
         as_admin = {"authorization": f"Bearer {admin}"}
         assert httpx.get(url, headers=as_admin).status_code == 404  # nothing reported yet
         assert httpx.post(url, json=report).status_code == 401
-        assert httpx.post(url, json=report, headers={"authorization": f"Bearer {client}"}).status_code == 401
+        assert httpx.post(url, json=report, headers={"authorization": f"Bearer {client}"}).status_code == 403
         malformed = {**report, "cycles": [{**report["cycles"][0], "accept_rate": 1.5}]}
         assert httpx.post(url, json=malformed, headers=as_admin).status_code == 422
         assert httpx.post(url, json={"run_id": "x"}, headers=as_admin).status_code == 422
@@ -175,6 +178,6 @@ def test_the_timeline_shows_each_versions_confidence_floors() -> None:
         version="v3", state="live", parent_version="v1", created_at=0, metrics=metrics
     )
     update = CheckpointInfo(version="v2", state="rejected", parent_version="v1", created_at=0, metrics={})
-    html = timeline([update, floors_only], [], None)
+    html = timeline([update, floors_only], [], None, "csrf")
     assert "floors only: {line_start: -4, after_symbol: -3.5}" in html
     assert html.count("floors") == 1

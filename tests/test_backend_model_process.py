@@ -31,10 +31,10 @@ def test_a_model_process_that_dies_is_replaced_serving_the_same_version(
 ) -> None:
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
     server = start_backend(tiny_model_dir, tmp_path / "state", FLYWHEEL_CANARY__SHARE="0")
-    body = {"context": {"prefix": PREFIXES[0]}, "user_id": "u"}
+    body = {"context": {"prefix": PREFIXES[0]}}
     try:
-        version = upload(server.url, adapter, str(tiny_model_dir)).json()["version"]
-        first = httpx.post(f"{server.url}/v1/complete", json=body, timeout=60)
+        version = upload(server.url, adapter, str(tiny_model_dir), **server.admin).json()["version"]
+        first = httpx.post(f"{server.url}/v1/complete", json=body, headers=server.client, timeout=60)
         assert first.json()["model_version"] == version
         dead = model_process(server.process.pid)
         os.kill(dead.pid, signal.SIGKILL)
@@ -43,7 +43,7 @@ def test_a_model_process_that_dies_is_replaced_serving_the_same_version(
         statuses = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            response = httpx.post(f"{server.url}/v1/complete", json=body, timeout=60)
+            response = httpx.post(f"{server.url}/v1/complete", json=body, headers=server.client, timeout=60)
             statuses.append(response.status_code)
             if response.status_code == 200:
                 break

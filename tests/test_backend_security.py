@@ -64,34 +64,36 @@ def test_client_and_admin_tokens_guard_their_routes(tiny_model_dir: Path, tmp_pa
         assert httpx.post(f"{url}/v1/complete", json=body, headers=as_admin, timeout=60).status_code == 200
         # Episode export, uploads, the dashboard's data and /metrics are the admin's.
         for path in ("/v1/episodes", "/admin/data.json", "/metrics"):
-            assert httpx.get(f"{url}{path}", headers=as_client).status_code == 401, path
+            assert httpx.get(f"{url}{path}", headers=as_client).status_code == 403, path
             assert httpx.get(f"{url}{path}", headers=as_admin).status_code == 200, path
         assert "flywheel_completions_total" in httpx.get(f"{url}/metrics", headers=as_admin).text
         assert httpx.get(f"{url}/admin", headers=as_client, follow_redirects=False).status_code == 303
         # A client may not upload (a body under the size limit, so the token check is what refuses it).
         meta = {"base_model": str(tiny_model_dir), "parent_version": "base"}
         small = {"metadata": json.dumps(meta)}
-        assert httpx.post(f"{url}/v1/checkpoints", data=small, headers=as_client).status_code == 401
+        assert httpx.post(f"{url}/v1/checkpoints", data=small, headers=as_client).status_code == 403
         # The adapter is bigger than this backend's upload limit: refused before it is buffered.
         too_big = upload(url, adapter, str(tiny_model_dir), **as_admin)
         assert too_big.status_code == 413 and "larger than" in too_big.json()["detail"]
         assert httpx.get(f"{url}/v1/checkpoints", headers=as_client).json() == []
         status = {"state": "idle", "at": time.time(), "message": "waiting for episodes"}
-        assert httpx.post(f"{url}/v1/trainer/status", json=status, headers=as_client).status_code == 401
+        assert httpx.post(f"{url}/v1/trainer/status", json=status, headers=as_client).status_code == 403
         assert httpx.post(f"{url}/v1/trainer/status", json=status, headers=as_admin).status_code == 200
     finally:
         stop_backend(server)
 
 
-async def test_authenticator_is_open_only_without_any_token(tmp_path: Path) -> None:
+async def test_authenticator_knows_each_tokens_role_and_person(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "db.sqlite3")
     try:
-        assert await Authenticator(store, "").allows(None, "admin")
-        assert not await Authenticator(store, "configured").allows(None, "client")
         await store.add_token("t", "client", hash_token("fw_abc"))
-        auth = Authenticator(store, "")
-        assert await auth.role_of("fw_abc") == "client"
-        assert not await auth.allows("fw_abc", "admin") and not await auth.allows("fw_abd", "client")
+        auth = Authenticator(store, "configured")
+        client = await auth.identify("fw_abc")
+        assert client is not None and client.role == "client" and not client.may("admin")
+        operator = await auth.identify("configured")
+        assert operator is not None and operator.role == "admin" and operator.may("client")
+        assert client.person != operator.person
+        assert await auth.identify("fw_abd") is None and await auth.identify(None) is None
     finally:
         await store.close()
 

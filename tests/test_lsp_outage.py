@@ -20,6 +20,8 @@ from conftest import restart_backend, start_backend, stop_backend
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
+from flywheel.local_tokens import CLIENT, read_token
+
 DOCUMENT = (
     "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n"
     "        data = \n    path = os.\n\n"
@@ -28,13 +30,14 @@ DOCUMENT = (
 FIRST, SECOND = (5, 15), (6, 14)
 
 
-async def start_lsp(url: str, state: Path) -> LanguageClient:
+async def start_lsp(url: str, state: Path, token: str) -> LanguageClient:
     client = await ClientServerConfig(server_command=[sys.executable, "-m", "lsp_server"]).start()
     await client.initialize_session(
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
             initialization_options={
                 "backendUrl": url,
+                "token": token,
                 "stateDir": str(state),
                 # Nothing timed happens during the test: what is measured is measured at shutdown.
                 "survivalDelaysS": [600],
@@ -119,7 +122,7 @@ async def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
     uri = (tmp_path / "a.py").as_uri()
     served: list[str] = []
     try:
-        client = await start_lsp(backend.url, state)
+        client = await start_lsp(backend.url, state, read_token(backend.data_dir, CLIENT))
         editor = Editor(client, uri)
         # Before the outage: one suggestion accepted (its first events delivered), one on screen.
         first = await suggestion(client, uri, *FIRST, served)
@@ -145,7 +148,7 @@ async def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
         assert (await status(client, "flywheel/flush"))["pending"] > 0
         await client.shutdown_session()  # measures what is left; the backend is still down
 
-        client = await start_lsp(backend.url, state)
+        client = await start_lsp(backend.url, state, read_token(backend.data_dir, CLIENT))
         left = (await status(client))["outbox_pending"]
         assert left > 0
         backend = restart_backend(backend)

@@ -23,6 +23,8 @@ import pynvim
 import pytest
 from conftest import RunningBackend, free_port
 
+from flywheel.local_tokens import CLIENT, read_token
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "editor_clients" / "neovim"
 VENV_BIN = Path(sys.executable).parent
@@ -192,6 +194,7 @@ def start(editor: Editor, backend: RunningBackend, tmp_path: Path) -> Path:
         debounce_ms=20,
         init_options={
             "stateDir": str(tmp_path / "lsp-state"),
+            "token": read_token(backend.data_dir, CLIENT),
             "userId": "nvim-e2e",
             "debounceMs": 0,
             "requestTimeoutS": 10,
