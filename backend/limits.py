@@ -9,6 +9,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Everything but a checkpoint upload: a full events batch of 1,000 events fits with room to spare.
 DEFAULT_LIMIT = 32 * 1024 * 1024
+# What anyone may send without a token (the dashboard's login and logout forms).
+PUBLIC_LIMIT = 16 * 1024
+PUBLIC_PATHS = ("/admin/login", "/admin/logout")
 
 
 class TooLarge(Exception):
@@ -25,9 +28,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = (
-            self.upload_bytes if scope["path"].rstrip("/").endswith("/checkpoints") else self.default_bytes
-        )
+        path = scope["path"].rstrip("/")
+        if path.endswith("/checkpoints"):
+            limit = self.upload_bytes
+        elif path in PUBLIC_PATHS:
+            limit = PUBLIC_LIMIT
+        else:
+            limit = self.default_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(send, limit)

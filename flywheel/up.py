@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from flywheel.config import Settings
+from flywheel.local_tokens import ADMIN, CLIENT, tokens_dir
 from flywheel.processes import wait_healthy
 
 HEALTH_TIMEOUT_S = 600.0
@@ -100,9 +101,13 @@ def up(settings: Settings, bootstrap_budget_s: float) -> int:
         except RuntimeError as error:
             raise SystemExit(f"flywheel: {error}") from None
         processes.append(_spawn("trainer", env))
+        tokens = tokens_dir(settings.state_dir)
         print(
-            f"\nFlywheel is up.\n  dashboard: {url}/admin\n  model:     {model}\n"
-            f"  data:      {settings.state_dir}\n  editors:   start `flywheel lsp` (stdio)\n"
+            f"\nFlywheel is up.\n  dashboard: {url}/admin (log in with the admin token: "
+            f"cat {tokens / ADMIN})\n  model:     {model}\n"
+            f"  data:      {settings.state_dir}\n"
+            f"  editors:   start `flywheel lsp` (stdio); on this machine it finds {tokens / CLIENT},\n"
+            "             elsewhere give it a token of its own: flywheel token create --name NAME\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

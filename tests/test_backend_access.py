@@ -171,6 +171,12 @@ def test_unauthenticated_bodies_are_refused_before_they_are_read(server: Running
     assert time.monotonic() - started < 3
 
 
+def test_what_anyone_may_send_is_small(server: RunningBackend) -> None:
+    """The login form is public: its body is capped far below the API's."""
+    answer = httpx.post(f"{server.url}/admin/login", data={"token": "x" * 100_000})
+    assert answer.status_code == 413
+
+
 def test_the_person_is_the_tokens_not_the_clients_word(server: RunningBackend) -> None:
     """One client under many ids is one person; two tokens are two."""
     alice, bob = make_token(server, "alice"), make_token(server, "bob")
