@@ -28,7 +28,9 @@ import numpy as np
 from backend.bench_load import ClientRun, completion_clients, ingest, swap_cost
 from backend.bench_references import against_raw_decode, plain_sqlite_rate
 from flywheel.bench_report import Reference, Target, row
+from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers
 from flywheel.config import Settings
+from flywheel.local_tokens import ADMIN, CLIENT
 from flywheel.processes import start_backend, stop_process
 
 INGEST_RUNS = 3
@@ -69,18 +71,18 @@ def _percentiles(latency: dict[str, float]) -> str:
 
 
 def _serving(
-    settings: Settings, model: str, url: str, args: argparse.Namespace
+    settings: Settings, model: str, url: str, client: dict[str, str], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[str]]:
     """Latency and throughput at 1 and 16 clients, and served against raw decoding; also the ids
     of the completions served, for the events of the ingestion run."""
-    asyncio.run(completion_clients(url, 4, 2))  # warm-up
+    asyncio.run(completion_clients(url, client, 4, 2))  # warm-up
     # Alternating runs, medians: one client's rate moves by a third between runs (sampled lengths,
     # this machine's neighbours), so a single pair gave ratios from 2.9x to 5.0x.
     ones: list[ClientRun] = []
     manys: list[ClientRun] = []
     for _ in range(SERVING_RUNS):
-        ones.append(asyncio.run(completion_clients(url, 1, args.sequential)))
-        manys.append(asyncio.run(completion_clients(url, 16, args.per_client)))
+        ones.append(asyncio.run(completion_clients(url, client, 1, args.sequential)))
+        manys.append(asyncio.run(completion_clients(url, client, 16, args.per_client)))
     one_latency, many_latency = _latency(ones), _latency(manys)
     for name, latency in (("1 client:   ", one_latency), ("16 clients: ", many_latency)):
         print(
@@ -96,7 +98,7 @@ def _serving(
         f"throughput 16 clients / 1 client: {ratio:.2f}x in requests (medians; pairs"
         f" {', '.join(f'{r:.2f}x' for r in pairs)}), {token_ratio:.2f}x in tokens"
     )
-    raw = against_raw_decode(settings, model, url, args.sequential)
+    raw = against_raw_decode(settings, model, url, client, args.sequential)
     print(
         f"1 client, served and then decoded in-process with transformers alone, in turn:"
         f" mean {raw['served_mean_ms']:.1f} ms vs {raw['raw_mean_ms']:.1f} ms raw"
@@ -113,10 +115,12 @@ def _serving(
     return figures, [i for run in ones + manys for i in run.ids]
 
 
-def _ingestion(url: str, completion_ids: list[str], batches: int, work: Path) -> dict[str, Any]:
+def _ingestion(
+    url: str, client: dict[str, str], completion_ids: list[str], batches: int, work: Path
+) -> dict[str, Any]:
     """The median of three runs (each of `batches` batches), against plain sqlite3 measured alike."""
-    asyncio.run(ingest(url, completion_ids, max(1, batches // 5)))  # warm-up
-    rates = [asyncio.run(ingest(url, completion_ids, batches)) for _ in range(INGEST_RUNS)]
+    asyncio.run(ingest(url, client, completion_ids, max(1, batches // 5)))  # warm-up
+    rates = [asyncio.run(ingest(url, client, completion_ids, batches)) for _ in range(INGEST_RUNS)]
     plain = [
         plain_sqlite_rate(work / f"plain-{n}.sqlite3", completion_ids, batches) for n in range(INGEST_RUNS)
     ]
@@ -161,16 +165,20 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="fw-bench-backend-") as tmp:
         data_dir = Path(tmp)
+        state = data_dir / "state"
+        # No canary (share 0): every upload goes live at once, and whoever asks is served alike.
         process, url, _ = start_backend(
-            model, data_dir / "state", FLYWHEEL_CANARY__SHARE="0", HF_HUB_OFFLINE="1"
+            model, state, FLYWHEEL_CANARY__SHARE="0", HF_HUB_OFFLINE="1", **NO_CONFIGURED_TOKEN
         )
         try:
+            client, admin = local_headers(state, CLIENT), local_headers(state, ADMIN)
             print(f"model {model}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
             figures: dict[str, Any] = {"model": model, "load_average": list(os.getloadavg())}
-            figures["serving"], ids = _serving(settings, model, url, args)
-            figures["ingestion"] = _ingestion(url, ids, args.event_batches, data_dir)
+            figures["serving"], ids = _serving(settings, model, url, client, args)
+            figures["ingestion"] = _ingestion(url, client, ids, args.event_batches, data_dir)
             adapter = _make_adapter(model, data_dir / "adapter")
-            figures["hot_swap"] = swap = asyncio.run(swap_cost(url, adapter, model, args.swaps))
+            swap = asyncio.run(swap_cost(url, client, admin, adapter, model, args.swaps))
+            figures["hot_swap"] = swap
             _print_swap(swap)
             print(f"load average after: {os.getloadavg()[0]:.2f}")
         finally:

@@ -1,6 +1,11 @@
 """`flywheel bench backend`'s load: sequential and concurrent completion clients, batches of
 outcome events, and traffic across hot swaps, all over loopback HTTP.
 
+Every request carries a token (the backend is closed), its header made once per run, not per
+request. One client token serves all the clients: who a request is from matters to the canary's
+split and the trainer's per-user caps, and the benchmark runs with no canary (share 0) and trains
+nothing, so many people would be served and stored exactly as one is.
+
 aiohttp where the rate is the figure: the load generator shares the machine's cores with the
 backend, so its own cost per request is kept small (httpx parses in Python, aiohttp in C).
 """
@@ -48,17 +53,18 @@ class ClientRun:
         return sum(end <= self.all_busy_s for end in self.ends) / self.all_busy_s
 
 
-async def completion_clients(url: str, clients: int, per_client: int) -> ClientRun:
-    """`clients` clients each sending `per_client` completion requests, one after another.
+async def completion_clients(url: str, client: dict[str, str], clients: int, per_client: int) -> ClientRun:
+    """`clients` clients each sending `per_client` completion requests, one after another, with the
+    `client` token's header.
 
     aiohttp, as for ingestion: the load generator shares the machine's cores with the backend, so
     its own cost per request is kept small (httpx parses in Python, aiohttp in C).
     """
     run = ClientRun()
 
-    async def client(number: int, http: aiohttp.ClientSession) -> None:
+    async def one(number: int, http: aiohttp.ClientSession) -> None:
         for turn in range(per_client):
-            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}, "user_id": f"b{number}"}
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}}
             started = time.perf_counter()
             async with http.post(f"{url}/v1/complete", json=body) as response:
                 response.raise_for_status()
@@ -71,9 +77,10 @@ async def completion_clients(url: str, clients: int, per_client: int) -> ClientR
             run.all_busy_s = time.perf_counter() - begin
 
     connector = aiohttp.TCPConnector(limit=clients + 2)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=client) as http:
         begin = time.perf_counter()
-        await asyncio.gather(*(client(n, http) for n in range(clients)))
+        await asyncio.gather(*(one(n, http) for n in range(clients)))
     return run
 
 
@@ -105,14 +112,16 @@ def event_batches(completion_ids: list[str], batches: int) -> list[list[dict[str
     ]
 
 
-async def ingest(url: str, completion_ids: list[str], batches: int, connections: int = 8) -> float:
-    """Events per second stored, in batches of 100.
+async def ingest(
+    url: str, client: dict[str, str], completion_ids: list[str], batches: int, connections: int = 8
+) -> float:
+    """Events per second stored, in batches of 100, sent with the `client` token's header.
 
     The bodies are made before the clock starts, so that the figure is the backend's rate and not
     that of this client's JSON encoding, which shares the machine's cores with it.
     """
     bodies = [json.dumps({"events": batch}).encode() for batch in event_batches(completion_ids, batches)]
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **client}
 
     async def sender(http: aiohttp.ClientSession) -> None:
         while bodies:
@@ -128,16 +137,19 @@ async def ingest(url: str, completion_ids: list[str], batches: int, connections:
         return batches * 100 / (time.perf_counter() - started)
 
 
-async def swap_cost(url: str, adapter: Path, base_model: str, swaps: int) -> dict[str, float]:
-    """16 clients run while `swaps` uploads land; compare requests overlapping a swap with the rest."""
+async def swap_cost(
+    url: str, client: dict[str, str], admin: dict[str, str], adapter: Path, base_model: str, swaps: int
+) -> dict[str, float]:
+    """16 clients run while `swaps` uploads land; compare requests overlapping a swap with the rest.
+    The clients send the `client` token, the uploads the `admin` one."""
     spans: list[tuple[float, float]] = []
     requests: list[tuple[float, float]] = []
     stop = asyncio.Event()
 
-    async def client(number: int, http: httpx.AsyncClient) -> None:
+    async def one(number: int, http: httpx.AsyncClient) -> None:
         turn = 0
         while not stop.is_set():
-            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}, "user_id": f"s{number}"}
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}}
             turn += 1
             started = time.perf_counter()
             (await http.post(f"{url}/v1/complete", json=body)).raise_for_status()
@@ -145,12 +157,15 @@ async def swap_cost(url: str, adapter: Path, base_model: str, swaps: int) -> dic
 
     files = {name: (name, (adapter / name).read_bytes()) for name in ADAPTER_FILES}
     metadata = json.dumps({"base_model": base_model, "parent_version": "base"})
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=20)) as http:
-        traffic = [asyncio.create_task(client(n, http)) for n in range(16)]
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=client) as http:
+        traffic = [asyncio.create_task(one(n, http)) for n in range(16)]
         for _ in range(swaps):
             await asyncio.sleep(2.0)
             started = time.perf_counter()
-            response = await http.post(f"{url}/v1/checkpoints", data={"metadata": metadata}, files=files)
+            response = await http.post(
+                f"{url}/v1/checkpoints", data={"metadata": metadata}, files=files, headers=admin
+            )
             response.raise_for_status()
             spans.append((started, time.perf_counter()))
         await asyncio.sleep(1.0)

@@ -118,20 +118,23 @@ def raw_decoder(
     return decode
 
 
-def against_raw_decode(settings: Settings, model: str, url: str, requests: int) -> dict[str, float]:
+def against_raw_decode(
+    settings: Settings, model: str, url: str, client: dict[str, str], requests: int
+) -> dict[str, float]:
     """Reference for serving latency: each request, served by one sequential client, is decoded
     again in this process right after, the same prompt and as many tokens as the backend sampled
     (matching lengths rather than the token cap, since a served completion stops at its end of
-    line). Served and raw alternate, so a change in the machine's load falls on both alike."""
-    info = httpx.get(f"{url}/v1/model").json()
+    line). Served and raw alternate, so a change in the machine's load falls on both alike. The
+    requests carry the `client` token's header."""
+    info = httpx.get(f"{url}/v1/model", headers=client).raise_for_status().json()
     decode = raw_decoder(settings, model, info["fim"], info["temperature"])
     served: list[float] = []
     raw: list[float] = []
-    with httpx.Client(timeout=120) as http:
+    with httpx.Client(timeout=120, headers=client) as http:
         for turn in range(requests + 1):
             prefix = PREFIXES[turn % len(PREFIXES)]
             started = time.perf_counter()
-            response = http.post(f"{url}/v1/complete", json={"context": {"prefix": prefix}, "user_id": "raw"})
+            response = http.post(f"{url}/v1/complete", json={"context": {"prefix": prefix}})
             response.raise_for_status()
             latency = (time.perf_counter() - started) * 1000
             raw_ms = decode(prefix, len(response.json()["token_logprobs"]))

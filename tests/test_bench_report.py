@@ -30,6 +30,8 @@ def test_bench_all_quick_writes_one_report_with_reference_ratios(
         FLYWHEEL_TRAINER__GATE__PPL_CHARS="3000",
         # The turnaround's checkpoint goes live on upload, with no canary traffic to wait for.
         FLYWHEEL_CANARY__SHARE="0",
+        # A token configured for another backend: the benchmarks' private backends make their own.
+        FLYWHEEL_BACKEND__TOKEN="fw_a-token-for-some-other-backend",
     )
     command = ["bench", "all", "--quick", "--model", str(tiny_model_dir), "--out", str(out)]
     done = subprocess.run(

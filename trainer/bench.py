@@ -8,6 +8,11 @@ turnaround   from the last of 16 episodes finalizing to its checkpoint serving (
              traffic is simulated, accepting what the canary serves and rejecting what live does,
              the fastest a canary can be promoted by the sequential test
 
+The simulated users of the cycle and the turnaround are people to the backend, a client token
+each: it counts people by token, for the canary's share of users and the trainer's per-user caps,
+so traffic from one token would be one user (an update capped to 256 of its episodes, a canary
+served to everyone or no one).
+
 `run` returns the figures and `summary` the report's rows (`flywheel bench trainer --out`), where
 the update's throughput is a ratio to the raw forward+backward measured beside it.
 """
@@ -30,7 +35,9 @@ import torch
 
 from backend.wire import Episode
 from flywheel.bench_report import Reference, Target, row
+from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers, people
 from flywheel.config import Settings
+from flywheel.local_tokens import ADMIN, CLIENT, read_token
 from flywheel.processes import start_backend, stop_process
 from trainer.objectives.pg import PGConfig
 
@@ -151,8 +158,15 @@ def _print_throughput(f: dict[str, Any]) -> None:
     print(f"pg update, with reference   {pg:10.0f} tokens/s  ratio {pg / raw:.2f}")
 
 
-async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 16) -> int:
-    """n completions from `users` users, each followed by a final accept/reject event from judge."""
+# Simulated users of the cycle's traffic, and of the canary's: enough that the canary's share of
+# them (10% by default) is served its checkpoint.
+CYCLE_USERS = 200
+CANARY_USERS = 1000
+
+
+async def traffic(url: str, n: int, judge, users: list[dict[str, str]], concurrency: int = 16) -> int:
+    """n completions from `users` (the headers of a client token each, in turn), each followed by
+    a final accept/reject event from judge, sent by the same user."""
     shown = 0
     sem = asyncio.Semaphore(concurrency)
 
@@ -160,9 +174,9 @@ async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 
         nonlocal shown
         async with sem:
             context = {"prefix": f"def handler_{i}(request):\n    value = ", "suffix": "\n", "path": "a.py"}
-            body = (
-                await http.post("/v1/complete", json={"context": context, "user_id": f"u{i % users}"})
-            ).json()
+            user = users[i % len(users)]
+            response = await http.post("/v1/complete", json={"context": context}, headers=user)
+            body = response.raise_for_status().json()
             if not body["text"]:
                 return
             shown += 1
@@ -175,7 +189,7 @@ async def traffic(url: str, n: int, judge, users: int = 200, concurrency: int = 
                 visible_ms=3000.0,
                 final=True,
             )
-            await http.post("/v1/events", json={"events": [event]})
+            (await http.post("/v1/events", json={"events": [event]}, headers=user)).raise_for_status()
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         await asyncio.gather(*(one(i, http) for i in range(n)))
@@ -186,14 +200,20 @@ def cycle(model_dir: str, n: int, work: Path) -> dict[str, Any]:
     from trainer.client import BackendClient
     from trainer.cycle import run_cycle
 
-    process, url, _ = start_backend(model_dir, work / "cycle", FLYWHEEL_CANARY__SHARE="0")
+    process, url, _ = start_backend(
+        model_dir, work / "cycle", FLYWHEEL_CANARY__SHARE="0", **NO_CONFIGURED_TOKEN
+    )
     try:
+        admin = local_headers(work / "cycle", ADMIN)
+        # As many people as the requests can reach: a quick run needs no 200 tokens.
+        users = people(url, admin, min(CYCLE_USERS, n * 2), "cycle")
         started = time.perf_counter()
-        shown = asyncio.run(traffic(url, n * 2, lambda body: len(body["text"]) % 2 == 0))
+        shown = asyncio.run(traffic(url, n * 2, lambda body: len(body["text"]) % 2 == 0, users))
         print(f"served {n * 2} completions ({shown} shown) in {time.perf_counter() - started:.1f}s")
         settings = Settings(data_dir=work / "cycle", backend={"url": url})
         settings.trainer.max_episodes = n
-        with BackendClient(url) as client:
+        # The token the backend made, whatever FLYWHEEL_BACKEND__TOKEN says in this environment.
+        with BackendClient(url, read_token(work / "cycle", ADMIN)) as client:
             while len(client.all_episodes(0, max_count=n)[0]) < n:
                 time.sleep(1)
             started = time.perf_counter()
@@ -221,34 +241,46 @@ def cycle(model_dir: str, n: int, work: Path) -> dict[str, Any]:
 
 
 def turnaround(model_dir: str, work: Path, canary_budget: int) -> dict[str, Any]:
-    process, url, env = start_backend(model_dir, work / "turnaround")
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "trainer"],
-        env=dict(env, FLYWHEEL_BACKEND__URL=url),
-        stdout=open(work / "trainer.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
+    data_dir = work / "turnaround"
+    process, url, env = start_backend(model_dir, data_dir, **NO_CONFIGURED_TOKEN)
+    trainer = None
     try:
+        client = local_headers(data_dir, CLIENT)
+        # Made before the clock starts; the canary's people only where a canary is tried.
+        users = people(
+            url, local_headers(data_dir, ADMIN), CANARY_USERS if canary_budget else 16, "turnaround"
+        )
+        # The trainer shares the backend's data directory: it finds the admin token there.
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "flywheel.cli", "trainer"],
+            env=dict(env, FLYWHEEL_BACKEND__URL=url),
+            stdout=open(work / "trainer.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
         time.sleep(5)  # let the trainer start polling, as it would be under `flywheel up`
-        asyncio.run(traffic(url, 40, lambda body: True, users=16))
+        asyncio.run(traffic(url, 40, lambda body: True, users[:16]))
         last_final = time.time()
         version = None
         while version is None:
-            listed = httpx.get(f"{url}/v1/checkpoints").json()
+            listed = httpx.get(f"{url}/v1/checkpoints", headers=client).raise_for_status().json()
             version = listed[0]["version"] if listed else None
             if time.time() - last_final > 900:
                 raise SystemExit("no checkpoint within 15 minutes")
             time.sleep(0.5)
         uploaded = time.time() - last_final
-        state = httpx.get(f"{url}/v1/checkpoints").json()[0]["state"]
+        state = httpx.get(f"{url}/v1/checkpoints", headers=client).raise_for_status().json()[0]["state"]
         print(
             f"turnaround: last episode finalized → {version} uploaded and serving as {state}: {uploaded:.1f}s"
         )
+
+        def live_version() -> str:
+            return httpx.get(f"{url}/v1/model", headers=client).raise_for_status().json()["live_version"]
+
         served = 0
-        while httpx.get(f"{url}/v1/model").json()["live_version"] != version and served < canary_budget:
-            asyncio.run(traffic(url, 200, lambda body: body["model_version"] == version, users=1000))
+        while live_version() != version and served < canary_budget:
+            asyncio.run(traffic(url, 200, lambda body: body["model_version"] == version, users))
             served += 200
-        live = httpx.get(f"{url}/v1/model").json()["live_version"] == version
+        live = live_version() == version
         took = time.time() - last_final
         print(
             f"turnaround: → {version} live: {took:.1f}s after {served} canary-period completions"
@@ -264,7 +296,8 @@ def turnaround(model_dir: str, work: Path, canary_budget: int) -> dict[str, Any]
             "canary_completions": served,
         }
     finally:
-        stop_process(trainer)
+        if trainer is not None:
+            stop_process(trainer)
         stop_process(process)
 
 
