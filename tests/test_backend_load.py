@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 from backend_traffic import PREFIXES, upload
-from conftest import make_adapter, start_backend, stop_backend
+from conftest import RunningBackend, make_adapter, start_backend, stop_backend
 
 EDITORS = 32
 SWAPS = 7
@@ -20,17 +20,18 @@ DEADLINE_S = 300.0
 PATIENT = 96
 
 
-async def editors(url: str, stop: asyncio.Event) -> tuple[Counter[str], list[str]]:
+async def editors(server: RunningBackend, stop: asyncio.Event) -> tuple[Counter[str], list[str]]:
     served: Counter[str] = Counter()
     failures: list[str] = []
 
     async def editor(number: int, http: httpx.AsyncClient) -> None:
         turn = 0
         while not stop.is_set():
-            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}, "user_id": f"u{number}"}
+            # One token for all editors: with no canary, who asks does not change what is served.
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}}
             turn += 1
             try:
-                response = await http.post(f"{url}/v1/complete", json=body)
+                response = await http.post(f"{server.url}/v1/complete", json=body)
                 if response.status_code != 200:
                     failures.append(f"{response.status_code}: {response.text[:200]}")
                 else:
@@ -39,7 +40,7 @@ async def editors(url: str, stop: asyncio.Event) -> tuple[Counter[str], list[str
                 failures.append(repr(error))
 
     limits = httpx.Limits(max_connections=EDITORS + 4)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=server.client) as http:
         await asyncio.gather(*(editor(n, http) for n in range(EDITORS)))
     return served, failures
 
@@ -50,18 +51,21 @@ def test_hot_swaps_under_32_editors_fail_no_request(tiny_model_dir: Path, tmp_pa
 
     async def scenario() -> tuple[Counter[str], list[str], list[str]]:
         stop = asyncio.Event()
-        traffic = asyncio.create_task(editors(server.url, stop))
+        traffic = asyncio.create_task(editors(server, stop))
         swapped: list[str] = []
         started = time.monotonic()
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(timeout=120, headers=server.admin) as http:
             while len(swapped) < SWAPS and time.monotonic() - started < DEADLINE_S:
                 await asyncio.sleep(SWAP_EVERY_S)
                 if len(swapped) % 3 == 2:  # now and then the admin rolls the live version back
-                    await http.post(f"{server.url}/v1/admin/checkpoints/{swapped[-1]}/rollback")
+                    rollback = await http.post(f"{server.url}/v1/admin/checkpoints/{swapped[-1]}/rollback")
+                    assert rollback.status_code == 200, rollback.text
                     swapped.append("rollback")
                     continue
                 adapter = adapters[len(swapped) % len(adapters)]
-                response = await asyncio.to_thread(upload, server.url, adapter, str(tiny_model_dir))
+                response = await asyncio.to_thread(
+                    upload, server.url, adapter, str(tiny_model_dir), **server.admin
+                )
                 assert response.status_code == 200, response.text
                 swapped.append(response.json()["version"])
         stop.set()
@@ -85,7 +89,7 @@ def test_request_whose_client_went_away_is_dropped(tiny_model_dir: Path, tmp_pat
     server = start_backend(tiny_model_dir, tmp_path / "state", FLYWHEEL_BACKEND__MAX_BATCH="1")
 
     async def scenario() -> int:
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=server.client) as http:
             # At a blank line a completion is a block, which mostly runs to its token cap: a line's
             # end can come within a few tokens, and a queue of such requests drains too soon.
             body = {"context": {"prefix": PREFIXES[4]}, "max_new_tokens": 48}
@@ -95,7 +99,7 @@ def test_request_whose_client_went_away_is_dropped(tiny_model_dir: Path, tmp_pat
             ]
             await asyncio.sleep(0.05)
             impatient = 0
-            async with httpx.AsyncClient(timeout=0.15) as hasty:
+            async with httpx.AsyncClient(timeout=0.15, headers=server.client) as hasty:
                 for outcome in await asyncio.gather(
                     *(hasty.post(f"{server.url}/v1/complete", json=body) for _ in range(8)),
                     return_exceptions=True,
@@ -107,8 +111,12 @@ def test_request_whose_client_went_away_is_dropped(tiny_model_dir: Path, tmp_pat
     try:
         impatient = asyncio.run(scenario())
         time.sleep(1.0)
-        metrics = httpx.get(f"{server.url}/metrics").text
-        stats = httpx.get(f"{server.url}/admin/data.json").json()["stats"]
+        metrics = httpx.get(f"{server.url}/metrics", headers=server.admin).raise_for_status().text
+        stats = (
+            httpx.get(f"{server.url}/admin/data.json", headers=server.admin)
+            .raise_for_status()
+            .json()["stats"]
+        )
     finally:
         stop_backend(server)
     dropped = next(

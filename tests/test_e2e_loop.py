@@ -19,6 +19,9 @@ from conftest import RunningBackend
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
+from backend.auth import hash_token, person_of
+from flywheel.local_tokens import CLIENT, read_token
+
 DOCUMENT = "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n        data = "
 
 
@@ -73,11 +76,12 @@ def edit(
     )
 
 
-async def wait_for_episode(url: str, completion_id: str, timeout_s: float = 30.0) -> dict:
+async def wait_for_episode(backend: RunningBackend, completion_id: str, timeout_s: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=backend.admin) as http:
         while time.monotonic() < deadline:
-            page = (await http.get(f"{url}/v1/episodes", params={"cursor": 0})).json()
+            response = await http.get(f"{backend.url}/v1/episodes", params={"cursor": 0})
+            page = response.raise_for_status().json()
             for episode in page["episodes"]:
                 if episode["completion_id"] == completion_id:
                     return episode
@@ -117,11 +121,14 @@ async def test_completion_travels_editor_to_trainer_and_back(backend: RunningBac
         end = types.Position(line=cursor.line, character=cursor.character + len(suggestion))
         edit(client, uri, 3, start, end, "None  # changed")
 
-        episode = await wait_for_episode(backend.url, completion_id)
+        episode = await wait_for_episode(backend, completion_id)
         assert episode["outcome"] == "accepted"
         # Partly rewritten: worth less than a fully kept suggestion, more than a rejection.
         assert -0.25 < episode["reward"] < 0.75
         assert episode["model_version"] == "base"
+        # The language server presented the client token the backend left in the shared data
+        # directory, and the episode is filed under that token's person, not the editor's userId.
+        assert episode["user_id"] == person_of(hash_token(read_token(backend.data_dir, CLIENT)))
 
         # One trainer cycle: pulls the episode, updates the adapter, uploads it; the backend swaps it in.
         trainer = subprocess.run(
@@ -132,7 +139,7 @@ async def test_completion_travels_editor_to_trainer_and_back(backend: RunningBac
             timeout=300,
         )
         assert trainer.returncode == 0, trainer.stdout + trainer.stderr
-        model = httpx.get(f"{backend.url}/v1/model").json()
+        model = httpx.get(f"{backend.url}/v1/model", headers=backend.client).json()
         assert model["live_version"] == "v1", trainer.stdout + trainer.stderr
 
         # The next completion comes from the new version.

@@ -16,17 +16,35 @@ import httpx
 from conftest import RunningBackend, start_backend, stop_backend
 from safetensors.torch import load as load_safetensors
 
+from backend.wire import TOKENS_PATH
+from flywheel.local_tokens import authorization
 from trainer.state import load_state
 
 USERS = ["ana", "ben", "chen", "dev"]
 
 
+def people(backend: RunningBackend, names: list[str]) -> list[dict[str, str]]:
+    """A client token each: the backend tells people apart by token, and the trainer caps each
+    person's share of an update."""
+    made = [
+        httpx.post(
+            f"{backend.url}{TOKENS_PATH}", json={"name": name}, headers=backend.admin
+        ).raise_for_status()
+        for name in names
+    ]
+    return [authorization(response.json()["token"]) for response in made]
+
+
 def make_episodes(backend: RunningBackend, n: int) -> None:
     """Completions from the real policy, accepted or rejected at a human pace by four users."""
+    users = people(backend, USERS)
     with httpx.Client(base_url=backend.url, timeout=60) as http:
         for i in range(n):
+            user = users[i % len(users)]
             context = {"prefix": f"def handler_{i}(request):\n    value = ", "suffix": "\n", "path": "app.py"}
-            body = http.post("/v1/complete", json={"context": context, "user_id": USERS[i % 4]}).json()
+            body = (
+                http.post("/v1/complete", json={"context": context}, headers=user).raise_for_status().json()
+            )
             if not body["text"]:
                 continue  # an abstention finalizes when its window closes
             kind = "accepted" if i % 2 else "rejected"
@@ -38,13 +56,19 @@ def make_episodes(backend: RunningBackend, n: int) -> None:
                 "visible_ms": 1500.0,
                 "final": True,
             }
-            assert http.post("/v1/events", json={"events": [event]}).json()["stored"] == 1
+            assert http.post("/v1/events", json={"events": [event]}, headers=user).json()["stored"] == 1
 
 
 def wait_for_episodes(backend: RunningBackend, n: int, timeout_s: float = 60) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        page = httpx.get(f"{backend.url}/v1/episodes", params={"cursor": 0, "limit": 1000}).json()
+        page = (
+            httpx.get(
+                f"{backend.url}/v1/episodes", params={"cursor": 0, "limit": 1000}, headers=backend.admin
+            )
+            .raise_for_status()
+            .json()
+        )
         if len(page["episodes"]) >= n:
             return len(page["episodes"])
         time.sleep(0.3)
@@ -86,7 +110,7 @@ def test_trainer_killed_mid_update_resumes_and_publishes(tiny_model_dir: Path, t
         os.kill(trainer.pid, signal.SIGKILL)
         trainer.wait()
 
-        assert httpx.get(f"{backend.url}/v1/checkpoints").json() == []
+        assert httpx.get(f"{backend.url}/v1/checkpoints", headers=backend.client).json() == []
         assert load_state(trainer_dir).cursor == 0
         candidates = trainer_dir / "candidates"
         assert not candidates.exists() or all(p.name.startswith(".") for p in candidates.iterdir())
@@ -94,13 +118,15 @@ def test_trainer_killed_mid_update_resumes_and_publishes(tiny_model_dir: Path, t
         resumed = start_trainer(backend, tmp_path / "trainer-resumed.log")
         assert resumed.wait(timeout=300) == 0, (tmp_path / "trainer-resumed.log").read_text()
 
-        [checkpoint] = httpx.get(f"{backend.url}/v1/checkpoints").json()
+        [checkpoint] = httpx.get(f"{backend.url}/v1/checkpoints", headers=backend.client).json()
         assert checkpoint["version"] == "v1" and checkpoint["state"] == "live", checkpoint
-        assert httpx.get(f"{backend.url}/v1/model").json()["live_version"] == "v1"
+        assert httpx.get(f"{backend.url}/v1/model", headers=backend.client).json()["live_version"] == "v1"
         state = load_state(trainer_dir)
         assert state.cursor >= total and state.last_version == "v1" and state.pending_candidate is None
         # What the backend serves is exactly the adapter the trainer saved, and it is whole.
-        served = httpx.get(f"{backend.url}/v1/checkpoints/v1/files/adapter_model.safetensors").content
+        served = httpx.get(
+            f"{backend.url}/v1/checkpoints/v1/files/adapter_model.safetensors", headers=backend.admin
+        ).content
         assert served == (trainer_dir / "adapters" / "v1" / "adapter_model.safetensors").read_bytes()
         assert any("lora_B" in name for name in load_safetensors(served))
         # Nothing the killed run left behind survives the resumed one.

@@ -1,4 +1,5 @@
-"""`flywheel up`: falls back to the bootstrapped model, serves the dashboard, stops cleanly on Ctrl-C."""
+"""`flywheel up`: falls back to the bootstrapped model, serves the dashboard behind the admin token it
+made, stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import httpx
 from conftest import backend_env, free_port
+
+from flywheel.local_tokens import ADMIN, CLIENT, authorization, read_token, token_path
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
@@ -46,11 +49,19 @@ def test_up_serves_the_default_model_when_the_configured_one_is_missing(
         lines = read_until(process, "Press Ctrl-C to stop", timeout_s=180)
         fallback = [line for line in lines if "is not available" in line]
         assert len(fallback) == 1 and "no-such-model" in fallback[0]
-        dashboard = f"http://127.0.0.1:{port}/admin"
-        assert any(dashboard in line for line in lines)
-        page = httpx.get(dashboard, timeout=10)
-        assert page.status_code == 200 and "live version" in page.text
-        model = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
+        url = f"http://127.0.0.1:{port}"
+        assert any(f"{url}/admin" in line for line in lines)
+        # Closed by default: `up` says where the admin token it made is, and the dashboard wants it.
+        assert any(str(token_path(data_dir, ADMIN)) in line for line in lines)
+        with httpx.Client(base_url=url, timeout=10) as browser:
+            assert browser.get("/admin").headers.get("location") == "/admin/login"
+            login = browser.post("/admin/login", data={"token": read_token(data_dir, ADMIN)})
+            assert login.status_code == 303, login.text
+            page = browser.get("/admin")
+            assert page.status_code == 200 and "live version" in page.text
+        assert httpx.get(f"{url}/v1/model", timeout=10).status_code == 401
+        client = authorization(read_token(data_dir, CLIENT))
+        model = httpx.get(f"{url}/v1/model", headers=client, timeout=10).raise_for_status().json()
         assert model["base_model"] == str(data_dir / "models" / "bootstrap")
     finally:
         process.send_signal(signal.SIGINT)
