@@ -113,9 +113,9 @@ def bearer(token: str) -> dict[str, str]:
 
 def backend_env(model_dir: Path, data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     # Episodes finalize within a fraction of a second, so tests need not wait for the default tick.
-    return processes.backend_env(
-        model_dir, data_dir, port, **{"FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S": "0.2", **extra}
-    )
+    # No token a developer configured for their own backend: the test's backend makes its own.
+    defaults = {"FLYWHEEL_BACKEND__FINALIZE_INTERVAL_S": "0.2", "FLYWHEEL_BACKEND__TOKEN": ""}
+    return processes.backend_env(model_dir, data_dir, port, **{**defaults, **extra})
 
 
 def start_backend(model_dir: Path, data_dir: Path, **extra: str) -> RunningBackend:
