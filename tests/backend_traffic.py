@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 
 from backend.bench_load import PREFIXES  # the benchmark's prompts: tests load the backend alike
-from backend.wire import ADAPTER_FILES, TOKENS_PATH
-from flywheel.local_tokens import authorization
+from backend.wire import ADAPTER_FILES
 
 
 def upload(
@@ -29,18 +28,6 @@ def upload(
         headers=headers,
         timeout=120,
     )
-
-
-def people(url: str, admin: dict[str, str], count: int) -> list[dict[str, str]]:
-    """The headers of `count` people, a client token each: the backend counts people by token."""
-    return [
-        authorization(
-            httpx.post(f"{url}{TOKENS_PATH}", json={"name": f"user-{n}"}, headers=admin)
-            .raise_for_status()
-            .json()["token"]
-        )
-        for n in range(count)
-    ]
 
 
 async def editor_round(
@@ -73,12 +60,12 @@ async def drive(
     url: str,
     rounds: int,
     accept_probability: Callable[[str], float],
-    people: list[dict[str, str]],
+    crowd: list[dict[str, str]],
     editors: int = 16,
     seed: int = 0,
 ) -> Counter[str]:
-    """`rounds` completions from `editors` concurrent editors, each round by one of `people` (their
-    token headers); returns how many each version served."""
+    """`rounds` completions from `editors` concurrent editors, each round by one of `crowd` (people's
+    token headers, flywheel.bench_tokens.people); returns how many each version served."""
     rng = random.Random(seed)
     served: Counter[str] = Counter()
     remaining = rounds
@@ -87,7 +74,7 @@ async def drive(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            served[await editor_round(http, url, rng.choice(people), accept_probability, rng)] += 1
+            served[await editor_round(http, url, rng.choice(crowd), accept_probability, rng)] += 1
 
     async with httpx.AsyncClient(timeout=120) as http:
         await asyncio.gather(*(editor(http) for _ in range(editors)))

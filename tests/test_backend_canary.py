@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backend_traffic import drive, people, upload
+from backend_traffic import drive, upload
 from conftest import RunningBackend, make_adapter, start_backend, stop_backend
+
+from flywheel.bench_tokens import people
 
 CANARY_ENV = dict(
     FLYWHEEL_CANARY__SHARE="0.5",
