@@ -1,9 +1,16 @@
-"""Drains the outbox to the backend in the background, in batches, with backoff on failure."""
+"""Drains the outbox to the backend in the background, in batches, with backoff on failure.
+
+Only the backend's word on an event removes it: a 200 that accounts for every event of the batch
+(each stored, a duplicate, or refused by name). Any other answer, from the backend or from whatever
+stands between (a proxy's 405 or 407, a 413, a 401 for a stale token, an HTML error page, a timeout)
+says nothing about the events, so they stay and go again later.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -17,11 +24,41 @@ logger = logging.getLogger(__name__)
 # Below wire.MAX_EVENTS_PER_BATCH, so a batch is never refused for its size.
 BATCH_SIZE = 500
 
-# 4xx answers that say nothing about the batch (auth, a wrong URL, rate limits): retried like 5xx.
-# Any other 4xx means the batch itself is bad, and sending it again would be refused again.
-RETRY_CLIENT_ERRORS = frozenset({401, 403, 404, 408, 409, 425, 429})
+# Refused credentials do not heal in a second: the user has to fix the token, so ask seldom.
+AUTH_STATUSES = frozenset({401, 403})
 
 SendEvents = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
+
+
+class Fate(enum.Enum):
+    SETTLED = "settled"  # the backend gave each event's fate: remove them all
+    SPLIT = "split"  # too large for someone on the way: send again in halves
+    KEPT = "kept"  # the answer says nothing about the events: keep them all, retry later
+
+
+def fate(events: list[dict[str, Any]], outcome: dict[str, Any] | BackendError) -> Fate:
+    """What a batch's answer (or failure) means for its events. The one rule of the outbox."""
+    if isinstance(outcome, BackendError):
+        return Fate.SPLIT if outcome.status == 413 and len(events) > 1 else Fate.KEPT
+    return Fate.SETTLED if refused_indexes(events, outcome) is not None else Fate.KEPT
+
+
+def refused_indexes(events: list[dict[str, Any]], answer: dict[str, Any]) -> set[int] | None:
+    """The positions of the events `answer` refuses by name, when it accounts for every event of
+    the batch; None when it does not (then it is not the backend's word on this batch)."""
+    named: set[int] = set()
+    for refusal in answer.get("refused", []):
+        index = refusal.get("index")
+        if not isinstance(index, int) or not 0 <= index < len(events):
+            return None
+        # The backend names the id it read; None when the event's id itself was unreadable.
+        if refusal.get("event_id") not in (None, events[index].get("event_id")):
+            return None
+        named.add(index)
+    stored, duplicates = answer.get("stored"), answer.get("duplicates")
+    if not isinstance(stored, int) or not isinstance(duplicates, int):
+        return None
+    return named if stored + duplicates + len(named) == len(events) else None
 
 
 class OutboxSender:
@@ -35,6 +72,7 @@ class OutboxSender:
         batch_size: int = BATCH_SIZE,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 60.0,
+        auth_retry_s: float = 120.0,
     ) -> None:
         self.outbox = outbox
         self._send = send
@@ -43,9 +81,10 @@ class OutboxSender:
         self.batch_size = batch_size
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.auth_retry_s = auth_retry_s
         self.failures = 0
         self.delivered = 0
-        # Events the backend refused outright (a batch it answered 4xx, narrowed down to them).
+        # Events the backend refused by name (a 200 whose `refused` lists them): dropped.
         self.refused = 0
         # Events the backend already had (a resend after a lost answer): harmless, counted.
         self.duplicates = 0
@@ -57,7 +96,7 @@ class OutboxSender:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="flywheel-outbox")
 
     def wake(self) -> None:
-        """Send now rather than at the next interval (ignored while backing off)."""
+        """Send now rather than at the next interval or the end of a backoff (a new token or URL)."""
         self._wake.set()
 
     async def stop(self, flush_timeout_s: float = 1.0) -> None:
@@ -81,7 +120,7 @@ class OutboxSender:
 
     async def send_batch(self) -> bool:
         """Deliver the oldest batch. True when a full batch went out (more may be waiting).
-        Raises when the backend could not be reached or did not confirm."""
+        Raises when the backend could not be reached or did not settle the batch."""
         batch = self.outbox.peek(self.batch_size)
         if not batch:
             return False
@@ -89,30 +128,30 @@ class OutboxSender:
         return len(batch) == self.batch_size
 
     async def _deliver(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
-        """Send rows and remove them once settled. A batch refused as a whole (4xx) is split in
-        halves until the bad events are alone; those are dropped with a log, the rest delivered."""
+        events = [event for _, event in rows]
         try:
-            answer = await self._send([event for _, event in rows])
+            outcome: dict[str, Any] | BackendError = await self._send(events)
         except BackendError as exc:
-            if not _batch_is_bad(exc.status):
-                raise
-            if len(rows) > 1:
-                middle = len(rows) // 2
-                await self._deliver(rows[:middle])
-                await self._deliver(rows[middle:])
-                return
-            row_id, event = rows[0]
-            logger.error("backend refuses event %s, dropping it: %s", event.get("event_id"), exc)
-            self.outbox.remove([row_id])
-            self.refused += 1
+            outcome = exc
+        verdict = fate(events, outcome)
+        if verdict is Fate.SPLIT:
+            middle = len(rows) // 2
+            await self._deliver(rows[:middle])
+            await self._deliver(rows[middle:])
             return
-        # Stored, duplicate and refused events are all settled: the backend has seen them, and
-        # a refused one would be refused again.
-        for refused in answer.get("refused", []):
-            logger.warning("backend refused event %s: %s", refused.get("event_id"), refused.get("reason"))
+        if isinstance(outcome, BackendError):
+            raise outcome
+        if verdict is Fate.KEPT:
+            raise BackendError(f"an events answer that does not account for the batch: {str(outcome)[:200]}")
+        refused = refused_indexes(events, outcome) or set()
+        for refusal in outcome.get("refused", []):
+            logger.warning(
+                "backend refused event %s, dropped: %s", refusal.get("event_id"), refusal.get("reason")
+            )
         self.outbox.remove([row_id for row_id, _ in rows])
-        self.delivered += len(rows)
-        self.duplicates += int(answer.get("duplicates", 0))
+        self.delivered += len(rows) - len(refused)
+        self.refused += len(refused)
+        self.duplicates += outcome["duplicates"]
 
     async def _run(self) -> None:
         while True:
@@ -130,19 +169,19 @@ class OutboxSender:
                 except Exception as exc:
                     self.failures += 1
                     if self.failures == 1:
-                        logger.warning("could not deliver events, will retry: %s", _describe(exc))
-                    # Full jitter keeps many editors from retrying in step after an outage.
-                    delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**self.failures))
-                    await asyncio.sleep(delay)
-                    continue
+                        logger.warning("could not deliver events, kept for a retry: %s", _describe(exc))
+                    delay = self._backoff_s(exc)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
 
-
-def _batch_is_bad(status: int | None) -> bool:
-    return status is not None and 400 <= status < 500 and status not in RETRY_CLIENT_ERRORS
+    def _backoff_s(self, exc: Exception) -> float:
+        if isinstance(exc, BackendError) and exc.status in AUTH_STATUSES:
+            ceiling = self.auth_retry_s
+            return random.uniform(ceiling / 2, ceiling)
+        # Full jitter keeps many editors from retrying in step after an outage.
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**self.failures))
 
 
 def _describe(exc: BaseException) -> str:
