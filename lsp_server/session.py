@@ -254,6 +254,7 @@ class Session:
             self.backend = BackendClient(new.backend_url, new.token, new.request_timeout_s)
             self.backend_ok = None
             asyncio.get_running_loop().create_task(previous.aclose())
+            self.sender.wake()  # a fixed token or URL need not wait out the backoff
         if new.user_id != old.user_id:
             self.user_id = new.user_id or pseudonym(new.state_dir)
         self.tracker.survival_delays_s = new.survival_delays_s
