@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -346,6 +347,116 @@ async def test_rescore_recomputes_stored_rewards_from_raw_events(store: Store) -
         ("kept", "accepted", pytest.approx(0.2)),
     ]
     assert await store.rescore(harsher, min_visible_ms=100.0) == 0
+
+
+# --- rows that cannot be read ---------------------------------------------------------------
+
+
+def raw_event(store: Store, event_id: str, cid: str, kind: str, **fields: Any) -> None:
+    """An event row written straight into the file, as an older version, a manual edit or a bug
+    might leave it: nothing checks it on the way in."""
+    payload = {"event_id": event_id, "completion_id": cid, "kind": kind, "client_ts": T0, **fields}
+    with sqlite3.connect(store.path) as db:
+        db.execute(
+            "INSERT INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            # json.dumps writes float("nan") as NaN, which is not JSON.
+            (event_id, cid, kind, json.dumps(payload), T0, T0),
+        )
+
+
+def edit(store: Store, sql: str, params: tuple[Any, ...] = ()) -> None:
+    with sqlite3.connect(store.path) as db:
+        db.execute(sql, params)
+
+
+async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(store: Store) -> None:
+    plan = {
+        "good": [
+            event("good", "accepted", visible_ms=900),
+            event("good", "survival", delay_s=30, similarity=1.0),
+        ],
+        "partly": [event("partly", "rejected", visible_ms=900)],
+        "nan-logprobs": [event("nan-logprobs", "rejected", visible_ms=900)],
+        "bad-context": [event("bad-context", "rejected", visible_ms=900)],
+        "blob-text": [event("blob-text", "partially_accepted", accepted_chars=3, visible_ms=900)],
+        "late": [event("late", "rejected", visible_ms=900)],
+        "bad-time": [event("bad-time", "rejected", visible_ms=900)],
+    }
+    for i, (cid, events) in enumerate(plan.items()):
+        await completion(store, cid, at=T0 + i)
+        await store.add_events(events, T0 + i)
+    # The issue's row (a NaN timestamp, stored as null), a NaN, a kind no version knows, a text
+    # over the limit: beside one good event of the same completion.
+    raw_event(store, "null-ts-0001", "partly", "accepted", visible_ms=900, client_ts=None)
+    raw_event(store, "nan-ts-00001", "partly", "accepted", visible_ms=900, client_ts=float("nan"))
+    raw_event(store, "unknown-kind", "partly", "teleported")
+    raw_event(store, "long-text-01", "partly", "rewrite", similarity=0.5, text="x" * 30_000)
+    # Completions: a NaN log-prob, a context cut short, a time that is no number, bytes for text.
+    for column, value, cid in [
+        ("token_logprobs", "'[NaN, -0.25, -0.1]'", "nan-logprobs"),
+        ("context", '\'{"prefix": "def\'', "bad-context"),
+        ("created_at", "'yesterday'", "bad-time"),
+        ("text", "X'00ff'", "blob-text"),
+    ]:
+        edit(store, f"UPDATE completions SET {column} = {value} WHERE completion_id = ?", (cid,))
+
+    await finalize(store, T0 + 10 * WINDOW)
+    # Every completion left the open set; the one that could not be scored has no episode.
+    assert rows(store, "SELECT COUNT(*) FROM completions WHERE finalized_at IS NULL") == [(0,)]
+    outcomes = dict(rows(store, "SELECT completion_id, outcome FROM episodes"))
+    assert "blob-text" not in outcomes
+    # Scored on its good event: the unreadable acceptances are not evidence of anything.
+    assert outcomes["partly"] == "rejected"
+    assert outcomes["good"] == "accepted"
+
+    # The trainer's pages (two at a time) hold the good episodes; the unreadable rows are skipped
+    # without a page coming back empty while good ones follow.
+    cursor, pages = 0, []
+    while True:
+        page = await store.episodes_after(cursor, 2)
+        if page.next_cursor == cursor:
+            break
+        pages.append([e.completion_id for e in page.episodes])
+        cursor = page.next_cursor
+    assert pages == [["good", "partly"], ["late"]]
+
+    set_aside = {(q["table"], q["key"]): q["reason"] for q in await store.quarantined()}
+    assert set(set_aside) == {
+        ("events", "null-ts-0001"),
+        ("events", "nan-ts-00001"),
+        ("events", "unknown-kind"),
+        ("events", "long-text-01"),
+        ("completions", "nan-logprobs"),
+        ("completions", "bad-context"),
+        ("completions", "bad-time"),
+        ("completions", "blob-text"),
+    }
+    assert "client_ts" in set_aside[("events", "null-ts-0001")]
+    assert "client_ts" in set_aside[("events", "nan-ts-00001")]
+    assert "kind" in set_aside[("events", "unknown-kind")]
+    assert "text" in set_aside[("events", "long-text-01")]
+    assert "token_logprobs" in set_aside[("completions", "nan-logprobs")]
+    assert "context" in set_aside[("completions", "bad-context")]
+    assert "created_at" in set_aside[("completions", "bad-time")]
+    assert "x" * 100 not in "".join(set_aside.values())  # reasons never carry what was typed
+    assert await store.quarantine_counts() == {"completions": 4, "events": 4}
+    # Bad events leave the events table (no later pass trips on them) with their row kept aside.
+    assert rows(store, "SELECT COUNT(*) FROM events WHERE completion_id = 'partly'") == [(1,)]
+    [(kept,)] = rows(store, "SELECT content FROM quarantine WHERE row_key = 'unknown-kind'")
+    assert json.loads(kept)["kind"] == "teleported"
+
+    # Later passes see nothing twice; re-scoring sets aside what arrived bad since.
+    assert await finalize(store, T0 + 20 * WINDOW) == 0
+    raw_event(store, "after-final", "good", "teleported")
+    await store.rescore(REWARDS, MIN_VISIBLE)
+    assert (await store.quarantine_counts())["events"] == 5
+    again = await store.episodes_after(0, 10)
+    assert [e.completion_id for e in again.episodes] == ["good", "partly", "late"]
+
+    # Retention reaches what was set aside: the rows' contents go, the record of them stays.
+    await store.purge_older_than(T0 + 100 * WINDOW)
+    assert rows(store, "SELECT COUNT(*), COUNT(content) FROM quarantine") == [(9, 0)]
 
 
 # --- checkpoints ----------------------------------------------------------------------------

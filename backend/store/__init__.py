@@ -2,8 +2,8 @@
 
 `Store` gathers one concern per module: ingest (completions, events), episodes (finalize, the
 trainer's feed, re-scoring), registry (checkpoints), stats and outcomes (the dashboard, the
-canary's test), upkeep (retention, tokens, settings). Schema steps live in `schema`; the file and
-its connections in `database`.
+canary's test), upkeep (retention, tokens, settings), quarantine (rows that could not be read).
+Schema steps live in `schema`; the file and its connections in `database`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from backend.store.database import Database
 from backend.store.episodes import EpisodesMixin
 from backend.store.ingest import EventWriter, IngestMixin
 from backend.store.outcomes import ArmFigures, Moments, OutcomesMixin
+from backend.store.quarantine import QuarantineMixin
 from backend.store.registry import STATES, RegistryMixin, UnknownCheckpoint
 from backend.store.schema import SCHEMA_VERSION, SchemaTooNew
 from backend.store.stats import StatsMixin
@@ -22,7 +23,9 @@ from backend.store.upkeep import UpkeepMixin
 __all__ = ["SCHEMA_VERSION", "STATES", "ArmFigures", "Moments", "SchemaTooNew", "Store", "UnknownCheckpoint"]
 
 
-class Store(IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin, OutcomesMixin, UpkeepMixin):
+class Store(
+    IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin, OutcomesMixin, UpkeepMixin, QuarantineMixin
+):
     def __init__(self, db: Database) -> None:
         self._db = db
         self._event_writer = EventWriter(db)

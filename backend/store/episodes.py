@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import aiosqlite
+from pydantic import ConfigDict
 
 from backend import wire
 from backend.confidence import cursor_place
 from backend.rewards import Scored, score_episode, user_wrote
 from backend.store.database import Database
+from backend.store.quarantine import COMPLETIONS, EVENTS, Unreadable, key_of, put_aside, reason_of
 from flywheel.config import RewardConfig
 
 # Completions scored per transaction: bounds how long one finalize pass holds the write lock.
 _FINALIZE_CHUNK = 500
 _IN_CHUNK = 500
+
+# The trainer's page: episodes with their completions, less the completions set aside.
+_PAGE = (
+    "SELECT e.seq, e.completion_id, c.user_id, c.model_version, c.prompt_ids, c.completion_ids,"
+    " c.token_logprobs, c.temperature, c.text, e.outcome, e.reward, c.created_at,"
+    " e.finalized_at, e.accept_visible_ms,"
+    # json_extract fails the whole statement on one malformed context: look only into valid ones.
+    " CASE WHEN json_valid(c.context) THEN json_extract(c.context, '$.prefix') END,"
+    " json_valid(c.context), c.rowid"
+    " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
+    " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL AND c.purged_at IS NULL"
+    f" AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.tbl = '{COMPLETIONS}'"
+    " AND q.row_key = e.completion_id)"
+    " ORDER BY e.seq LIMIT ?"
+)
+
+
+class _StoredEpisode(wire.Episode):
+    """An episode as read back: no NaN or infinity anywhere, for JSON has neither and the trainer's
+    page would fail on it (a NaN log-prob, say, stored by an older version)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class EpisodesMixin:
@@ -30,32 +56,49 @@ class EpisodesMixin:
         Due: created_at + window_s ≤ now, or an event with final=True arrived, or an abstention
         (nothing was shown, so there is nothing to observe). Every one gets an episodes row, even
         with a NULL reward, so the finalizer never looks at it again. Returns how many closed.
+
+        A row that cannot be read is set aside (store/quarantine.py) and the pass goes on: an
+        unreadable event is left out of its completion's score, and a completion that cannot be
+        scored at all is closed without an episode.
         """
         total = 0
         while True:
             async with self._db.transaction() as db:
                 due = await db.execute_fetchall(
-                    "SELECT completion_id, text FROM completions"
+                    "SELECT rowid, completion_id, text FROM completions"
                     " WHERE finalized_at IS NULL AND (created_at + ? <= ? OR final_seen = 1 OR text = '')"
                     " ORDER BY created_at, completion_id LIMIT ?",
                     (window_s, now, _FINALIZE_CHUNK),
                 )
                 if not due:
                     return total
-                texts = {row[0]: row[1] for row in due}
-                events = await _events_of(db, list(texts))
-                scored = [
-                    (cid, score_episode(text, events.get(cid, []), rewards, min_visible_ms))
-                    for cid, text in texts.items()
-                ]
+                # A completion scored on the events that could be read, its unreadable ones left
+                # out: each event is one observation on its own, and the rest say what they say,
+                # as if the bad one had been refused at ingest (as today's backend refuses it).
+                # Holding the episode open for an event that will never parse would lose it all.
+                events, unreadable = await _events_of(db, [row[1] for row in due])
+                scored = []
+                for rowid, cid, text in due:
+                    try:
+                        if not isinstance(cid, str):
+                            raise ValueError("completion_id: missing")
+                        score = score_episode(text, events.get(cid, []), rewards, min_visible_ms)
+                    except Exception as error:  # whatever is wrong with the row: it alone is set aside
+                        key = key_of(cid, rowid)
+                        unreadable.append(Unreadable(COMPLETIONS, key, reason_of(error), rowid))
+                        continue
+                    scored.append((cid, score))
+                if unreadable:
+                    await put_aside(db, unreadable, now)
+                # A completion whose episode exists already (its finalized_at cleared by hand, say)
+                # keeps that episode.
                 await db.executemany(
                     "INSERT INTO episodes (completion_id, outcome, reward, similarity, accept_visible_ms,"
-                    " finalized_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    " finalized_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (completion_id) DO NOTHING",
                     [(cid, *_columns(s), now) for cid, s in scored],
                 )
                 await db.executemany(
-                    "UPDATE completions SET finalized_at = ? WHERE completion_id = ?",
-                    [(now, cid) for cid in texts],
+                    "UPDATE completions SET finalized_at = ? WHERE rowid = ?", [(now, row[0]) for row in due]
                 )
             total += len(due)
             if len(due) < _FINALIZE_CHUNK:
@@ -65,7 +108,8 @@ class EpisodesMixin:
         """Trainable episodes (non-NULL reward) with seq > cursor, oldest first.
 
         next_cursor moves past untrainable rows too, so the trainer never rescans them: when the
-        page is not full it jumps to the newest seq that existed when the page was read.
+        page is not full it jumps to the newest seq that existed when the page was read. A row
+        that cannot be read is set aside and the page filled from the rows after it.
         """
         db = self._db.reader
         top_rows = await db.execute_fetchall("SELECT MAX(seq) FROM episodes")
@@ -73,42 +117,28 @@ class EpisodesMixin:
         top = top_rows[0][0] if top_rows and top_rows[0][0] is not None else cursor
         if limit <= 0 or top <= cursor:
             return wire.EpisodesPage(episodes=[], next_cursor=cursor)
-        rows = await db.execute_fetchall(
-            "SELECT e.seq, e.completion_id, c.user_id, c.model_version, c.prompt_ids, c.completion_ids,"
-            " c.token_logprobs, c.temperature, c.text, e.outcome, e.reward, c.created_at,"
-            " e.finalized_at, e.accept_visible_ms, json_extract(c.context, '$.prefix')"
-            " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
-            " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL AND c.purged_at IS NULL"
-            " ORDER BY e.seq LIMIT ?",
-            (cursor, top, limit),
-        )
-        # What the users wrote instead, for the trainer's corrections and DPO pairs.
-        said = await _events_of(
-            db, [r[1] for r in rows if r[8]], kinds=(wire.EventKind.REWRITE, wire.EventKind.SURVIVAL)
-        )
-        episodes = [
-            wire.Episode(
-                seq=r[0],
-                completion_id=r[1],
-                user_id=r[2],
-                model_version=r[3],
-                prompt_ids=json.loads(r[4]),
-                completion_ids=json.loads(r[5]),
-                token_logprobs=json.loads(r[6]),
-                temperature=r[7],
-                text=r[8],
-                outcome=r[9],
-                reward=r[10],
-                created_at=r[11],
-                finalized_at=r[12],
-                accept_visible_ms=r[13],
-                rewrite=user_wrote(r[8], said.get(r[1], [])),
-                place=cursor_place(r[14]) if r[14] is not None else "",
+        episodes: list[wire.Episode] = []
+        after = cursor
+        while True:
+            want = limit - len(episodes)
+            rows = await db.execute_fetchall(_PAGE, (after, top, want))
+            # What the users wrote instead, for the trainer's corrections and DPO pairs.
+            said, unreadable = await _events_of(
+                db, [r[1] for r in rows if r[8]], kinds=(wire.EventKind.REWRITE, wire.EventKind.SURVIVAL)
             )
-            for r in rows
-        ]
-        next_cursor = episodes[-1].seq if len(episodes) == limit else top
-        return wire.EpisodesPage(episodes=episodes, next_cursor=next_cursor)
+            for r in rows:
+                try:
+                    episodes.append(_episode(r, said.get(r[1], [])))
+                except Exception as error:  # whatever is wrong with the row: it alone is set aside
+                    unreadable.append(Unreadable(COMPLETIONS, key_of(r[1], r[16]), reason_of(error), r[16]))
+            if unreadable:
+                async with self._db.transaction() as writer:
+                    await put_aside(writer, unreadable, time.time())
+            if len(rows) < want:
+                return wire.EpisodesPage(episodes=episodes, next_cursor=top)
+            after = rows[-1][0]
+            if len(episodes) == limit:
+                return wire.EpisodesPage(episodes=episodes, next_cursor=after)
 
     async def rescore(self, rewards: RewardConfig, min_visible_ms: float) -> int:
         """Score every finalized episode again from its stored events. Returns how many changed.
@@ -120,7 +150,7 @@ class EpisodesMixin:
         while True:
             async with self._db.transaction() as db:
                 rows = await db.execute_fetchall(
-                    "SELECT e.seq, e.completion_id, c.text, e.outcome, e.reward, e.similarity,"
+                    "SELECT e.seq, e.completion_id, c.text, c.rowid, e.outcome, e.reward, e.similarity,"
                     " e.accept_visible_ms FROM episodes e JOIN completions c"
                     " ON c.completion_id = e.completion_id WHERE e.seq > ? AND c.purged_at IS NULL"
                     " ORDER BY e.seq LIMIT ?",
@@ -128,12 +158,18 @@ class EpisodesMixin:
                 )
                 if not rows:
                     return changed
-                events = await _events_of(db, [r[1] for r in rows])
+                events, unreadable = await _events_of(db, [r[1] for r in rows])
                 updates = []
-                for seq, cid, text, *old in rows:
-                    new = _columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
+                for seq, cid, text, rowid, *old in rows:
+                    try:
+                        new = _columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
+                    except Exception as error:  # the episode keeps its score; the row is set aside
+                        unreadable.append(Unreadable(COMPLETIONS, cid, reason_of(error), rowid))
+                        continue
                     if new != tuple(old):
                         updates.append((*new, seq))
+                if unreadable:
+                    await put_aside(db, unreadable, time.time())
                 await db.executemany(
                     "UPDATE episodes SET outcome = ?, reward = ?, similarity = ?, accept_visible_ms = ?"
                     " WHERE seq = ?",
@@ -147,20 +183,58 @@ def _columns(scored: Scored) -> tuple[str, float | None, float | None, float | N
     return scored.outcome, scored.reward, scored.similarity, scored.accept_visible_ms
 
 
+def _episode(r: Any, said: list[wire.Event]) -> wire.Episode:
+    """One row of the trainer's page as an episode; ValueError (and kin) when it cannot be read."""
+    if not r[15]:
+        raise ValueError("context: not valid JSON")
+    return _StoredEpisode(
+        seq=r[0],
+        completion_id=r[1],
+        user_id=r[2],
+        model_version=r[3],
+        prompt_ids=_json_column("prompt_ids", r[4]),
+        completion_ids=_json_column("completion_ids", r[5]),
+        token_logprobs=_json_column("token_logprobs", r[6]),
+        temperature=r[7],
+        text=r[8],
+        outcome=r[9],
+        reward=r[10],
+        created_at=r[11],
+        finalized_at=r[12],
+        accept_visible_ms=r[13],
+        rewrite=user_wrote(r[8], said),
+        place=cursor_place(r[14]) if r[14] is not None else "",
+    )
+
+
+def _json_column(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: not JSON ({error})") from None
+
+
 async def _events_of(
     db: aiosqlite.Connection, completion_ids: list[str], kinds: Sequence[wire.EventKind] = ()
-) -> dict[str, list[wire.Event]]:
-    """The stored events of each completion (only those of `kinds`, when given), in client order."""
+) -> tuple[dict[str, list[wire.Event]], list[Unreadable]]:
+    """The stored events of each completion (only those of `kinds`, when given), in client order;
+    and the rows that could not be read, for the caller to set aside."""
     events: dict[str, list[wire.Event]] = defaultdict(list)
+    unreadable: list[Unreadable] = []
     only = f" AND kind IN ({','.join('?' * len(kinds))})" if kinds else ""
     for start in range(0, len(completion_ids), _IN_CHUNK):
         chunk = completion_ids[start : start + _IN_CHUNK]
         marks = ",".join("?" * len(chunk))
         rows = await db.execute_fetchall(
-            f"SELECT completion_id, payload FROM events WHERE completion_id IN ({marks}){only}"
-            " ORDER BY client_ts, rowid",
+            "SELECT completion_id, payload, rowid, event_id FROM events"
+            f" WHERE completion_id IN ({marks}){only} ORDER BY client_ts, rowid",
             [*chunk, *(kind.value for kind in kinds)],
         )
-        for cid, payload in rows:
-            events[cid].append(wire.Event.model_validate_json(payload))
-    return events
+        # One parse per row, each guarded: a try costs nothing until it catches, and pydantic's
+        # parse of the whole chunk as one JSON list measured slower than this, not faster.
+        for cid, payload, rowid, event_id in rows:
+            try:
+                events[cid].append(wire.Event.model_validate_json(payload))
+            except Exception as error:  # whatever is wrong with the row: it alone is set aside
+                unreadable.append(Unreadable(EVENTS, key_of(event_id, rowid), reason_of(error), rowid))
+    return events, unreadable

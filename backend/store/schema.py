@@ -102,6 +102,23 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE TABLE backend_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    # 3: rows that could not be read, set aside so that no pass stops on them (store/quarantine.py).
+    [
+        """
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tbl TEXT NOT NULL,              -- the table the row is from: events, completions
+            row_key TEXT NOT NULL,          -- its key there (event_id, completion_id)
+            reason TEXT NOT NULL,           -- why it could not be read; never the values themselves
+            -- An events row moved here whole, as JSON; NULL for a row left where it was, and once
+            -- retention has passed the row's time (stored_at).
+            content TEXT,
+            stored_at REAL,                 -- when the row itself was stored, when that is known
+            at REAL NOT NULL,
+            UNIQUE (tbl, row_key)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

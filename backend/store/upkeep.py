@@ -20,7 +20,8 @@ class UpkeepMixin:
 
         Only finalized completions are purged, so no open observation window loses its events.
         The completion row stays (version, text, latency) with its context and token lists emptied,
-        so per-version figures and the reward history are unchanged.
+        so per-version figures and the reward history are unchanged. Rows set aside (quarantine)
+        lose their content by the same cutoff; the record that they were set aside stays.
         """
         events = completions = 0
         while True:
@@ -41,7 +42,14 @@ class UpkeepMixin:
                 )
             completions += len(ids)
             if len(ids) < _PURGE_CHUNK:
-                return {"events": events, "completions": completions}
+                break
+        async with self._db.transaction() as db:
+            await db.execute(
+                "UPDATE quarantine SET content = NULL"
+                " WHERE content IS NOT NULL AND COALESCE(stored_at, at) < ?",
+                (cutoff,),
+            )
+        return {"events": events, "completions": completions}
 
     async def add_token(self, name: str, role: str, token_hash: str) -> int:
         async with self._db.transaction() as db:
