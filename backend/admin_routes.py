@@ -59,6 +59,9 @@ async def dashboard_data(state: Any) -> dict[str, Any]:
         "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
         "checkpoints": await store.checkpoints(),
         "transitions": await store.transitions(),
+        # The loop's health: passes failing in a row, rows set aside (passes.py, store/quarantine.py).
+        "passes": state.passes.report(),
+        "quarantine": {"counts": await store.quarantine_counts(), "latest": await store.quarantined(10)},
     }
 
 
@@ -188,7 +191,8 @@ def add_routes(app: FastAPI) -> None:
 
     @app.get("/metrics", dependencies=admin_only)
     async def metrics(state: State) -> Response:
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+        quarantined = await state.store.quarantine_counts()
+        return Response(state.metrics.render(quarantined), media_type="text/plain; version=0.0.4")
 
 
 def _token_info(row: dict[str, Any]) -> TokenInfo:

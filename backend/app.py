@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from uuid6 import uuid7
 
@@ -32,6 +32,7 @@ from backend.metrics import Metrics
 from backend.model_messages import Cut, Sample
 from backend.model_messages import Request as PolicyRequest
 from backend.model_process import LoopConfig
+from backend.passes import CANARY, FINALIZE, RETENTION, Passes
 from backend.retention import run_retention
 from backend.sessions import Sessions
 from backend.store import Store
@@ -66,6 +67,7 @@ class BackendState:
     sessions: Sessions
     metrics: Metrics
     base_model: str
+    passes: Passes
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -93,14 +95,16 @@ def create_app(settings: Settings) -> FastAPI:
             lifecycle = Lifecycle(settings, store, worker)
             await lifecycle.apply_routing()
             auth = Authenticator(store, settings.backend.token)
+            passes = Passes(settings.backend.stuck_after_failures)
+            metrics = Metrics(worker, passes)
             app.state.backend = BackendState(
-                settings, store, worker, lifecycle, auth, Sessions(), Metrics(worker), settings.base_model
+                settings, store, worker, lifecycle, auth, Sessions(), metrics, settings.base_model, passes
             )
             stop = asyncio.Event()
             tasks = [
-                asyncio.create_task(run_finalizer(store, settings, stop)),
-                asyncio.create_task(lifecycle.run(stop)),
-                asyncio.create_task(run_retention(store, settings, stop)),
+                asyncio.create_task(run_finalizer(store, settings, stop, passes[FINALIZE])),
+                asyncio.create_task(lifecycle.run(stop, passes[CANARY])),
+                asyncio.create_task(run_retention(store, settings, stop, passes[RETENTION])),
             ]
             log.info("backend ready: model %s, live version %s", settings.base_model, worker.policy.live)
             try:
@@ -127,12 +131,25 @@ def _json(model: BaseModel) -> Response:
 
 
 def _add_routes(app: FastAPI) -> None:
+    # Alive: 200 while the model serves, whatever the background passes do (a supervisor that
+    # restarts on it would mend none of their failures); `passes` says how each is doing.
     @app.get("/healthz")
-    async def healthz(state: State) -> dict[str, str | None]:
+    async def healthz(state: State) -> dict[str, Any]:
         if state.worker.failure is not None:
             raise HTTPException(503, f"model unavailable: {state.worker.failure}")
         policy = state.worker.policy
-        return {"status": "ok", "live_version": policy.live, "canary_version": policy.canary}
+        return {
+            "status": "ok",
+            "live_version": policy.live,
+            "canary_version": policy.canary,
+            "passes": state.passes.report(),
+        }
+
+    # Ready: the model serves and no background pass is stuck (backend/passes.py); 503 says why.
+    @app.get("/readyz")
+    async def readyz(state: State) -> JSONResponse:
+        ready, body = state.passes.readiness(state.worker.failure)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.post(f"{API_PREFIX}/complete", dependencies=client_only, response_model=CompleteResponse)
     async def complete(body: CompleteRequest, request: Request, state: State, caller: Caller) -> Response:

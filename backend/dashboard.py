@@ -26,6 +26,9 @@ td, th { padding: 0.35rem 0.7rem; border-bottom: 1px solid #eee; text-align: lef
 .rolled_back, .rejected { color: #cf222e; } .retired { color: #667; }
 form { display: inline; } button { margin: 0 0.2rem 0.2rem 0; cursor: pointer; }
 .why { color: #445; font-size: 0.85rem; } .fig { color: #667; font-size: 0.8rem; font-family: monospace; }
+.warn { background: #fff8e6; border: 1px solid #d4a72c; border-radius: 8px; padding: 0.6rem 1rem; }
+.warn { margin: 0.8rem 0; } .warn ul { margin: 0.3rem 0; }
+.warn.stuck { background: #ffebe9; border-color: #cf222e; }
 """
 
 LAYOUT = dict(height=260, margin=dict(l=50, r=20, t=40, b=40), template="plotly_white")
@@ -263,6 +266,48 @@ def timeline(
     )
 
 
+def loop_health(data: dict[str, Any]) -> str:
+    """Warnings while a background pass keeps failing (the loop is stuck; /readyz answers 503) or
+    stored rows have been set aside; nothing while all is well."""
+    blocks = _stuck_passes(data.get("passes") or {}) + _set_aside(data.get("quarantine") or {})
+    return f'<div id="loop-health">{blocks}</div>' if blocks else ""
+
+
+def _stuck_passes(passes: dict[str, dict[str, Any]]) -> str:
+    items = []
+    for name, health in passes.items():
+        if not health["stuck"]:
+            continue
+        success = _when(health["last_success"]) if health["last_success"] else "never"
+        items.append(
+            f'<li id="stuck-{escape(name)}"><b>{escape(name)}</b> failed {health["consecutive_failures"]}'
+            f" times in a row (last success: {success}): {escape(health['last_error'] or '')}</li>"
+        )
+    if not items:
+        return ""
+    return (
+        '<div class="warn stuck" id="stuck-passes"><b>The loop is stuck:</b> a background pass keeps'
+        f" failing; nothing new is learned until it works again.<ul>{''.join(items)}</ul></div>"
+    )
+
+
+def _set_aside(quarantine: dict[str, Any]) -> str:
+    counts = quarantine.get("counts") or {}
+    if not counts:
+        return ""
+    by_table = ", ".join(f"{escape(table)} {count}" for table, count in counts.items())
+    latest = "".join(
+        f'<li class="fig">{_when(row["at"])} {escape(row["table"])} {escape(row["key"])}:'
+        f" {escape(row['reason'])}</li>"
+        for row in quarantine.get("latest") or []
+    )
+    return (
+        f'<div class="warn" id="quarantine"><b>{sum(counts.values())} stored rows set aside</b>'
+        f" (they could not be read; every pass goes on without them): {by_table}."
+        f"<ul>{latest}</ul></div>"
+    )
+
+
 def render(data: dict[str, Any], csrf: str) -> str:
     stats = data["stats"]
     trainer = data.get("trainer") or {}
@@ -291,6 +336,7 @@ def render(data: dict[str, Any], csrf: str) -> str:
 <body>
 <h1>Flywheel</h1><p class="sub">base model {escape(data["base_model"])}
  · {_form_to("/admin/logout", "Log out", "logout", csrf)}</p>
+{loop_health(data)}
 <div class="cards">{"".join(cards)}</div>
 <p id="trainer-status"><b>Trainer:</b> {escape(trainer_text)}</p>
 <p id="canary-verdict"><b>Canary test:</b> {escape(_compact(verdict) if verdict else "no canary")}</p>

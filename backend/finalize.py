@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
+from backend.passes import FINALIZE, PassHealth, repeat
 from backend.store import Store
 from flywheel.config import Settings
-
-log = logging.getLogger(__name__)
 
 
 async def finalize_once(store: Store, settings: Settings) -> int:
@@ -21,20 +19,14 @@ async def finalize_once(store: Store, settings: Settings) -> int:
     )
 
 
-async def run_finalizer(store: Store, settings: Settings, stop_event: asyncio.Event) -> None:
+async def run_finalizer(
+    store: Store, settings: Settings, stop_event: asyncio.Event, health: PassHealth | None = None
+) -> None:
     """Finalize until `stop_event` is set; one last pass on the way out keeps shutdown lossless."""
-    interval = settings.backend.finalize_interval_s
-    while True:
-        try:
-            closed = await finalize_once(store, settings)
-            if closed:
-                log.debug("finalized %d episodes", closed)
-        except Exception:
-            # A failed pass (say, a locked database) must not end the loop; the next one retries.
-            log.exception("finalize pass failed")
-        if stop_event.is_set():
-            return
-        try:
-            await asyncio.wait_for(stop_event.wait(), timeout=interval)
-        except TimeoutError:
-            continue
+    await repeat(
+        lambda: finalize_once(store, settings),
+        health or PassHealth(FINALIZE),
+        settings.backend.finalize_interval_s,
+        stop_event,
+        last_pass=True,
+    )

@@ -8,16 +8,14 @@ and switch between batches (backend/batching.py), so no request fails or waits o
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from backend import canary, checkpoints
 from backend.batching import PolicyWorker
+from backend.passes import CANARY, PassHealth, repeat
 from backend.store import Store
 from backend.wire import BASE_VERSION, CheckpointMetadata
 from flywheel.config import Settings
-
-log = logging.getLogger(__name__)
 
 PINNED = "pinned_version"
 
@@ -166,13 +164,5 @@ class Lifecycle:
         if verdict.action == "roll_back":
             await self.roll_back(live, verdict.reason, verdict.figures)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.evaluate()
-            except Exception:
-                log.exception("canary evaluation failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.settings.canary.interval_s)
-            except TimeoutError:
-                continue
+    async def run(self, stop: asyncio.Event, health: PassHealth | None = None) -> None:
+        await repeat(self.evaluate, health or PassHealth(CANARY), self.settings.canary.interval_s, stop)

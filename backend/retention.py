@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from backend.passes import RETENTION, PassHealth, repeat
 from backend.store import Store
 from flywheel.config import Settings
 
@@ -20,14 +21,12 @@ async def retain_once(store: Store, settings: Settings, now: float | None = None
     return purged
 
 
-async def run_retention(store: Store, settings: Settings, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await retain_once(store, settings)
-        except Exception:
-            # A failed pass (say, a locked database) must not end the loop; the next one retries.
-            log.exception("retention pass failed")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=settings.backend.retention_interval_s)
-        except TimeoutError:
-            continue
+async def run_retention(
+    store: Store, settings: Settings, stop: asyncio.Event, health: PassHealth | None = None
+) -> None:
+    await repeat(
+        lambda: retain_once(store, settings),
+        health or PassHealth(RETENTION),
+        settings.backend.retention_interval_s,
+        stop,
+    )

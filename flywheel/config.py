@@ -52,6 +52,9 @@ class BackendConfig(BaseModel):
     # Events and completion contexts older than this are deleted; episodes and aggregates stay.
     retention_days: float = 90.0
     retention_interval_s: float = 3600.0
+    # A background pass (finalize, canary verdicts, retention) failing this many times in a row
+    # makes /readyz answer 503 and the dashboard warn (backend/passes.py).
+    stuck_after_failures: Annotated[int, Field(ge=1)] = 3
     # One log line per HTTP request. Off by default: /metrics counts requests, and at thousands of
     # event batches a second the log line costs more than storing the batch.
     access_log: bool = False

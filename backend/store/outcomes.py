@@ -18,6 +18,11 @@ from backend.store.database import Database
 _ACCEPTED = f"(e.outcome IN ('{ACCEPTED}', '{PARTIALLY_ACCEPTED}'))"
 _ARC = f"(CASE WHEN {_ACCEPTED} THEN COALESCE(e.similarity, 1.0) * length(c.text) ELSE 0 END)"
 _RATED = f"(e.reward IS NOT NULL AND e.outcome != '{ABSTAINED}')"
+# A time (seconds since the epoch, before the year 5000) or a finite figure. A stored row whose time
+# is text, a blob or infinite (an older version, a hand edit, a bug) falls outside, so it draws no
+# point that cannot be shown and no figure JSON cannot carry, and the rest of the chart stays.
+_A_TIME = "BETWEEN 0 AND 1e11"
+_FINITE = "BETWEEN -1e308 AND 1e308"
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class OutcomesMixin:
             f" SUM(e.reward IS NOT NULL), TOTAL(e.reward), SUM({_RATED}), SUM({_RATED} AND {_ACCEPTED}),"
             f" TOTAL({_ARC})"
             " FROM completions c LEFT JOIN episodes e ON e.completion_id = c.completion_id"
-            " WHERE c.created_at >= ? GROUP BY 1, 2 ORDER BY 2",
+            f" WHERE c.created_at >= ? AND c.created_at {_A_TIME} GROUP BY 1, 2 ORDER BY 2",
             (bucket_s, since),
         )
         return [
@@ -111,14 +116,15 @@ class OutcomesMixin:
     async def events_per_minute(self, since: float) -> list[tuple[float, int]]:
         rows = await self._db.reader.execute_fetchall(
             "SELECT CAST(received_at / 60 AS INTEGER) * 60, COUNT(*) FROM events"
-            " WHERE received_at >= ? GROUP BY 1 ORDER BY 1",
+            f" WHERE received_at >= ? AND received_at {_A_TIME} GROUP BY 1 ORDER BY 1",
             (since,),
         )
         return [(at, count) for at, count in rows]
 
     async def latencies(self, since: float, limit: int = 20_000) -> list[float]:
         rows = await self._db.reader.execute_fetchall(
-            "SELECT latency_ms FROM completions WHERE created_at >= ? ORDER BY created_at DESC LIMIT ?",
+            f"SELECT latency_ms FROM completions WHERE created_at >= ? AND created_at {_A_TIME}"
+            f" AND latency_ms {_FINITE} ORDER BY created_at DESC LIMIT ?",
             (since, limit),
         )
         return [row[0] for row in rows]
