@@ -63,9 +63,21 @@ def raw_event(db: sqlite3.Connection, completion_id: str, kind: str, **fields: A
     db.execute(
         "INSERT INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
+        # json.dumps writes float("nan") as NaN, which is not JSON.
         (event_id, completion_id, kind, json.dumps(payload), 1.0, received_at),
     )
     return event_id
+
+
+def raw_completion(
+    db: sqlite3.Connection, completion_id: str, created_at: float, logprobs: str = "[-0.5, -0.1]"
+) -> None:
+    db.execute(
+        "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
+        " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"
+        " VALUES (?, 'u', 'base', '{\"prefix\": \"x = \"}', '[1, 2]', '[3, 0]', ?, 0.7, 'y', ?, 'slow')",
+        (completion_id, logprobs, created_at),
+    )
 
 
 def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
@@ -77,54 +89,44 @@ def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
         time.sleep(0.1)
 
 
-def trained_on(server: RunningBackend) -> list[str]:
-    """The completion ids of the episodes the trainer's own client pulls, from the start."""
+def trained_on(server: RunningBackend) -> dict[str, str]:
+    """The outcome of each episode the trainer's own client pulls (two a page), from the start."""
     with BackendClient(server.url, read_token(server.data_dir, ADMIN)) as client:
         episodes, _ = client.all_episodes(0, page_size=2)
-    return [episode.completion_id for episode in episodes]
+    return {episode.completion_id: episode.outcome for episode in episodes}
 
 
 def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(server: RunningBackend) -> None:
-    good = [served(server, "def add(a, b):\n    return "), served(server, "import os\npath = os.")]
+    fresh = served(server, "def add(a, b):\n    return ")
     with database(server) as db:
-        # The issue's row: an event whose NaN timestamp an older version stored as null; and a
-        # kind no version knows. Both beside good events of the same completions.
-        raw_event(db, good[0], "accepted", visible_ms=900, client_ts=None)
-        raw_event(db, good[1], "teleported", received_at=float("inf"))
-        # A completion an older version stored with a NaN log-prob, served long ago (due now).
-        db.execute(
-            "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
-            " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"
-            " VALUES ('nan-logprob', 'u', 'base', '{\"prefix\": \"x = \"}', '[1, 2]', '[3, 0]',"
-            " '[NaN, -0.1]', 0.7, 'y', ?, 'slow')",
-            (time.time() - 3600,),
-        )
-        db.execute(
-            "INSERT INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
-            " VALUES ('nan-logprob-shown', 'nan-logprob', 'rejected', ?, 1.0, 1.0)",
-            (
-                json.dumps(
-                    {
-                        "event_id": "nan-logprob-shown",
-                        "completion_id": "nan-logprob",
-                        "kind": "rejected",
-                        "client_ts": 1.0,
-                        "visible_ms": 900,
-                    }
-                ),
-            ),
-        )
-    for completion_id in good:
-        dismiss(server, completion_id)
+        # Rows as an older version, a hand edit or a bug may leave them. A completion of its own
+        # (its window open) with the issue's event (a NaN timestamp, stored as null) and one of a
+        # kind no version knows, received at an impossible time.
+        raw_completion(db, "older", created_at=time.time())
+        raw_event(db, "older", "accepted", visible_ms=900, client_ts=None)
+        raw_event(db, "older", "teleported", received_at=float("inf"))
+        # A completion stored with a NaN log-prob, served long ago: due now, its episode unreadable.
+        raw_completion(db, "nan-logprob", created_at=time.time() - 3600, logprobs="[NaN, -0.1]")
+        raw_event(db, "nan-logprob", "rejected", visible_ms=900)
+    # The users dismiss both (events through the API): final, so they close at once.
+    dismiss(server, fresh)
+    dismiss(server, "older")
 
-    pulled = eventually(lambda: set(good) <= set(trained_on(server)) and trained_on(server))
-    assert set(good) <= set(pulled) and "nan-logprob" not in pulled
+    pulled = eventually(lambda: {fresh, "older"} <= set(trained_on(server)) and trained_on(server))
+    assert {fresh, "older"} <= set(pulled) and "nan-logprob" not in pulled
+    # Scored on the events that could be read: the unreadable acceptance is no evidence.
+    assert pulled["older"] == "rejected"
 
     admin = server.admin
     data = httpx.get(f"{server.url}/admin/data.json", headers=admin).json()
     assert data["quarantine"]["counts"] == {"completions": 1, "events": 2}
     reasons = {row["key"]: row["reason"] for row in data["quarantine"]["latest"]}
     assert "token_logprobs" in reasons["nan-logprob"]
+    assert sorted(reason.split(":")[0] for reason in reasons.values()) == [
+        "client_ts",
+        "kind",
+        "token_logprobs.0",
+    ]
     assert all(not health["stuck"] for health in data["passes"].values())
     with server.dashboard() as browser:
         page = browser.get("/admin").text
