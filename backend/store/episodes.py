@@ -15,7 +15,7 @@ from backend import wire
 from backend.confidence import cursor_place
 from backend.rewards import Scored, score_episode, user_wrote
 from backend.store.database import Database
-from backend.store.quarantine import COMPLETIONS, EVENTS, Unreadable, key_of, put_aside, reason_of
+from backend.store.quarantine import COMPLETIONS, EVENTS, Unreadable, put_aside
 from flywheel.config import RewardConfig
 
 # Completions scored per transaction: bounds how long one finalize pass holds the write lock.
@@ -84,8 +84,7 @@ class EpisodesMixin:
                             raise ValueError("completion_id: missing")
                         score = score_episode(text, events.get(cid, []), rewards, min_visible_ms)
                     except Exception as error:  # whatever is wrong with the row: it alone is set aside
-                        key = key_of(cid, rowid)
-                        unreadable.append(Unreadable(COMPLETIONS, key, reason_of(error), rowid))
+                        unreadable.append(Unreadable.of(COMPLETIONS, cid, rowid, error))
                         continue
                     scored.append((cid, score))
                 if unreadable:
@@ -130,7 +129,7 @@ class EpisodesMixin:
                 try:
                     episodes.append(_episode(r, said.get(r[1], [])))
                 except Exception as error:  # whatever is wrong with the row: it alone is set aside
-                    unreadable.append(Unreadable(COMPLETIONS, key_of(r[1], r[16]), reason_of(error), r[16]))
+                    unreadable.append(Unreadable.of(COMPLETIONS, r[1], r[16], error))
             if unreadable:
                 async with self._db.transaction() as writer:
                     await put_aside(writer, unreadable, time.time())
@@ -164,7 +163,7 @@ class EpisodesMixin:
                     try:
                         new = _columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
                     except Exception as error:  # the episode keeps its score; the row is set aside
-                        unreadable.append(Unreadable(COMPLETIONS, cid, reason_of(error), rowid))
+                        unreadable.append(Unreadable.of(COMPLETIONS, cid, rowid, error))
                         continue
                     if new != tuple(old):
                         updates.append((*new, seq))
@@ -236,5 +235,5 @@ async def _events_of(
             try:
                 events[cid].append(wire.Event.model_validate_json(payload))
             except Exception as error:  # whatever is wrong with the row: it alone is set aside
-                unreadable.append(Unreadable(EVENTS, key_of(event_id, rowid), reason_of(error), rowid))
+                unreadable.append(Unreadable.of(EVENTS, event_id, rowid, error))
     return events, unreadable

@@ -44,6 +44,10 @@ class Unreadable:
     # The row's rowid: its key may itself be what is wrong with it.
     rowid: int
 
+    @classmethod
+    def of(cls, table: str, key: Any, rowid: int, error: Exception) -> Unreadable:
+        return cls(table, key_of(key, rowid), reason_of(error), rowid)
+
 
 def reason_of(error: Exception) -> str:
     """Why a row failed to load, in one line, without the values it holds: those may be code."""
