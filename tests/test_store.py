@@ -355,13 +355,14 @@ async def test_rescore_recomputes_stored_rewards_from_raw_events(store: Store) -
 def raw_event(store: Store, event_id: str, cid: str, kind: str, **fields: Any) -> None:
     """An event row written straight into the file, as an older version, a manual edit or a bug
     might leave it: nothing checks it on the way in."""
+    received_at = fields.pop("received_at", T0)
     payload = {"event_id": event_id, "completion_id": cid, "kind": kind, "client_ts": T0, **fields}
     with sqlite3.connect(store.path) as db:
         db.execute(
             "INSERT INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             # json.dumps writes float("nan") as NaN, which is not JSON.
-            (event_id, cid, kind, json.dumps(payload), T0, T0),
+            (event_id, cid, kind, json.dumps(payload), T0, received_at),
         )
 
 
@@ -390,7 +391,7 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
     # over the limit: beside one good event of the same completion.
     raw_event(store, "null-ts-0001", "partly", "accepted", visible_ms=900, client_ts=None)
     raw_event(store, "nan-ts-00001", "partly", "accepted", visible_ms=900, client_ts=float("nan"))
-    raw_event(store, "unknown-kind", "partly", "teleported")
+    raw_event(store, "unknown-kind", "partly", "teleported", received_at=float("inf"))
     raw_event(store, "long-text-01", "partly", "rewrite", similarity=0.5, text="x" * 30_000)
     # Completions: a NaN log-prob, a context cut short, a time that is no number, bytes for text.
     for column, value, cid in [

@@ -18,6 +18,7 @@ goes when retention reaches the row's own time, like the events it was one of.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ async def put_aside(db: aiosqlite.Connection, rows: Sequence[Unreadable], now: f
     if completions:
         await db.executemany(
             "INSERT OR IGNORE INTO quarantine (tbl, row_key, reason, stored_at, at)"
-            " SELECT ?, ?, ?, CASE WHEN typeof(created_at) IN ('integer', 'real') THEN created_at END, ?"
+            " SELECT ?, ?, ?, CASE WHEN created_at BETWEEN -1e308 AND 1e308 THEN created_at END, ?"
             " FROM completions WHERE rowid = ?",
             [(COMPLETIONS, row.key, row.reason, now, row.rowid) for row in completions],
         )
@@ -103,8 +104,9 @@ def _json(row: dict[str, Any]) -> str:
 
 
 def _time(row: dict[str, Any]) -> float | None:
+    # A time that is no number, or infinite, leaves the record's own time to retention.
     at = row["received_at"]
-    return float(at) if isinstance(at, int | float) else None
+    return float(at) if isinstance(at, int | float) and math.isfinite(at) else None
 
 
 class QuarantineMixin:
