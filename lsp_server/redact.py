@@ -1,125 +1,550 @@
 """Secrets redacted from every context and event text before it leaves the machine.
 
-A table of well-known credential shapes (provider tokens, private key blocks, passwords and
-secrets in assignments), each with cheap trigger substrings: a rule's regex runs only on text that
-contains one of them. Every rule but the private key block works within a line, and lines are
-cached, so a request pays only for the lines it has not seen before. No library on PyPI does this fast enough
-to run on every completion request (detect-secrets scans through a plugin stack).
+The rules are detect-secrets' (1.5.0), taken from the installed package: the `denylist` patterns of
+its provider detectors, the quoted-value patterns of its keyword detector, its private key headers.
+EXTRA adds, each row with its reason, what that scanner lacks: bare values in YAML, INI and .env
+files, more keywords, connection strings, URL, header and Basic credentials, webhook URLs, newer
+provider formats. Its entropy detectors are left out: they flag every hash and UUID in ordinary code.
+
+A rule runs only on a line holding one of its trigger substrings, and lines are cached, so a request
+pays only for the lines it has not seen before (private key blocks and Kubernetes env entries, which
+span lines, are found in the whole text). `redact_context` redacts a completion context as whole
+lines: a secret cut by the cursor, or by an edge of the context window, is still found, and hidden
+on both sides of the cut.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from detect_secrets.plugins import keyword as ds_keyword
+from detect_secrets.plugins.artifactory import ArtifactoryDetector
+from detect_secrets.plugins.aws import AWSKeyDetector
+from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
+from detect_secrets.plugins.basic_auth import BasicAuthDetector
+from detect_secrets.plugins.cloudant import CloudantDetector
+from detect_secrets.plugins.discord import DiscordBotTokenDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.ibm_cloud_iam import IbmCloudIamDetector
+from detect_secrets.plugins.ibm_cos_hmac import IbmCosHmacDetector
+from detect_secrets.plugins.jwt import JwtTokenDetector
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.npm import NpmDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.private_key import PrivateKeyDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.softlayer import SoftlayerDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
+from detect_secrets.plugins.twilio import TwilioKeyDetector
+
 MARK = "<redacted>"
+
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    triggers: tuple[str, ...]  # lowercase; the rule runs when any occurs in the lowercased text
+    triggers: tuple[str, ...]  # lowercase; the rule runs on a line that contains any of them
     pattern: re.Pattern[str]
-    # The group holding the secret; 0 is the whole match.
-    group: int | str = 0
+    # Where the secret is in a match, or None when the match holds none (a name, a call).
+    pick: Callable[[re.Match[str]], Span | None]
+    # Characters of which the line must hold one as well (a quote, for quoted values).
+    needs: str = ""
 
 
-def _rule(name: str, triggers: tuple[str, ...], pattern: str, group: int | str = 0, flags: int = 0) -> Rule:
-    return Rule(name, triggers, re.compile(pattern, flags), group)
+def _group(n: int) -> Callable[[re.Match[str]], Span | None]:
+    return lambda m: m.span(n) if m.group(n) else None
 
 
-_KEYWORDS = (
-    r"(?:password|passwd|passphrase|pwd|secret|token|api_?key|apikey|access_?key|private_?key"
-    r"|credentials?|client_?secret)"
+# A shape match widened over the rest of its token (fixed-length patterns would leave a longer
+# token's tail), without the delimiters some patterns match around it.
+_TOKEN_TAIL = re.compile(r"[\w\-+/=.]*")
+
+
+def _token(m: re.Match[str]) -> Span:
+    start, end = m.span()
+    text = m.string
+    while start < end and text[start] in " \t=:\"'":
+        start += 1
+    while end > start and text[end - 1] in " \t\"'":
+        end -= 1
+    tail = _TOKEN_TAIL.match(text, end)
+    return start, (tail.end() if tail else end)
+
+
+def _after(literal: str) -> Callable[[re.Match[str]], Span]:
+    return lambda m: (m.start() + m.group(0).index(literal) + len(literal), m.end())
+
+
+# A value that starts like this is a reference or a template, not a secret: `$DB_PASSWORD`,
+# `${...}`, `%(x)s`, `{{ vault }}`, `<redacted>`, a call or list, a YAML tag or anchor.
+_REFERENCE_START = frozenset("$%{<[(!&*@`\\")
+
+
+def _literal(name: str | int) -> Callable[[re.Match[str]], Span | None]:
+    """The named group, unless it is a reference or template (`$PASS`, `{password}`, `%s`)."""
+
+    def pick(m: re.Match[str]) -> Span | None:
+        value = m.group(name)
+        return m.span(name) if value and value[0] not in _REFERENCE_START else None
+
+    return pick
+
+
+# -- detect-secrets' rules -----------------------------------------------------------------------
+
+# (detector, which of its denylist patterns, triggers, where the secret is in a match)
+_PROVIDERS: tuple[tuple[type, int, tuple[str, ...], Callable[[re.Match[str]], Span | None]], ...] = (
+    (ArtifactoryDetector, 0, ("akc",), _token),
+    (ArtifactoryDetector, 1, ("ap",), _token),
+    (AWSKeyDetector, 0, ("akia", "asia", "abia", "acca", "a3t"), _token),
+    (AWSKeyDetector, 1, ("aws",), _group(1)),
+    (AzureStorageKeyDetector, 0, ("accountkey=",), _after("AccountKey=")),
+    (BasicAuthDetector, 0, ("://",), _literal(1)),
+    (CloudantDetector, 0, ("cl",), _group(1)),
+    (CloudantDetector, 1, ("cl",), _group(1)),
+    (CloudantDetector, 2, ("cloudant.com",), _group(1)),
+    (CloudantDetector, 3, ("cloudant.com",), _group(1)),
+    (DiscordBotTokenDetector, 0, (".",), _token),
+    (GitHubTokenDetector, 0, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), _token),
+    *((GitLabTokenDetector, i, ("gl", "gr1348941"), _token) for i in range(7)),
+    (IbmCloudIamDetector, 0, ("key", "pwd", "pass", "token"), _group(1)),
+    (IbmCosHmacDetector, 0, ("secret",), _group(1)),
+    (JwtTokenDetector, 0, ("eyj",), _token),
+    (MailchimpDetector, 0, ("-us",), _token),
+    (NpmDetector, 0, ("_authtoken",), _group(1)),
+    (OpenAIDetector, 0, ("t3blbkfj",), _token),
+    (PypiTokenDetector, 0, ("pypi-ag",), _token),
+    (PypiTokenDetector, 1, ("pypi-ag",), _token),
+    (SendGridDetector, 0, ("sg.",), _token),
+    (SlackDetector, 0, ("xox",), _token),
+    (SlackDetector, 1, ("hooks.slack.com",), _token),
+    (SoftlayerDetector, 0, ("sl", "softlayer"), _group(1)),
+    (SoftlayerDetector, 1, ("softlayer",), _group(1)),
+    (SquareOAuthDetector, 0, ("sq0csp-",), _token),
+    (StripeDetector, 0, ("k_live_",), _token),
+    (TelegramBotTokenDetector, 0, (":",), _token),
+    (TwilioKeyDetector, 0, ("ac",), _token),
+    (TwilioKeyDetector, 1, ("sk",), _token),
 )
-_ENV_NAME = (
-    r"[A-Z0-9_]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?)[A-Z0-9_]*"
+
+# Every keyword in the detector's list holds one of these.
+_KEYWORD_TRIGGERS = ("key", "pass", "pwd", "secret", "contras")
+# The detector's quotes-required set (what it applies to code: a quoted literal after a keyword),
+# plus its C form (`char password[] = "..."`). Unquoted values are EXTRA's: the detector accepts
+# them only in config files, and a context carries no file type.
+_KEYWORD_PATTERNS = (
+    *ds_keyword.QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP.items(),
+    *ds_keyword.COMMON_C_DENYLIST_REGEX_TO_GROUP.items(),
 )
 
-RULES: tuple[Rule, ...] = (
-    # A block cut off by the context window still hides everything after its header.
-    _rule(
-        "private key block",
-        ("private key",),
-        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----[\s\S]*?"
-        r"(?:-----END[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|\Z)",
+SCANNER_RULES: tuple[Rule, ...] = (
+    *(
+        Rule(f"{detector.secret_type} ({index})", triggers, detector.denylist[index], pick)
+        for detector, index, triggers, pick in _PROVIDERS
     ),
-    _rule("aws access key id", ("akia", "asia"), r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-    _rule(
-        "github token",
-        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
-    ),
-    _rule("gitlab token", ("glpat-",), r"\bglpat-[A-Za-z0-9_\-]{20,}"),
-    _rule("slack token", ("xox",), r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-    _rule("stripe key", ("_live_", "_test_"), r"\b[srp]k_(?:live|test)_[A-Za-z0-9]{16,}"),
-    _rule("google api key", ("aiza",), r"\bAIza[0-9A-Za-z_\-]{35}"),
-    _rule("openai or anthropic key", ("sk-",), r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}"),
-    _rule("hugging face token", ("hf_",), r"\bhf_[A-Za-z0-9]{30,}"),
-    _rule("npm token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}\b"),
-    _rule("json web token", ("eyj",), r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
-    _rule("bearer token", ("bearer",), r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9_\-.=+/]{16,})", "secret"),
-    _rule("password in a url", ("://",), r"://[^/\s:@'\"]+:(?P<secret>[^/\s@'\"]+)@", "secret"),
-    # name = "value", name: str = 'value', "name": "value", name := "value", name => 'value'
-    _rule(
-        "secret in an assignment",
-        ("pass", "pwd", "secret", "token", "key", "credential"),
-        rf"(?i){_KEYWORDS}\w*[\"']?(?:\s*:\s*[\w.\[\]|, ]{{1,40}}?)?\s*(?:=|:=|:|=>)\s*"
-        r"(?:[rbuf]{0,2})(?P<q>[\"'])(?P<secret>[^\"'\n]+)(?P=q)",
-        "secret",
-    ),
-    # .env files and shell (no spaces around =, unlike formatted code): PASSWORD=hunter2
-    _rule(
-        "secret in an environment assignment",
-        ("pass", "pwd", "secret", "token", "key", "credential"),
-        rf"^[ \t]*(?:export[ \t]+)?{_ENV_NAME}=(?P<secret>[^\s\"'#$(\[{{][^\s\"'#]*)",
-        "secret",
+    *(
+        Rule(f"secret keyword ({n})", _KEYWORD_TRIGGERS, pattern, _group(group), needs="\"'`")
+        for n, (pattern, group) in enumerate(_KEYWORD_PATTERNS)
     ),
 )
 
 
-# Line → redacted line. Bounded: cleared when full, refilled by the next requests.
+# -- EXTRA: what detect-secrets lacks, each with why --------------------------------------------
+
+# Keywords beyond the detector's list (which has no `token`, `credentials`, `access_key`, `auth`,
+# `passphrase` nor the dashed header spellings).
+_MORE_KEYWORDS = (
+    r"token(?![a-z])",
+    r"credentials?(?![a-z])",
+    r"passphrase",
+    r"auth(?![a-z])",
+    r"(?:access|api|app|application|auth|secret|signing|encryption|hmac|master|session|subscription)"
+    r"[-_]?key(?![a-z])",
+)
+_ALL_KEYWORDS = "|".join((*ds_keyword.DENYLIST, *_MORE_KEYWORDS))
+
+# A bare value that is code, not a secret: a call, subscript or template, a number.
+_CODE_CHARS = frozenset("()[]{}")
+_NUMBER = re.compile(r"[+-]?\d{1,6}(?:\.\d+)?")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_ATTRIBUTE_CHAIN = re.compile(r"[A-Za-z_]\w*(?:(?:\.|::|->)[A-Za-z_]\w*)+")
+_NOT_SECRETS = frozenset(
+    (
+        *("none", "null", "nil", "true", "false", "yes", "no", "undefined", "required"),
+        *("str", "string", "bytes", "int", "float", "bool", "number", "any", "object", "dict", "list"),
+        *("optional", "secretstr", "secretbytes", "path"),
+    )
+)
+_ABOUT_A_SECRET = re.compile(
+    r"[_-](?:type|name|url|uri|endpoint|header|hdr|field|len|length|count|file|path|dir|env|var|prompt"
+    r"|label|format|kind|mode|class|method|scheme|pattern|regex|ttl|expiry|expires|timeout|size"
+    r"|version|id|index|limit)s?$",
+    re.IGNORECASE,
+)
+_TRAILER = re.compile(r"[,;]?\s*(?:(?:#|//).*)?$")
+
+
+def _value(m: re.Match[str]) -> Span | None:
+    """The quoted or bare value after a secret-sounding name, if it is a literal."""
+    op, q = m.group("op"), m.group("q")
+    if op in ("==", "!=") or _ABOUT_A_SECRET.search(m.group("suffix")):
+        # A comparison (`token == "lambda"`: a parser; the detector's own rules cover passwords),
+        # or a name for something about the secret (`token_type`, `password_file`, `auth_url`).
+        return None
+    if q:
+        start, end = m.span("quoted")
+        value = m.group("quoted")
+        if value[:1] in _REFERENCE_START or value.startswith(MARK) or not any(c.isalnum() for c in value):
+            return None
+        # The name inside a string (`input("Password: ")`, `"token=" + t`): that quote closes it.
+        if (m.string.count(q, 0, m.start()) - (q in m.group("close"))) % 2:
+            return None
+        if m.group("end"):
+            return start, end
+        # No closing quote: being typed, or a string that goes on; all of the rest of the line.
+        return start, len(m.string)
+    value = m.group("bare")
+    if (
+        op == "="
+        and not (m.group("sp1") or m.group("sp2") or m.group("close"))
+        and _upper_name(m)
+        and not (value.endswith(",") or "(" in value or ")" in value)  # `f(API_KEY=key, ...)`
+    ):
+        # .env, shell, Dockerfile: NAME=value is a literal, whatever follows (`PGPASSWORD=x psql`).
+        return None if value[0] in "$%{<" else m.span("bare")
+    if op == ":" and not m.group("close") and m.string[m.end() : m.end() + 1] in ('"', "'"):
+        # `"X-API-Key: value"`: a header, or a config line, inside a string.
+        return None if value[0] in _REFERENCE_START else m.span("bare")
+    # Otherwise only the last thing on the line: `password = hunter2 if x else y` is code.
+    if not _TRAILER.fullmatch(m.string, m.end()):
+        return None
+    while value and value[-1] in ",;":
+        value = value[:-1]
+    if (
+        not value
+        or value[0] in _REFERENCE_START
+        or _CODE_CHARS.intersection(value)
+        or value.lower() in _NOT_SECRETS
+        or _NUMBER.fullmatch(value)
+        or _ATTRIBUTE_CHAIN.fullmatch(value)
+    ):
+        return None
+    if (
+        _NAME.fullmatch(value)
+        and not any(c.isdigit() for c in value)
+        and (
+            op != ":"  # `password = default_password`: a variable
+            or m.group("close")  # `"password": password`: JSON has no bare words, so code
+            or m.group("bare").endswith(",")  # `password: password,`: an object literal
+            or not value.islower()  # `password: SecretStr`, `token: someName`: a type, a name
+        )
+    ):
+        return None
+    return m.start("bare"), m.start("bare") + len(value)
+
+
+def _upper_name(m: re.Match[str]) -> bool:
+    """The whole name before the match's `=` is upper case (`DB_PASSWORD`, not `db_password`)."""
+    line, start = m.string, m.start()
+    while start > 0 and (line[start - 1].isalnum() or line[start - 1] in "_-"):
+        start -= 1
+    name = line[start : m.start("sp1")]
+    return name.upper() == name
+
+
+def _basic(m: re.Match[str]) -> Span | None:
+    """HTTP Basic credentials are base64 of `user:password`; prose ("basic authentication") is not."""
+    value = m.group("secret")
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except ValueError:
+        return None
+    return m.span("secret") if b":" in decoded else None
+
+
+_KEYWORD_VALUE = re.compile(
+    rf"(?:{_ALL_KEYWORDS})(?P<suffix>[\w-]*)(?P<close>[\"'\]]{{0,2}})"
+    # a type annotation: `DB_SECRET: str = "..."`
+    r"(?:[ \t]*:[ \t]*[\w.\[\], |]{1,40}?(?=[ \t]*=[^=>]))?(?P<sp1>[ \t]*)(?P<op>:=|=>|==|!=|=|:)"
+    r"(?P<sp2>[ \t]*)(?:[rbuRBU]{0,2}(?P<q>[\"'`])(?P<quoted>[^\"'`\n]*)(?P<end>(?P=q)?)"
+    r"|(?P<bare>[^\s\"'`]+))",
+    re.IGNORECASE,
+)
+
+# A URL's password; unlike detect-secrets', with no user name (`redis://:pw@host`) and with the
+# characters people leave unescaped (`p@ss!`), up to the last `@` before the host.
+_URL_PASSWORD = r"[a-z][a-z0-9+.\-]*://[^\s:@/'\"]*:(?P<secret>[^\s/'\"]+)@[^\s@/'\"]"
+
+EXTRA: tuple[Rule, ...] = (
+    # Secret-sounding names the detector does not list, bare values (YAML, INI, .env, shell:
+    # the detector takes them only from files it knows to be config), and values still being typed
+    # (no closing quote yet), all as long as the value is a literal rather than code.
+    Rule(
+        "secret keyword, any value",
+        (*_KEYWORD_TRIGGERS, "token", "credential", "auth"),
+        _KEYWORD_VALUE,
+        _value,
+    ),
+    Rule("password in a URL", ("://",), re.compile(_URL_PASSWORD, re.IGNORECASE), _literal("secret")),
+    # ADO.NET/ODBC connection strings, where the password sits between semicolons.
+    Rule(
+        "password in a connection string",
+        ("pass", "pwd", "key"),
+        # After a semicolon, or first in a string and followed by one (`"Password=...;Server=..."`).
+        re.compile(
+            r"(?:(?<=;)|(?<=[\"'])(?=[^\"'\n]*;))[ \t]*(?:password|pwd|accountkey|sharedaccesskey)[ \t]*="
+            r"[ \t]*(?P<secret>[^;\"'\s$%{][^;\"'\n]*?)[ \t]*(?=[;\"']|$)",
+            re.IGNORECASE,
+        ),
+        _group(1),
+    ),
+    # Command lines: `--password x`, `docker login -u ci -p x` (not `mkdir -p x`).
+    Rule(
+        "password flag",
+        ("pass", "login"),
+        re.compile(
+            r"--[\w-]*pass(?:word|wd|phrase)?[ =][\"']?(?P<secret>[^\s\"']+)"
+            r"|\blogin\b[^\n|;&]*?[ \t]-p[ \t]*[\"']?(?P<short>[^-\s\"'][^\s\"']*)"
+        ),
+        lambda m: _literal("secret")(m) if m.group("secret") else _literal("short")(m),
+    ),
+    # Query strings (JDBC URLs, signed URLs): the detector's keyword rules need a quote or spaces.
+    Rule(
+        "credential in a query string",
+        ("pass", "pwd", "secret", "token", "key", "sig="),
+        re.compile(
+            r"[?&](?:password|passwd|pwd|secret|client_secret|token|access_token|api_?key|sig)="
+            r"(?P<secret>[^&\s\"'#]+)",
+            re.IGNORECASE,
+        ),
+        _literal("secret"),
+    ),
+    # HTTP authorization: no keyword the detector knows, and a scheme word sits before the value.
+    Rule(
+        "authorization header",
+        ("authorization",),
+        re.compile(
+            r"authorization(?:[\"'\]]{1,2}[ \t]*[:=,][ \t]*[rbu]?[\"']|:[ \t]*)(?:[A-Za-z-]+[ \t]+)?"
+            r"(?P<secret>[A-Za-z0-9_\-.=+/~]{8,})",
+            re.IGNORECASE,
+        ),
+        _group(1),
+    ),
+    Rule(
+        "bearer token",
+        ("bearer",),
+        re.compile(r"\bbearer[ \t]+(?P<secret>[A-Za-z0-9_\-.=+/~]{16,})", re.IGNORECASE),
+        _group(1),
+    ),
+    Rule(
+        "basic credentials",
+        ("basic",),
+        re.compile(r"\bbasic[ \t]+(?P<secret>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.IGNORECASE),
+        _basic,
+    ),
+    # HTTP Basic credentials given as a pair: requests' auth tuples and classes, curl's -u.
+    Rule(
+        "basic auth pair",
+        ("auth", "-u", "--user"),
+        re.compile(
+            r"(?:\bauth\s*=\s*\(|\b\w*(?:Basic|Digest)Auth\()\s*[rbu]?[\"'][^\"']*[\"']\s*,\s*[rbu]?[\"']"
+            r"(?P<secret>[^\"']+)[\"']"
+            r"|(?:^|\s)(?:-u|--user)[ =][\"']?[^\s:\"'$]+:(?P<curl>[^\s\"']+)",
+        ),
+        lambda m: _literal("secret")(m) if m.group("secret") else _literal("curl")(m),
+    ),
+    # Webhook URLs are credentials by themselves; the detector has only Slack's /services/ form.
+    Rule(
+        "webhook url",
+        ("hooks.slack.com", "/api/webhooks/"),
+        re.compile(
+            r"https://(?:hooks\.slack\.com/(?:workflows|triggers)/[A-Za-z0-9_/]+"
+            r"|(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[\w-]+)"
+        ),
+        _token,
+    ),
+    # Provider formats gitleaks knows and detect-secrets 1.5.0 does not (or only in one spelling:
+    # its Stripe rule has live keys of exactly 24 characters, its OpenAI rule only legacy keys,
+    # its npm rule only .npmrc lines, its Slack rule only tokens with numeric parts).
+    *(
+        Rule(name, triggers, re.compile(pattern), _token)
+        for name, triggers, pattern in (
+            (
+                "stripe key or webhook secret",
+                ("k_live_", "k_test_", "whsec_"),
+                r"\b(?:[sr]k_(?:live|test)_[0-9a-zA-Z]{16,}|whsec_[A-Za-z0-9+/=]{24,})",
+            ),
+            ("github fine-grained token", ("github_pat_",), r"\bgithub_pat_[A-Za-z0-9_]{22,}"),
+            ("openai or anthropic key", ("sk-",), r"\bsk-(?:proj-|ant-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"),
+            ("hugging face token", ("hf_",), r"\bhf_[A-Za-z0-9]{30,}"),
+            ("google api key", ("aiza",), r"\bAIza[0-9A-Za-z_\-]{35}"),
+            ("google oauth client secret", ("gocspx-",), r"\bGOCSPX-[A-Za-z0-9_\-]{24,}"),
+            ("npm token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}"),
+            ("slack token", ("xox", "xapp-"), r"\bx(?:ox[abposre]|app)-[A-Za-z0-9-]{10,}"),
+            ("digitalocean token", ("_v1_",), r"\bdo[por]_v1_[a-f0-9]{64}"),
+            ("shopify token", ("shp",), r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"),
+            ("databricks token", ("dapi",), r"\bdapi[a-f0-9]{32}(?:-\d)?"),
+            ("postman key", ("pmak-",), r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}"),
+            ("age secret key", ("age-secret-key-",), r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}"),
+            ("azure ad client secret", ("q~",), r"(?<![\w~.])[a-zA-Z0-9_~.]{3}\dQ~[a-zA-Z0-9_~.\-]{31,34}"),
+            ("sentry auth token", ("sntrys_", "sntryu_"), r"\bsntry[su]_[A-Za-z0-9_=+/]{32,}"),
+        )
+    ),
+)
+
+# EXTRA's one rule across lines, run on a whole text: Kubernetes env lists name the secret on
+# one line and give it on the next (the detector sees one line at a time).
+_ENV_ENTRY = re.compile(
+    rf"name:[ \t]*[\"']?[\w.-]*(?i:{_ALL_KEYWORDS})[\w.-]*[\"']?[ \t]*\r?\n"
+    r"[ \t]*value:[ \t]*(?P<q>[\"']?)(?P<secret>[^\s\"'#$][^\"'\n]*?)(?P=q)[ \t]*(?:#.*)?$",
+    re.MULTILINE,
+)
+
+RULES: tuple[Rule, ...] = (*SCANNER_RULES, *EXTRA)
+
+# The detector's private key headers (and PuTTY's) open a block that runs to its end line; a
+# block cut off by the end of the text hides everything after its header. Found by literal
+# searches: a regex spanning the block costs a step per character of it.
+_KEY_HEADER = re.compile("|".join(p.pattern for p in PrivateKeyDetector.denylist))
+_PEM_END = re.compile(r"END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{0,5}")
+_PUTTY_END = re.compile(r"Private-MAC: *[0-9a-fA-F]*")
+# The text starts inside a block: base64 (and escaped newlines) up to an end line.
+_KEY_TAIL = re.compile(r"\A[A-Za-z0-9+/=\s\\]*?-{4,5} ?END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{4,5}")
+
+
+def _key_spans(text: str) -> list[Span]:
+    spans = []
+    tail = _KEY_TAIL.match(text)
+    if tail:
+        spans.append(tail.span())
+    at = 0
+    while header := _KEY_HEADER.search(text, at):
+        start = header.start()
+        while start > 0 and text[start - 1] in "- ":
+            start -= 1
+        end = (_PUTTY_END if header.group(0).startswith("PuTTY") else _PEM_END).search(text, header.end())
+        at = end.end() if end else len(text)
+        spans.append((start, at))
+    return spans
+
+
+# A line cut by the context window is completed this far past the window's edge.
+_REACH = 4_096
+
+# Line → where its secrets are. Bounded: cleared when full, refilled by the next requests.
 _CACHE_LINES = 8_192
-_line_cache: dict[str, str] = {}
-_LINE_TRIGGERS = tuple(sorted({t for rule in RULES[1:] for t in rule.triggers}))
+_line_cache: dict[str, tuple[Span, ...]] = {}
+# Trigger → the rules it runs, so a line costs one substring test per trigger.
+_BY_TRIGGER = tuple(
+    (trigger, frozenset(i for i, rule in enumerate(RULES) if trigger in rule.triggers))
+    for trigger in sorted({t for rule in RULES for t in rule.triggers})
+)
 
 
 def redact(text: str) -> str:
     """`text` with every secret replaced by MARK; the text around it is kept as it was."""
     if not text:
         return text
-    block = RULES[0]
-    if block.triggers[0] in text.lower():
-        text = block.pattern.sub(MARK, text)
+    return _piece(text, _spans(text), 0, len(text), marked_before=False)
+
+
+def redact_context(text: str, start: int, cursor: int, end: int) -> tuple[str, str]:
+    """The prefix `text[start:cursor]` and suffix `text[cursor:end]`, redacted as parts of their
+    whole lines. A secret cut by the cursor is hidden on both sides, its MARK in the prefix; one
+    cut by an edge of the window is hidden up to that edge."""
+    floor = max(0, start - _REACH)
+    lo = max(text.rfind("\n", floor, start) + 1, floor)
+    if lo > floor:  # and the line before: a Kubernetes env entry names its secret there
+        lo = max(text.rfind("\n", floor, lo - 1) + 1, floor)
+    hi = text.find("\n", end, end + _REACH)
+    hi = min(len(text), end + _REACH) if hi < 0 else hi
+    whole = text[lo:hi]
+    spans = _spans(whole)
+    if not spans:
+        return text[start:cursor], text[cursor:end]
+    start, cursor, end = start - lo, cursor - lo, end - lo
+    prefix = _piece(whole, spans, start, cursor, marked_before=False)
+    return prefix, _piece(whole, spans, cursor, end, marked_before=cursor > start)
+
+
+def _spans(text: str) -> list[Span]:
+    spans: list[Span] = []
+    if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
+        spans.extend(_key_spans(text))
+    if "value:" in text:
+        spans.extend(m.span("secret") for m in _ENV_ENTRY.finditer(text))
     if len(_line_cache) >= _CACHE_LINES:
         _line_cache.clear()
     get = _line_cache.get
-    return "\n".join([get(line) or _remember(line) for line in text.split("\n")])
+    at = 0
+    for line in text.split("\n"):
+        found = get(line)
+        if found is None:
+            found = _line_cache[line] = _line_spans(line)
+        if found:
+            spans.extend((at + s, at + e) for s, e in found)
+        at += len(line) + 1
+    return _merged(spans)
 
 
-def _remember(line: str) -> str:
-    done = _line_cache[line] = _redact_line(line)
-    return done
-
-
-def _redact_line(line: str) -> str:
+def _line_spans(line: str) -> tuple[Span, ...]:
     lowered = line.lower()
-    for trigger in _LINE_TRIGGERS:
+    due: set[int] = set()
+    for trigger, rules in _BY_TRIGGER:
         if trigger in lowered:
-            break
-    else:
-        return line  # most lines of code: no rule to run
-    for rule in RULES[1:]:
-        if any(trigger in lowered for trigger in rule.triggers):
-            line = rule.pattern.sub(lambda m, g=rule.group: _mask(m, g), line)
-    return line
+            due |= rules
+    if not due:
+        return ()  # most lines of code: no rule to run
+    spans = []
+    for i in sorted(due):
+        rule = RULES[i]
+        if rule.needs and not any(c in line for c in rule.needs):
+            continue
+        for match in rule.pattern.finditer(line):
+            span = rule.pick(match)
+            if span is not None and span[0] < span[1]:
+                spans.append(span)
+    return tuple(_merged(spans))
 
 
-def _mask(match: re.Match[str], group: int | str) -> str:
-    whole = match.group(0)
-    if group == 0:
-        return MARK
-    start, end = match.span(group)
-    if whole[start - match.start() : end - match.start()] == MARK:
-        return whole
-    return whole[: start - match.start()] + MARK + whole[end - match.start() :]
+def _merged(spans: list[Span]) -> list[Span]:
+    if len(spans) < 2:
+        return spans
+    spans.sort()
+    out = [spans[0]]
+    for s, e in spans[1:]:
+        last_s, last_e = out[-1]
+        if s <= last_e:
+            out[-1] = (last_s, max(last_e, e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _piece(text: str, spans: list[Span], a: int, b: int, *, marked_before: bool) -> str:
+    """text[a:b] with each span in it replaced by MARK; a span that began before `a` is marked
+    here only if it was not marked in the piece before."""
+    out = []
+    at = a
+    for s, e in spans:
+        if e <= a or s >= b:
+            continue
+        if s > at:
+            out.append(text[at:s])
+        if s >= a or not marked_before:
+            out.append(MARK)
+        at = max(at, min(e, b))
+    if at == a and not out:
+        return text[a:b]
+    out.append(text[at:b])
+    return "".join(out)
