@@ -21,7 +21,7 @@ from lsp_server.context import cursor_context
 from lsp_server.documents import UTF16, Document
 from lsp_server.options import Options, pseudonym, with_client_options
 from lsp_server.outbox import Outbox
-from lsp_server.redact import redact
+from lsp_server.redact import redact, redact_context
 from lsp_server.sender import OutboxSender
 from lsp_server.timings import Timings
 from lsp_server.tracker import Tracker
@@ -180,10 +180,13 @@ class Session:
         from backend.wire import CompleteRequest, CompletionContext
 
         context = cursor_context(document, offset, uri, self.root_path)
+        # Redacted as whole lines: a secret cut by the cursor or the window's edges is still found.
+        start, end = offset - len(context.prefix), offset + len(context.suffix)
+        prefix, suffix = redact_context(document.text, start, offset, end)
         request = CompleteRequest(
             context=CompletionContext(
-                prefix=redact(context.prefix),
-                suffix=redact(context.suffix),
+                prefix=prefix,
+                suffix=suffix,
                 path=context.path,
                 **({"language": context.language} if context.language else {}),
             ),
