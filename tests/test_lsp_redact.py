@@ -315,6 +315,7 @@ async def session(recorder: Recorder, tmp_path: Path) -> AsyncIterator[Session]:
         backend_url=recorder.url,
         state_dir=tmp_path / "state",
         debounce_ms=0,
+        request_timeout_s=30.0,  # a loaded machine is slow, not a leak
         flush_interval_s=0.05,
         survival_delays_s=(600.0,),
         rewrite_window_s=600.0,
