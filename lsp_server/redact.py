@@ -171,7 +171,9 @@ _MORE_KEYWORDS = (
     r"(?:access|api|app|application|auth|secret|signing|encryption|hmac|master|session|subscription)"
     r"[-_]?key(?![a-z])",
 )
-_ALL_KEYWORDS = "|".join((*ds_keyword.DENYLIST, *_MORE_KEYWORDS))
+# These start a word, or a camelCase part (`authToken`), never the middle of one (`tiktoken`).
+_WORD_START = r"(?-i:(?<![a-z])|(?<=[a-z0-9])(?=[A-Z]))"
+_ALL_KEYWORDS = "|".join((*ds_keyword.DENYLIST, *(_WORD_START + k for k in _MORE_KEYWORDS)))
 
 # A bare value that is code, not a secret: a call, subscript or template, a number.
 _CODE_CHARS = frozenset("()[]{}")
@@ -334,7 +336,7 @@ EXTRA: tuple[Rule, ...] = (
         "authorization header",
         ("authorization",),
         re.compile(
-            r"authorization(?:[\"'\]]{1,2}[ \t]*[:=,][ \t]*[rbu]?[\"']|:[ \t]*)(?:[A-Za-z-]+[ \t]+)?"
+            r"authorization(?:[\"'\]]{1,2}[ \t]*[:=][ \t]*[rbu]?[\"']|:[ \t]*)(?:[A-Za-z-]+[ \t]+)?"
             r"(?P<secret>[A-Za-z0-9_\-.=+/~]{8,})",
             re.IGNORECASE,
         ),
