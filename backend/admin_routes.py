@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import numpy as np
 import plotly
 from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from backend import dashboard
 from backend.auth import ADMIN, hash_token, new_token, person_of
@@ -99,7 +99,9 @@ def add_routes(app: FastAPI) -> None:
     async def login_form() -> str:
         return dashboard.login_page()
 
-    @app.post("/admin/login", response_model=None)
+    # The schema says what each route really answers (its status and content type): the fuzzing
+    # in tests/test_backend_fuzz.py holds the answers to it.
+    @app.post("/admin/login", response_model=None, status_code=303, response_class=RedirectResponse)
     async def login(
         request: Request, state: State, token: Annotated[str, Form(max_length=512)] = ""
     ) -> HTMLResponse | RedirectResponse:
@@ -120,7 +122,7 @@ def add_routes(app: FastAPI) -> None:
         )
         return response
 
-    @app.post("/admin/logout")
+    @app.post("/admin/logout", status_code=303, response_class=RedirectResponse)
     async def logout(
         request: Request, state: State, csrf: Annotated[str, Form(max_length=512)] = ""
     ) -> RedirectResponse:
@@ -133,7 +135,11 @@ def add_routes(app: FastAPI) -> None:
         response.delete_cookie(COOKIE)
         return response
 
-    @app.get("/admin/static/plotly.min.js")
+    @app.get(
+        "/admin/static/plotly.min.js",
+        response_class=FileResponse,
+        responses={200: {"content": {"application/javascript": {}}}},
+    )
     async def plotly_js() -> FileResponse:
         return FileResponse(PLOTLY_JS, media_type="application/javascript")
 
@@ -141,7 +147,12 @@ def add_routes(app: FastAPI) -> None:
     async def data(state: State) -> dict[str, Any]:
         return await dashboard_data(state)
 
-    @app.post("/admin/act/{action}/{version}", dependencies=admin_only)
+    @app.post(
+        "/admin/act/{action}/{version}",
+        dependencies=admin_only,
+        status_code=303,
+        response_class=RedirectResponse,
+    )
     async def act_from_dashboard(
         action: str, version: str, request: Request, state: State, csrf: Annotated[str, Form()] = ""
     ) -> RedirectResponse:
@@ -189,7 +200,7 @@ def add_routes(app: FastAPI) -> None:
         state.auth.reload()
         return {"status": "revoked"}
 
-    @app.get("/metrics", dependencies=admin_only)
+    @app.get("/metrics", dependencies=admin_only, response_class=PlainTextResponse)
     async def metrics(state: State) -> Response:
         quarantined = await state.store.quarantine_counts()
         return Response(state.metrics.render(quarantined), media_type="text/plain; version=0.0.4")

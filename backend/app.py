@@ -188,7 +188,8 @@ def _add_routes(app: FastAPI) -> None:
         try:
             valid, refused = parse_events(await request.body())
         except ValidationError as error:
-            raise RequestValidationError(error.errors(include_url=False)) from None
+            # Without the input: a body that is not UTF-8 would be echoed back as undecodable bytes.
+            raise RequestValidationError(error.errors(include_url=False, include_input=False)) from None
         result = await state.store.store_events(valid, refused, received_at=time.time())
         state.metrics.events(result)
         return _json(result)
@@ -229,8 +230,10 @@ def _add_routes(app: FastAPI) -> None:
         try:
             meta = CheckpointMetadata.model_validate_json(metadata)
         except ValidationError as error:
-            raise HTTPException(
-                status_code=422, detail=f"bad metadata: {error.errors()[0]['msg']}"
+            # FastAPI's own 422, as the schema documents it: each error located in the field.
+            errors = error.errors(include_url=False, include_input=False)
+            raise RequestValidationError(
+                [{**e, "loc": ("body", "metadata", *e["loc"])} for e in errors]
             ) from error
         files = dict(
             zip(ADAPTER_FILES, [await adapter_config.read(), await adapter_model.read()], strict=True)
