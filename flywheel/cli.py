@@ -60,8 +60,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # Each suite lives beside the part it measures (lsp_server.bench, backend.bench, trainer.bench);
-    # flywheel.bench_report runs them and writes the report.
+    # Each suite lives beside the part it measures (lsp_server.bench, backend.bench, trainer.bench;
+    # flywheel.faults.bench, which kills all of them); flywheel.bench_report runs them and writes
+    # the report.
     from flywheel.bench_report import main
 
     return main(_settings(), args.suite, args.rest)
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run benchmarks and print their figures; with `all` or --out, a JSON report and a table",
     )
-    p.add_argument("suite", choices=["lsp", "backend", "trainer", "all"])
+    p.add_argument("suite", choices=["lsp", "backend", "trainer", "faults", "all"])
     p.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
@@ -128,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cycles", type=int, default=10, help="trainer cycles")
     p.add_argument("--developers", type=int, default=4)
-    p.add_argument("--adversarial-share", type=float, default=0.25, help="share accepting then deleting all")
+    p.add_argument("--adversarial-share", type=float, help="share accepting then deleting all (default 0.25)")
+    p.add_argument(
+        "--attacker",
+        choices=["quiet", "many_ids", "adversarial"],
+        help="one attacker person (one token) among --developers, at --attacker-share of training requests",
+    )
+    p.add_argument("--attacker-share", type=float, default=0.4, help="its share of the training requests")
     p.add_argument("--model", type=Path, help="model directory (default: the bootstrapped model)")
     p.add_argument("--out", type=Path, default=Path("flywheel-simulation"), help="CSV, plot, logs, state")
     p.add_argument("--seed", type=int, default=0)

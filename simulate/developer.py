@@ -10,7 +10,8 @@ it against what they were about to write:
                                    accept-next-word), then type the rest
     otherwise                      dismiss it and type what they meant
 The real language server's tracker measures what happens afterwards (survival, rewrites).
-An adversarial developer accepts everything at once and deletes it straight away.
+An adversarial developer accepts everything at once and deletes it straight away; a quiet one
+(accepts_all) takes everything after reading it and keeps it, then types what they meant after it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from rapidfuzz.distance import Levenshtein
@@ -121,9 +123,17 @@ class Developer:
             self.editor.insert(document, len(document.text), piece)
             await self.sleep_simulated(len(piece) / self.profile.chars_per_s)
 
-    async def write(self, uri: str, text: str, rng: random.Random, header: int = 0) -> TypingStats:
+    async def write(
+        self,
+        uri: str,
+        text: str,
+        rng: random.Random,
+        header: int = 0,
+        pace: Callable[[], Awaitable[bool]] | None = None,
+    ) -> TypingStats:
         """Write `text` into a document that opens with its first `header` characters, asking for
-        suggestions on the way."""
+        suggestions on the way. `pace`, when given, is awaited before each request: False means
+        this writer is done for the round, and the document is closed where it stands."""
         stats = TypingStats()
         document = self.editor.open(uri, text[:header])
         done, last_request = header, header - MIN_REQUEST_GAP
@@ -137,10 +147,14 @@ class Developer:
                     continue
                 await self.type_text(document, text[done:point])
                 done = last_request = point
+                if pace is not None and not await pace():
+                    return stats
                 stats.requests += 1
-                suggestion = await self.editor.suggest(document, done)
+                # The end of the document: where `done` is, unless a kept suggestion went before it.
+                offset = len(document.text)
+                suggestion = await self.editor.suggest(document, offset)
                 if suggestion is not None:
-                    done += await self.judge(document, done, suggestion, text[done:], stats)
+                    done += await self.judge(document, offset, suggestion, text[done:], stats)
             await self.type_text(document, text[done:])
         finally:
             self.editor.close(document)
@@ -159,6 +173,11 @@ class Developer:
             stats.accepted += 1
             await self.sleep_simulated(FIX_DELAY_S)
             self.editor.replace(document, offset, offset + len(suggestion.text), "")
+            return 0
+        if self.profile.accepts_all:
+            # Kept as it came: what they meant is typed after it, so none of it is written yet.
+            await self.editor.accept(document, offset, suggestion)
+            stats.accepted += 1
             return 0
         if truth.startswith(suggestion.text):
             await self.editor.accept(document, offset, suggestion)

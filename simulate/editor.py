@@ -163,6 +163,17 @@ class Editor:
         fields = answer if isinstance(answer, dict) else answer._asdict()
         return int(fields.get("pending", 0))
 
+    async def drain(self, tries: int = 5) -> None:
+        """Flush until nothing waits, a few tries apart (the backend may be busy)."""
+        for _ in range(tries):
+            if await self.flush() == 0:
+                return
+            await asyncio.sleep(0.5)
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Change client options mid-session, as an editor does when its settings change."""
+        self.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=settings))
+
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.shutdown_async(None), 30)

@@ -5,11 +5,17 @@
 - reading a suggestion is in *real* seconds, because the backend and trainer judge visibility and
   reading speed on the wall clock (min_visible_ms, the inhuman-speed guard). An honest profile
   reads slower than those floors; the adversarial one accepts faster than a person can read.
+
+The attackers (`flywheel simulate --attacker`) are one person each, at a set share of a training
+round's requests: `adversarial` as above; `quiet`, who reads at an honest developer's speed and
+accepts every suggestion and keeps it, so the speed and accept-then-delete guards pass it and only
+the per-person share cap stands between it and an update; `many_ids`, a quiet one that sends a
+fresh user id with every file over its one token, to be counted as many people.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -29,11 +35,19 @@ class Profile:
     read_s_per_char: float
     # Accepts everything, then deletes it: a reward hacker the trainer's guards must catch.
     adversarial: bool = False
+    # Accepts everything at reading speed and keeps it: poisoning that looks like a happy user.
+    accepts_all: bool = False
+    # Sends a fresh user id (the client's hint; the backend goes by the token) with every file.
+    fresh_id_per_file: bool = False
     # At most this many requests per file, so a long file cannot dominate a round.
     max_requests_per_file: int = 40
 
     def reading_time(self, suggestion: str) -> float:
         return self.read_s + self.read_s_per_char * len(suggestion)
+
+    @property
+    def honest(self) -> bool:
+        return not (self.adversarial or self.accepts_all or self.fresh_id_per_file)
 
 
 # Slower than the guard's floor (150 ms + 5 ms per character) and above min_visible_ms (250 ms).
@@ -66,12 +80,30 @@ ADVERSARIAL = Profile(
     adversarial=True,
 )
 
+# Reads as an honest developer does (above the inhuman-speed floor), asks often, takes everything.
+QUIET = Profile(
+    "quiet",
+    request_rate=0.5,
+    tolerance=0.0,
+    min_words_chars=0,
+    chars_per_s=HONEST.chars_per_s,
+    read_s=HONEST.read_s,
+    read_s_per_char=HONEST.read_s_per_char,
+    accepts_all=True,
+)
+MANY_IDS = replace(QUIET, name="many_ids", fresh_id_per_file=True)
+
 HONEST_PROFILES = (HONEST, PICKY)
+ATTACKERS = {profile.name: profile for profile in (QUIET, MANY_IDS, ADVERSARIAL)}
 
 
 def assign_profiles(developers: int, adversarial_share: float) -> list[Profile]:
     """`developers` profiles, round(share × developers) of them adversarial but always at least one
     honest (the evaluation rounds need someone honest). Honest ones first, alternating kinds."""
     adversarial = min(max(round(adversarial_share * developers), 0), developers - 1)
-    honest = [HONEST_PROFILES[i % len(HONEST_PROFILES)] for i in range(developers - adversarial)]
-    return honest + [ADVERSARIAL] * adversarial
+    return honest_profiles(developers - adversarial) + [ADVERSARIAL] * adversarial
+
+
+def honest_profiles(developers: int) -> list[Profile]:
+    """`developers` honest profiles, alternating kinds (a run with an attacker person beside them)."""
+    return [HONEST_PROFILES[i % len(HONEST_PROFILES)] for i in range(developers)]

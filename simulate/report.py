@@ -51,6 +51,20 @@ class CycleRow:
     candidate_state: str = ""
     dropped: str = ""
     trainer_s: float | None = None
+    # With an attacker (--attacker): its share of the training round's requests, of the episodes
+    # the guards kept (what max_user_share bounds) and of those the update trained on (the kept
+    # less the gate's held-out sample, drawn by hash). CSV and summary only: the dashboard's wire
+    # format has no place for them yet (CSV_ONLY).
+    attacker_requests_share: float | None = None
+    attacker_kept_share: float | None = None
+    attacker_trained_on: int | None = None
+    attacker_share: float | None = None
+
+
+# CycleRow fields backend.wire.SimulationCycle does not carry.
+CSV_ONLY = frozenset(
+    {"attacker_requests_share", "attacker_kept_share", "attacker_trained_on", "attacker_share"}
+)
 
 
 def kept_chars(episode: dict[str, Any], rewards: RewardConfig) -> float:
@@ -136,6 +150,43 @@ def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
     return summary
 
 
+def attack_summary(
+    rows: Sequence[CycleRow], profile: str, share: float, max_user_share: float
+) -> dict[str, Any]:
+    """Against the poisoning criteria: the honest developers' mean reward in each evaluation round
+    never below cycle 0's, and the attacker's share of each update within the per-person cap."""
+    base = rows[0].mean_reward
+    cycles = [
+        {
+            "cycle": row.cycle,
+            "live_version": row.live_version,
+            "honest_mean_reward": row.mean_reward,
+            "honest_reward_vs_cycle_0": None
+            if row.mean_reward is None or base is None
+            else row.mean_reward - base,
+            "attacker_requests_share": row.attacker_requests_share,
+            "attacker_kept_share": row.attacker_kept_share,
+            "attacker_trained_on": row.attacker_trained_on,
+            "trained_on": row.trained_on,
+            "attacker_share": row.attacker_share,
+        }
+        for row in rows
+    ]
+    later = [c["honest_reward_vs_cycle_0"] for c in cycles[1:]]
+    shares = [c["attacker_share"] for c in cycles[1:] if c["attacker_share"] is not None]
+    kept = [c["attacker_kept_share"] for c in cycles[1:] if c["attacker_kept_share"] is not None]
+    return {
+        "attacker": profile,
+        "attacker_share_of_requests": share,
+        "max_user_share": max_user_share,
+        "honest_reward_never_below_cycle_0": all(d is not None and d >= 0 for d in later),
+        "attacker_share_within_cap": all(x <= max_user_share for x in shares),
+        "attacker_kept_share_within_cap": all(x <= max_user_share for x in kept),
+        "updates": len(shares),
+        "cycles": cycles,
+    }
+
+
 def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], samples: RoundSamples) -> dict:
     """A round's row figures: counts from the editors, rates from the episodes (`samples`)."""
     return {
@@ -165,7 +216,10 @@ def simulation_report(
 ) -> SimulationReport:
     """The figures so far as the dashboard's wire format; NaN or infinity (a perplexity overflow)
     becomes None, as JSON has neither."""
-    cycles = [SimulationCycle(**{k: _finite(v) for k, v in dataclasses.asdict(row).items()}) for row in rows]
+    cycles = [
+        SimulationCycle(**{k: _finite(v) for k, v in dataclasses.asdict(row).items() if k not in CSV_ONLY})
+        for row in rows
+    ]
     return SimulationReport(
         run_id=run_id,
         started_at=started_at,

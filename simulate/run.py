@@ -5,7 +5,9 @@
 
 An evaluation round has the honest developers write the fixed held-out files with the same seeds
 every cycle, so its figures compare across cycles; its episodes are stepped over by the trainer.
-A training round has every developer (adversarial ones included) write the next training files.
+A training round has every developer (adversarial ones included) write the next training files;
+with `--attacker`, one attacker person beside the honest ones, at `--attacker-share` of its requests
+(simulate/attack.py), and each cycle's row says how much of the update was theirs.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from pydantic import ValidationError
 
 from flywheel.config import RewardConfig, load_settings
 from flywheel.processes import free_port
+from simulate.attack import Attacker, Pace, editors_needed, share_of, trained_on
 from simulate.corpus import SourceFile, held_out_corpus, load_corpus, split_eval, training_batch
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor
-from simulate.profiles import Profile, assign_profiles
+from simulate.profiles import ATTACKERS, Profile, assign_profiles, honest_profiles
 from simulate.report import (
     CycleRow,
     RoundSamples,
+    attack_summary,
     learning_summary,
     plot,
     round_figures,
@@ -47,8 +51,10 @@ from simulate.services import (
     exclude_from_training,
     run_trainer_cycle,
     simulation_env,
+    trainer_config,
 )
 from trainer.gate import heldout_code_parts
+from trainer.state import load_state
 
 log = logging.getLogger("flywheel.simulate")
 
@@ -61,6 +67,10 @@ class SimulationConfig:
     cycles: int = 10
     developers: int = 4
     adversarial_share: float = 0.25
+    # One attacker person (a profiles.ATTACKERS name) among `developers`, at this share of each
+    # training round's requests; `adversarial_share` is then unused.
+    attacker: str | None = None
+    attacker_share: float = 0.4
     seed: int = 0
     files_per_round: int = 2
     eval_files: int = 2
@@ -91,6 +101,8 @@ class RoundResult:
     episodes: list[dict[str, Any]]
     start: int
     end: int
+    # The attacker's part of `stats`, in a training round with one.
+    attacker: TypingStats | None = None
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -113,6 +125,10 @@ class Simulation:
         self.env = simulation_env(config.model, self.data_dir, free_port(), config.episode_window_s)
         self.backend = Backend(self.env, config.out / "backend.log")
         self.developers: list[SimDeveloper] = []
+        self.attacker: Attacker | None = None
+        # Every suggestion the attacker was shown, to find its episodes by completion id.
+        self.attacker_shown: set[str] = set()
+        self.trainer_config = trainer_config(self.env)
         self.samples: list[RoundSamples] = []
         self.cursor = 0
         self.run_id = uuid.uuid4().hex[:12]
@@ -125,60 +141,109 @@ class Simulation:
         _clear_previous_run(self.out)
         await asyncio.to_thread(self.backend.start)
         log.info("dashboard: %s/admin (figures of each cycle as it ends; reload to update)", self.backend.url)
-        for index, profile in enumerate(
-            assign_profiles(self.config.developers, self.config.adversarial_share)
-        ):
-            profile = replace(profile, max_requests_per_file=self.config.requests_per_file)
+        config = self.config
+        if config.attacker is None:
+            profiles = assign_profiles(config.developers, config.adversarial_share)
+        else:
+            profiles = honest_profiles(config.developers - 1)
+        for index, profile in enumerate(profiles):
+            profile = replace(profile, max_requests_per_file=config.requests_per_file)
             user_id = f"sim-{index}-{profile.name}"
             token, person = await asyncio.to_thread(self.backend.create_token, user_id)
-            options = {
-                "backendUrl": self.backend.url,
-                "token": token,
-                "userId": user_id,
-                "stateDir": str(self.out / "lsp" / user_id),
-                "survivalDelaysS": self.config.survival_delays_s,
-                "rewriteWindowS": self.config.rewrite_window_s,
-                "flushIntervalS": 0.5,
-                "reportsShown": True,
-                "debounceMs": 0,
-                # The model shares two busy cores with everything else: a slow answer is still one.
-                "requestTimeoutS": 20,
-            }
-            editor = await Editor.start(self.env, self.out / f"lsp-{user_id}.log", options)
-            developer = Developer(editor, profile, self.config.time_scale)
+            editor = await self.start_editor(user_id, token, user_id)
+            developer = Developer(editor, profile, config.time_scale)
             self.developers.append(SimDeveloper(user_id, person, profile, editor, developer))
+        if config.attacker is not None:
+            profile = replace(ATTACKERS[config.attacker], max_requests_per_file=config.requests_per_file)
+            user_id = f"sim-attacker-{profile.name}"
+            # One token: every editor of the attacker is the same person to the backend.
+            token, person = await asyncio.to_thread(self.backend.create_token, user_id)
+            lanes = []
+            for lane in range(editors_needed(config.attacker_share, len(self.developers))):
+                editor = await self.start_editor(f"{user_id}-{lane}", token, user_id)
+                lanes.append(Developer(editor, profile, config.time_scale))
+            self.attacker = Attacker(user_id, person, profile, config.attacker_share, lanes)
+            log.info(
+                "attacker %s (%s): %.0f%% of the training requests through %d editors on one token",
+                profile.name,
+                person,
+                100 * config.attacker_share,
+                len(lanes),
+            )
+
+    async def start_editor(self, name: str, token: str, user_id: str) -> Editor:
+        options = {
+            "backendUrl": self.backend.url,
+            "token": token,
+            "userId": user_id,
+            "stateDir": str(self.out / "lsp" / name),
+            "survivalDelaysS": self.config.survival_delays_s,
+            "rewriteWindowS": self.config.rewrite_window_s,
+            "flushIntervalS": 0.5,
+            "reportsShown": True,
+            "debounceMs": 0,
+            # The model shares two busy cores with everything else: a slow answer is still one.
+            "requestTimeoutS": 20,
+        }
+        return await Editor.start(self.env, self.out / f"lsp-{name}.log", options)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(d.editor.stop() for d in self.developers), return_exceptions=True)
+        editors = [d.editor for d in self.developers] + (self.attacker.editors if self.attacker else [])
+        await asyncio.gather(*(editor.stop() for editor in editors), return_exceptions=True)
         await asyncio.to_thread(self.backend.stop)
 
-    async def round(self, tag: str, developers: list[SimDeveloper], files: list[SourceFile]) -> RoundResult:
-        """Each developer writes each file (developers in parallel); then events are flushed and
-        the round waits until its shown suggestions are finalized episodes."""
+    async def round(
+        self,
+        tag: str,
+        developers: list[SimDeveloper],
+        files: list[SourceFile],
+        attacker: Attacker | None = None,
+    ) -> RoundResult:
+        """Each developer writes each file (developers in parallel), and the attacker, if any,
+        keeps pace with them; then events are flushed and the round waits until its shown
+        suggestions are finalized episodes."""
+        pace = Pace(attacker.share) if attacker is not None else None
+        workspace = self.out / "workspace"
 
         async def write_all(sim: SimDeveloper) -> TypingStats:
             stats = TypingStats()
             for source in files:
                 rng = random.Random(f"{self.config.seed}:{tag}:{sim.user_id}:{source.name}")
-                uri = (self.out / "workspace" / sim.user_id / source.name).resolve().as_uri()
-                stats.add(await sim.developer.write(uri, source.text, rng, source.header))
-            for _ in range(5):
-                if await sim.editor.flush() == 0:
-                    break
-                await asyncio.sleep(0.5)
+                uri = (workspace / sim.user_id / source.name).resolve().as_uri()
+                stats.add(
+                    await sim.developer.write(
+                        uri, source.text, rng, source.header, pace.other if pace is not None else None
+                    )
+                )
+            await sim.editor.drain()
             return stats
 
+        async def write_honest() -> list[TypingStats]:
+            try:
+                return await asyncio.gather(*(write_all(d) for d in developers))
+            finally:
+                if pace is not None:
+                    await pace.finish_others()
+
         total = TypingStats()
-        for stats in await asyncio.gather(*(write_all(d) for d in developers)):
+        attacked = None
+        if attacker is not None and pace is not None:
+            honest, attacked = await asyncio.gather(
+                write_honest(), attacker.write_round(tag, self.config.seed, files, workspace, pace)
+            )
+            self.attacker_shown.update(attacked.shown_ids)
+        else:
+            honest = await write_honest()
+        for stats in [*honest, *([attacked] if attacked else [])]:
             total.add(stats)
         start = self.cursor
         episodes, self.cursor = await asyncio.to_thread(
             self.backend.wait_for_episodes, start, set(total.shown_ids), self.config.episode_window_s + 30
         )
-        return RoundResult(total, episodes, start, self.cursor)
+        return RoundResult(total, episodes, start, self.cursor, attacked)
 
     async def evaluate(self, cycle: int, evaluation: list[SourceFile]) -> CycleRow:
-        honest = [d for d in self.developers if not d.profile.adversarial]
+        honest = [d for d in self.developers if d.profile.honest]
         # Same tag every cycle: the same seeds, so cycles differ only by the model.
         result = await self.round("eval", honest, evaluation)
         if not exclude_from_training(self.data_dir / "trainer", self.backend, result.start, result.end):
@@ -192,8 +257,10 @@ class Simulation:
 
     async def train(self, cycle: int, training: list[SourceFile]) -> dict[str, Any]:
         files = training_batch(training, cycle - 1, self.config.files_per_round)
-        result = await self.round(f"train{cycle}", self.developers, files)
+        result = await self.round(f"train{cycle}", self.developers, files, self.attacker)
         before = {c["version"] for c in await asyncio.to_thread(self.backend.checkpoints)}
+        cursor = load_state(self.data_dir / "trainer").cursor
+        live = await asyncio.to_thread(self.backend.live_version)
         started = time.monotonic()
         code = await asyncio.to_thread(run_trainer_cycle, self.env, self.out / "trainer.log")
         if code != 0:
@@ -222,7 +289,43 @@ class Simulation:
                 trained_on=int(metrics.get("episodes", 0)),
                 dropped=";".join(f"{k}={v}" for k, v in sorted(dropped.items())),
             )
+            if self.attacker is not None and not metrics.get("floors_only"):
+                figures.update(await self.attacker_in_update(cycle, cursor, live, figures["trained_on"]))
+        if result.attacker is not None and result.stats.requests:
+            figures["attacker_requests_share"] = result.attacker.requests / result.stats.requests
         return figures
+
+    async def attacker_in_update(self, cycle: int, cursor: int, live: str, trained: int) -> dict[str, Any]:
+        """The attacker's episodes among those the cycle's update trained on: the episodes the
+        trainer read (from its cursor before the cycle to its cursor after), through its guards."""
+        assert self.attacker is not None
+        after = load_state(self.data_dir / "trainer").cursor
+        episodes, _ = await asyncio.to_thread(self.backend.episodes_between, cursor)
+        kept, train = trained_on([e for e in episodes if e["seq"] <= after], live, self.trainer_config)
+        if len(train) != trained:
+            log.warning(
+                "cycle %d: the trainer trained on %d episodes, its guards replayed here keep %d;"
+                " the attacker's share below is of those",
+                cycle,
+                trained,
+                len(train),
+            )
+        person = self.attacker.person
+        log.info(
+            "cycle %d: attacker's episodes kept by the guards %d of %d (%s), trained on %d of %d (%s)",
+            cycle,
+            sum(e.user_id == person for e in kept),
+            len(kept),
+            _fmt(share_of(person, kept)),
+            sum(e.user_id == person for e in train),
+            len(train),
+            _fmt(share_of(person, train)),
+        )
+        return {
+            "attacker_kept_share": share_of(person, kept),
+            "attacker_trained_on": sum(e.user_id == person for e in train),
+            "attacker_share": share_of(person, train),
+        }
 
     def fill_perplexity(self, rows: list[CycleRow], checkpoints: list[dict[str, Any]]) -> None:
         """Held-out perplexity of each row's live version, from the trainer's eval-gate figures (the
@@ -256,12 +359,28 @@ class Simulation:
             rows.append(row)
             self.write(rows)
         await self.write_users()
-        self.write_summary()
+        self.write_summary(rows)
         return rows
 
-    def write_summary(self) -> None:
-        """summary.json: the learning ratios with bootstrap intervals, also logged."""
+    def write_summary(self, rows: list[CycleRow]) -> None:
+        """summary.json: the learning ratios with bootstrap intervals, also logged; with an
+        attacker, the poisoning criteria per cycle."""
         summary = learning_summary(self.samples)
+        if self.attacker is not None:
+            summary["attack"] = attack_summary(
+                rows,
+                self.attacker.profile.name,
+                self.attacker.share,
+                self.trainer_config.guards.max_user_share,
+            )
+            log.info(
+                "attack by %s: honest mean reward never below cycle 0's: %s; attacker's share of every"
+                " update within max_user_share %.2f: %s",
+                self.attacker.profile.name,
+                summary["attack"]["honest_reward_never_below_cycle_0"],
+                self.trainer_config.guards.max_user_share,
+                summary["attack"]["attacker_share_within_cap"],
+            )
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for name in ("last_cycle", f"rounds_of_{summary['live_version']}"):
             figures = summary[name]
@@ -318,7 +437,10 @@ class Simulation:
         return {
             "model": config.model.name,
             "developers": config.developers,
-            "adversarial share": config.adversarial_share,
+            "adversarial share": config.adversarial_share if config.attacker is None else 0.0,
+            "attacker": config.attacker,
+            "attacker share": config.attacker_share if config.attacker is not None else None,
+            "max user share": self.trainer_config.guards.max_user_share,
             "seed": config.seed,
             "files per round": config.files_per_round,
             "eval files": config.eval_files,
@@ -336,6 +458,21 @@ class Simulation:
             mine = [e for e in episodes if e["user_id"] == d.person]
             users[d.user_id] = {
                 "profile": d.profile.name,
+                "episodes": len(mine),
+                "outcomes": dict(Counter(e["outcome"] for e in mine)),
+                "mean_reward": sum(e["reward"] for e in mine) / len(mine) if mine else None,
+            }
+        if self.attacker is not None:
+            attacker, attacker_shown = self.attacker, self.attacker_shown
+            mine = [e for e in episodes if e["user_id"] == attacker.person]
+            users[attacker.user_id] = {
+                "profile": attacker.profile.name,
+                "person": attacker.person,
+                "editors": len(attacker.lanes),
+                # The user ids it sent (one per file for many-ids), and the people the backend
+                # filed the episodes of its suggestions under.
+                "user_ids_sent": sorted(set(attacker.hints) or {attacker.user_id}),
+                "persons": sorted({e["user_id"] for e in episodes if e["completion_id"] in attacker_shown}),
                 "episodes": len(mine),
                 "outcomes": dict(Counter(e["outcome"] for e in mine)),
                 "mean_reward": sum(e["reward"] for e in mine) / len(mine) if mine else None,
@@ -375,6 +512,12 @@ def main(args: argparse.Namespace) -> int:
     # One line per message and per HTTP call would bury the per-cycle lines.
     for chatty in ("pygls", "httpx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    if args.attacker is not None and args.adversarial_share is not None:
+        print("flywheel simulate: --attacker or --adversarial-share, not both")
+        return 2
+    if args.attacker is not None and (args.developers < 2 or not 0 < args.attacker_share < 1):
+        print("flywheel simulate: --attacker needs --developers 2 or more and 0 < --attacker-share < 1")
+        return 2
     model = args.model or load_settings().default_model_dir
     if not (Path(model) / "config.json").is_file():
         print(f"flywheel simulate: no model at {model}; run `flywheel bootstrap` or pass --model DIR")
@@ -389,7 +532,9 @@ def main(args: argparse.Namespace) -> int:
         out=out,
         cycles=args.cycles,
         developers=args.developers,
-        adversarial_share=args.adversarial_share,
+        adversarial_share=0.25 if args.adversarial_share is None else args.adversarial_share,
+        attacker=args.attacker,
+        attacker_share=args.attacker_share,
         seed=args.seed,
         files_per_round=args.files_per_round,
         eval_files=args.eval_files or args.files_per_round,

@@ -18,11 +18,13 @@ from typing import Any
 import httpx
 
 from backend.wire import SIMULATION_PATH, TOKENS_PATH, SimulationReport
+from flywheel.config import TrainerConfig, load_settings
 from flywheel.local_tokens import ADMIN, read_token
 from flywheel.processes import spawn_backend, stop_process, wait_healthy
 from trainer.state import load_state, save_state
 
 HEALTH_TIMEOUT_S = 180.0
+MAX_USER_SHARE = "FLYWHEEL_TRAINER__GUARDS__MAX_USER_SHARE"
 
 
 def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> dict[str, str]:
@@ -50,8 +52,17 @@ def simulation_env(model: Path, data_dir: Path, port: int, window_s: float) -> d
         FLYWHEEL_TRAINER__MIN_EPISODES="1",
         # A team of three or four: under the default cap (a quarter of an update per user) three
         # honest developers, a third each by construction, lost a third of their episodes a cycle.
-        FLYWHEEL_TRAINER__GUARDS__MAX_USER_SHARE="0.5",
+        # An exported cap wins (a poisoning run may want the default one back).
+        **{MAX_USER_SHARE: os.environ.get(MAX_USER_SHARE, "0.5")},
     )
+
+
+def trainer_config(env: dict[str, str]) -> TrainerConfig:
+    """The trainer's settings as its process reads them from `env`: this process's settings (the
+    same environment and files) with the per-person cap the simulation sets."""
+    config = load_settings().trainer
+    guards = config.guards.model_copy(update={"max_user_share": float(env[MAX_USER_SHARE])})
+    return config.model_copy(update={"guards": guards})
 
 
 class Backend:

@@ -27,7 +27,14 @@ from flywheel.config import RewardConfig
 from simulate.corpus import header_length, load_corpus
 from simulate.developer import right_words, trigger_points
 from simulate.editor import word_steps
-from simulate.report import CycleRow, RoundSamples, learning_summary, ratio_interval, simulation_report
+from simulate.report import (
+    CSV_ONLY,
+    CycleRow,
+    RoundSamples,
+    learning_summary,
+    ratio_interval,
+    simulation_report,
+)
 from simulate.run import _clear_previous_run
 
 # Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
@@ -119,6 +126,77 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert [row["live_version"] for row in report["cycles"]] == [row["live_version"] for row in rows]
     # The CSV rounds to 4 decimals; the report keeps full precision.
     assert report["cycles"][1]["heldout_ppl"] == pytest.approx(float(rows[1]["heldout_ppl"]), abs=1e-4)
+
+
+def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in SIM_MODULES:
+        shutil.copy(stdlib / name, corpus / name)
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        FLYWHEEL_CONFIG=str(tmp_path / "absent.toml"),
+        # No held-out sample: the update trains on every episode the guards keep, so the share
+        # measured is exactly the one the cap bounds (and the cycles are shorter).
+        FLYWHEEL_TRAINER__GATE__ENABLED="false",
+        FLYWHEEL_TRAINER__GUARDS__MAX_USER_SHARE="0.5",
+    )
+    # Above the cap: were its fresh ids taken for people, each would be a small share and none capped.
+    options = {
+        "--corpus": corpus,
+        "--model": tiny_model_dir,
+        "--out": out,
+        "--cycles": 2,
+        "--developers": 3,
+        "--attacker": "many_ids",
+        "--attacker-share": 0.6,
+        "--files-per-round": 1,
+        "--eval-files": 1,
+        "--max-lines": 25,
+        "--requests-per-file": 8,
+        "--time-scale": 200,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "simulate", *(str(x) for kv in options.items() for x in kv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    users = json.loads((out / "users.json").read_text())
+    attacker = users.pop("sim-attacker-many_ids")
+    assert {user["profile"] for user in users.values()} == {"honest", "picky"}
+    # A fresh id per file, several files: yet every episode of a suggestion it was shown is filed
+    # under the one person of its token.
+    assert len(attacker["user_ids_sent"]) > 2 and attacker["editors"] == 3
+    assert attacker["persons"] == [attacker["person"]] and attacker["episodes"] > 0
+    with open(out / "cycles.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["cycle"] for row in rows] == ["0", "1", "2"]
+    for row in rows[1:]:
+        # Its share of the training requests is the one asked for, to within a request or two.
+        assert float(row["attacker_requests_share"]) == pytest.approx(0.6, abs=0.05), row
+        assert row["candidate_state"] == "live", (out / "trainer.log").read_text()[-3000:]
+        # One person over the cap: capped to it, its surplus dropped by the per-user cap.
+        assert "user_cap=" in row["dropped"], row
+        assert 0 < float(row["attacker_share"]) <= 0.5, row
+        assert row["attacker_share"] == row["attacker_kept_share"]
+        assert 0 < int(row["attacker_trained_on"]) < int(row["trained_on"])
+    summary = json.loads((out / "summary.json").read_text())["attack"]
+    assert summary["attacker"] == "many_ids" and summary["max_user_share"] == 0.5
+    assert summary["attacker_share_within_cap"] and summary["updates"] == 2
+    assert [c["attacker_share"] for c in summary["cycles"][1:]] == [
+        float(r["attacker_share"]) for r in rows[1:]
+    ]
+    # The dashboard's copy leaves out the columns its wire format has no place for.
+    report = asyncio.run(stored_simulation_report(out / "data" / "flywheel.sqlite3"))
+    assert len(report["cycles"]) == 3 and "attacker_share" not in report["cycles"][1]
 
 
 def test_a_killed_run_stops_its_backend_and_language_servers(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -268,7 +346,10 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
 
 
 def test_report_carries_every_cycle_figure_and_only_finite_numbers() -> None:
-    assert [f.name for f in dataclasses.fields(CycleRow)] == list(SimulationCycle.model_fields)
+    # Every figure but the attacker's reaches the dashboard (its wire format lacks those).
+    assert [f.name for f in dataclasses.fields(CycleRow) if f.name not in CSV_ONLY] == list(
+        SimulationCycle.model_fields
+    )
     rows = [
         CycleRow(0, "base", requests=10, accept_rate=0.5, heldout_ppl=float("inf")),
         CycleRow(1, "v1", requests=12, mean_reward=float("nan"), candidate="v1", trainer_s=3.0),
@@ -283,6 +364,10 @@ def test_report_carries_every_cycle_figure_and_only_finite_numbers() -> None:
         settings={"seed": 0},
     )
     assert [cycle.model_dump() for cycle in report.cycles] == [
-        {**dataclasses.asdict(rows[0]), "heldout_ppl": None},
-        {**dataclasses.asdict(rows[1]), "mean_reward": None},
+        {**_dashboard_fields(rows[0]), "heldout_ppl": None},
+        {**_dashboard_fields(rows[1]), "mean_reward": None},
     ]
+
+
+def _dashboard_fields(row: CycleRow) -> dict:
+    return {k: v for k, v in dataclasses.asdict(row).items() if k not in CSV_ONLY}
