@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
@@ -119,9 +120,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         AccessControl, hosts=allowed_hosts(settings.backend.allowed_hosts, settings.backend.host)
     )
+    app.add_exception_handler(RequestValidationError, _validation_failed)
     _add_routes(app)
     admin_routes.add_routes(app)
     return app
+
+
+async def _validation_failed(request: Request, error: Exception) -> Response:
+    """FastAPI's 422 without the inputs: an input of NaN or infinity (valid in Python's JSON, not in
+    an answer) or bytes that are not UTF-8 made the client's mistake a 500 (tests/test_backend_fuzz.py)."""
+    assert isinstance(error, RequestValidationError)
+    details = [{key: value for key, value in e.items() if key != "input"} for e in error.errors()]
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(details)})
 
 
 def _json(model: BaseModel) -> Response:
@@ -188,8 +198,7 @@ def _add_routes(app: FastAPI) -> None:
         try:
             valid, refused = parse_events(await request.body())
         except ValidationError as error:
-            # Without the input: a body that is not UTF-8 would be echoed back as undecodable bytes.
-            raise RequestValidationError(error.errors(include_url=False, include_input=False)) from None
+            raise RequestValidationError(error.errors(include_url=False)) from None
         result = await state.store.store_events(valid, refused, received_at=time.time())
         state.metrics.events(result)
         return _json(result)

@@ -210,3 +210,28 @@ def test_bad_checkpoint_metadata_gets_the_documented_validation_error(target: Fu
     # FastAPI's shape, as the schema documents it: a list of located errors.
     (error,) = answer.json()["detail"]
     assert error["loc"][:2] == ["body", "metadata"] and error["msg"], error
+
+
+# NaN and infinity are valid in Python's JSON but not in an answer: echoed back in FastAPI's 422,
+# they made it a 500, on every route whose body FastAPI reads (the editor's completions among them).
+@pytest.mark.parametrize(
+    ("caller", "path", "body", "field"),
+    [
+        (CLIENT, "/v1/complete", {"context": {"prefix": "x"}, "max_new_tokens": math.nan}, "max_new_tokens"),
+        (ADMIN, "/v1/trainer/status", {"state": "idle", "at": math.inf}, "at"),
+        (ADMIN, "/v1/admin/tokens", {"name": -math.inf}, "name"),
+        (
+            ADMIN,
+            "/v1/simulation",
+            {"run_id": "r", "started_at": 1, "updated_at": math.nan, "cycles": []},
+            "updated_at",
+        ),
+    ],
+)
+def test_a_raw_nan_in_a_body_is_refused_not_a_server_error(
+    target: FuzzTarget, caller: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    headers = {**caller_headers(target, caller), "content-type": "application/json"}
+    answer = httpx.post(f"{target.backend.url}{path}", content=json.dumps(body), headers=headers, timeout=60)
+    assert answer.status_code == 422, answer.text
+    assert any(field in error["loc"] for error in answer.json()["detail"]), answer.text
