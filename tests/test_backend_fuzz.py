@@ -235,3 +235,12 @@ def test_a_raw_nan_in_a_body_is_refused_not_a_server_error(
     answer = httpx.post(f"{target.backend.url}{path}", content=json.dumps(body), headers=headers, timeout=60)
     assert answer.status_code == 422, answer.text
     assert any(field in error["loc"] for error in answer.json()["detail"]), answer.text
+
+
+@pytest.mark.parametrize("token_id", [2**63, 10**25])
+def test_a_token_id_beyond_sqlite_integers_is_refused_not_a_server_error(
+    target: FuzzTarget, token_id: int
+) -> None:
+    url = f"{target.backend.url}/v1/admin/tokens/{token_id}/revoke"
+    answer = httpx.post(url, headers=bearer(target.admin_token), timeout=30)
+    assert answer.status_code == 422, answer.text
