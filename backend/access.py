@@ -56,8 +56,12 @@ def needed_role(method: str, path: str) -> str | None:
 
 
 def host_name(netloc: str) -> str:
-    """The host of a `Host` header or URL authority, without port or IPv6 brackets, lowercased."""
-    hostname = urlsplit("//" + netloc).hostname
+    """The host of a `Host` header or URL authority, without port or IPv6 brackets, lowercased; ""
+    for one that is none (an unclosed IPv6 bracket made urlsplit raise: a 500 for anyone)."""
+    try:
+        hostname = urlsplit("//" + netloc).hostname
+    except ValueError:
+        return ""
     return (hostname or "").lower()
 
 
@@ -114,7 +118,10 @@ def _cross_site(headers: Headers, host: str) -> bool:
     origin = headers.get("origin")
     if origin is None:
         return False  # not sent by a browser: such a caller still needs a token
-    return urlsplit(origin).netloc.lower() != host.lower()
+    try:
+        return urlsplit(origin).netloc.lower() != host.lower()
+    except ValueError:
+        return True  # an Origin that is no URL is no page of this backend's
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
