@@ -82,6 +82,8 @@ class RoundSamples:
     kept_per_request: list[float]
     # Where the cursor stood (backend/confidence.py) → [episodes, shown, accepted] there.
     places: dict[str, list[int]] = field(default_factory=dict)
+    # Each episode's reward.
+    rewards: list[float] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -100,6 +102,7 @@ class RoundSamples:
             [float(e["outcome"] in ACCEPTED_OUTCOMES) for e in rated],
             kept + [0.0] * max(0, requests - len(kept)),
             places,
+            [float(e["reward"]) for e in episodes],
         )
 
     def place_figures(self) -> dict[str, dict[str, float | int | None]]:
@@ -131,6 +134,21 @@ def ratio_interval(
     return float(b.mean() / a.mean()), float(low), float(high)
 
 
+def difference_interval(
+    before: Sequence[float], after: Sequence[float], resamples: int = 4000, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """mean(after) − mean(before) with its 95% percentile bootstrap interval, each side resampled on
+    its own; None when either side is empty."""
+    a, b = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if not len(a) or not len(b):
+        return None
+    rng = np.random.default_rng(seed)
+    means_a = a[rng.integers(len(a), size=(resamples, len(a)))].mean(axis=1)
+    means_b = b[rng.integers(len(b), size=(resamples, len(b)))].mean(axis=1)
+    low, high = np.percentile(means_b - means_a, [2.5, 97.5])
+    return float(b.mean() - a.mean()), float(low), float(high)
+
+
 def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
     """Cycle 0 against the last cycle, and against every round the last live version served
     pooled (one round's figures move by a tenth or more between rounds of the same model)."""
@@ -151,10 +169,16 @@ def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
 
 
 def attack_summary(
-    rows: Sequence[CycleRow], profile: str, share: float, max_user_share: float
+    rows: Sequence[CycleRow],
+    rounds: Sequence[RoundSamples],
+    profile: str,
+    share: float,
+    max_user_share: float,
 ) -> dict[str, Any]:
     """Against the poisoning criteria: the honest developers' mean reward in each evaluation round
-    never below cycle 0's, and the attacker's share of each update within the per-person cap."""
+    never below cycle 0's (`rounds`, one per row, give each difference a 95% bootstrap interval
+    over the episodes: a round's mean moves by a few hundredths between rounds of one model), and
+    the attacker's share of each update within the per-person cap."""
     base = rows[0].mean_reward
     cycles = [
         {
@@ -164,13 +188,16 @@ def attack_summary(
             "honest_reward_vs_cycle_0": None
             if row.mean_reward is None or base is None
             else row.mean_reward - base,
+            "honest_reward_vs_cycle_0_ci95": None
+            if (interval := difference_interval(rounds[0].rewards, samples.rewards)) is None
+            else list(interval[1:]),
             "attacker_requests_share": row.attacker_requests_share,
             "attacker_kept_share": row.attacker_kept_share,
             "attacker_trained_on": row.attacker_trained_on,
             "trained_on": row.trained_on,
             "attacker_share": row.attacker_share,
         }
-        for row in rows
+        for row, samples in zip(rows, rounds, strict=True)
     ]
     later = [c["honest_reward_vs_cycle_0"] for c in cycles[1:]]
     shares = [c["attacker_share"] for c in cycles[1:] if c["attacker_share"] is not None]
@@ -180,6 +207,12 @@ def attack_summary(
         "attacker_share_of_requests": share,
         "max_user_share": max_user_share,
         "honest_reward_never_below_cycle_0": all(d is not None and d >= 0 for d in later),
+        # Cycles whose whole interval lies below cycle 0's reward.
+        "honest_reward_surely_below_cycle_0": [
+            c["cycle"]
+            for c in cycles[1:]
+            if c["honest_reward_vs_cycle_0_ci95"] and c["honest_reward_vs_cycle_0_ci95"][1] < 0
+        ],
         "attacker_share_within_cap": all(x <= max_user_share for x in shares),
         "attacker_kept_share_within_cap": all(x <= max_user_share for x in kept),
         "updates": len(shares),

@@ -369,6 +369,7 @@ class Simulation:
         if self.attacker is not None:
             summary["attack"] = attack_summary(
                 rows,
+                self.samples,
                 self.attacker.profile.name,
                 self.attacker.share,
                 self.trainer_config.guards.max_user_share,

@@ -31,6 +31,7 @@ from simulate.report import (
     CSV_ONLY,
     CycleRow,
     RoundSamples,
+    attack_summary,
     learning_summary,
     ratio_interval,
     simulation_report,
@@ -343,6 +344,39 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
     assert learning_summary([samples, samples])["by_place"]["last_cycle"] == samples.place_figures()
     # Nothing accepted in cycle 0: no ratio, rather than an infinite one.
     assert ratio_interval([0.0] * 10, [1.0] * 10) is None
+
+
+def test_the_attack_summary_judges_each_cycle_against_cycle_0_and_the_cap() -> None:
+    def round_of(live: str, rewards: list[float]) -> RoundSamples:
+        return RoundSamples(live, [], [], rewards=rewards * 100)
+
+    rows = [
+        CycleRow(0, "base", mean_reward=-0.2),
+        CycleRow(1, "v1", mean_reward=-0.1, attacker_kept_share=0.4, attacker_share=0.42),
+        CycleRow(2, "v2", mean_reward=-0.3, attacker_kept_share=0.5, attacker_share=0.52),
+        CycleRow(3, "v3", mean_reward=-0.2, attacker_kept_share=0.3, attacker_share=0.3),
+    ]
+    rounds = [
+        round_of("base", [-0.25, -0.15]),
+        round_of("v1", [-0.15, -0.05]),
+        round_of("v2", [-0.35, -0.25]),
+        round_of("v3", [-0.35, -0.05]),
+    ]
+    summary = attack_summary(rows, rounds, "quiet", 0.4, 0.5)
+    assert (summary["attacker"], summary["updates"], summary["max_user_share"]) == ("quiet", 3, 0.5)
+    assert not summary["honest_reward_never_below_cycle_0"]
+    # Only cycle 2 lies below cycle 0 beyond the rounds' noise; cycle 3 is level with it.
+    assert summary["honest_reward_surely_below_cycle_0"] == [2]
+    first, _, third = summary["cycles"][1:]
+    assert (
+        first["honest_reward_vs_cycle_0"] == pytest.approx(0.1)
+        and first["honest_reward_vs_cycle_0_ci95"][0] > 0
+    )
+    low, high = third["honest_reward_vs_cycle_0_ci95"]
+    assert low < 0 < high
+    # The cap bounds what the guards keep; the trained-on share also carries the held-out draw.
+    assert summary["attacker_kept_share_within_cap"] and not summary["attacker_share_within_cap"]
+    assert summary["cycles"][0]["honest_reward_vs_cycle_0"] == 0.0
 
 
 def test_report_carries_every_cycle_figure_and_only_finite_numbers() -> None:
