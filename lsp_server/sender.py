@@ -89,6 +89,8 @@ class OutboxSender:
         # Events the backend already had (a resend after a lost answer): harmless, counted.
         self.duplicates = 0
         self._wake = asyncio.Event()
+        # One batch in flight: a flush while the loop sends would send the same rows twice.
+        self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -121,11 +123,12 @@ class OutboxSender:
     async def send_batch(self) -> bool:
         """Deliver the oldest batch. True when a full batch went out (more may be waiting).
         Raises when the backend could not be reached or did not settle the batch."""
-        batch = self.outbox.peek(self.batch_size)
-        if not batch:
-            return False
-        await self._deliver(batch)
-        return len(batch) == self.batch_size
+        async with self._sending:
+            batch = self.outbox.peek(self.batch_size)
+            if not batch:
+                return False
+            await self._deliver(batch)
+            return len(batch) == self.batch_size
 
     async def _deliver(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
         events = [event for _, event in rows]

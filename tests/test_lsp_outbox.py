@@ -155,6 +155,22 @@ async def test_nothing_is_sent_while_disabled_and_stop_flushes(tmp_path: Path) -
     assert outbox.pending() == 0
 
 
+async def test_a_flush_while_the_loop_sends_sends_each_event_once(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    outbox.add_many([event(i) for i in range(10)])
+    sent: list[str] = []
+
+    async def slow_send(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        sent.extend(e["event_id"] for e in batch)
+        await asyncio.sleep(0.05)  # the answer is on its way when the flush comes
+        return {"stored": len(batch), "duplicates": 0, "refused": []}
+
+    sender = OutboxSender(outbox, slow_send, batch_size=4)
+    await asyncio.gather(sender.drain(), sender.drain())
+    assert outbox.pending() == 0
+    assert len(sent) == len(set(sent)) == 10
+
+
 @pytest.mark.parametrize("status", [None, 400, 401, 403, 404, 405, 407, 408, 413, 422, 429, 500, 502, 503])
 async def test_any_failure_keeps_every_event_of_the_batch(tmp_path: Path, status: int | None) -> None:
     outbox = Outbox(tmp_path / "outbox.sqlite3")
