@@ -1,8 +1,9 @@
 """`flywheel bench`: runs the suites, writes one JSON report and prints its summary as a table.
 
-Each suite module (lsp_server.bench, backend.bench, trainer.bench) has `run(settings, argv)`, which
-measures, prints its own figures as it goes and returns them as a dict; `summary(figures)`, which
-turns them into the report's headline rows; and `QUICK`, the options of a small smoke run.
+Each suite module (lsp_server.bench, backend.bench, trainer.bench, flywheel.faults.bench) has
+`run(settings, argv)`, which measures, prints its own figures as it goes and returns them as a
+dict; `summary(figures)`, which turns them into the report's headline rows; and `QUICK`, the
+options of a small smoke run.
 
 A summary row's ratio is its value over a reference measured in the same run (a bare pygls
 server, one sequential client, an in-process decode, plain SQLite inserts, a raw forward+backward),
@@ -26,9 +27,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SUITES = {"lsp": "lsp_server.bench", "backend": "backend.bench", "trainer": "trainer.bench"}
+SUITES = {
+    "lsp": "lsp_server.bench",
+    "backend": "backend.bench",
+    "trainer": "trainer.bench",
+    "faults": "flywheel.faults.bench",
+}
+# What `all` runs: the performance suites. The faults suite kills processes for most of an hour
+# and runs only by name.
+ALL_SUITES = ("lsp", "backend", "trainer")
 # The suites that serve or train a model, and so take `--model`.
-MODEL_SUITES = {"backend", "trainer"}
+MODEL_SUITES = {"backend", "trainer", "faults"}
 REPORT_NAME = "bench-report.json"
 
 _OPS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
@@ -143,7 +152,7 @@ def main(settings: Any, suite: str, argv: Sequence[str]) -> int:
         # One suite without --out prints its figures and writes nothing, as it always has.
         importlib.import_module(SUITES[suite]).run(settings, _suite_argv(suite, options, rest))
         return 0
-    chosen = list(SUITES) if suite == "all" else [suite]
+    chosen = list(ALL_SUITES) if suite == "all" else [suite]
     report = collect(settings, chosen, options, rest)
     path = options.out or settings.state_dir / REPORT_NAME
     write_report(report, path)

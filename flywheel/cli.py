@@ -60,8 +60,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # Each suite lives beside the part it measures (lsp_server.bench, backend.bench, trainer.bench);
-    # flywheel.bench_report runs them and writes the report.
+    # Each suite lives beside the part it measures (lsp_server.bench, backend.bench, trainer.bench;
+    # flywheel.faults.bench, which kills all of them); flywheel.bench_report runs them and writes
+    # the report.
     from flywheel.bench_report import main
 
     return main(_settings(), args.suite, args.rest)
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run benchmarks and print their figures; with `all` or --out, a JSON report and a table",
     )
-    p.add_argument("suite", choices=["lsp", "backend", "trainer", "all"])
+    p.add_argument("suite", choices=["lsp", "backend", "trainer", "faults", "all"])
     p.add_argument(
         "rest",
         nargs=argparse.REMAINDER,

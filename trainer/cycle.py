@@ -49,6 +49,8 @@ from trainer.withholding import fit_floors, floor_metrics
 
 log = logging.getLogger("flywheel.trainer")
 
+# Checkpoint metrics naming the episodes a candidate was trained on: seq_after < seq <= seq_through.
+SEQ_AFTER, SEQ_THROUGH = "seq_after", "seq_through"
 # Below this many kept episodes none are held out: the SNIS check would have nothing to go on.
 MIN_EPISODES_TO_HOLD_OUT = 20
 # Windows of general code a cycle's replay term draws from (a fresh set each cycle, by its seed):
@@ -337,7 +339,15 @@ def run_cycle(
     metadata = CheckpointMetadata(
         base_model=info.base_model,
         parent_version=info.live_version,
-        metrics={**metrics, "candidate": candidate_path.name, "objective": cfg.objective},
+        # The episodes it was trained on, seq_after < seq <= seq_through: what a fault check reads
+        # to tell that no episode went into one lineage twice.
+        metrics={
+            **metrics,
+            "candidate": candidate_path.name,
+            "objective": cfg.objective,
+            SEQ_AFTER: state.cursor,
+            SEQ_THROUGH: next_cursor,
+        },
         gate=gate,
         stop_logprob=stop_logprob,
         min_confidence=min_confidence,

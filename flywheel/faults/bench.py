@@ -1,0 +1,200 @@
+"""`flywheel bench faults`: the faults Flywheel survives, each a SIGKILL from outside.
+
+trainer      the trainer killed at `--kills` points spread over one cycle (update, save, upload,
+             cursor; flywheel/faults/trainer_kills.py), each followed by `flywheel trainer --once`:
+             no corrupt or half-written checkpoint anywhere, no episode trained twice into one
+             version, every episode of the round trained on after the restart
+ingest       the backend killed `--ingest-kills` times while language servers' outboxes send it
+             events (flywheel/faults/ingest_kills.py): every acknowledged event there after the
+             restart, the outboxes deliver the rest, each event stored once
+model        the model process killed `--model-kills` times with requests in flight
+             (flywheel/faults/model_kills.py): those get 503, later ones succeed once it is back
+
+`run` returns the figures and `summary` the report's rows (`flywheel bench faults --out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from flywheel.bench_report import Target, row
+from flywheel.config import Settings
+
+# `flywheel bench faults --quick`: each kind once or a few times, in a few minutes.
+QUICK = ["--kills", "3", "--ingest-kills", "1", "--model-kills", "1", "--episodes", "24"]
+PARTS = ("trainer", "ingest", "model")
+
+
+def default_model(settings: Settings) -> str:
+    for candidate in (settings.model.name, str(settings.default_model_dir)):
+        if candidate and (Path(candidate) / "config.json").is_file():
+            return candidate
+    raise SystemExit("no default model: run `flywheel bootstrap` first, or pass --model DIR")
+
+
+def trainer_part(model: str, work: Path, kills: int, episodes: int) -> dict[str, Any]:
+    from flywheel.faults import trainer_kills
+
+    started = time.monotonic()
+    rig = trainer_kills.start_rig(model, work / "trainer")
+    try:
+        first = trainer_kills.baseline(rig, episodes, work)
+        print(f"first cycle, uninterrupted: {first['wall_s']} s; timeline {first['timeline']}")
+        points = trainer_kills.plan(first["timeline"], kills)
+        results = []
+        for n, point in enumerate(points, 1):
+            result = trainer_kills.kill_and_resume(rig, point, episodes, work)
+            results.append(result)
+            problems = result["problems_after_kill"] + result["problems_after_resume"]
+            print(
+                f"kill {n}/{len(points)} at {point.name} ({point.phase}): landed {result['landed']};"
+                f" resumed in {result['resume_s']} s, new {result['new_versions']}"
+                f" -> {'survived' if result['survived'] else 'FAILED: ' + '; '.join(problems)}"
+            )
+    finally:
+        rig.close()
+    by_phase: dict[str, list[int]] = {}
+    for r in results:
+        landed = by_phase.setdefault(r["phase"], [0, 0])
+        landed[0] += r["survived"]
+        landed[1] += 1
+    final = results[-1]["checkpoints"] if results else first["checkpoints"]
+    return {
+        "first_cycle": first,
+        "kills": results,
+        "planned": len(points),
+        "landed": sum(r["killed"] for r in results),
+        "survived": sum(r["survived"] for r in results),
+        "by_phase": by_phase,
+        "where": dict(Counter(r["landed"] for r in results)),
+        "checkpoints": final,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="flywheel bench faults", description=__doc__)
+    parser.add_argument("--model", help="model directory (default: the bootstrapped default model)")
+    parser.add_argument("--kills", type=int, default=20, help="trainer kill points over one cycle")
+    parser.add_argument("--episodes", type=int, default=32, help="episodes made before each trainer kill")
+    parser.add_argument("--ingest-kills", type=int, default=3, help="backend kills under ingest")
+    parser.add_argument("--model-kills", type=int, default=3, help="model-process kills under load")
+    parser.add_argument("--only", choices=PARTS, action="append")
+    args = parser.parse_args(argv)
+    model = args.model or default_model(settings)
+    parts = args.only or list(PARTS)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; model {model}")
+    figures: dict[str, Any] = {"model": model, "load_average": list(os.getloadavg())}
+    with tempfile.TemporaryDirectory(prefix="flywheel-faults-") as tmp:
+        work = Path(tmp)
+        if "model" in parts:
+            from flywheel.faults.model_kills import run_model_kills
+
+            figures["model"] = run_model_kills(model, work, kills=args.model_kills)
+        if "ingest" in parts:
+            from flywheel.faults.ingest_kills import run_ingest_kills
+
+            figures["ingest"] = run_ingest_kills(model, work, kills=args.ingest_kills)
+        if "trainer" in parts:
+            figures["trainer"] = trainer_part(model, work, args.kills, args.episodes)
+    print_figures(figures)
+    return figures
+
+
+def print_figures(f: dict[str, Any]) -> None:
+    if "trainer" in f:
+        t = f["trainer"]
+        print(
+            f"trainer: {t['survived']}/{t['planned']} kills survived ({t['landed']} landed)"
+            f" in {t['wall_s']} s; by phase {t['by_phase']}"
+        )
+    if "ingest" in f:
+        i = f["ingest"]
+        print(
+            f"backend under ingest: {len(i['kills'])} kills, {'survived' if i['survived'] else 'FAILED'};"
+            f" {i['acknowledged_before_kills']} events acknowledged before the kills,"
+            f" {i['acknowledged_lost']} lost; {i['events_written']} written, {i['events_stored']} stored,"
+            f" {i['stored_twice']} twice; {i['answered_duplicates']} answered as duplicates; {i['wall_s']} s"
+        )
+    if "model" in f:
+        m = f["model"]
+        print(
+            f"model process: {m['survived']}/{len(m['kills'])} kills survived; {m['in_flight']} requests in"
+            f" flight: {m['in_flight_statuses']}; {m['sent_once_back']} sent once back,"
+            f" {m['once_back_failed']} failed; {m['wall_s']} s"
+        )
+
+
+def summary(f: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if "trainer" in f:
+        t = f["trainer"]
+        rows.append(
+            row("faults", "trainer SIGKILLs survived", t["survived"], "kills", Target(">=", t["planned"]))
+        )
+        rows.append(row("faults", "trainer kill points, wall time", t["wall_s"], "s"))
+    if "ingest" in f:
+        i = f["ingest"]
+        rows.append(
+            row(
+                "faults",
+                "backend kills under ingest: acknowledged events lost",
+                i["acknowledged_lost"],
+                "events",
+                Target("<=", 0),
+            )
+        )
+        rows.append(
+            row(
+                "faults",
+                "backend kills under ingest: events stored twice",
+                i["stored_twice"],
+                "events",
+                Target("<=", 0),
+            )
+        )
+        rows.append(
+            row(
+                "faults",
+                "backend kills under ingest: events missing after the outboxes drained",
+                i["events_written"] - i["events_stored"],
+                "events",
+                Target("<=", 0),
+            )
+        )
+    if "model" in f:
+        m = f["model"]
+        others = sum(n for status, n in m["in_flight_statuses"].items() if status not in ("200", "503"))
+        rows.append(
+            row(
+                "faults",
+                "model-process kills: requests in flight answered 503",
+                m["in_flight_statuses"].get("503", 0),
+                "requests",
+            )
+        )
+        rows.append(
+            row(
+                "faults",
+                "model-process kills: in flight, neither 503 nor served",
+                others,
+                "requests",
+                Target("<=", 0),
+            )
+        )
+        rows.append(
+            row(
+                "faults",
+                "model-process kills: failed once back",
+                m["once_back_failed"],
+                "requests",
+                Target("<=", 0),
+            )
+        )
+    return rows
