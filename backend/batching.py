@@ -224,11 +224,16 @@ class PolicyWorker:
             job = await self._queue.get()
             await self._slots.acquire()
             await self._ready.wait()
+            gone = self._failure is None and (job.future.done() or await _gone(job))
+            # Asking after the client yields, and the model process may die meanwhile: then the job
+            # waits for the next one (sent to a dead one, it would be lost and the driver with it).
+            await self._ready.wait()
             if self._failure is not None:
-                job.future.set_exception(self._failure)
+                if not job.future.done():
+                    job.future.set_exception(self._failure)
                 self._slots.release()
                 continue
-            if job.future.done() or await _gone(job):
+            if gone or job.future.done():
                 self.dropped += 1
                 self._slots.release()
                 continue

@@ -4,8 +4,11 @@ shown to catch what it is for."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import os
+import signal
 import struct
 from pathlib import Path
 
@@ -151,3 +154,42 @@ def test_plan_spreads_the_points_over_the_cycle(count: int) -> None:
     assert all(0 <= timeline[str(p.anchor)] + p.offset_s <= 55.0 for p in timed)
     if count >= 20:
         assert {p.phase for p in points} == {"start-up", "update", "gate", "save", "upload", "cursor"}
+
+
+async def test_a_model_process_dying_while_a_request_is_looked_at_leaves_no_request_hanging(
+    tiny_model_dir: Path,
+) -> None:
+    """The driver asks whether a request's client is still there before sending it on, and that
+    question yields to the event loop: a model process that dies right then used to end the driver
+    (it sent the request to the process it had just lost), and every request from then on waited
+    forever."""
+    from backend.batching import PolicyWorker
+    from backend.model_messages import Request
+    from backend.model_process import LoopConfig
+    from flywheel.config import ModelConfig
+
+    worker = PolicyWorker(LoopConfig(str(tiny_model_dir), ModelConfig()))
+    await worker.start()
+    died = []
+
+    async def still_there_while_the_model_process_dies() -> bool:
+        process = worker._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(10)  # blocks the loop until it is dead: its end of the pipe is closed
+        died.append(process.exitcode)
+        # The driver gives this question 50 ms, over by now: it goes on as if the client were there.
+        await asyncio.sleep(0.01)
+        return False
+
+    try:
+        first = asyncio.create_task(
+            worker.complete(Request("def f(", "", 8, "ana"), gone=still_there_while_the_model_process_dies)
+        )
+        # It never reached the dead process: the new one serves it.
+        assert (await asyncio.wait_for(first, 120)).model_version == "base"
+        assert died == [-signal.SIGKILL]
+        later = await asyncio.wait_for(worker.complete(Request("def g(", "", 8, "ana")), 120)
+        assert later.model_version == "base"
+    finally:
+        await worker.close()
