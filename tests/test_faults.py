@@ -151,7 +151,10 @@ def test_plan_spreads_the_points_over_the_cycle(count: int) -> None:
     points = trainer_kills.plan(timeline, count)
     assert len(points) == count and len({p.name for p in points}) == count
     timed = [p for p in points if p.anchor is not None]
-    assert all(0 <= timeline[str(p.anchor)] + p.offset_s <= 55.0 for p in timed)
+    assert all(0 <= p.share < 1 and timeline[str(p.anchor)] + p.offset_s(timeline) < 55.0 for p in timed)
+    # A slower run's phases move its time points with them.
+    slower = {name: 2 * at for name, at in timeline.items()}
+    assert all(p.offset_s(slower) == pytest.approx(2 * p.offset_s(timeline)) for p in timed)
     if count >= 20:
         assert {p.phase for p in points} == {"start-up", "update", "gate", "save", "upload", "cursor"}
 

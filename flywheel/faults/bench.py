@@ -52,10 +52,12 @@ def trainer_part(model: str, work: Path, kills: int, episodes: int) -> dict[str,
             result = trainer_kills.kill_and_resume(rig, point, episodes, work)
             results.append(result)
             problems = result["problems_after_kill"] + result["problems_after_resume"]
+            verdict = "survived" if result["survived"] else "FAILED: " + "; ".join(problems)
+            if not result["killed"]:
+                verdict = f"missed: the trainer ended before the kill, {result['tries']} tries"
             print(
                 f"kill {n}/{len(points)} at {point.name} ({point.phase}): landed {result['landed']};"
-                f" resumed in {result['resume_s']} s, new {result['new_versions']}"
-                f" -> {'survived' if result['survived'] else 'FAILED: ' + '; '.join(problems)}"
+                f" resumed in {result['resume_s']} s, new {result['new_versions']} -> {verdict}"
             )
     finally:
         rig.close()

@@ -5,9 +5,12 @@ trainer's requests as the relay between it and the backend sees them (flywheel/f
 its directory as a watcher polling every millisecond sees it (a candidate's temp directory, the
 candidate whole, the state file naming it pending, the cursor moved). The kill points are:
 
-- time offsets spread evenly over that cycle from its start to the announced upload, each measured
-  from the last moment of the timeline before it (start-up, pulling episodes, the update, the gate):
-  these phases last seconds, and a kill from a timer lands in them;
+- times spread evenly over that cycle from its start to the announced upload, each a share of the
+  phase it falls in (start-up, pulling episodes, the update, the gate), counted from the phase's
+  start in the run being killed: these phases last seconds, and a kill from a timer lands in them.
+  The phases' lengths are those of the last cycle that ran through them (the first, then each
+  restarted trainer's), since a shared machine's load makes them vary by a factor of two; a run
+  that ends before its timer fires is tried again (on a new round of episodes);
 - the moments themselves for the windows that last milliseconds (saving, the pending mark, the
   upload, the cursor): the save's and the cursor's from the watcher, the upload's from the relay,
   which holds the trainer at an exact point of the exchange while it is killed. A timer would land
@@ -68,13 +71,17 @@ MOMENT_PRIORITY = (
     "upload:received",
     "status:idle",
 )
-# The timeline's moments a time offset is measured from, and the phase each one starts.
+# The timeline's moments a time point is measured from, and the phase each one starts; each phase
+# ends where the next begins, the last at the announced upload.
 ANCHORS = {
     "spawn": "start-up",
     "GET /v1/model": "pulling episodes",
     "status:training": "update",
     "status:gating": "gate",
 }
+PHASE_END = dict(zip(ANCHORS, [*list(ANCHORS)[1:], "status:uploading"], strict=True))
+# Tries of a time point whose run ended before its timer fired.
+TIME_POINT_TRIES = 3
 PEOPLE = 8
 TRAINER_TIMEOUT_S = 900
 
@@ -83,9 +90,14 @@ TRAINER_TIMEOUT_S = 900
 class KillPoint:
     name: str
     phase: str
-    # A time point: seconds after `anchor`; a moment point: anchor is None.
+    # A time point: this share of the phase that starts at `anchor`; a moment point: anchor is None.
     anchor: str | None = None
-    offset_s: float = 0.0
+    share: float = 0.0
+
+    def offset_s(self, timeline: dict[str, float]) -> float:
+        """Seconds after the anchor, by the phase's length in `timeline`."""
+        anchor = str(self.anchor)
+        return self.share * (timeline[PHASE_END[anchor]] - timeline[anchor])
 
 
 def moment_phase(point: str) -> str:
@@ -104,7 +116,7 @@ def plan(timeline: dict[str, float], count: int) -> list[KillPoint]:
     else:
         moments, timed = set(MOMENT_POINTS), count - len(MOMENT_POINTS)
     end = timeline["status:uploading"]
-    anchors = sorted((at, name) for name, at in timeline.items() if name in ANCHORS)
+    anchors = sorted((timeline[name], name) for name in ANCHORS)
     points = []
     for k in range(timed):
         # One time point alone goes to the middle of the update, the longest phase.
@@ -114,7 +126,8 @@ def plan(timeline: dict[str, float], count: int) -> list[KillPoint]:
             else end * (k + 0.5) / timed
         )
         anchor_at, anchor = max((a for a in anchors if a[0] <= at), default=(0.0, "spawn"))
-        points.append(KillPoint(f"{anchor}+{at - anchor_at:.2f}s", ANCHORS[anchor], anchor, at - anchor_at))
+        share = (at - anchor_at) / max(timeline[PHASE_END[anchor]] - anchor_at, 1e-9)
+        points.append(KillPoint(f"{ANCHORS[anchor]} {share:.0%}", ANCHORS[anchor], anchor, share))
     points += [KillPoint(m, moment_phase(m)) for m in MOMENT_POINTS if m in moments]
     return points
 
@@ -185,6 +198,8 @@ class Rig:
     admin: dict[str, str]
     users: list[dict[str, str]] = field(default_factory=list)
     runs: int = 0
+    # The last cycle that ran through every phase: when its moments happened, seconds after start.
+    timeline: dict[str, float] = field(default_factory=dict)
 
     @property
     def trainer_dir(self) -> Path:
@@ -296,8 +311,11 @@ def run_trainer(rig: Rig, point: KillPoint | None, log_dir: Path) -> Run:
         )
     timer = None
     if point is not None and point.anchor is not None:
+        offset_s = point.offset_s(rig.timeline)
         timer = threading.Thread(
-            target=_timed_kill, args=(rig.tap, point, spawned, process, kill), daemon=True
+            target=_timed_kill,
+            args=(rig.tap, str(point.anchor), offset_s, spawned, process, kill),
+            daemon=True,
         )
         timer.start()
     try:
@@ -315,16 +333,23 @@ def run_trainer(rig: Rig, point: KillPoint | None, log_dir: Path) -> Run:
     for name, at in watcher.seen.items():
         timeline.setdefault(name, at - spawned)
     wall_s = time.monotonic() - spawned
+    if "status:uploading" in timeline and (not killed or killed[0] - spawned > timeline["status:uploading"]):
+        rig.timeline = timeline
     return Run(returncode, spawned, timeline, killed[0] - spawned if killed else None, wall_s, log_path)
 
 
 def _timed_kill(
-    tap: Tap, point: KillPoint, spawned: float, process: subprocess.Popen[bytes], kill: Callable[[], None]
+    tap: Tap,
+    anchor: str,
+    offset_s: float,
+    spawned: float,
+    process: subprocess.Popen[bytes],
+    kill: Callable[[], None],
 ) -> None:
     while process.poll() is None:
-        anchor_at = spawned if point.anchor == "spawn" else tap.first(str(point.anchor))
+        anchor_at = spawned if anchor == "spawn" else tap.first(anchor)
         if anchor_at is not None:
-            delay = anchor_at + point.offset_s - time.monotonic()
+            delay = anchor_at + offset_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             kill()
@@ -381,9 +406,16 @@ def landed_in(before: Snapshot, after: Snapshot, state_pending: str | None) -> s
 def kill_and_resume(rig: Rig, point: KillPoint, episodes: int, log_dir: Path) -> dict[str, Any]:
     """One kill point: a round of episodes, a trainer killed at `point`, the checks, a trainer
     restarted to the end, the checks again. Its record for the report."""
-    last_seq = make_episodes(rig, episodes)
-    before = snapshot(rig)
-    killed = run_trainer(rig, point, log_dir)
+    tries = 0
+    while True:
+        tries += 1
+        last_seq = make_episodes(rig, episodes)
+        before = snapshot(rig)
+        killed = run_trainer(rig, point, log_dir)
+        # A timer that had not fired when the run ended: that run was a whole cycle, and the
+        # phases are now measured on it.
+        if killed.killed_at is not None or point.anchor is None or tries == TIME_POINT_TRIES:
+            break
     after = snapshot(rig)
     listed, local, problems_after_kill = inspect(rig)
     state = local.state
@@ -407,6 +439,7 @@ def kill_and_resume(rig: Rig, point: KillPoint, episodes: int, log_dir: Path) ->
         "phase": point.phase,
         "killed": killed.killed_at is not None,
         "killed_at_s": round(killed.killed_at, 3) if killed.killed_at is not None else None,
+        "tries": tries,
         "landed": landed,
         "temp_dirs_left": sorted(after.temp_dirs - before.temp_dirs),
         "problems_after_kill": problems_after_kill,
@@ -426,7 +459,7 @@ def baseline(rig: Rig, episodes: int, log_dir: Path) -> dict[str, Any]:
     listed, _, problems = inspect(rig)
     if run.returncode != 0:
         problems.append(f"the trainer exited {run.returncode}; see {run.log}")
-    missing = [p for p in ("status:training", "status:gating", "status:uploading") if p not in run.timeline]
+    missing = [p for p in (*ANCHORS, "status:uploading") if p not in run.timeline]
     if missing:
         raise RuntimeError(f"the first cycle never reached {missing}; see {run.log}")
     return {
