@@ -197,7 +197,8 @@ async def _ingest_run(
         "rows": len(rows),
         "stored_twice": len(rows) - len(set(rows)),
         "acknowledged": len(acknowledged_all),
-        "acknowledged_before_kills": sum(k["acknowledged_before_kill"] for k in per_kill),
+        # Each kill's count is of every event acknowledged before it: the last one's is all of them.
+        "acknowledged_before_kills": max((k["acknowledged_before_kill"] for k in per_kill), default=0),
         # Acknowledged and not in the store at the end (each kill's own count is in `kills`).
         "acknowledged_lost": len(acknowledged_all - set(rows)),
         "answered_stored": answered_stored,
