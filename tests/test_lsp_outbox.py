@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -110,6 +111,7 @@ async def test_sender_sends_batches_of_at_most_500_and_deletes_only_confirmed(tm
 async def test_events_refused_by_name_are_dropped_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="lsp_server.sender")
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     bad = event(1)
     outbox.add(bad)

@@ -225,7 +225,9 @@ def run_ingest_kills(
     `survived` true when no acknowledged event was lost and every event was stored exactly once."""
     data_dir = work / "ingest"
     # Each sender says once per outage that it could not deliver: hundreds of lines for a few kills.
-    logging.getLogger("lsp_server.sender").setLevel(logging.ERROR)
+    sender_log = logging.getLogger("lsp_server.sender")
+    level_before = sender_log.level
+    sender_log.setLevel(logging.ERROR)
     process, url, env = start_backend(model, data_dir, **NO_CONFIGURED_TOKEN)
     rig = IngestRig(url, data_dir, env, process, data_dir / "backend.log")
     started = time.monotonic()
@@ -233,6 +235,7 @@ def run_ingest_kills(
         figures = asyncio.run(_ingest_run(rig, work, kills, senders, flow_s, down_s, pace_s))
     finally:
         stop_process(rig.process)
+        sender_log.setLevel(level_before)
     figures["wall_s"] = round(time.monotonic() - started, 1)
     figures["survived"] = (
         figures["acknowledged_lost"] == 0
