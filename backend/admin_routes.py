@@ -17,7 +17,7 @@ from backend.auth import ADMIN, hash_token, new_token, person_of
 from backend.deps import State, admin_only, principal_of, session_of
 from backend.lifecycle import PINNED, LifecycleError
 from backend.sessions import COOKIE, LIFETIME_S
-from backend.wire import (
+from core.wire import (
     API_PREFIX,
     SIMULATION_PATH,
     TOKENS_PATH,

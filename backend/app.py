@@ -37,7 +37,8 @@ from backend.passes import CANARY, FINALIZE, RETENTION, Passes
 from backend.retention import run_retention
 from backend.sessions import Sessions
 from backend.store import Store
-from backend.wire import (
+from core.config import Settings
+from core.wire import (
     ADAPTER_FILES,
     API_PREFIX,
     TRAINER_STATUS_PATH,
@@ -52,7 +53,6 @@ from backend.wire import (
     TrainerReport,
     parse_events,
 )
-from flywheel.config import Settings
 
 log = logging.getLogger(__name__)
 TRAINER_STATUS = "trainer_status"

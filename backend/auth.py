@@ -8,7 +8,7 @@ lookup's timing says nothing about stored tokens. The token in the backend's con
 The backend is closed: without a valid token nothing but /healthz answers, and revoking the last
 token closes it further, never opens it. A loopback backend with no token at all makes an admin
 and a client token on start and leaves them in its data directory for the local language server
-and trainer (flywheel/local_tokens.py); one bound elsewhere refuses to start without tokens.
+and trainer (core/local_tokens.py); one bound elsewhere refuses to start without tokens.
 
 The person a request is from derives from its token on the server (`person_of`): per-user caps,
 the minimum number of users and canary assignment count people, whatever a client claims.
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.store import Store
-from flywheel import local_tokens
-from flywheel.config import Settings
+from core import local_tokens
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from backend.model_messages import PolicyState, Request, Sample
 from backend.model_process import LoopConfig, serve
-from backend.wire import BASE_VERSION
+from core.wire import BASE_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import numpy as np
 
 from backend.bench_load import ClientRun, completion_clients, ingest, swap_cost
 from backend.bench_references import against_raw_decode, plain_sqlite_rate
+from core.config import Settings
+from core.local_tokens import ADMIN, CLIENT
+from core.processes import start_backend, stop_process
 from flywheel.bench_report import Reference, Target, row
 from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers
-from flywheel.config import Settings
-from flywheel.local_tokens import ADMIN, CLIENT
-from flywheel.processes import start_backend, stop_process
 
 INGEST_RUNS = 3
 SERVING_RUNS = 3

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 from uuid6 import uuid7
 
-from backend.wire import ADAPTER_FILES
+from core.wire import ADAPTER_FILES
 
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",

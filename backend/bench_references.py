@@ -16,8 +16,8 @@ import numpy as np
 from backend.bench_load import PREFIXES, event_batches
 from backend.store.database import BUSY_TIMEOUT_MS, WAL_CHECKPOINT_PAGES
 from backend.store.schema import MIGRATIONS
-from backend.wire import Event
-from flywheel.config import Settings
+from core.config import Settings
+from core.wire import Event
 
 
 def plain_sqlite_db(path: Path, completion_ids: list[str]) -> sqlite3.Connection:
@@ -92,8 +92,8 @@ def raw_decoder(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backend.prompts import build_prompt_ids, detect_fim_format
     from backend.serving import cache_keyword, pick_device, returned_cache
+    from core.prompts import build_prompt_ids, detect_fim_format
 
     device = pick_device(settings.model.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.store import ArmFigures, Moments
-from flywheel.config import CanaryConfig
+from core.config import CanaryConfig
 
 METRICS = ("reward", "accepted", "arc")
 

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from backend.wire import ADAPTER_FILES, CHECKPOINT_METADATA, CheckpointMetadata
+from core.wire import ADAPTER_FILES, CHECKPOINT_METADATA, CheckpointMetadata
 
 MAX_ADAPTER_BYTES = 512 * 1024 * 1024
 VERSION_PATTERN = re.compile(r"^v[0-9]+$")

@@ -10,7 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from backend.confidence import FLOOR_METRIC_PREFIX
+from core.confidence import FLOOR_METRIC_PREFIX
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem 2rem; color: #1d2330; background: #fafbfc; }
@@ -240,9 +240,7 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
-def timeline(
-    checkpoints: list[Any], transitions: list[dict[str, Any]], pinned: str | None, csrf: str
-) -> str:
+def timeline(checkpoints: list[Any], transitions: list[dict[str, Any]], pinned: str | None, csrf: str) -> str:
     by_version: dict[str, list[dict[str, Any]]] = {}
     for t in transitions:
         by_version.setdefault(t["version"], []).append(t)

@@ -8,7 +8,7 @@ filled at the next step instead of when the whole batch is done.
 
 Sampling is from softmax(logits / T) itself (no top-k/top-p), so the recorded log-probabilities
 are exactly those of the distribution sampled from; while a row rewrites its healed text
-(backend/healing.py) the tokens that cannot spell it are masked out, and the recorded ones stay
+(core/healing.py) the tokens that cannot spell it are masked out, and the recorded ones stay
 the model's own. A version may carry a learned cut (trainer/stopping.py): its rows end before the
 first sampled token whose log-prob is below it, so what is shown stops where the model is unsure,
 and a confidence floor (trainer/withholding.py): a completion less sure than it is not shown.
@@ -26,12 +26,12 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
-from backend.confidence import LEADING_TOKENS, confidence, cursor_place
-from backend.healing import TokenTexts, after_healed, healed_text
 from backend.model_messages import Cut, Request, Sample
-from backend.prompts import build_prompt_ids
 from backend.serving import PEFT_BASE, Policy, returned_cache
-from backend.wire import BASE_VERSION
+from core.confidence import LEADING_TOKENS, confidence, cursor_place
+from core.healing import TokenTexts, after_healed, healed_text
+from core.prompts import build_prompt_ids
+from core.wire import BASE_VERSION
 
 
 class RowStop:
@@ -71,7 +71,7 @@ class Row:
     healed: str = ""
     # The version's learned serving rules: where the row ends, and whether it is shown at all.
     cut: Cut = field(default_factory=Cut)
-    # Where the cursor stood (backend/confidence.py): the confidence floor that applies.
+    # Where the cursor stood (core/confidence.py): the confidence floor that applies.
     place: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)

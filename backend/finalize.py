@@ -7,7 +7,7 @@ import time
 
 from backend.passes import FINALIZE, PassHealth, repeat
 from backend.store import Store
-from flywheel.config import Settings
+from core.config import Settings
 
 
 async def finalize_once(store: Store, settings: Settings) -> int:

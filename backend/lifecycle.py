@@ -14,8 +14,8 @@ from backend import canary, checkpoints
 from backend.batching import PolicyWorker
 from backend.passes import CANARY, PassHealth, repeat
 from backend.store import Store
-from backend.wire import BASE_VERSION, CheckpointMetadata
-from flywheel.config import Settings
+from core.config import Settings
+from core.wire import BASE_VERSION, CheckpointMetadata
 
 PINNED = "pinned_version"
 

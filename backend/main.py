@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from backend.app import create_app
-from flywheel.config import Settings
+from core.config import Settings
 
 
 def serve(settings: Settings) -> None:

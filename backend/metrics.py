@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from backend.passes import Passes
 from backend.store.quarantine import COMPLETIONS, EVENTS
-from backend.wire import EventsResponse
+from core.wire import EventsResponse
 
 
 class Metrics:

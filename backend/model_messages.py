@@ -49,7 +49,7 @@ class Cut:
     # Rows end before their first sampled token whose log-prob is below this (trainer/stopping.py).
     stop_logprob: float | None = None
     # A completion less sure than the floor of the place where the cursor stood is not shown
-    # (backend/confidence.py, trainer/withholding.py); a place without one shows everything.
+    # (core/confidence.py, trainer/withholding.py); a place without one shows everything.
     min_confidence: dict[str, float] = field(default_factory=dict)
 
 

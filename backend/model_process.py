@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.model_messages import Request, Sample
-from flywheel.config import ModelConfig
+from core.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 
 from backend.passes import RETENTION, PassHealth, repeat
 from backend.store import Store
-from flywheel.config import Settings
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 

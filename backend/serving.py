@@ -23,8 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend.model_messages import Cut, PolicyState
-from backend.prompts import FimFormat, detect_fim_format
-from backend.wire import BASE_VERSION, CHECKPOINT_METADATA, CheckpointMetadata
+from core.prompts import FimFormat, detect_fim_format
+from core.wire import BASE_VERSION, CHECKPOINT_METADATA, CheckpointMetadata
 
 log = logging.getLogger(__name__)
 

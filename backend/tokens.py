@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from backend.auth import ROLES, hash_token, new_token, person_of
 from backend.store import Store
-from flywheel.config import Settings
+from core.config import Settings
 
 
 def _parser() -> argparse.ArgumentParser:

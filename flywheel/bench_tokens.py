@@ -1,7 +1,7 @@
 """The tokens `flywheel bench` presents to the private backend it starts.
 
 A loopback backend with no tokens makes an admin and a client token on its first start and leaves
-them in its data directory (flywheel/local_tokens.py): the benchmarks read those. Where a benchmark
+them in its data directory (core/local_tokens.py): the benchmarks read those. Where a benchmark
 needs traffic from many people (the trainer's per-user caps, the canary's share of users), each
 simulated person gets a client token of their own, made through the admin API: the backend decides
 who a request is from by its token, never by the `user_id` a client sends.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from backend.wire import TOKENS_PATH
-from flywheel.local_tokens import authorization, read_token, token_path
+from core.local_tokens import authorization, read_token, token_path
+from core.wire import TOKENS_PATH
 
 # Given to the benchmarks' private backends whatever this environment says: a configured token
 # would stop the backend from making the local tokens the benchmarks read.

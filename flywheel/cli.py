@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _settings():
-    from flywheel.config import load_settings
+    from core.config import load_settings
 
     return load_settings()
 

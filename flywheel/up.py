@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from flywheel.config import Settings
-from flywheel.local_tokens import ADMIN, CLIENT, tokens_dir
-from flywheel.processes import wait_healthy
+from core.config import Settings
+from core.local_tokens import ADMIN, CLIENT, tokens_dir
+from core.processes import wait_healthy
 
 HEALTH_TIMEOUT_S = 600.0
 

@@ -1,4 +1,4 @@
-"""HTTP calls to the backend (`backend.wire` is the contract).
+"""HTTP calls to the backend (`core.wire` is the contract).
 
 The HTTP client and the wire models (pydantic) are imported on first use, never while the editor
 waits for `initialize`.
@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from backend.wire import CompleteRequest, CompleteResponse
+    from core.wire import CompleteRequest, CompleteResponse
     from lsp_server.http11 import Http11Client
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class BackendClient:
         return self._http
 
     async def complete(self, request: CompleteRequest) -> CompleteResponse:
-        from backend.wire import API_PREFIX, CompleteResponse
+        from core.wire import API_PREFIX, CompleteResponse
 
         body = await self._post(f"{API_PREFIX}/complete", request.model_dump(mode="json"))
         try:
@@ -55,7 +55,7 @@ class BackendClient:
             raise BackendError(f"unexpected completion answer: {exc}") from exc
 
     async def send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        from backend.wire import API_PREFIX, EventsRequest, EventsResponse
+        from core.wire import API_PREFIX, EventsRequest, EventsResponse
 
         body = await self._post(f"{API_PREFIX}/events", EventsRequest(events=events).model_dump(mode="json"))
         try:
@@ -107,5 +107,5 @@ def warm_imports() -> None:
     """Import what the first completion needs ahead of it (run in a thread after initialize)."""
     import rapidfuzz.distance  # noqa: F401
 
-    import backend.wire  # noqa: F401
+    import core.wire  # noqa: F401
     import lsp_server.http11  # noqa: F401

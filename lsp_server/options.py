@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flywheel.local_tokens import CLIENT
+from core.local_tokens import CLIENT
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ _CLIENT_KEYS = {
 
 
 def from_settings() -> Options:
-    from flywheel.config import load_settings
+    from core.config import load_settings
 
     settings = load_settings()
     lsp = settings.lsp
@@ -114,7 +114,7 @@ def load(client_options: Any) -> Options:
     try:
         base = from_settings()
     except Exception:
-        from flywheel.config import BackendConfig
+        from core.config import BackendConfig
 
         logger.exception("could not read the flywheel settings; using the defaults")
         base = Options(backend_url=BackendConfig().base_url, state_dir=default_state_dir())

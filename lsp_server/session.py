@@ -177,7 +177,7 @@ class Session:
                 self._inflight = None
 
     async def _ask_backend(self, document: Document, offset: int, uri: str, waited: list[float]) -> Any:
-        from backend.wire import CompleteRequest, CompletionContext
+        from core.wire import CompleteRequest, CompletionContext
 
         context = cursor_context(document, offset, uri, self.root_path)
         # Redacted as whole lines: a secret cut by the cursor or the window's edges is still found.

@@ -13,7 +13,7 @@ the part of the suggestion produced so far (typing, pasting, or the editor inser
   (final) event, so the backend keeps the episode open for it.
 
 Plain object: offsets are code points (see documents.py), times come from injected clocks, events
-leave as dicts shaped like `backend.wire.Event` through the `emit` callback.
+leave as dicts shaped like `core.wire.Event` through the `emit` callback.
 """
 
 from __future__ import annotations

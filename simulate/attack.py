@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.wire import Episode
-from flywheel.config import TrainerConfig
+from core.config import TrainerConfig
+from core.wire import Episode
 from simulate.corpus import SourceFile
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from backend.rewards import ACCEPTED_OUTCOMES, kept_characters
-from backend.wire import SimulationCycle, SimulationReport
-from flywheel.config import RewardConfig
+from core.config import RewardConfig
+from core.rewards import ACCEPTED_OUTCOMES, kept_characters
+from core.wire import SimulationCycle, SimulationReport
 from simulate.developer import TypingStats
 
 
@@ -61,7 +61,7 @@ class CycleRow:
     attacker_share: float | None = None
 
 
-# CycleRow fields backend.wire.SimulationCycle does not carry.
+# CycleRow fields core.wire.SimulationCycle does not carry.
 CSV_ONLY = frozenset(
     {"attacker_requests_share", "attacker_kept_share", "attacker_trained_on", "attacker_share"}
 )
@@ -80,7 +80,7 @@ class RoundSamples:
     live_version: str
     accepted: list[float]
     kept_per_request: list[float]
-    # Where the cursor stood (backend/confidence.py) → [episodes, shown, accepted] there.
+    # Where the cursor stood (core/confidence.py) → [episodes, shown, accepted] there.
     places: dict[str, list[int]] = field(default_factory=dict)
     # Each episode's reward.
     rewards: list[float] = field(default_factory=list)

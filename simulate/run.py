@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from flywheel.config import RewardConfig, load_settings
-from flywheel.processes import free_port
+from core.config import RewardConfig, load_settings
+from core.processes import free_port
 from simulate.attack import Attacker, Pace, editors_needed, share_of, trained_on
 from simulate.corpus import SourceFile, held_out_corpus, load_corpus, split_eval, training_batch
 from simulate.developer import Developer, TypingStats

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
-from backend.wire import SIMULATION_PATH, TOKENS_PATH, SimulationReport
-from flywheel.config import TrainerConfig, load_settings
-from flywheel.local_tokens import ADMIN, read_token
-from flywheel.processes import spawn_backend, stop_process, wait_healthy
+from core.config import TrainerConfig, load_settings
+from core.local_tokens import ADMIN, read_token
+from core.processes import spawn_backend, stop_process, wait_healthy
+from core.wire import SIMULATION_PATH, TOKENS_PATH, SimulationReport
 from trainer.state import load_state, save_state
 
 HEALTH_TIMEOUT_S = 180.0

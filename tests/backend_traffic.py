@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from backend.bench_load import PREFIXES  # the benchmark's prompts: tests load the backend alike
-from backend.wire import ADAPTER_FILES
+from core.wire import ADAPTER_FILES
 
 
 def upload(

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flywheel import processes
-from flywheel.local_tokens import ADMIN, CLIENT, read_token
-from flywheel.processes import free_port, stop_process
+from core import processes
+from core.local_tokens import ADMIN, CLIENT, read_token
+from core.processes import free_port, stop_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -95,7 +95,6 @@ class RunningBackend:
     def client(self) -> dict[str, str]:
         """Headers with the client token the backend made for this machine on its first start."""
         return bearer(read_token(self.data_dir, CLIENT))
-
 
     @contextlib.contextmanager
     def dashboard(self) -> Iterator[httpx.Client]:

@@ -21,8 +21,8 @@ from conftest import RunningBackend, backend_env, bearer, free_port, start_backe
 
 from backend.auth import Authenticator, NoTokens, ensure_tokens, hash_token, person_of
 from backend.store import Store
-from flywheel.config import Settings
-from flywheel.local_tokens import ADMIN, CLIENT, read_token, token_path
+from core.config import Settings
+from core.local_tokens import ADMIN, CLIENT, read_token, token_path
 
 
 @pytest.fixture(scope="module")

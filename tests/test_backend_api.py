@@ -11,7 +11,7 @@ import httpx
 import pytest
 from conftest import RunningBackend, bearer, start_backend, stop_backend
 
-from backend.wire import ADAPTER_FILES, MAX_EVENTS_PER_BATCH, CompleteResponse, EpisodesPage
+from core.wire import ADAPTER_FILES, MAX_EVENTS_PER_BATCH, CompleteResponse, EpisodesPage
 
 
 @pytest.fixture(scope="module")

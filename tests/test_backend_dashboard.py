@@ -171,7 +171,7 @@ def test_simulation_figures_reach_the_dashboard(tiny_model_dir: Path, tmp_path: 
 
 def test_the_timeline_shows_each_versions_confidence_floors() -> None:
     from backend.dashboard import timeline
-    from backend.wire import CheckpointInfo
+    from core.wire import CheckpointInfo
 
     metrics = {"min_confidence_line_start": -4.0, "min_confidence_after_symbol": -3.5, "floors_only": 1.0}
     floors_only = CheckpointInfo(

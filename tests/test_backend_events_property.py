@@ -29,7 +29,7 @@ from conftest import RunningBackend, start_backend, stop_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.wire import EventKind
+from core.wire import EventKind
 
 REQUIRED = ("event_id", "completion_id", "kind", "client_ts")
 NUMBERS = ("client_ts", "visible_ms", "delay_s", "similarity", "retained_chars")

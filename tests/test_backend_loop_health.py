@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import RunningBackend, start_backend, stop_backend
 
-from flywheel.local_tokens import ADMIN, read_token
+from core.local_tokens import ADMIN, read_token
 from trainer.client import BackendClient
 
 

@@ -12,8 +12,8 @@ import psutil
 from backend_traffic import PREFIXES, upload
 from conftest import make_adapter, start_backend, stop_backend
 
-from flywheel import processes
-from flywheel.processes import stop_process
+from core import processes
+from core.processes import stop_process
 
 
 def model_process(backend_pid: int) -> psutil.Process:

@@ -14,7 +14,7 @@ from backend.lifecycle import PINNED, Lifecycle
 from backend.passes import CANARY, FINALIZE, RETENTION, Passes, PassHealth, repeat
 from backend.retention import run_retention
 from backend.store import Store
-from flywheel.config import Settings
+from core.config import Settings
 
 
 async def abstention(store: Store, cid: str, at: float) -> None:

@@ -17,7 +17,7 @@ from conftest import backend_env, free_port, make_adapter, start_backend, stop_b
 from backend.auth import Authenticator, hash_token
 from backend.retention import retain_once
 from backend.store import Store
-from flywheel.config import Settings
+from core.config import Settings
 
 
 def token_cli(model_dir: Path, data_dir: Path, *args: str) -> str:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import make_adapter
 
-from backend.confidence import IN_WORD, LEADING_TOKENS, PLACES, confidence, cursor_place
 from backend.decoding import Decoding, sample_rows
 from backend.model_messages import Request, Sample
-from backend.prompts import build_prompt_ids
 from backend.serving import Policy, PreparedAdapter, in_canary, prepare_adapter
+from core.confidence import IN_WORD, LEADING_TOKENS, PLACES, confidence, cursor_place
+from core.prompts import build_prompt_ids
 
 PREFIXES = [
     "import os\n\ndef main():\n    path = os.",
@@ -246,7 +246,7 @@ def test_an_installed_adapter_waits_for_its_route(
 def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
     tiny_model_dir: Path, tmp_path: Path, adapters: list[PreparedAdapter]
 ) -> None:
-    from backend.wire import CHECKPOINT_METADATA, CheckpointMetadata
+    from core.wire import CHECKPOINT_METADATA, CheckpointMetadata
 
     path = make_adapter(tiny_model_dir, tmp_path / "v3", seed=3, scale=0.3)
     metadata = CheckpointMetadata(base_model=str(tiny_model_dir), parent_version="base", stop_logprob=-1.5)
@@ -279,7 +279,7 @@ def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
 def test_a_versions_confidence_floor_withholds_its_unsure_completions(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from backend.wire import CHECKPOINT_METADATA, CheckpointMetadata
+    from core.wire import CHECKPOINT_METADATA, CheckpointMetadata
 
     requests = [Request(prefix, "", None, "u") for prefix in PREFIXES * 8]
     policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")

@@ -16,7 +16,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from backend.prompts import FIM_FORMATS, FLYWHEEL_SPECIAL_TOKENS, build_prompt_ids, detect_fim_format
+from core.prompts import FIM_FORMATS, FLYWHEEL_SPECIAL_TOKENS, build_prompt_ids, detect_fim_format
 from trainer.bootstrap import (
     PRESETS,
     REPORT_FILE,

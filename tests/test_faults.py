@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.wire import CheckpointInfo
+from core.wire import CheckpointInfo
 from flywheel.faults import checks, trainer_kills
 from flywheel.faults.ingest_kills import run_ingest_kills
 from flywheel.faults.model_kills import run_model_kills
@@ -169,7 +169,7 @@ async def test_a_model_process_dying_while_a_request_is_looked_at_leaves_no_requ
     from backend.batching import PolicyWorker
     from backend.model_messages import Request
     from backend.model_process import LoopConfig
-    from flywheel.config import ModelConfig
+    from core.config import ModelConfig
 
     worker = PolicyWorker(LoopConfig(str(tiny_model_dir), ModelConfig()))
     await worker.start()

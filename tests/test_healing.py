@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from backend.healing import MAX_HEALED_CHARS, TokenTexts, after_healed, healed_of, healed_text
+from core.healing import MAX_HEALED_CHARS, TokenTexts, after_healed, healed_of, healed_text
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from conftest import restart_backend, start_backend, stop_backend
 from lsprotocol import types
 from test_lsp_outage import FIRST, SECOND, Editor, ask, start_lsp, status, suggestion
 
-from flywheel.local_tokens import CLIENT, read_token
+from core.local_tokens import CLIENT, read_token
 from lsp_server.session import OUTBOX_FILE
 
 FORWARDED_HEADERS = ("Authorization", "Content-Type")

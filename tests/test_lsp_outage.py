@@ -20,7 +20,7 @@ from conftest import restart_backend, start_backend, stop_backend
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from flywheel.local_tokens import CLIENT, read_token
+from core.local_tokens import CLIENT, read_token
 
 DOCUMENT = (
     "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from backend.wire import EventsResponse, parse_events
+from core.wire import EventsResponse, parse_events
 from lsp_server.backend_client import BackendClient, BackendError
 from lsp_server.outbox import Outbox
 from lsp_server.sender import Fate, OutboxSender, fate
@@ -233,7 +233,7 @@ class Fault:
 
 class Gateway:
     """/v1/events on loopback as a user's editor may reach it: the scripted faults first (a proxy,
-    a stale token, an HTML error page), then the backend's contract (backend.wire), keeping what it
+    a stale token, an HTML error page), then the backend's contract (core.wire), keeping what it
     stored. `max_body`: a proxy's request size limit, answered 413 whatever the script."""
 
     def __init__(self, faults: list[Fault], max_body: int | None = None) -> None:

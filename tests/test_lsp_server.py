@@ -1,6 +1,6 @@
 """The language server over real stdio (pytest-lsp), against a backend that speaks the wire contract.
 
-The backend here is a small HTTP server that validates every request with `backend.wire` and
+The backend here is a small HTTP server that validates every request with `core.wire` and
 answers as the contract says; the real backend's own behaviour is the end-to-end test's business.
 """
 
@@ -23,7 +23,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from backend.wire import CompleteRequest, CompleteResponse, Event, EventsRequest, EventsResponse
+from core.wire import CompleteRequest, CompleteResponse, Event, EventsRequest, EventsResponse
 from lsp_server.outbox import Outbox
 
 SUGGESTION = "return a + b"

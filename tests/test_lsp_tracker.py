@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backend.wire import Event
+from core.wire import Event
 from lsp_server.documents import Document
 from lsp_server.tracker import Tracker
 

@@ -23,7 +23,7 @@ import pynvim
 import pytest
 from conftest import RunningBackend, free_port
 
-from flywheel.local_tokens import CLIENT, read_token
+from core.local_tokens import CLIENT, read_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "editor_clients" / "neovim"

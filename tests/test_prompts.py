@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from backend.prompts import build_prompt_ids, detect_fim_format
+from core.prompts import build_prompt_ids, detect_fim_format
 
 
 @pytest.fixture(scope="module")

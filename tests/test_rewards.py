@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from backend import wire
-from backend.rewards import Scored, score_episode
-from flywheel.config import RewardConfig
+from core import wire
+from core.config import RewardConfig
+from core.rewards import Scored, score_episode
 
 _ids = itertools.count()
 TEXT = "abcdefghij"  # 10 characters, so accepted_chars / 10 is easy to read

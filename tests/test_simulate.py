@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from backend.store import Store
-from backend.wire import SimulationCycle
-from flywheel.config import RewardConfig
+from core.config import RewardConfig
+from core.wire import SimulationCycle
 from simulate.corpus import header_length, load_corpus
 from simulate.developer import right_words, trigger_points
 from simulate.editor import word_steps

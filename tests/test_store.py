@@ -13,7 +13,7 @@ import pytest
 
 from backend.finalize import run_finalizer
 from backend.store import SCHEMA_VERSION, SchemaTooNew, Store, UnknownCheckpoint
-from flywheel.config import RewardConfig, Settings
+from core.config import RewardConfig, Settings
 
 WINDOW = 660.0
 MIN_VISIBLE = 250.0

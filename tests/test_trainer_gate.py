@@ -10,8 +10,8 @@ import torch
 from test_trainer_support import episode, one_thread, sample
 from transformers import AutoTokenizer
 
-from backend.wire import Episode
-from flywheel.config import GateConfig, TrainerConfig
+from core.config import GateConfig, TrainerConfig
+from core.wire import Episode
 from trainer.gate import (
     DEGENERATE_CODE_PROMPTS,
     DEGENERATE_PROMPT_CHARS,

@@ -16,8 +16,8 @@ import httpx
 from conftest import RunningBackend, start_backend, stop_backend
 from safetensors.torch import load as load_safetensors
 
-from backend.wire import TOKENS_PATH
-from flywheel.local_tokens import authorization
+from core.local_tokens import authorization
+from core.wire import TOKENS_PATH
 from trainer.state import load_state
 
 USERS = ["ana", "ben", "chen", "dev"]

@@ -12,8 +12,8 @@ import torch
 from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 from transformers import AutoTokenizer
 
-from backend.wire import Episode
-from flywheel.config import GuardConfig, TrainerConfig
+from core.config import GuardConfig, TrainerConfig
+from core.wire import Episode
 from trainer.objectives.pg import PGConfig
 from trainer.policy import load_policy
 from trainer.selection import select_episodes

@@ -14,7 +14,8 @@ import pytest
 import torch
 from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 
-from backend.wire import (
+from core.config import BackendConfig, Settings, TrainerConfig
+from core.wire import (
     ADAPTER_FILES,
     BASE_VERSION,
     CheckpointInfo,
@@ -23,7 +24,6 @@ from backend.wire import (
     EpisodesPage,
     ModelInfo,
 )
-from flywheel.config import BackendConfig, Settings, TrainerConfig
 from trainer.checkpoint import adapter_dir
 from trainer.client import BackendClient
 from trainer.loop import run, run_cycle
@@ -211,7 +211,7 @@ def test_an_update_the_gate_refuses_still_ships_its_floors_on_the_live_weights(
 ) -> None:
     from safetensors.torch import load
 
-    from backend.confidence import LINE_START, confidence
+    from core.confidence import LINE_START, confidence
     from trainer.withholding import FLOORS
 
     add_episodes(stub, 40)

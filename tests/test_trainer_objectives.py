@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_trainer_support import episode, one_thread, save_tiny_model
 
-from backend.wire import Episode
-from flywheel.config import Settings, TrainerConfig
+from core.config import Settings, TrainerConfig
+from core.wire import Episode
 from trainer.checkpoint import save_adapter_atomic
 from trainer.cycle import objective_config
 from trainer.gate import sequence_logps

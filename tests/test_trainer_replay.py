@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_trainer_support import CORPUS, one_thread, save_tiny_model, shown
 
-from flywheel.config import TrainerConfig
+from core.config import TrainerConfig
 from trainer.corpus import is_held_out
 from trainer.corrections import wanted_ids
 from trainer.objectives.pg import PGConfig, correction_loss

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_trainer_support import build_tokenizer, one_thread, save_tiny_model, shown
 
-from flywheel.config import RewardConfig, TrainerConfig
+from core.config import RewardConfig, TrainerConfig
 from trainer.corrections import wanted_ids, wanted_text
 from trainer.objectives.pg import PGConfig
 from trainer.policy import load_policy

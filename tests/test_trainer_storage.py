@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_trainer_support import save_tiny_model
 
-from backend.wire import ADAPTER_FILES
-from flywheel.config import TrainerConfig
+from core.config import TrainerConfig
+from core.wire import ADAPTER_FILES
 from trainer.checkpoint import adapter_dir, check_version, is_complete, save_adapter_atomic
 from trainer.fsutil import atomic_dir, write_file_atomic
 from trainer.policy import load_policy

@@ -9,8 +9,8 @@ import torch
 from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from backend.wire import Episode
-from flywheel.config import TrainerConfig
+from core.config import TrainerConfig
+from core.wire import Episode
 from trainer.checkpoint import save_adapter_atomic
 from trainer.logprobs import collate, completion_logprobs
 from trainer.objectives.pg import PGConfig

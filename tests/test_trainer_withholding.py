@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_trainer_support import build_tokenizer, shown
 
-from backend.confidence import AFTER_SYMBOL, IN_WORD, LINE_START, confidence, cursor_place
-from flywheel.config import RewardConfig
+from core.confidence import AFTER_SYMBOL, IN_WORD, LINE_START, confidence, cursor_place
+from core.config import RewardConfig
 from trainer.withholding import (
     Evidence,
     FloorHindsight,

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from conftest import backend_env, free_port
 
-from flywheel.local_tokens import ADMIN, CLIENT, authorization, read_token, token_path
+from core.local_tokens import ADMIN, CLIENT, authorization, read_token, token_path
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:

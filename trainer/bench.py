@@ -33,12 +33,12 @@ from typing import Any
 import httpx
 import torch
 
-from backend.wire import Episode
+from core.config import Settings
+from core.local_tokens import ADMIN, CLIENT, read_token
+from core.processes import start_backend, stop_process
+from core.wire import Episode
 from flywheel.bench_report import Reference, Target, row
 from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers, people
-from flywheel.config import Settings
-from flywheel.local_tokens import ADMIN, CLIENT, read_token
-from flywheel.processes import start_backend, stop_process
 from trainer.objectives.pg import PGConfig
 
 PROMPT_TOKENS = 256

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from backend.prompts import FIM_FORMATS, FLYWHEEL_SPECIAL_TOKENS, build_prompt_ids
+from core.prompts import FIM_FORMATS, FLYWHEEL_SPECIAL_TOKENS, build_prompt_ids
 from trainer.corpus import HELD_OUT_PERCENT, Corpus, load_corpus
 from trainer.evaluate_base import evaluate
 

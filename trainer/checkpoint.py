@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from backend.wire import ADAPTER_FILES
+from core.wire import ADAPTER_FILES
 from trainer.fsutil import atomic_dir, fsync_dir
 
 OPTIMIZER_FILE = "optimizer.pt"

@@ -1,4 +1,4 @@
-"""The trainer's HTTP client for the backend (models in backend/wire.py)."""
+"""The trainer's HTTP client for the backend (models in core/wire.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 
-from backend.wire import (
+from core.config import Settings
+from core.local_tokens import ADMIN
+from core.wire import (
     ADAPTER_FILES,
     API_PREFIX,
     TRAINER_STATUS_PATH,
@@ -20,8 +22,6 @@ from backend.wire import (
     ModelInfo,
     TrainerReport,
 )
-from flywheel.config import Settings
-from flywheel.local_tokens import ADMIN
 from trainer.checkpoint import check_version
 from trainer.fsutil import atomic_dir
 

@@ -2,7 +2,7 @@
 
 A rejected suggestion's episode carries what the user wrote there instead (the rewrite event), an
 accepted-then-edited one the edited text that survived. Either is the completion the user wanted.
-The prompt may stop before the word being typed (backend/healing.py), so the wanted text is the
+The prompt may stop before the word being typed (core/healing.py), so the wanted text is the
 healed part the completion rewrote, then the user's text.
 
 Where the wanted text ends is half of what it says. A suggestion asked for in the middle of a line
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.confidence import AFTER_SYMBOL, IN_WORD
-from backend.healing import healed_of
-from backend.rewards import ACCEPTED_OUTCOMES
-from backend.wire import Episode
+from core.confidence import AFTER_SYMBOL, IN_WORD
+from core.healing import healed_of
+from core.rewards import ACCEPTED_OUTCOMES
+from core.wire import Episode
 
 
 def completion_text(tokenizer: Any, episode: Episode) -> str:

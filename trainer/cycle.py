@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, GateResult, ModelInfo
-from flywheel.config import Settings, TrainerConfig
+from core.config import Settings, TrainerConfig
+from core.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, GateResult, ModelInfo
 from trainer.checkpoint import (
     UPLOAD_FILE,
     adapter_dir,

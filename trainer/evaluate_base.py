@@ -1,7 +1,7 @@
 """How well a base model completes held-out Python: next-token accuracy and exact next-line match.
 
 The next-line test asks what the editor asks: the fill-in-the-middle prompt with the text before a
-line as prefix and the text after it as suffix (built by `backend.prompts.build_prompt_ids`, as the
+line as prefix and the text after it as suffix (built by `core.prompts.build_prompt_ids`, as the
 backend builds it), greedy-decoded until a newline or end-of-text.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from rapidfuzz.distance import Levenshtein
 
-from backend.prompts import build_prompt_ids, detect_fim_format
+from core.prompts import build_prompt_ids, detect_fim_format
 
 
 @torch.no_grad()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 
-from backend.wire import Episode, GateResult
-from flywheel.config import GateConfig
+from core.config import GateConfig
+from core.wire import Episode, GateResult
 from trainer.corpus import SKIP_DIRS, STDLIB_TEST_DIRS, find_sources, is_held_out, read_source, stdlib_dir
 from trainer.logprobs import completion_logprobs
 from trainer.update import episode_batch

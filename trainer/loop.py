@@ -15,8 +15,8 @@ from types import FrameType
 
 import httpx
 
-from backend.wire import TrainerReport
-from flywheel.config import Settings
+from core.config import Settings
+from core.wire import TrainerReport
 from trainer.client import BackendClient
 from trainer.cycle import CycleResult, objective_config, run_cycle
 from trainer.session import PolicyCache

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from flywheel.config import TrainerConfig
+from core.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 

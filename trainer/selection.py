@@ -17,8 +17,8 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from backend.wire import BASE_VERSION, Episode
-from flywheel.config import GuardConfig
+from core.config import GuardConfig
+from core.wire import BASE_VERSION, Episode
 
 ACCEPTED = frozenset({"accepted", "partially_accepted"})
 

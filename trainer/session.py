@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer
 
-from flywheel.config import GateConfig, TrainerConfig
+from core.config import GateConfig, TrainerConfig
 from trainer.checkpoint import OPTIMIZER_FILE
 from trainer.gate import measure_base
 from trainer.policy import load_policy, resolve_device

@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from backend.healing import after_healed, healed_of
-from backend.rewards import ACCEPTED_OUTCOMES, acceptance_reward, kept_characters, retained_share
-from backend.wire import Episode
-from flywheel.config import RewardConfig
+from core.config import RewardConfig
+from core.healing import after_healed, healed_of
+from core.rewards import ACCEPTED_OUTCOMES, acceptance_reward, kept_characters, retained_share
+from core.wire import Episode
 from trainer.corrections import completion_text
 
 # Candidate thresholds (log-probs at the serving temperature); None cuts nothing.

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from torch import Tensor
 
-from backend.wire import Episode
+from core.wire import Episode
 from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
 from trainer.objectives.pg import PGConfig, compute_advantages, correction_loss, pg_loss
 from trainer.replay import ReplayText, replay_loss

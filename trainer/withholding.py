@@ -3,7 +3,7 @@
 Most suggestions a weak model makes are dismissed, and each dismissed one costs its reader a
 glance; Cursor's Tab RL showed fewer suggestions and had more of them taken. Serving withholds a
 version's completions less sure than the floor of the place where the cursor stood
-(backend/confidence.py: start of a line, in a word, after a symbol): they become abstentions. Each
+(core/confidence.py: start of a line, in a word, after a symbol): they become abstentions. Each
 cycle the trainer fits the floors in hindsight. Unlike the cut (trainer/stopping.py) this needs no
 guess at what a user would have done with another text: under a set of floors, each shown episode
 less sure than its place's floor becomes an abstention (`rewards.abstained`, no characters kept)
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.confidence import FLOOR_METRIC_PREFIX, PLACES, confidence
-from backend.rewards import kept_characters
-from backend.wire import Episode
-from flywheel.config import RewardConfig
+from core.confidence import FLOOR_METRIC_PREFIX, PLACES, confidence
+from core.config import RewardConfig
+from core.rewards import kept_characters
+from core.wire import Episode
 from trainer.fsutil import write_file_atomic
 from trainer.stopping import Estimate, lower_bound
 

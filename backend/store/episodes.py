@@ -11,12 +11,12 @@ from typing import Any
 import aiosqlite
 from pydantic import ConfigDict
 
-from backend import wire
-from backend.confidence import cursor_place
-from backend.rewards import Scored, score_episode, user_wrote
 from backend.store.database import Database
 from backend.store.quarantine import COMPLETIONS, EVENTS, Unreadable, put_aside
-from flywheel.config import RewardConfig
+from core import wire
+from core.confidence import cursor_place
+from core.config import RewardConfig
+from core.rewards import Scored, score_episode, user_wrote
 
 # Completions scored per transaction: bounds how long one finalize pass holds the write lock.
 _FINALIZE_CHUNK = 500

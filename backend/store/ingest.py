@@ -11,8 +11,8 @@ from typing import Any
 
 import aiosqlite
 
-from backend import wire
 from backend.store.database import Database
+from core import wire
 
 # pydantic's serializer called directly: model_dump_json's Python wrapper costs a third of the call,
 # once per stored event.

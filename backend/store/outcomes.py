@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backend.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 from backend.store.database import Database
+from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _ACCEPTED = f"(e.outcome IN ('{ACCEPTED}', '{PARTIALLY_ACCEPTED}'))"
 _ARC = f"(CASE WHEN {_ACCEPTED} THEN COALESCE(e.similarity, 1.0) * length(c.text) ELSE 0 END)"

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiosqlite
 
-from backend import wire
 from backend.store.database import Database
+from core import wire
 
 LIVE = "live"
 RETIRED = "retired"

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 from backend.store.database import Database
+from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _COUNTS = ("served", "shown", "abstained", "finalized", "trainable", "rated", "accepted")
 

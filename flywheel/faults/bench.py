@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from core.config import Settings
 from flywheel.bench_report import Target, row
-from flywheel.config import Settings
 
 # `flywheel bench faults --quick`: each kind once or a few times, in a few minutes.
 QUICK = ["--kills", "3", "--ingest-kills", "1", "--model-kills", "1", "--episodes", "24"]

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from safetensors.torch import load as load_safetensors
 
-from backend.wire import ADAPTER_FILES, CheckpointInfo, CheckpointMetadata
+from core.wire import ADAPTER_FILES, CheckpointInfo, CheckpointMetadata
 from trainer.checkpoint import UPLOAD_FILE
 from trainer.cycle import SEQ_AFTER, SEQ_THROUGH
 from trainer.state import STATE_FILE, TrainerState

@@ -38,11 +38,11 @@ from typing import Any
 
 import httpx
 
+from core.local_tokens import ADMIN
+from core.processes import start_backend, stop_process
 from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers, people
 from flywheel.faults import checks
 from flywheel.faults.tap import UPLOAD_POINTS, Tap
-from flywheel.local_tokens import ADMIN
-from flywheel.processes import start_backend, stop_process
 from trainer.state import load_state
 
 # Moments the watcher sees in the trainer's directory.

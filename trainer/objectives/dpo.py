@@ -11,7 +11,7 @@ from typing import Any
 from peft import PeftModel
 from trl import DPOConfig, DPOTrainer
 
-from backend.wire import Episode
+from core.wire import Episode
 from trainer.corrections import completion_text, wanted_text
 from trainer.objectives.trl_common import prompt_text, run_trl
 

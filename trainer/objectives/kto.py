@@ -10,7 +10,7 @@ from typing import Any
 from peft import PeftModel
 from trl import KTOConfig, KTOTrainer
 
-from backend.wire import Episode
+from core.wire import Episode
 from trainer.corrections import completion_text
 from trainer.objectives.trl_common import prompt_text, run_trl
 

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 
-from backend.wire import Episode
+from core.wire import Episode
 
 REF_ADAPTER = "ref"
 

@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from flywheel import local_tokens
+from core import local_tokens
 
 APP_NAME = "flywheel"
 
@@ -32,7 +32,7 @@ class BackendConfig(BaseModel):
     url: str = ""
     # The token this process sends (language server, trainer), and on the backend an operator's
     # admin token. Empty: the token a local backend left in the data directory (tokens/), which
-    # it makes on first start (flywheel/local_tokens.py).
+    # it makes on first start (core/local_tokens.py).
     token: str = ""
     # Names the backend answers to in the Host header (DNS rebinding defence); empty: the loopback
     # names and the bound host. Behind a reverse proxy, its public name ("flywheel.example.com").

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend import wire
-from flywheel.config import RewardConfig
+from core import wire
+from core.config import RewardConfig
 
 Kind = wire.EventKind
 

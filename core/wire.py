@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.confidence import AFTER_SYMBOL, IN_WORD, LINE_START
+from core.confidence import AFTER_SYMBOL, IN_WORD, LINE_START
 
 API_PREFIX = "/v1"
 # The trainer POSTs a TrainerReport here (admin token), for the dashboard's trainer status.
@@ -154,7 +154,7 @@ class EventsResponse(BaseModel):
     refused: list[RefusedEvent]
 
 
-# A version's confidence floor for each place the cursor can stand (backend/confidence.py).
+# A version's confidence floor for each place the cursor can stand (core/confidence.py).
 ConfidenceFloors = dict[
     Literal[LINE_START, IN_WORD, AFTER_SYMBOL], Annotated[float, Field(le=0, allow_inf_nan=False)]
 ]
@@ -183,7 +183,7 @@ class Episode(BaseModel):
     # What the user wrote at the spot instead (rewrite event), or the edited text that survived an
     # acceptance; None when unknown or unchanged. The chosen side of DPO pairs.
     rewrite: str | None = None
-    # Where the cursor stood when the completion was asked for (backend/confidence.py); "" unknown.
+    # Where the cursor stood when the completion was asked for (core/confidence.py); "" unknown.
     place: str = ""
 
 
@@ -233,7 +233,7 @@ class CheckpointMetadata(BaseModel):
     # serving temperature) is below this; learned from outcomes (trainer/stopping.py). None: no cut.
     stop_logprob: Annotated[float | None, Field(le=0, allow_inf_nan=False)] = None
     # Serving withholds this version's completions whose confidence is below the floor of the
-    # place where the cursor stood (backend/confidence.py): they are abstentions. Learned from
+    # place where the cursor stood (core/confidence.py): they are abstentions. Learned from
     # outcomes (trainer/withholding.py). A place without a floor shows everything.
     min_confidence: ConfidenceFloors = Field(default_factory=dict)
 
