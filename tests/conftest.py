@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -59,9 +61,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) 
 
     A fixed 800 steps with a step-based schedule, so every session gets the same model however busy
     the machine (a time budget gave a different model, and flaky learning tests, per session); fewer
-    steps leave greedy output that is mostly loops."""
+    steps leave greedy output that is mostly loops.
+
+    FLYWHEEL_TEST_MODEL_CACHE=DIR keeps the model between sessions on a developer's machine, keyed
+    by the bootstrap's source (CI never sets it): the same steps give the same model."""
     from trainer.bootstrap import build_base_model
 
+    cache = os.environ.get("FLYWHEEL_TEST_MODEL_CACHE")
+    if cache:
+        source = Path(inspect.getsourcefile(build_base_model) or "").read_bytes()
+        cached = Path(cache) / f"tiny-{hashlib.sha256(source).hexdigest()[:16]}"
+        if (cached / "config.json").exists():
+            return cached
     output = tmp_path_factory.mktemp("models") / "tiny"
     build_base_model(
         output=output,
@@ -72,6 +83,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) 
         progress=False,
         overrides={"steps": 800},
     )
+    if cache:
+        # Copied whole, then renamed: a session reading the cache never sees half a model.
+        partial = Path(cache) / f"{cached.name}.{os.getpid()}.partial"
+        shutil.copytree(output, partial)
+        with contextlib.suppress(OSError):
+            partial.rename(cached)
     return output
 
 
