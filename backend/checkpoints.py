@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
+from core.atomic import atomic_dir
 from core.wire import ADAPTER_FILES, CHECKPOINT_METADATA, CheckpointMetadata
 
 MAX_ADAPTER_BYTES = 512 * 1024 * 1024
@@ -47,20 +45,14 @@ def write_checkpoint(root: Path, version: str, files: dict[str, bytes], metadata
     """Writes into a temporary directory beside the target, then renames it into place."""
     if not VERSION_PATTERN.match(version):
         raise CheckpointError(f"bad version name {version!r}")
-    root.mkdir(parents=True, exist_ok=True)
     target = root / version
-    if target.exists():
-        raise CheckpointError(f"checkpoint {version} already exists")
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
-        for name in ADAPTER_FILES:
-            _write_synced(staging / name, files[name])
-        _write_synced(staging / CHECKPOINT_METADATA, metadata.model_dump_json(indent=2).encode())
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _fsync_dir(root)
+        with atomic_dir(target) as staging:
+            for name in ADAPTER_FILES:
+                (staging / name).write_bytes(files[name])
+            (staging / CHECKPOINT_METADATA).write_bytes(metadata.model_dump_json(indent=2).encode())
+    except FileExistsError as error:
+        raise CheckpointError(f"checkpoint {version} already exists") from error
     return target
 
 
@@ -72,18 +64,3 @@ def checkpoint_file(root: Path, version: str, name: str) -> Path:
     if not path.is_file():
         raise CheckpointError("no such checkpoint file")
     return path
-
-
-def _write_synced(path: Path, content: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from test_trainer_support import save_tiny_model
 
+from core.atomic import atomic_dir, write_file_atomic
 from core.config import TrainerConfig
 from core.wire import ADAPTER_FILES
 from trainer.checkpoint import adapter_dir, check_version, is_complete, save_adapter_atomic
-from trainer.fsutil import atomic_dir, write_file_atomic
 from trainer.policy import load_policy
 from trainer.state import STATE_FILE, TrainerState, load_state, save_state
 

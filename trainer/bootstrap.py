@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from core.atomic import atomic_dir
 from core.prompts import FIM_FORMATS, FLYWHEEL_SPECIAL_TOKENS, build_prompt_ids
 from trainer.corpus import HELD_OUT_PERCENT, Corpus, load_corpus
 from trainer.evaluate_base import evaluate
@@ -385,29 +384,11 @@ def build_base_model(
         "torch_threads": torch.get_num_threads(),
     }
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_dir(Path(output), replace=True) as staging:
         model.to("cpu").save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
-        _replace_dir(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; a reader sees the old directory or the new one, never a half-written one."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = target.with_name(f".{target.name}.old-{time.time_ns()}")
-    target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def summary_line(report: dict[str, Any], output: Path) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from core.atomic import atomic_dir, fsync_dir
 from core.wire import ADAPTER_FILES
-from trainer.fsutil import atomic_dir, fsync_dir
 
 OPTIMIZER_FILE = "optimizer.pt"
 # The CheckpointMetadata a candidate is to be uploaded with: a restarted trainer uploads it as is.

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from core.atomic import atomic_dir
 from core.config import Settings
 from core.local_tokens import ADMIN
 from core.wire import (
@@ -23,7 +24,6 @@ from core.wire import (
     TrainerReport,
 )
 from trainer.checkpoint import check_version
-from trainer.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer.fsutil import write_file_atomic
+from core.atomic import write_file_atomic
 
 STATE_FILE = "state.json"
 

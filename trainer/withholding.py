@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.atomic import write_file_atomic
 from core.confidence import FLOOR_METRIC_PREFIX, PLACES, confidence
 from core.config import RewardConfig
 from core.rewards import kept_characters
 from core.wire import Episode
-from trainer.fsutil import write_file_atomic
 from trainer.stopping import Estimate, lower_bound
 
 log = logging.getLogger("flywheel.trainer")
