@@ -17,6 +17,7 @@ from backend.auth import ADMIN, hash_token, new_token, person_of
 from backend.deps import State, admin_only, principal_of, session_of
 from backend.lifecycle import PINNED, LifecycleError
 from backend.sessions import COOKIE, LIFETIME_S
+from backend.state import BackendState
 from core.wire import (
     API_PREFIX,
     SIMULATION_PATH,
@@ -33,7 +34,7 @@ ACTIONS = ("promote", "rollback", "pin", "unpin")
 SIMULATION = "simulation_report"
 
 
-async def dashboard_data(state: Any) -> dict[str, Any]:
+async def dashboard_data(state: BackendState) -> dict[str, Any]:
     """Everything the dashboard shows, as plain data (also served as /admin/data.json)."""
     store = state.store
     now = time.time()
@@ -66,7 +67,7 @@ async def dashboard_data(state: Any) -> dict[str, Any]:
     }
 
 
-async def act(state: Any, action: str, version: str) -> dict[str, Any]:
+async def act(state: BackendState, action: str, version: str) -> dict[str, Any]:
     lifecycle = state.lifecycle
     try:
         if action == "promote":

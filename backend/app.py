@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -36,6 +35,7 @@ from backend.model_process import LoopConfig
 from backend.passes import CANARY, FINALIZE, RETENTION, Passes
 from backend.retention import run_retention
 from backend.sessions import Sessions
+from backend.state import BackendState
 from backend.store import Store
 from core.config import Settings
 from core.wire import (
@@ -56,19 +56,6 @@ from core.wire import (
 
 log = logging.getLogger(__name__)
 TRAINER_STATUS = "trainer_status"
-
-
-@dataclass
-class BackendState:
-    settings: Settings
-    store: Store
-    worker: PolicyWorker
-    lifecycle: Lifecycle
-    auth: Authenticator
-    sessions: Sessions
-    metrics: Metrics
-    base_model: str
-    passes: Passes
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -8,15 +8,13 @@ tables is still guarded.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
 from backend.auth import ADMIN, CLIENT, Principal
 from backend.sessions import Session
-
-if TYPE_CHECKING:
-    from backend.app import BackendState
+from backend.state import BackendState
 
 
 def get_state(request: Request) -> BackendState:
@@ -54,7 +52,7 @@ async def _caller(request: Request) -> Principal:
     return principal
 
 
-State = Annotated[Any, Depends(_state)]
+State = Annotated[BackendState, Depends(_state)]
 Caller = Annotated[Principal, Depends(_caller)]
 client_only = [Depends(requires(CLIENT))]
 admin_only = [Depends(requires(ADMIN))]

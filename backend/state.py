@@ -1,0 +1,34 @@
+"""What a running backend holds: the parts every route reaches through `deps.State`.
+
+Its own module so that the routes (app.py, admin_routes.py) and their dependencies (deps.py) all
+name it without importing one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Types only: this module stays importable without the model's side of the backend.
+    from backend.auth import Authenticator
+    from backend.batching import PolicyWorker
+    from backend.lifecycle import Lifecycle
+    from backend.metrics import Metrics
+    from backend.passes import Passes
+    from backend.sessions import Sessions
+    from backend.store import Store
+    from core.config import Settings
+
+
+@dataclass
+class BackendState:
+    settings: Settings
+    store: Store
+    worker: PolicyWorker
+    lifecycle: Lifecycle
+    auth: Authenticator
+    sessions: Sessions
+    metrics: Metrics
+    base_model: str
+    passes: Passes
