@@ -44,9 +44,10 @@ class CompletionRef:
 @dataclass(frozen=True, slots=True)
 class PartialAcceptance:
     """Params of DID_PARTIALLY_ACCEPT. `accepted_length` counts UTF-16 code units (as LSP
-    positions do) from the start of the text first served under that completion id: after typing
-    ahead, the server answers with the rest of the same suggestion, and the count still starts at
-    its beginning. A client accepting word by word sends the growing total each time."""
+    positions do) of the item's insertText, from its range's start. Typed ahead into, a suggestion
+    is served again whole over a range from where it began, so the count starts at the
+    suggestion's beginning (at the cursor's line, once typing has crossed a line break of it). A
+    client accepting word by word sends the growing total each time."""
 
     completion_id: str
     accepted_length: int

@@ -167,9 +167,12 @@ async def inline_completion(
         return _empty()
     if served is None:
         return _empty()
+    # From where the suggestion began to the cursor: what was typed ahead is replaced by the
+    # whole suggestion, so a client needs no memory of earlier answers.
+    start = types.Position(line=served.start[0], character=served.start[1])
     item = types.InlineCompletionItem(
         insert_text=served.text,
-        range=types.Range(start=params.position, end=params.position),
+        range=types.Range(start=start, end=params.position),
         command=types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[served.completion_id]),
     )
     return types.InlineCompletionList(items=[item])

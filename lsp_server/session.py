@@ -18,9 +18,10 @@ from typing import Any
 
 from lsp_server.backend_client import BackendClient, BackendError, warm_imports
 from lsp_server.context import cursor_context
-from lsp_server.documents import UTF16, Document
+from lsp_server.documents import UTF16, Document, code_units
 from lsp_server.options import Options, pseudonym, with_client_options
 from lsp_server.outbox import Outbox
+from lsp_server.ranges import utf16_units
 from lsp_server.redact import redact, redact_context
 from lsp_server.sender import OutboxSender
 from lsp_server.timings import Timings
@@ -33,8 +34,15 @@ OUTBOX_FILE = "outbox.sqlite3"
 
 @dataclass(frozen=True)
 class Served:
+    """An answer: `text` goes from `start` (line, character in the document's encoding) to the
+    cursor. A fresh suggestion starts at the cursor; one typed ahead into starts where the
+    suggestion began, so the editor replaces what was typed with the whole suggestion and keeps
+    nothing of its own. LSP 3.18 and VS Code want that range on one line: once the typing has
+    crossed a line break of the suggestion, the answer starts at the cursor's line."""
+
     completion_id: str
     text: str
+    start: tuple[int, int]
 
 
 class Session:
@@ -66,6 +74,9 @@ class Session:
         self._inflight: asyncio.Task[Any] | None = None
         self._request_seq = 0
         self.cache_answers = 0
+        # (completion id, UTF-16 units of the suggestion before the latest answer's text) when a
+        # typed-ahead answer began after the suggestion did: acceptedLength counts from there.
+        self._answer_skips: tuple[str, int] | None = None
         self.timings = Timings()
         self.stale_changes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -130,10 +141,12 @@ class Session:
         self.tracker.request(uri, offset)
         pending = None if invoked else self.tracker.pending_at(uri, offset)
         if pending is not None:
-            # Typed ahead into the suggestion on screen: the rest of it, no backend call.
+            # Typed ahead into the suggestion on screen: answered from it, no backend call.
             self.cache_answers += 1
+            served = self._typed_ahead(document, line, pending.completion_id, pending.text, pending.start)
             self.timings.add("typed_ahead", time.perf_counter() - began)
-            return Served(pending.completion_id, pending.text[pending.end - pending.start :])
+            return served
+        self._answer_skips = None
         revision = document.revision
         waited = [0.0]  # debounce and backend time: not the language server's own
         answer = await self._latest_answer(document, offset, uri, waited)
@@ -147,7 +160,18 @@ class Session:
         if self.options.telemetry:
             # Untracked otherwise: its later life must not be reported once telemetry is back on.
             self.tracker.served(answer.completion_id, uri, offset, answer.text)
-        return Served(answer.completion_id, answer.text)
+        return Served(answer.completion_id, answer.text, (line, character))
+
+    def _typed_ahead(
+        self, document: Document, line: int, completion_id: str, text: str, origin: int
+    ) -> Served:
+        """The whole suggestion from `origin` (its first character's offset) to the cursor on
+        `line`, or from the start of that line if the suggestion began on an earlier one."""
+        line_start = document.line_start(line)
+        skip = max(line_start - origin, 0)
+        column = code_units(document.text[line_start : origin + skip], document.encoding)
+        self._answer_skips = (completion_id, utf16_units(text[:skip])) if skip else None
+        return Served(completion_id, text[skip:], (line, column))
 
     async def _latest_answer(self, document: Document, offset: int, uri: str, waited: list[float]) -> Any:
         """Debounce, then ask the backend, unless a newer request came in meanwhile: only the
@@ -227,6 +251,9 @@ class Session:
         return self._signal("show", self.tracker.get(completion_id) is not None, completion_id)
 
     def partially_accept(self, completion_id: str, accepted_units: int) -> bool:
+        # The client counts from the start of the item it shows; the tracker from the suggestion's.
+        if self._answer_skips is not None and self._answer_skips[0] == completion_id:
+            accepted_units += self._answer_skips[1]
         known = self.tracker.partially_accept(completion_id, accepted_units)
         return self._signal("partial acceptance", known, completion_id)
 

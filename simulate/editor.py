@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from lsp_server.protocol import ACCEPT_COMMAND, DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, FLUSH_REQUEST
-from lsp_server.ranges import utf16_units
+from lsp_server.ranges import code_points_for_units, utf16_units
 
 # One accept-next-word step: a word, or a run of punctuation, with the blanks before it.
 WORD_STEP = re.compile(r"\s*(?:\w+|[^\w\s]+)")
@@ -40,8 +40,12 @@ def position(text: str, offset: int) -> types.Position:
 @dataclass
 class Suggestion:
     completion_id: str
+    # What the developer sees after the cursor: the item's text past what is typed in its range.
     text: str
     command: types.Command
+    # The start of the item's text already in the document (typed ahead), which acceptedLength
+    # counts along with what is accepted.
+    typed: str = ""
 
 
 @dataclass
@@ -127,7 +131,14 @@ class Editor:
         item = items[0]
         if item.command is None or not item.command.arguments:
             return None
-        return Suggestion(str(item.command.arguments[0]), item.insert_text, item.command)
+        # A typed-ahead answer's range starts where the suggestion began (on the cursor's line).
+        cursor = position(document.text, offset)
+        units = cursor.character - item.range.start.character if item.range is not None else 0
+        typed = item.insert_text[: code_points_for_units(item.insert_text, max(units, 0))]
+        rest = item.insert_text[len(typed) :]
+        if not rest:
+            return None
+        return Suggestion(str(item.command.arguments[0]), rest, item.command, typed)
 
     def shown(self, suggestion: Suggestion) -> None:
         self.client.protocol.notify(DID_SHOW, {"completionId": suggestion.completion_id})
@@ -153,7 +164,7 @@ class Editor:
                 DID_PARTIALLY_ACCEPT,
                 {
                     "completionId": suggestion.completion_id,
-                    "acceptedLength": utf16_units(suggestion.text[:accepted]),
+                    "acceptedLength": utf16_units(suggestion.typed + suggestion.text[:accepted]),
                 },
             )
 

@@ -138,8 +138,13 @@ async def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
         editor.insert(*SECOND, second.insert_text[0])
         rest = await ask(client, uri, SECOND[0], SECOND[1] + 1, invoked=False)
         assert rest is not None and rest.command.arguments[0] == cid
-        assert rest.insert_text == second.insert_text[1:]
-        editor.insert(SECOND[0], SECOND[1] + 1, rest.insert_text)
+        # The whole suggestion again, over the typed character: the editor inserts what follows it.
+        assert rest.insert_text == second.insert_text
+        assert (rest.range.start, rest.range.end) == (
+            types.Position(*SECOND),
+            types.Position(SECOND[0], SECOND[1] + 1),
+        )
+        editor.insert(SECOND[0], SECOND[1] + 1, rest.insert_text[1:])
         await editor.accept(cid)
         editor.insert(*FIRST, "x")
         began = time.monotonic()

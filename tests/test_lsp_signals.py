@@ -82,14 +82,104 @@ async def test_typing_ahead_is_answered_from_the_suggestion_without_a_backend_ca
     insert(client, uri, 2, 1, 4, "ret")
     rest = (await complete(client, uri, 1, 7)).items[0]
     assert len(backend.completions) == asked
-    assert rest.insert_text == SUGGESTION[3:]
+    # The whole suggestion, over a range from where it began to the cursor: the client needs no
+    # memory of the first answer.
+    assert rest.insert_text == SUGGESTION
+    assert rest.range == span(1, 4, 1, 7)
     assert rest.command.arguments == first.command.arguments
-    insert(client, uri, 3, 1, 7, rest.insert_text)
+    # Accepted as an LSP client does it: the item's range replaced by its text.
+    replace(client, uri, 3, rest.range, rest.insert_text)
     await client.workspace_execute_command_async(
         types.ExecuteCommandParams(command="flywheel.accept", arguments=rest.command.arguments)
     )
     await wait_for_events(client, backend, first.command.arguments[0], ["shown", "accepted"])
     assert (await request(client, "flywheel/status"))["cache_answers"] == 1
+    close(client, uri)
+    await wait_for_events(client, backend, first.command.arguments[0], ["shown", "accepted", "survival"])
+    survival = events_of(backend, first.command.arguments[0], "survival")[0]
+    assert (survival["text"], survival["similarity"]) == (SUGGESTION, 1.0)
+
+
+async def test_a_partial_acceptance_after_typing_ahead_counts_from_the_answer_it_was_made_in(
+    client: LanguageClient, tmp_path: Path, backend: WireBackend
+) -> None:
+    ws = tmp_path / "ws"
+    await start(client, ws, backendUrl=backend.url, reportsShown=True, debounceMs=0, flushIntervalS=0.05)
+    uri = (ws / "a.py").as_uri()
+    open_document(client, uri, "def add(a, b):\n    \n")
+    cid = (await complete(client, uri, 1, 4)).items[0].command.arguments[0]
+    client.protocol.notify("flywheel/didShowCompletion", {"completionId": cid})
+    insert(client, uri, 2, 1, 4, "ret")
+    rest = (await complete(client, uri, 1, 7)).items[0]
+    # Accept-next-word: the editor completes "return"; the client reads its item's text from the
+    # range's start to the cursor, 6 units.
+    insert(client, uri, 3, 1, 7, "urn")
+    client.protocol.notify(
+        "flywheel/didPartiallyAcceptCompletion", {"completionId": cid, "acceptedLength": 6}
+    )
+    await wait_for_events(client, backend, cid, ["shown", "partially_accepted"])
+    assert rest.insert_text[:6] == "return"
+    assert events_of(backend, cid, "partially_accepted")[0]["accepted_chars"] == 6
+
+
+async def test_typing_ahead_past_a_line_break_answers_from_the_start_of_the_cursors_line(
+    client: LanguageClient, tmp_path: Path, backend: WireBackend
+) -> None:
+    backend.text = "if a:\n        return b"
+    ws = tmp_path / "ws"
+    await start(client, ws, backendUrl=backend.url, reportsShown=True, debounceMs=0, flushIntervalS=0.05)
+    uri = (ws / "a.py").as_uri()
+    open_document(client, uri, "def f(a, b):\n    \n")
+    cid = (await complete(client, uri, 1, 4)).items[0].command.arguments[0]
+    client.protocol.notify("flywheel/didShowCompletion", {"completionId": cid})
+    insert(client, uri, 2, 1, 4, "if a:")
+    insert(client, uri, 3, 1, 9, "\n        r")
+    rest = (await complete(client, uri, 2, 9)).items[0]
+    # LSP 3.18 and VS Code want the range on one line: it starts at the cursor's line.
+    assert rest.command.arguments[0] == cid
+    assert rest.range == span(2, 0, 2, 9)
+    assert rest.insert_text == "        return b"
+    # A word accepted from this item: 14 units of its text; the suggestion's first 20 characters.
+    insert(client, uri, 4, 2, 9, "eturn")
+    client.protocol.notify(
+        "flywheel/didPartiallyAcceptCompletion", {"completionId": cid, "acceptedLength": 14}
+    )
+    await wait_for_events(client, backend, cid, ["shown", "partially_accepted"])
+    assert events_of(backend, cid, "partially_accepted")[0]["accepted_chars"] == 20
+
+    # The rest accepted as an LSP client does it: the range replaced by the item's text.
+    again = (await complete(client, uri, 2, 14)).items[0]
+    assert (again.range, again.insert_text) == (span(2, 0, 2, 14), "        return b")
+    replace(client, uri, 5, again.range, again.insert_text)
+    await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="flywheel.accept", arguments=[cid])
+    )
+    close(client, uri)
+    await wait_for_events(client, backend, cid, ["shown", "partially_accepted", "accepted", "survival"])
+    survival = events_of(backend, cid, "survival")[0]
+    assert (survival["text"], survival["similarity"]) == (backend.text, 1.0)
+
+
+def span(start_line: int, start_character: int, end_line: int, end_character: int) -> types.Range:
+    return types.Range(
+        start=types.Position(line=start_line, character=start_character),
+        end=types.Position(line=end_line, character=end_character),
+    )
+
+
+def replace(client: LanguageClient, uri: str, version: int, where: types.Range, text: str) -> None:
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=where, text=text)],
+        )
+    )
+
+
+def close(client: LanguageClient, uri: str) -> None:
+    client.text_document_did_close(
+        types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+    )
 
 
 async def test_a_slow_backend_costs_the_editor_no_more_than_the_timeout_and_shows_no_error(
