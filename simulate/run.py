@@ -54,6 +54,7 @@ from simulate.services import (
     trainer_config,
 )
 from trainer.gate import heldout_code_parts
+from trainer.report import CheckpointFigures
 from trainer.state import load_state
 
 log = logging.getLogger("flywheel.simulate")
@@ -277,19 +278,17 @@ class Simulation:
         if new:
             # The update; a second checkpoint carries new floors alone, on the live weights, when
             # the gate refused the update (trainer/cycle.py).
-            metrics = new[0]["metrics"]
-            dropped = {
-                k.removeprefix("dropped_"): int(v) for k, v in metrics.items() if k.startswith("dropped_")
-            }
+            made = [CheckpointFigures.of(c["metrics"]) for c in new]
             figures.update(
                 candidate=" + ".join(c["version"] for c in new),
                 candidate_state=" + ".join(
-                    c["state"] + (" (floors only)" if c["metrics"].get("floors_only") else "") for c in new
+                    c["state"] + (" (floors only)" if m.floors_only else "")
+                    for c, m in zip(new, made, strict=True)
                 ),
-                trained_on=int(metrics.get("episodes", 0)),
-                dropped=";".join(f"{k}={v}" for k, v in sorted(dropped.items())),
+                trained_on=made[0].trained_on,
+                dropped=";".join(f"{k}={v}" for k, v in sorted(made[0].dropped.items())),
             )
-            if self.attacker is not None and not metrics.get("floors_only"):
+            if self.attacker is not None and not made[0].floors_only:
                 figures.update(await self.attacker_in_update(cycle, cursor, live, figures["trained_on"]))
         if result.attacker is not None and result.stats.requests:
             figures["attacker_requests_share"] = result.attacker.requests / result.stats.requests
@@ -335,7 +334,10 @@ class Simulation:
             figures = (checkpoint["metrics"].get("gate") or {}).get("figures") or {}
             if "ppl_candidate" in figures:
                 by_version[checkpoint["version"]] = figures["ppl_candidate"]
-            elif checkpoint["metrics"].get("floors_only") and checkpoint["parent_version"] in by_version:
+            elif (
+                CheckpointFigures.of(checkpoint["metrics"]).floors_only
+                and checkpoint["parent_version"] in by_version
+            ):
                 # The parent's weights, new floors.
                 by_version[checkpoint["version"]] = by_version[checkpoint["parent_version"]]
             if "ppl_base" in figures:

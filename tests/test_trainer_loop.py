@@ -163,9 +163,21 @@ def test_cycles_train_upload_and_continue_from_live(stub: StubBackend, settings:
         first = run_cycle(settings, client)
         assert first is not None and first.version == "v1"
         assert (first.parent_version, first.episodes, first.cursor) == (BASE_VERSION, 8, 8)
+        assert first.update is not None and (first.update.objective, first.trained_on, first.heldout) == (
+            "pg",
+            8,
+            0,
+        )
         meta = stub.uploads[0]
         assert meta.parent_version == BASE_VERSION
         assert meta.metrics["episodes"] == 8
+        # The checkpoint carries the report's figures (its duration taken before the upload).
+        uploaded = {k: v for k, v in meta.metrics.items() if k != "duration_s"}
+        reported = {k: v for k, v in first.metrics().items() if k != "duration_s"}
+        assert uploaded == {**reported, "candidate": uploaded["candidate"], "objective": "pg"} | {
+            "seq_after": 0,
+            "seq_through": 8,
+        }
         for key in (
             "loss",
             "pg_loss",
@@ -238,6 +250,7 @@ def test_an_update_the_gate_refuses_still_ships_its_floors_on_the_live_weights(
         result = run_cycle(refusing, client)
     assert result is not None and (result.version, result.state) == ("v1", "rejected")
     assert (result.floors_version, result.floors_state) == ("v2", "live")
+    assert result.floors is not None and result.floors.min_confidence == {LINE_START: first_step}
     update, floors = stub.uploads
     assert not update.gate.passed and update.min_confidence == {LINE_START: first_step}
     assert floors.gate.passed and floors.metrics["floors_only"] == 1.0

@@ -12,10 +12,10 @@ from test_trainer_support import episode, one_thread, save_tiny_model
 from core.config import Settings, TrainerConfig
 from core.wire import Episode
 from trainer.checkpoint import save_adapter_atomic
-from trainer.cycle import objective_config
 from trainer.gate import sequence_logps
-from trainer.objectives.dpo import DPOObjective, dpo_rows, train_dpo
-from trainer.objectives.kto import KTOObjective, kto_rows, train_kto
+from trainer.objectives import objective_config
+from trainer.objectives.dpo import DPOConfig, dpo_rows, train_dpo
+from trainer.objectives.kto import KTOConfig, kto_rows, train_kto
 from trainer.objectives.pg import PGConfig
 from trainer.policy import load_policy
 
@@ -50,12 +50,12 @@ def test_kto_learns_desirable_over_undesirable(policy_and_tokenizer, tmp_path: P
     bad = completion(tokenizer, prompt, '"a", "b")', 2, -0.25)
     silent = episode(3, prompt, [tokenizer.eos_token_id], [-1.0], 0.0)
     episodes = [good, bad] * 8 + [silent]
-    rows = kto_rows(tokenizer, episodes, KTOObjective())
+    rows = kto_rows(tokenizer, episodes, KTOConfig())
     assert len(rows) == 16 and sum(r["label"] for r in rows) == 8  # the abstention has no text to label
     assert rows[0]["prompt"] == PROMPT and rows[0]["completion"] == "'a', 'b')"
     before = margin(policy, good, bad)
     metrics = train_kto(
-        policy, tokenizer, episodes, KTOObjective(), learning_rate=1e-2, batch_size=8, epochs=3
+        policy, tokenizer, episodes, KTOConfig(), learning_rate=1e-2, batch_size=8, epochs=3
     )
     assert metrics["trained_rows"] == 16
     assert margin(policy, good, bad) > before + 0.5
@@ -86,7 +86,7 @@ def test_dpo_learns_the_users_rewrite_over_the_suggestion(policy_and_tokenizer) 
     chosen = completion(tokenizer, prompt, "'a', 'b')", 9, 0.0)
     before = margin(policy, chosen, rejected)
     metrics = train_dpo(
-        policy, tokenizer, episodes, DPOObjective(), learning_rate=1e-2, batch_size=4, epochs=3
+        policy, tokenizer, episodes, DPOConfig(), learning_rate=1e-2, batch_size=4, epochs=3
     )
     assert metrics["trained_rows"] == 8
     assert margin(policy, chosen, rejected) > before + 0.5
@@ -100,8 +100,8 @@ def test_objective_config_comes_from_the_settings(monkeypatch: pytest.MonkeyPatc
     settings = Settings()
     assert objective_config(settings.trainer) == PGConfig(kl_coef=0.2)
     assert settings.trainer.guards.min_users == 3
-    assert objective_config(TrainerConfig(objective="dpo", dpo={"beta": 0.3})) == DPOObjective(beta=0.3)
-    assert objective_config(TrainerConfig(objective="kto")) == KTOObjective()
+    assert objective_config(TrainerConfig(objective="dpo", dpo={"beta": 0.3})) == DPOConfig(beta=0.3)
+    assert objective_config(TrainerConfig(objective="kto")) == KTOConfig()
     with pytest.raises(ValueError, match="unknown trainer objective"):
         objective_config(TrainerConfig(objective="ppo"))
     with pytest.raises(TypeError):

@@ -1,10 +1,20 @@
-"""One trainer cycle: pull episodes, guard, update, gate, save atomically, upload, move the cursor.
+"""One trainer cycle, as named phases, each a function that returns what it found:
 
-ModelInfo → up to `max_episodes` new episodes after the persisted cursor → guards
-(trainer/selection.py) → a held-out share for the gate → the live version's policy (kept in memory
-between cycles) → update with the configured objective → eval gate → atomic save of the adapter,
-its optimizer state and its upload metadata → upload (a failing candidate too: the backend records
-it as rejected with the gate's reason) → cursor persisted.
+    resume_pending   finish the upload a killed trainer left pending
+    pull             the live version and up to `max_episodes` new episodes after the cursor
+    select           the guards (trainer/selection.py), then a held-out share for the gate
+    update_policy    the live version's policy (kept in memory between cycles) updated with the
+                     configured objective (trainer/objectives/)
+    fit_cut          where serving cuts the candidate's completions (trainer/stopping.py)
+    fit_floors       the candidate's confidence floors (trainer/withholding.py)
+    gate             the eval gate on the held-out episodes (trainer/gate.py)
+    upload_update    atomic save of the adapter, its optimizer state and its upload metadata, then
+                     the upload (a failing candidate too: the backend records it as rejected with
+                     the gate's reason), then the cursor
+    ship_floors      when the gate refused the update but the floors moved: the floors alone, on
+                     the live weights
+
+`run_cycle` runs them in that order and returns a CycleReport (trainer/report.py).
 
 Crash safety: the candidate directory appears whole or not at all. Before uploading, the state file
 names it as pending; a trainer killed from there on asks the backend whether it arrived, and uploads
@@ -13,19 +23,18 @@ the saved candidate again if not, so no cycle is trained twice and nothing half-
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import Settings, TrainerConfig
-from core.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, GateResult, ModelInfo
+from core.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, Episode, GateResult, ModelInfo
 from trainer.checkpoint import (
     UPLOAD_FILE,
     adapter_dir,
@@ -38,19 +47,31 @@ from trainer.checkpoint import (
 from trainer.client import BackendClient
 from trainer.corrections import wanted_ids
 from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
+from trainer.objectives import objective_config
 from trainer.objectives.pg import PGConfig
 from trainer.replay import load_replay
+from trainer.report import (
+    CANDIDATE,
+    FLOORS_ONLY,
+    SEQ_AFTER,
+    SEQ_THROUGH,
+    CutReport,
+    CycleReport,
+    Floors,
+    UpdateReport,
+    floor_metrics,
+)
 from trainer.selection import select_episodes
 from trainer.session import LoadedPolicy, PolicyCache
 from trainer.state import TrainerState, load_state, save_state
 from trainer.stopping import HindsightSet, fit_stop_logprob
 from trainer.update import train_on_episodes
-from trainer.withholding import fit_floors, floor_metrics
+from trainer.withholding import fit_floors
+
+__all__ = ["MIN_EPISODES_TO_HOLD_OUT", "SEQ_AFTER", "SEQ_THROUGH", "CycleReport", "run_cycle"]
 
 log = logging.getLogger("flywheel.trainer")
 
-# Checkpoint metrics naming the episodes a candidate was trained on: seq_after < seq <= seq_through.
-SEQ_AFTER, SEQ_THROUGH = "seq_after", "seq_through"
 # Below this many kept episodes none are held out: the SNIS check would have nothing to go on.
 MIN_EPISODES_TO_HOLD_OUT = 20
 # Windows of general code a cycle's replay term draws from (a fresh set each cycle, by its seed):
@@ -58,55 +79,191 @@ MIN_EPISODES_TO_HOLD_OUT = 20
 REPLAY_WINDOWS = 512
 
 
-@dataclass
-class CycleResult:
-    # The version the backend gave the uploaded candidate; None when nothing was trainable.
-    version: str | None
-    parent_version: str
-    episodes: int
-    dropped: Counter[str] = field(default_factory=Counter)
-    cursor: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    gate: GateResult | None = None
-    # The state the backend put the candidate in (live, canary, gated, rejected, …).
-    state: str | None = None
-    # When the update failed the gate but the floors moved: the version that carries the new
-    # floors on the live weights, and its state.
-    floors_version: str | None = None
-    floors_state: str | None = None
+@dataclass(frozen=True)
+class Pulled:
+    info: ModelInfo
+    episodes: list[Episode]
+    # The cursor past them: the one the cycle's upload moves to.
+    cursor: int
 
 
-def objective_config(cfg: TrainerConfig) -> Any:
-    """The configured objective's dataclass with the configured overrides; ValueError if unknown."""
-    if cfg.objective == "pg":
-        return _with_overrides(PGConfig, cfg.pg)
-    if cfg.objective == "kto":
-        from trainer.objectives.kto import KTOObjective
-
-        return _with_overrides(KTOObjective, cfg.kto)
-    if cfg.objective == "dpo":
-        from trainer.objectives.dpo import DPOObjective
-
-        return _with_overrides(DPOObjective, cfg.dpo)
-    raise ValueError(f"unknown trainer objective {cfg.objective!r} (pg, kto, dpo)")
+@dataclass(frozen=True)
+class Split:
+    train: list[Episode]
+    heldout: list[Episode]
+    dropped: Counter[str]
 
 
-def _with_overrides(cls: type, overrides: dict[str, Any]) -> Any:
-    """cls() with `overrides`, each converted to its field's type (environment values are strings)."""
-    defaults = cls()
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
-    return dataclasses.replace(
-        defaults, **{name: type(getattr(defaults, name))(value) for name, value in overrides.items()}
+def run_cycle(
+    settings: Settings,
+    client: BackendClient | None = None,
+    *,
+    min_episodes: int = 1,
+    pg: PGConfig | None = None,
+    cache: PolicyCache | None = None,
+    on_state: Callable[[str], None] | None = None,
+) -> CycleReport | None:
+    """One cycle; None (and nothing changed) when fewer than `min_episodes` new episodes are in,
+    the guards want more distinct users first, or a canary is still being judged."""
+    if client is None:
+        with BackendClient.from_settings(settings) as own:
+            return run_cycle(settings, own, min_episodes=min_episodes, pg=pg, cache=cache, on_state=on_state)
+    started = time.monotonic()
+    cfg, trainer_dir = settings.trainer, settings.trainer_dir
+    cache = cache or PolicyCache(cfg)
+    notify = on_state or (lambda _state: None)
+    state = load_state(trainer_dir)
+    resume_pending(client, trainer_dir, state)
+    pulled = pull(client, state, cfg, min_episodes)
+    split = select(pulled, cfg) if pulled is not None else None
+    if pulled is None or split is None:
+        return None
+    info = pulled.info
+    report = CycleReport(
+        info.live_version, len(split.train) + len(split.heldout), split.dropped, pulled.cursor
     )
+    if not report.episodes:
+        # Nothing here can ever be trained on: step over it rather than pull it again forever.
+        state.cursor = pulled.cursor
+        save_state(trainer_dir, state)
+        log.info("cycle skipped: all %d new episodes dropped (%s)", len(pulled.episodes), dict(split.dropped))
+        return report
+
+    objective = pg if pg is not None else objective_config(cfg)
+    notify("training")
+    policy = cache.get(
+        info.base_model, info.live_version, live_adapter(client, trainer_dir, info.live_version)
+    )
+    baseline = gate_baseline(policy, split.heldout, cache, cfg) if cfg.gate.enabled else None
+    # The live weights, kept so that floors fitted on their outcomes can ship on them when the
+    # update fails the gate.
+    live_weights = policy.snapshot() if cfg.learn_floor else None
+    report.update = update_policy(policy, split, objective, settings, seed=pulled.cursor)
+    cache.became(None)  # the weights in memory are now the candidate's, no served version
+    report.cut = fit_cut(policy, split, settings, info)
+    if cfg.learn_floor:
+        report.floors = fit_floors(
+            trainer_dir,
+            split.train,
+            split.heldout,
+            info.min_confidence,
+            settings.rewards,
+            history=cfg.floor_history,
+            min_shown=cfg.floor_min_shown,
+        )
+    if baseline is not None:
+        notify("gating")
+        report.gate = evaluate_candidate(policy.model, policy.tokenizer, split.heldout, baseline, cfg.gate)
+
+    notify("uploading")
+    optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
+    checkpoint = upload_update(client, trainer_dir, state, policy, info, report, optimizer, started)
+    report.version, report.state = checkpoint.version, checkpoint.state
+    if checkpoint.state != "rejected" and (report.gate is None or report.gate.passed):
+        cache.became(checkpoint.version)
+    clean_trainer_dir(trainer_dir, keep={info.live_version, checkpoint.version})
+    report.duration_s = time.monotonic() - started
+    log_cycle(report)
+
+    floors = report.floors.min_confidence if report.floors else info.min_confidence
+    if checkpoint.state == "rejected" and live_weights is not None and floors != info.min_confidence:
+        policy.restore(live_weights)
+        shipped = ship_floors(client, trainer_dir, state, policy, info, floors, checkpoint.version)
+        log.info("floors %s shipped on the live weights as %s (%s)", floors, shipped.version, shipped.state)
+        if shipped.state != "rejected":
+            cache.became(shipped.version)
+        report.floors_version, report.floors_state = shipped.version, shipped.state
+    return report
 
 
-def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Settings, seed: int) -> dict:
+# --- phases, in the order run_cycle runs them ------------------------------------------------
+
+
+def resume_pending(client: BackendClient, trainer_dir: Path, state: TrainerState) -> CheckpointInfo | None:
+    """Completes an upload a killed trainer left pending; None when there was none."""
+    name = state.pending_candidate
+    if name is None:
+        return None
+    candidate = trainer_dir / "candidates" / name
+    arrived = [c for c in client.checkpoints() if c.metrics.get(CANDIDATE) == name]
+    if arrived:
+        checkpoint = arrived[-1]
+        log.info("pending candidate %s had arrived as %s", name, checkpoint.version)
+    elif is_complete(candidate) and (candidate / UPLOAD_FILE).is_file():
+        metadata = CheckpointMetadata.model_validate_json((candidate / UPLOAD_FILE).read_text())
+        checkpoint = client.upload_checkpoint(candidate, metadata)
+        log.info("pending candidate %s uploaded as %s (%s)", name, checkpoint.version, checkpoint.state)
+    else:
+        log.warning("pending candidate %s is gone; its episodes will be trained on again", name)
+        state.pending_candidate = None
+        save_state(trainer_dir, state)
+        return None
+    _finish(trainer_dir, state, candidate, checkpoint)
+    return checkpoint
+
+
+def pull(client: BackendClient, state: TrainerState, cfg: TrainerConfig, min_episodes: int) -> Pulled | None:
+    """The live version and the episodes after the cursor; None while a canary is judged or
+    fewer than `min_episodes` are in."""
+    info = client.model_info()
+    if info.canary_version is not None:
+        # One experiment at a time: a new candidate would retire the canary before its verdict,
+        # and a trainer cycling faster than a canary can decide would never ship anything.
+        log.info("waiting for the verdict on canary %s", info.canary_version)
+        return None
+    episodes, cursor = client.all_episodes(state.cursor, max_count=cfg.max_episodes)
+    if len(episodes) < max(min_episodes, 1):
+        return None
+    return Pulled(info, episodes, cursor)
+
+
+def select(pulled: Pulled, cfg: TrainerConfig) -> Split | None:
+    """The guards' choice, split into training and held-out episodes; None while the guards want
+    more distinct users."""
+    selection = select_episodes(pulled.episodes, pulled.info.live_version, cfg.guards)
+    if selection.dropped.get("too_few_users"):
+        users = len({e.user_id for e in pulled.episodes})
+        log.info("waiting for more users: %d of %d needed", users, cfg.guards.min_users)
+        return None
+    kept = selection.kept
+    if cfg.gate.enabled and len(kept) >= MIN_EPISODES_TO_HOLD_OUT:
+        train, heldout = split_heldout(kept, cfg.gate.heldout_share)
+        return Split(train, heldout, selection.dropped)
+    return Split(kept, [], selection.dropped)
+
+
+def gate_baseline(
+    policy: LoadedPolicy, heldout: list[Episode], cache: PolicyCache, cfg: TrainerConfig
+) -> GateBaseline:
+    """What the gate compares the candidate with, measured on the live weights before the update."""
+    return GateBaseline(sequence_logps(policy.model, heldout), *cache.base_figures(policy, cfg.gate))
+
+
+def update_policy(
+    policy: LoadedPolicy, split: Split, objective: Any, settings: Settings, seed: int
+) -> UpdateReport:
+    """Updates the policy in place on the training episodes with the objective."""
     cfg = settings.trainer
+    log.info(
+        "training %s on %d episodes (%d held out, %d dropped) from %s",
+        cfg.objective,
+        len(split.train),
+        len(split.heldout),
+        sum(split.dropped.values()),
+        policy.version,
+    )
+    episodes = split.train
     common = dict(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs)
     if isinstance(objective, PGConfig):
-        return train_on_episodes(
+        wanted = None
+        if objective.correction_coef > 0:
+            wanted = [wanted_ids(policy.tokenizer, e, objective.correction_max_tokens) for e in episodes]
+        replay = None
+        if objective.replay_coef > 0:
+            replay = load_replay(
+                policy.tokenizer, cfg.replay_sources, objective.replay_window_tokens, REPLAY_WINDOWS, seed
+            )
+        figures = train_on_episodes(
             policy.model,
             episodes,
             objective,
@@ -115,23 +272,72 @@ def update(policy: LoadedPolicy, episodes: list, objective: Any, settings: Setti
             parent_version=policy.version,
             kl_budget=cfg.guards.kl_budget,
             measure_kl_after=False,
-            wanted=[wanted_ids(policy.tokenizer, e, objective.correction_max_tokens) for e in episodes]
-            if objective.correction_coef > 0
-            else None,
-            replay=load_replay(
-                policy.tokenizer, cfg.replay_sources, objective.replay_window_tokens, REPLAY_WINDOWS, seed
-            )
-            if objective.replay_coef > 0
-            else None,
+            wanted=wanted,
+            replay=replay,
             **common,
         )
-    if cfg.objective == "kto":
+    elif cfg.objective == "kto":
         from trainer.objectives.kto import train_kto
 
-        return train_kto(policy.model, policy.tokenizer, episodes, objective, **common)
-    from trainer.objectives.dpo import train_dpo
+        figures = train_kto(policy.model, policy.tokenizer, episodes, objective, **common)
+    else:
+        from trainer.objectives.dpo import train_dpo
 
-    return train_dpo(policy.model, policy.tokenizer, episodes, objective, **common)
+        figures = train_dpo(policy.model, policy.tokenizer, episodes, objective, **common)
+    return UpdateReport(cfg.objective, len(split.train), len(split.heldout), figures)
+
+
+def fit_cut(policy: LoadedPolicy, split: Split, settings: Settings, info: ModelInfo) -> CutReport:
+    """The candidate's cut: the live one's, or with `trainer.learn_stop` the one fitted in hindsight
+    on the training episodes (and what it would gain on the held-out ones)."""
+    if not settings.trainer.learn_stop:
+        return CutReport(info.stop_logprob)
+    fit = fit_stop_logprob(policy.tokenizer, split.train, settings.rewards, info.stop_logprob)
+    report = CutReport(fit.stop_logprob, fit.chosen.kept_chars, fit.uncut.kept_chars)
+    if not split.heldout:
+        return report
+    held = HindsightSet(policy.tokenizer, split.heldout, settings.rewards)
+    before, after = held.estimate(info.stop_logprob), held.estimate(fit.stop_logprob)
+    return CutReport(
+        fit.stop_logprob,
+        report.kept_chars,
+        report.kept_chars_uncut,
+        heldout_kept_chars_gain=after.kept_chars - before.kept_chars,
+        heldout_reward_gain=after.reward - before.reward,
+    )
+
+
+def upload_update(
+    client: BackendClient,
+    trainer_dir: Path,
+    state: TrainerState,
+    policy: LoadedPolicy,
+    info: ModelInfo,
+    report: CycleReport,
+    optimizer: Any,
+    started: float,
+) -> CheckpointInfo:
+    """The updated adapter as a candidate, with the cycle's figures and verdicts, uploaded."""
+    path = new_candidate_dir(trainer_dir, info.live_version)
+    report.duration_s = time.monotonic() - started
+    assert report.update is not None and report.cut is not None
+    metadata = CheckpointMetadata(
+        base_model=info.base_model,
+        parent_version=info.live_version,
+        # The episodes it was trained on, seq_after < seq <= seq_through: what a fault check reads
+        # to tell that no episode went into one lineage twice.
+        metrics={
+            **report.metrics(),
+            CANDIDATE: path.name,
+            "objective": report.update.objective,
+            SEQ_AFTER: state.cursor,
+            SEQ_THROUGH: report.cursor,
+        },
+        gate=report.gate,
+        stop_logprob=report.cut.stop_logprob,
+        min_confidence=report.floors.min_confidence if report.floors else info.min_confidence,
+    )
+    return upload_candidate(client, trainer_dir, state, policy, path, metadata, optimizer, report.cursor)
 
 
 def ship_floors(
@@ -140,7 +346,7 @@ def ship_floors(
     state: TrainerState,
     policy: LoadedPolicy,
     info: ModelInfo,
-    floors: dict[str, float],
+    floors: Floors,
     rejected: str,
 ) -> CheckpointInfo:
     """Uploads the live version's weights (in `policy`) with new confidence floors: the floors were
@@ -150,8 +356,8 @@ def ship_floors(
         base_model=info.base_model,
         parent_version=info.live_version,
         metrics={
-            "candidate": path.name,
-            "floors_only": 1.0,
+            CANDIDATE: path.name,
+            FLOORS_ONLY: 1.0,
             "rejected_update": rejected,
             **floor_metrics(floors),
         },
@@ -162,6 +368,9 @@ def ship_floors(
     return upload_candidate(
         client, trainer_dir, state, policy, path, metadata, policy.optimizer, state.cursor
     )
+
+
+# --- what the phases share -------------------------------------------------------------------
 
 
 def upload_candidate(
@@ -208,189 +417,23 @@ def _finish(trainer_dir: Path, state: TrainerState, candidate: Path, checkpoint:
     save_state(trainer_dir, state)
 
 
-def resume_pending(client: BackendClient, trainer_dir: Path, state: TrainerState) -> CheckpointInfo | None:
-    """Completes an upload a killed trainer left pending; None when there was none."""
-    name = state.pending_candidate
-    if name is None:
-        return None
-    candidate = trainer_dir / "candidates" / name
-    arrived = [c for c in client.checkpoints() if c.metrics.get("candidate") == name]
-    if arrived:
-        checkpoint = arrived[-1]
-        log.info("pending candidate %s had arrived as %s", name, checkpoint.version)
-    elif is_complete(candidate) and (candidate / UPLOAD_FILE).is_file():
-        metadata = CheckpointMetadata.model_validate_json((candidate / UPLOAD_FILE).read_text())
-        checkpoint = client.upload_checkpoint(candidate, metadata)
-        log.info("pending candidate %s uploaded as %s (%s)", name, checkpoint.version, checkpoint.state)
-    else:
-        log.warning("pending candidate %s is gone; its episodes will be trained on again", name)
-        state.pending_candidate = None
-        save_state(trainer_dir, state)
-        return None
-    _finish(trainer_dir, state, candidate, checkpoint)
-    return checkpoint
-
-
-def run_cycle(
-    settings: Settings,
-    client: BackendClient | None = None,
-    *,
-    min_episodes: int = 1,
-    pg: PGConfig | None = None,
-    cache: PolicyCache | None = None,
-    on_state: Callable[[str], None] | None = None,
-) -> CycleResult | None:
-    """One cycle; None (and nothing changed) when fewer than `min_episodes` new episodes are in,
-    the guards want more distinct users first, or a canary is still being judged."""
-    if client is None:
-        with BackendClient.from_settings(settings) as own:
-            return run_cycle(settings, own, min_episodes=min_episodes, pg=pg, cache=cache, on_state=on_state)
-    started = time.monotonic()
-    cfg = settings.trainer
-    trainer_dir = settings.trainer_dir
-    cache = cache or PolicyCache(cfg)
-    notify = on_state or (lambda _state: None)
-    state = load_state(trainer_dir)
-    resume_pending(client, trainer_dir, state)
-    info = client.model_info()
-    if info.canary_version is not None:
-        # One experiment at a time: a new candidate would retire the canary before its verdict,
-        # and a trainer cycling faster than a canary can decide would never ship anything.
-        log.info("waiting for the verdict on canary %s", info.canary_version)
-        return None
-    episodes, next_cursor = client.all_episodes(state.cursor, max_count=cfg.max_episodes)
-    if len(episodes) < max(min_episodes, 1):
-        return None
-
-    selection = select_episodes(episodes, info.live_version, cfg.guards)
-    result = CycleResult(None, info.live_version, len(selection.kept), selection.dropped, next_cursor)
-    if selection.dropped.get("too_few_users"):
-        log.info(
-            "waiting for more users: %d of %d needed",
-            len({e.user_id for e in episodes}),
-            cfg.guards.min_users,
-        )
-        return None
-    if not selection.kept:
-        # Nothing here can ever be trained on: step over it rather than pull it again forever.
-        state.cursor = next_cursor
-        save_state(trainer_dir, state)
-        log.info("cycle skipped: all %d new episodes dropped (%s)", len(episodes), dict(selection.dropped))
-        return result
-
-    held = cfg.gate.enabled and len(selection.kept) >= MIN_EPISODES_TO_HOLD_OUT
-    train, heldout = split_heldout(selection.kept, cfg.gate.heldout_share) if held else (selection.kept, [])
-    objective = pg if pg is not None else objective_config(cfg)
-    notify("training")
-    policy = cache.get(
-        info.base_model, info.live_version, live_adapter(client, trainer_dir, info.live_version)
-    )
-    baseline = None
-    if cfg.gate.enabled:
-        baseline = GateBaseline(sequence_logps(policy.model, heldout), *cache.base_figures(policy, cfg.gate))
-    log.info(
-        "training %s on %d episodes (%d held out, %d dropped) from %s",
-        cfg.objective,
-        len(train),
-        len(heldout),
-        sum(selection.dropped.values()),
-        info.live_version,
-    )
-    # The live weights, kept so that floors fitted on their outcomes can ship on them when the
-    # update fails the gate.
-    live_weights = policy.snapshot() if cfg.learn_floor else None
-    metrics = update(policy, train, objective, settings, seed=next_cursor)
-    cache.became(None)  # the weights in memory are now the candidate's, no served version
-    metrics.update(episodes=float(len(train)), heldout=float(len(heldout)))
-    metrics.update({f"dropped_{reason}": float(n) for reason, n in selection.dropped.items()})
-    metrics["dropped"] = float(sum(selection.dropped.values()))
-
-    stop_logprob = info.stop_logprob
-    if cfg.learn_stop:
-        fit = fit_stop_logprob(policy.tokenizer, train, settings.rewards, info.stop_logprob)
-        stop_logprob = fit.stop_logprob
-        metrics.update(stop_kept_chars=fit.chosen.kept_chars, stop_kept_chars_uncut=fit.uncut.kept_chars)
-        if heldout:
-            held = HindsightSet(policy.tokenizer, heldout, settings.rewards)
-            before, after = held.estimate(info.stop_logprob), held.estimate(stop_logprob)
-            metrics["stop_heldout_kept_chars_gain"] = after.kept_chars - before.kept_chars
-            metrics["stop_heldout_reward_gain"] = after.reward - before.reward
-    if stop_logprob is not None:
-        metrics["stop_logprob"] = stop_logprob
-    min_confidence = info.min_confidence
-    if cfg.learn_floor:
-        min_confidence = fit_floors(
-            trainer_dir,
-            train,
-            heldout,
-            info.min_confidence,
-            settings.rewards,
-            metrics,
-            history=cfg.floor_history,
-            min_shown=cfg.floor_min_shown,
-        )
-
-    gate = None
-    if baseline is not None:
-        notify("gating")
-        gate = evaluate_candidate(policy.model, policy.tokenizer, heldout, baseline, cfg.gate)
-    candidate_path = new_candidate_dir(trainer_dir, info.live_version)
-    metrics["duration_s"] = time.monotonic() - started
-    metadata = CheckpointMetadata(
-        base_model=info.base_model,
-        parent_version=info.live_version,
-        # The episodes it was trained on, seq_after < seq <= seq_through: what a fault check reads
-        # to tell that no episode went into one lineage twice.
-        metrics={
-            **metrics,
-            "candidate": candidate_path.name,
-            "objective": cfg.objective,
-            SEQ_AFTER: state.cursor,
-            SEQ_THROUGH: next_cursor,
-        },
-        gate=gate,
-        stop_logprob=stop_logprob,
-        min_confidence=min_confidence,
-    )
-    optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
-    notify("uploading")
-    checkpoint = upload_candidate(
-        client, trainer_dir, state, policy, candidate_path, metadata, optimizer, next_cursor
-    )
-    if checkpoint.state != "rejected" and (gate is None or gate.passed):
-        cache.became(checkpoint.version)
-    clean_trainer_dir(trainer_dir, keep={info.live_version, checkpoint.version})
-    metrics["duration_s"] = time.monotonic() - started
-    result.version, result.metrics, result.gate, result.state = (
-        checkpoint.version,
-        metrics,
-        gate,
-        checkpoint.state,
-    )
+def log_cycle(report: CycleReport) -> None:
+    assert report.update is not None
+    figures, gate = report.update.figures, report.gate
     log.info(
         "cycle done: %s → %s (%s) | episodes %d held out %d dropped %s | mean reward %+.3f | loss %.4f "
         "kl %.4f parent kl %.4f%s | gate %s | %.1fs",
-        info.live_version,
-        checkpoint.version,
-        checkpoint.state,
-        len(train),
-        len(heldout),
-        json.dumps(dict(selection.dropped)),
-        metrics.get("mean_reward", 0.0),
-        metrics.get("loss", metrics.get("train_loss", 0.0)),
-        metrics.get("kl", 0.0),
-        metrics.get("kl_parent_max", 0.0),
-        " (KL budget hit: stopped)" if metrics.get("kl_stopped") else "",
+        report.parent_version,
+        report.version,
+        report.state,
+        report.trained_on,
+        report.heldout,
+        json.dumps(dict(report.dropped)),
+        figures.get("mean_reward", 0.0),
+        figures.get("loss", figures.get("train_loss", 0.0)),
+        figures.get("kl", 0.0),
+        figures.get("kl_parent_max", 0.0),
+        " (KL budget hit: stopped)" if figures.get("kl_stopped") else "",
         "off" if gate is None else ("passed" if gate.passed else f"FAILED: {gate.reason}"),
-        metrics["duration_s"],
+        report.duration_s,
     )
-    if checkpoint.state == "rejected" and live_weights is not None and min_confidence != info.min_confidence:
-        policy.restore(live_weights)
-        floors = ship_floors(client, trainer_dir, state, policy, info, min_confidence, checkpoint.version)
-        log.info(
-            "floors %s shipped on the live weights as %s (%s)", min_confidence, floors.version, floors.state
-        )
-        if floors.state != "rejected":
-            cache.became(floors.version)
-        result.floors_version, result.floors_state = floors.version, floors.state
-    return result

@@ -18,33 +18,24 @@ import httpx
 from core.config import Settings
 from core.wire import TrainerReport
 from trainer.client import BackendClient
-from trainer.cycle import CycleResult, objective_config, run_cycle
+from trainer.cycle import run_cycle
+from trainer.objectives import objective_config
+from trainer.report import CycleReport
 from trainer.session import PolicyCache
 
-__all__ = ["CycleResult", "run", "run_cycle"]
+__all__ = ["CycleReport", "run", "run_cycle"]
 
 log = logging.getLogger("flywheel.trainer")
 
 
-def report_cycle(client: BackendClient, result: CycleResult | None, message: str = "") -> None:
-    cycle: dict = {}
-    if result is not None:
-        cycle = {
-            "version": result.version,
-            "state": result.state,
-            "parent_version": result.parent_version,
-            "episodes": result.episodes,
-            "dropped": dict(result.dropped),
-            "cursor": result.cursor,
-            "metrics": result.metrics,
-            "gate": result.gate.model_dump() if result.gate else None,
-        }
+def report_cycle(client: BackendClient, report: CycleReport | None, message: str = "") -> None:
+    cycle = report.status() if report is not None else {}
     client.report(TrainerReport(state="idle", at=time.time(), message=message, cycle=cycle))
 
 
 def _cycle(
     settings: Settings, client: BackendClient, cache: PolicyCache, min_episodes: int
-) -> CycleResult | None:
+) -> CycleReport | None:
     def on_state(state: str) -> None:
         client.report(TrainerReport(state=state, at=time.time()))
 

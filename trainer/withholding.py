@@ -29,16 +29,17 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from core.atomic import write_file_atomic
-from core.confidence import FLOOR_METRIC_PREFIX, PLACES, confidence
+from core.confidence import PLACES, confidence
 from core.config import RewardConfig
 from core.rewards import kept_characters
 from core.wire import Episode
+from trainer.report import FloorReport, Floors
 from trainer.stopping import Estimate, lower_bound
 
 log = logging.getLogger("flywheel.trainer")
@@ -62,8 +63,6 @@ FLOORS: tuple[float | None, ...] = (
     -0.5,
     0.0,
 )
-
-Floors = dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -200,24 +199,18 @@ def fit_min_confidence(
     return FloorFit(chosen, scored.estimate(chosen), scored.estimate(current), float(withheld), scored.size)
 
 
-def floor_metrics(floors: Floors) -> dict[str, float]:
-    """A version's floors as checkpoint metrics (the dashboard shows them)."""
-    return {FLOOR_METRIC_PREFIX + place: floor for place, floor in floors.items()}
-
-
 def fit_floors(
     trainer_dir: Path,
     train: Sequence[Episode],
     heldout: Sequence[Episode],
     current: Floors,
     rewards: RewardConfig,
-    metrics: dict[str, float],
     *,
     history: int,
     min_shown: int,
-) -> Floors:
-    """A cycle's candidate floors: this cycle's episodes join the evidence in `trainer_dir`, the
-    floors are fitted on it, and their figures go to `metrics`."""
+) -> FloorReport:
+    """A cycle's candidate floors: this cycle's episodes join the evidence in `trainer_dir`, and
+    the floors are fitted on it; with held-out episodes, what they would gain there."""
     evidence = extend_evidence(load_evidence(trainer_dir), evidence_of(train, rewards), history)
     save_evidence(trainer_dir, evidence)
     fit = fit_min_confidence(evidence, current, min_shown)
@@ -228,11 +221,13 @@ def fit_floors(
         100 * fit.withheld_share,
         fit.evidence,
     )
-    metrics.update(floor_withheld_share=fit.withheld_share, floor_kept_chars=fit.chosen.kept_chars)
-    metrics.update(floor_metrics(fit.min_confidence))
-    if heldout:
-        held = FloorHindsight(evidence_of(heldout, rewards))
-        before, after = held.estimate(current), held.estimate(fit.min_confidence)
-        metrics["floor_heldout_kept_chars_gain"] = after.kept_chars - before.kept_chars
-        metrics["floor_heldout_reward_gain"] = after.reward - before.reward
-    return fit.min_confidence
+    report = FloorReport(fit.min_confidence, fit.withheld_share, fit.chosen.kept_chars)
+    if not heldout:
+        return report
+    held = FloorHindsight(evidence_of(heldout, rewards))
+    before, after = held.estimate(current), held.estimate(fit.min_confidence)
+    return replace(
+        report,
+        heldout_kept_chars_gain=after.kept_chars - before.kept_chars,
+        heldout_reward_gain=after.reward - before.reward,
+    )

@@ -1,6 +1,10 @@
 """DPO (Rafailov et al. 2023) through TRL's DPOTrainer, on pairs the users made: what they wrote
 at the spot instead (a rewrite after rejecting), or the edited text that survived an acceptance,
-is chosen over the suggestion. Episodes without such text are not trained on by this objective."""
+is chosen over the suggestion. Episodes without such text are not trained on by this objective.
+
+`DPOConfig` holds our settings (`[trainer.dpo]`); `train_dpo` turns episodes into TRL's pairs and
+hands them, with those settings, to TRL's own `trl.DPOConfig` and trainer (trl_common.py).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trl
 from peft import PeftModel
-from trl import DPOConfig, DPOTrainer
 
 from core.wire import Episode
 from trainer.corrections import completion_text, wanted_text
@@ -17,12 +21,15 @@ from trainer.objectives.trl_common import prompt_text, run_trl
 
 
 @dataclass
-class DPOObjective:
+class DPOConfig:
+    # β: how far the policy may move from the reference (the parent version) for a given margin.
     beta: float = 0.1
+    # TRL's loss on the preference margin: "sigmoid" is the paper's; TRL has others (ipo, hinge, …).
     loss_type: str = "sigmoid"
 
 
 def dpo_rows(tokenizer: Any, episodes: Sequence[Episode]) -> list[dict]:
+    """TRL's pairs: the user's text chosen over the suggestion, where the user left any."""
     rows = []
     for episode in episodes:
         rejected = completion_text(tokenizer, episode)
@@ -37,18 +44,19 @@ def train_dpo(
     model: PeftModel,
     tokenizer: Any,
     episodes: Sequence[Episode],
-    config: DPOObjective,
+    config: DPOConfig,
     *,
     learning_rate: float,
     batch_size: int,
     epochs: int,
 ) -> dict[str, float]:
+    """Updates the adapter in place; returns TRL's train figures and the pairs trained on."""
     rows = dpo_rows(tokenizer, episodes)
     if not rows:
         return {"steps": 0.0, "trained_rows": 0.0}
     metrics = run_trl(
-        DPOTrainer,
-        DPOConfig,
+        trl.DPOTrainer,
+        trl.DPOConfig,
         model,
         tokenizer,
         rows,
@@ -58,5 +66,4 @@ def train_dpo(
         per_device_train_batch_size=batch_size,
         num_train_epochs=epochs,
     )
-    metrics["trained_rows"] = float(len(rows))
-    return metrics
+    return {**metrics, "trained_rows": float(len(rows))}

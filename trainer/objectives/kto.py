@@ -1,5 +1,9 @@
 """KTO (Ethayarajh et al. 2024) through TRL's KTOTrainer: each shown suggestion is desirable or
-undesirable by its reward, with no need for pairs. Abstentions and neutral rewards are left out."""
+undesirable by its reward, with no need for pairs. Abstentions and neutral rewards are left out.
+
+`KTOConfig` holds our settings (`[trainer.kto]`); `train_kto` turns episodes into TRL's rows and
+hands them, with those settings, to TRL's own `trl.KTOConfig` and trainer (trl_common.py).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trl
 from peft import PeftModel
-from trl import KTOConfig, KTOTrainer
 
 from core.wire import Episode
 from trainer.corrections import completion_text
@@ -16,16 +20,21 @@ from trainer.objectives.trl_common import prompt_text, run_trl
 
 
 @dataclass
-class KTOObjective:
+class KTOConfig:
+    # β: how far the policy may move from the reference (the parent version) for a given margin.
     beta: float = 0.1
-    # A reward above `desirable_above` is desirable, below `undesirable_below` undesirable.
+    # A reward above `desirable_above` is desirable, below `undesirable_below` undesirable; what
+    # lies between (a neutral outcome) teaches nothing either way and is left out.
     desirable_above: float = 0.0
     undesirable_below: float = 0.0
+    # Weights of the two kinds: KTO's remedy when one kind far outnumbers the other (a weak model's
+    # suggestions are mostly rejected).
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
 
 
-def kto_rows(tokenizer: Any, episodes: Sequence[Episode], config: KTOObjective) -> list[dict]:
+def kto_rows(tokenizer: Any, episodes: Sequence[Episode], config: KTOConfig) -> list[dict]:
+    """TRL's unpaired rows: prompt, completion, and whether it was desirable."""
     rows = []
     for episode in episodes:
         completion = completion_text(tokenizer, episode)
@@ -45,18 +54,19 @@ def train_kto(
     model: PeftModel,
     tokenizer: Any,
     episodes: Sequence[Episode],
-    config: KTOObjective,
+    config: KTOConfig,
     *,
     learning_rate: float,
     batch_size: int,
     epochs: int,
 ) -> dict[str, float]:
+    """Updates the adapter in place; returns TRL's train figures and the rows trained on."""
     rows = kto_rows(tokenizer, episodes, config)
     if not rows:
         return {"steps": 0.0, "trained_rows": 0.0}
     metrics = run_trl(
-        KTOTrainer,
-        KTOConfig,
+        trl.KTOTrainer,
+        trl.KTOConfig,
         model,
         tokenizer,
         rows,
@@ -67,5 +77,4 @@ def train_kto(
         per_device_train_batch_size=batch_size,
         num_train_epochs=epochs,
     )
-    metrics["trained_rows"] = float(len(rows))
-    return metrics
+    return {**metrics, "trained_rows": float(len(rows))}

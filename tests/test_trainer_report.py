@@ -1,0 +1,69 @@
+"""The cycle's typed report: the flat figures a checkpoint carries are made from it, and read back
+by the simulator through CheckpointFigures."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from core.confidence import IN_WORD
+from core.wire import GateResult
+from trainer.report import CheckpointFigures, CutReport, CycleReport, FloorReport, UpdateReport
+
+
+def report() -> CycleReport:
+    return CycleReport(
+        "v1",
+        episodes=30,
+        dropped=Counter(inhuman_user=4, stale_version=2),
+        cursor=41,
+        update=UpdateReport("pg", trained_on=24, heldout=6, figures={"loss": 0.5, "kl": 0.01}),
+        cut=CutReport(-6.0, kept_chars=3.0, kept_chars_uncut=2.5),
+        floors=FloorReport({IN_WORD: -4.0}, withheld_share=0.1, kept_chars=2.0, heldout_reward_gain=0.02),
+        gate=GateResult(passed=True),
+        duration_s=12.5,
+        version="v2",
+        state="live",
+    )
+
+
+def test_a_checkpoints_figures_are_the_reports_flattened() -> None:
+    assert report().metrics() == {
+        "loss": 0.5,
+        "kl": 0.01,
+        "episodes": 24.0,
+        "heldout": 6.0,
+        "dropped_inhuman_user": 4.0,
+        "dropped_stale_version": 2.0,
+        "dropped": 6.0,
+        "stop_kept_chars": 3.0,
+        "stop_kept_chars_uncut": 2.5,
+        "stop_logprob": -6.0,
+        "floor_withheld_share": 0.1,
+        "floor_kept_chars": 2.0,
+        "min_confidence_in_word": -4.0,
+        "floor_heldout_reward_gain": 0.02,
+        "duration_s": 12.5,
+    }
+    # Nothing trained: no figures, as a skipped cycle reports them.
+    skipped = CycleReport("v1", episodes=0, dropped=Counter(inhuman_user=5), cursor=9)
+    assert skipped.metrics() == {} and (skipped.trained_on, skipped.heldout) == (0, 0)
+
+
+def test_the_simulator_reads_back_what_the_report_wrote() -> None:
+    figures = CheckpointFigures.of(report().metrics())
+    assert figures == CheckpointFigures(24, {"inhuman_user": 4, "stale_version": 2}, floors_only=False)
+    assert CheckpointFigures.of({"floors_only": 1.0, "candidate": "c"}).floors_only
+
+
+def test_the_trainer_status_keeps_its_shape() -> None:
+    status = report().status()
+    assert status == {
+        "version": "v2",
+        "state": "live",
+        "parent_version": "v1",
+        "episodes": 30,
+        "dropped": {"inhuman_user": 4, "stale_version": 2},
+        "cursor": 41,
+        "metrics": report().metrics(),
+        "gate": {"passed": True, "reason": "", "figures": {}},
+    }
