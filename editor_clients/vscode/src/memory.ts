@@ -2,9 +2,11 @@
  * The suggestions the language server returned, as far as the client needs them to report what
  * became of them. Plain module (no `vscode` import).
  *
- * The language server answers typing into a suggestion on screen with the rest of it under the
- * same completion id; it counts `acceptedLength` from the start of the text it first served.
- * So the first item seen for an id is the one kept: its start and its whole text.
+ * Every item carries its whole text from where it begins (its range's start) to the cursor: the
+ * language server answers typing into a suggestion on screen with the same suggestion, same
+ * completion id, over a range from where it began. So the latest item of an id is the one to
+ * measure against, and `acceptedLength` counts from its range's start; what is kept across items
+ * is only what was already reported.
  */
 
 import { ACCEPT_COMMAND } from "./protocol";
@@ -16,8 +18,10 @@ export interface Suggestion {
   readonly line: number;
   readonly character: number;
   readonly text: string;
-  /** UTF-16 units reported as partially accepted so far. */
+  /** UTF-16 units of `text` reported as partially accepted so far. */
   accepted: number;
+  /** Some of it was accepted (under this item or an earlier one of the same id). */
+  partlyAccepted: boolean;
   shownReported: boolean;
   rejected: boolean;
 }
@@ -46,16 +50,27 @@ export class SuggestionMemory {
 
   constructor(private readonly capacity = 64) {}
 
-  /** An item returned for display. Returns the suggestion kept for its id (the first one). */
+  /** An item returned for display: where its text starts (its range's start) and the text. */
   returned(completionId: string, uri: string, line: number, character: number, text: string): Suggestion {
-    let s = this.byId.get(completionId);
-    if (s === undefined) {
-      s = { completionId, uri, line, character, text, accepted: 0, shownReported: false, rejected: false };
-      this.byId.set(completionId, s);
-      while (this.byId.size > this.capacity) {
-        const oldest = this.byId.keys().next().value as string;
-        this.byId.delete(oldest);
-      }
+    const before = this.byId.get(completionId);
+    const same = before !== undefined && before.uri === uri && before.line === line && before.character === character && before.text === text;
+    const s: Suggestion = {
+      completionId,
+      uri,
+      line,
+      character,
+      text,
+      // Counted from this item's start: a total under an item that began elsewhere does not carry over.
+      accepted: same ? before.accepted : 0,
+      partlyAccepted: before?.partlyAccepted ?? false,
+      shownReported: before?.shownReported ?? false,
+      rejected: before?.rejected ?? false,
+    };
+    this.byId.delete(completionId);
+    this.byId.set(completionId, s);
+    while (this.byId.size > this.capacity) {
+      const oldest = this.byId.keys().next().value as string;
+      this.byId.delete(oldest);
     }
     this.lastId = completionId;
     return s;
@@ -87,13 +102,14 @@ export class SuggestionMemory {
       return false;
     }
     s.accepted = Math.min(total, s.text.length);
+    s.partlyAccepted = true;
     return true;
   }
 
   /** True when a rejection is worth sending: nothing of it accepted, not rejected before. */
   markRejected(completionId: string): boolean {
     const s = this.byId.get(completionId);
-    if (s === undefined || s.rejected || s.accepted > 0) {
+    if (s === undefined || s.rejected || s.partlyAccepted) {
       return false;
     }
     s.rejected = true;

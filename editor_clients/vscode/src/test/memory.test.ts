@@ -20,12 +20,21 @@ describe("completionIdOf", () => {
 });
 
 describe("SuggestionMemory", () => {
-  it("keeps the first item of an id: typed-ahead answers carry only the rest", () => {
+  it("measures against the latest item of an id, keeping what was reported", () => {
     const m = new SuggestionMemory();
     m.returned("c1", "file:///a.py", 3, 4, "value = 1");
-    const kept = m.returned("c1", "file:///a.py", 3, 7, "ue = 1");
-    assert.equal(kept.character, 4);
-    assert.equal(kept.text, "value = 1");
+    assert.equal(m.markShown("c1"), true);
+    assert.equal(m.markAccepted("c1", 5), true);
+    // Typed ahead on the same line: the same item again (whole text, from where it began).
+    const same = m.returned("c1", "file:///a.py", 3, 4, "value = 1");
+    assert.deepEqual([same.character, same.text, same.accepted], [4, "value = 1", 5]);
+    assert.equal(m.markAccepted("c1", 5), false);
+    // Typed ahead past a line break: the item starts at the cursor's line; totals count from there.
+    const next = m.returned("c1", "file:///a.py", 4, 0, "    return value");
+    assert.deepEqual([next.line, next.character, next.text, next.accepted], [4, 0, "    return value", 0]);
+    assert.equal(m.markShown("c1"), false);
+    assert.equal(m.markAccepted("c1", 10), true);
+    assert.equal(m.markRejected("c1"), false);
     assert.equal(m.last()?.completionId, "c1");
   });
   it("reports shown once per suggestion", () => {

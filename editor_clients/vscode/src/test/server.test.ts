@@ -208,34 +208,38 @@ describe("the language server, as this extension talks to it", { skip: executabl
     assert.equal(partial.accepted_chars, 5);
   });
 
-  it("counts a partial acceptance from the start of the first item, after typing ahead", async () => {
+  it("answers typing ahead with the whole suggestion over a range from where it began", async () => {
     const uri = "file:///tmp/flywheel-vscode-typed-ahead.py";
     rpc.notify("textDocument/didOpen", { textDocument: { uri, languageId: "python", version: 1, text: "" } });
+    type Item = { insertText: string; command?: unknown; range?: { start: Position; end: Position } };
+    type Position = { line: number; character: number };
     const ask = async (character: number) =>
       (await rpc.request("textDocument/inlineCompletion", {
         textDocument: { uri },
         position: { line: 0, character },
         context: { triggerKind: 2 }, // automatic, as while typing
-      })) as { items: Array<{ insertText: string; command?: unknown }> };
+      })) as { items: Item[] };
     const first = (await ask(0)).items[0];
     const completionId = completionIdOf(first);
     assert.ok(completionId);
     rpc.notify("flywheel/didShowCompletion", { completionId });
-    // The user types "al": the server answers from the suggestion on screen, same id, the rest.
+    // The user types "al": the server answers from the suggestion on screen, same id, its whole
+    // text from where it began, so the extension remembers nothing of the first item.
     rpc.notify("textDocument/didChange", {
       textDocument: { uri, version: 2 },
       contentChanges: [{ range: { start: { line: 0, character: 0 }, end: { line: 0, character: 0 } }, text: "al" }],
     });
-    const rest = (await ask(2)).items[0];
-    assert.equal(completionIdOf(rest), completionId);
-    assert.equal(rest.insertText, SUGGESTION.slice(2));
-    // Accepting the next word inserts "pha"; the document holds "alpha" from the first item's
-    // start, which is what the extension reports (not 3, counted from the second item's text).
+    const again = (await ask(2)).items[0];
+    assert.equal(completionIdOf(again), completionId);
+    assert.equal(again.insertText, SUGGESTION);
+    assert.deepEqual(again.range, { start: { line: 0, character: 0 }, end: { line: 0, character: 2 } });
+    // Accepting the next word inserts "pha"; the document holds "alpha" from the item's range
+    // start, which is what the extension reports.
     rpc.notify("textDocument/didChange", {
       textDocument: { uri, version: 3 },
       contentChanges: [{ range: { start: { line: 0, character: 2 }, end: { line: 0, character: 2 } }, text: "pha" }],
     });
-    const total = matchPrefix(first.insertText, "alpha");
+    const total = matchPrefix(again.insertText, "alpha");
     assert.equal(total.units, 5);
     rpc.notify("flywheel/didPartiallyAcceptCompletion", { completionId, acceptedLength: total.units });
     await rpc.request("flywheel/flush", null);
