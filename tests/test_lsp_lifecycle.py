@@ -311,4 +311,4 @@ def test_partial_acceptance_counts_utf16_units() -> None:
         ("partially_accepted", 3),
     ]
     s = script.tracker.get("c1")
-    assert s is not None and s.target == 2
+    assert s is not None and s.acceptance is not None and s.acceptance.target == 2

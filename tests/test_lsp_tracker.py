@@ -101,6 +101,15 @@ def test_typing_something_else_at_the_spot_is_typed_over() -> None:
     assert rewrite["similarity"] == pytest.approx(0.8)
 
 
+def test_typing_over_it_mid_line_collects_only_what_was_written_at_the_spot() -> None:
+    ed = Editor("x = foo.rest\n")
+    ed.serve("c1", 0, 8, "bar()")
+    ed.type(0, 8, "baz")
+    ed.wait(30.0)
+    # The edit that ended it counts once: the rewrite stops before the text that was already there.
+    assert ed.last("rewrite")["text"] == "baz"
+
+
 def test_deleting_before_the_spot_is_typed_over_and_editing_elsewhere_is_moving_away() -> None:
     ed = Editor("x = foo.\ny = 2\n")
     ed.serve("c1", 0, 8, "bar()")
