@@ -60,10 +60,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # Each suite lives beside the part it measures (lsp_server.bench, backend.bench, trainer.bench;
-    # flywheel.faults.bench, which kills all of them); flywheel.bench_report runs them and writes
-    # the report.
-    from flywheel.bench_report import main
+    # The benchmarks are a package beside the product (bench/), imported only here: nothing of the
+    # product imports them, and their load generator's aiohttp is an extra.
+    from bench.report import main
 
     return main(_settings(), args.suite, args.rest)
 

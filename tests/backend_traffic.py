@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from backend.bench_load import PREFIXES  # the benchmark's prompts: tests load the backend alike
+from bench.backend_requests import PREFIXES  # the benchmark's prompts: tests load the backend alike
 from core.wire import ADAPTER_FILES
 
 
@@ -65,7 +65,7 @@ async def drive(
     seed: int = 0,
 ) -> Counter[str]:
     """`rounds` completions from `editors` concurrent editors, each round by one of `crowd` (people's
-    token headers, flywheel.bench_tokens.people); returns how many each version served."""
+    token headers, bench.tokens.people); returns how many each version served."""
     rng = random.Random(seed)
     served: Counter[str] = Counter()
     remaining = rounds

@@ -14,7 +14,7 @@ import pytest
 from backend_traffic import drive, upload
 from conftest import RunningBackend, make_adapter, start_backend, stop_backend
 
-from flywheel.bench_tokens import people
+from bench.tokens import people
 
 CANARY_ENV = dict(
     FLYWHEEL_CANARY__SHARE="0.5",

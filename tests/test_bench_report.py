@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.bench_report import Reference, Target, row, table_rows
+from bench.report import table_rows
+from bench.rows import Reference, Target, row
 
 
 def test_bench_all_quick_writes_one_report_with_reference_ratios(

@@ -1,4 +1,4 @@
-"""Faults survived (flywheel/faults/): the trainer, the backend and the model process SIGKILLed at
+"""Faults survived (bench/faults/): the trainer, the backend and the model process SIGKILLed at
 their worst moments, against real processes; and the checks that judge what a kill left, each
 shown to catch what it is for."""
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.faults import checks, trainer_kills
+from bench.faults.ingest_kills import run_ingest_kills
+from bench.faults.model_kills import run_model_kills
 from core.wire import CheckpointInfo
-from flywheel.faults import checks, trainer_kills
-from flywheel.faults.ingest_kills import run_ingest_kills
-from flywheel.faults.model_kills import run_model_kills
 
 # A shorter perplexity text for the eval gate, as the other trainer tests use: the cycle is what
 # is killed here, not the gate's figures.

@@ -33,12 +33,12 @@ from typing import Any
 import httpx
 import torch
 
+from bench.rows import Reference, Target, row
+from bench.tokens import NO_CONFIGURED_TOKEN, local_headers, people
 from core.config import Settings
 from core.local_tokens import ADMIN, CLIENT, read_token
 from core.processes import start_backend, stop_process
 from core.wire import Episode
-from flywheel.bench_report import Reference, Target, row
-from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers, people
 from trainer.objectives.pg import PGConfig
 
 PROMPT_TOKENS = 256
@@ -222,8 +222,8 @@ def cycle(model_dir: str, n: int, work: Path) -> dict[str, Any]:
         assert result is not None
         gate = "passed" if result.gate and result.gate.passed else str(result.gate)
         print(
-            f"one cycle on {n} episodes: {elapsed:.1f}s (trained {result.metrics.get('episodes', 0):.0f}, "
-            f"held out {result.metrics.get('heldout', 0):.0f}, dropped {dict(result.dropped)}, "
+            f"one cycle on {n} episodes: {elapsed:.1f}s (trained {result.trained_on}, "
+            f"held out {result.heldout}, dropped {dict(result.dropped)}, "
             f"gate {gate})"
         )
         return {
@@ -231,8 +231,8 @@ def cycle(model_dir: str, n: int, work: Path) -> dict[str, Any]:
             "served": n * 2,
             "shown": shown,
             "cycle_s": elapsed,
-            "trained": result.metrics.get("episodes", 0),
-            "heldout": result.metrics.get("heldout", 0),
+            "trained": result.trained_on,
+            "heldout": result.heldout,
             "dropped": dict(result.dropped),
             "gate": gate,
         }

@@ -1,14 +1,14 @@
 """`flywheel bench faults`: the faults Flywheel survives, each a SIGKILL from outside.
 
 trainer      the trainer killed at `--kills` points spread over one cycle (update, save, upload,
-             cursor; flywheel/faults/trainer_kills.py), each followed by `flywheel trainer --once`:
+             cursor; bench/faults/trainer_kills.py), each followed by `flywheel trainer --once`:
              no corrupt or half-written checkpoint anywhere, no episode trained twice into one
              version, every episode of the round trained on after the restart
 ingest       the backend killed `--ingest-kills` times while language servers' outboxes send it
-             events (flywheel/faults/ingest_kills.py): every acknowledged event there after the
+             events (bench/faults/ingest_kills.py): every acknowledged event there after the
              restart, the outboxes deliver the rest, each event stored once
 model        the model process killed `--model-kills` times with requests in flight
-             (flywheel/faults/model_kills.py): those get 503, later ones succeed once it is back
+             (bench/faults/model_kills.py): those get 503, later ones succeed once it is back
 
 `run` returns the figures and `summary` the report's rows (`flywheel bench faults --out`).
 """
@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.rows import Target, row
 from core.config import Settings
-from flywheel.bench_report import Target, row
 
 # `flywheel bench faults --quick`: each kind once or a few times, in a few minutes.
 QUICK = ["--kills", "3", "--ingest-kills", "1", "--model-kills", "1", "--episodes", "24"]
@@ -39,7 +39,7 @@ def default_model(settings: Settings) -> str:
 
 
 def trainer_part(model: str, work: Path, kills: int, episodes: int) -> dict[str, Any]:
-    from flywheel.faults import trainer_kills
+    from bench.faults import trainer_kills
 
     started = time.monotonic()
     rig = trainer_kills.start_rig(model, work / "trainer")
@@ -96,11 +96,11 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flywheel-faults-") as tmp:
         work = Path(tmp)
         if "model" in parts:
-            from flywheel.faults.model_kills import run_model_kills
+            from bench.faults.model_kills import run_model_kills
 
             figures["model"] = run_model_kills(model, work, kills=args.model_kills)
         if "ingest" in parts:
-            from flywheel.faults.ingest_kills import run_ingest_kills
+            from bench.faults.ingest_kills import run_ingest_kills
 
             figures["ingest"] = run_ingest_kills(model, work, kills=args.ingest_kills)
         if "trainer" in parts:

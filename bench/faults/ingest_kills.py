@@ -32,11 +32,11 @@ from typing import Any
 
 import httpx
 
-from backend.bench_load import completion_life
+from bench.backend_requests import completion_life
+from bench.tokens import NO_CONFIGURED_TOKEN
 from core.config import Settings
 from core.local_tokens import CLIENT, authorization, read_token
 from core.processes import spawn_backend, start_backend, stop_process, wait_healthy
-from flywheel.bench_tokens import NO_CONFIGURED_TOKEN
 from lsp_server.backend_client import BackendClient
 from lsp_server.outbox import Outbox
 from lsp_server.sender import OutboxSender, SendEvents

@@ -1,101 +1,68 @@
 """`flywheel bench`: runs the suites, writes one JSON report and prints its summary as a table.
 
-Each suite module (lsp_server.bench, backend.bench, trainer.bench, flywheel.faults.bench) has
-`run(settings, argv)`, which measures, prints its own figures as it goes and returns them as a
-dict; `summary(figures)`, which turns them into the report's headline rows; and `QUICK`, the
-options of a small smoke run.
-
-A summary row's ratio is its value over a reference measured in the same run (a bare pygls
-server, one sequential client, an in-process decode, plain SQLite inserts, a raw forward+backward),
-so the row reads the same on a fast or a slow machine. This module imports only the standard
-library at the top: lsp_server.bench uses `row`, and the language server never loads torch.
+Each suite module (bench/lsp.py, backend.py, trainer.py, faults/suite.py) has `run(settings,
+argv)`, which measures, prints its own figures as it goes and returns them as a dict;
+`summary(figures)`, which turns them into the report's headline rows (bench/rows.py); and `QUICK`,
+the options of a small smoke run. A suite is imported only once it is chosen: the trainer's loads
+torch, which `flywheel bench lsp` has no need of.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
-import operator
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-SUITES = {
-    "lsp": "lsp_server.bench",
-    "backend": "backend.bench",
-    "trainer": "trainer.bench",
-    "faults": "flywheel.faults.bench",
-}
 # What `all` runs: the performance suites. The faults suite kills processes for most of an hour
 # and runs only by name.
 ALL_SUITES = ("lsp", "backend", "trainer")
 # The suites that serve or train a model, and so take `--model`.
 MODEL_SUITES = {"backend", "trainer", "faults"}
+# What the bench extra (pyproject.toml) adds to the product's dependencies.
+BENCH_EXTRA = {"aiohttp"}
 REPORT_NAME = "bench-report.json"
 
-_OPS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
-    "<": ("<", operator.lt),
-    "<=": ("≤", operator.le),
-    ">=": ("≥", operator.ge),
-    ">": (">", operator.gt),
-}
+
+class Suite(Protocol):
+    """What a suite module has."""
+
+    QUICK: list[str]
+
+    def run(self, settings: Any, argv: list[str]) -> dict[str, Any]: ...
+
+    def summary(self, figures: dict[str, Any]) -> list[dict[str, Any]]: ...
 
 
-@dataclass(frozen=True)
-class Target:
-    """A bound on a row's value, or on its ratio to the reference (`of_ratio`)."""
-
-    op: str
-    bound: float
-    of_ratio: bool = False
-
-    def text(self, unit: str) -> str:
-        symbol = _OPS[self.op][0]
-        return f"{symbol} {self.bound:g}× reference" if self.of_ratio else f"{symbol} {self.bound:g} {unit}"
-
-    def met(self, value: float | None, ratio: float | None) -> bool:
-        measured = ratio if self.of_ratio else value
-        return measured is not None and _OPS[self.op][1](measured, self.bound)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """What a figure is measured against, in the same run and the same unit."""
-
-    figure: str
-    value: float
-    unit: str
-
-
-def row(
-    suite: str,
-    figure: str,
-    value: float | None,
-    unit: str,
-    target: Target | None = None,
-    reference: Reference | None = None,
-) -> dict[str, Any]:
-    """One summary row; `ratio` is value / reference value where there is a reference."""
-    ratio: float | None = None
-    if reference is not None and value is not None and reference.value:
-        ratio = value / reference.value
-    return {
-        "suite": suite,
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "target": target.text(unit) if target else None,
-        "met": target.met(value, ratio) if target else None,
-        "reference": asdict(reference) if reference else None,
-        "ratio": round(ratio, 4) if ratio is not None else None,
-    }
+def load_suite(name: str) -> Suite:
+    """The suite's module, imported here and only here; a missing extra stops the run before any
+    suite has run, with the install that brings it."""
+    try:
+        match name:
+            case "lsp":
+                from bench import lsp as module
+            case "backend":
+                from bench import backend as module
+            case "trainer":
+                from bench import trainer as module
+            case "faults":
+                from bench.faults import suite as module
+            case _:
+                raise ValueError(f"no suite named {name!r}")
+    except ModuleNotFoundError as missing:
+        if missing.name not in BENCH_EXTRA:
+            raise
+        raise SystemExit(
+            f"flywheel bench {name} needs {missing.name}, which comes with the bench extra:"
+            " pip install 'flywheel[bench]' (from a checkout: pip install -e '.[bench]')"
+        ) from None
+    return module
 
 
 def machine(model: str | None) -> dict[str, Any]:
@@ -131,8 +98,7 @@ def _parser(suite: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _suite_argv(name: str, options: argparse.Namespace, rest: list[str]) -> list[str]:
-    module = importlib.import_module(SUITES[name])
+def _suite_argv(name: str, module: Suite, options: argparse.Namespace, rest: list[str]) -> list[str]:
     argv = list(module.QUICK) if options.quick else []
     if options.model and name in MODEL_SUITES:
         argv += ["--model", options.model]
@@ -148,11 +114,11 @@ def main(settings: Any, suite: str, argv: Sequence[str]) -> int:
         parser.error(f"options for one suite only work with that suite: {' '.join(rest)}")
     if options.model and suite not in MODEL_SUITES | {"all"}:
         parser.error(f"the {suite} suite takes no model")
+    chosen = {name: load_suite(name) for name in (ALL_SUITES if suite == "all" else [suite])}
     if suite != "all" and options.out is None:
         # One suite without --out prints its figures and writes nothing, as it always has.
-        importlib.import_module(SUITES[suite]).run(settings, _suite_argv(suite, options, rest))
+        chosen[suite].run(settings, _suite_argv(suite, chosen[suite], options, rest))
         return 0
-    chosen = list(ALL_SUITES) if suite == "all" else [suite]
     report = collect(settings, chosen, options, rest)
     path = options.out or settings.state_dir / REPORT_NAME
     write_report(report, path)
@@ -161,7 +127,9 @@ def main(settings: Any, suite: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def collect(settings: Any, chosen: list[str], options: argparse.Namespace, rest: list[str]) -> dict[str, Any]:
+def collect(
+    settings: Any, chosen: dict[str, Suite], options: argparse.Namespace, rest: list[str]
+) -> dict[str, Any]:
     """Runs each chosen suite in turn; the report with every suite's figures and the summary."""
     serves_a_model = any(name in MODEL_SUITES for name in chosen)
     report: dict[str, Any] = {
@@ -172,10 +140,9 @@ def collect(settings: Any, chosen: list[str], options: argparse.Namespace, rest:
         "suites": {},
         "summary": [],
     }
-    for name in chosen:
-        module = importlib.import_module(SUITES[name])
+    for name, module in chosen.items():
         started = time.perf_counter()
-        figures = module.run(settings, _suite_argv(name, options, rest))
+        figures = module.run(settings, _suite_argv(name, module, options, rest))
         report["wall_s"][name] = round(time.perf_counter() - started, 1)
         report["suites"][name] = figures
         report["summary"] += module.summary(figures)

@@ -7,7 +7,8 @@ split and the trainer's per-user caps, and the benchmark runs with no canary (sh
 nothing, so many people would be served and stored exactly as one is.
 
 aiohttp where the rate is the figure: the load generator shares the machine's cores with the
-backend, so its own cost per request is kept small (httpx parses in Python, aiohttp in C).
+backend, so its own cost per request is kept small (httpx parses in Python, aiohttp in C). It
+comes with the bench extra, not with the product. What is sent is in bench/backend_requests.py.
 """
 
 from __future__ import annotations
@@ -21,18 +22,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 import numpy as np
-from uuid6 import uuid7
 
+from bench.backend_requests import PREFIXES, event_batches
 from core.wire import ADAPTER_FILES
-
-PREFIXES = [
-    "import os\n\ndef main():\n    path = os.",
-    "def add(a, b):\n    return",
-    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.",
-    "for i in range(",
-    "import json\n\ndata = json.loads(text)\nfor key in data:\n    ",
-    "def read(path):\n    with open(path) as handle:\n        return handle.",
-]
 
 
 @dataclass
@@ -82,34 +74,6 @@ async def completion_clients(url: str, client: dict[str, str], clients: int, per
         begin = time.perf_counter()
         await asyncio.gather(*(one(n, http) for n in range(clients)))
     return run
-
-
-def completion_life(completion_id: str) -> list[dict[str, object]]:
-    """The events the language server reports for an accepted completion that survives."""
-    now = time.time()
-    events: list[dict[str, object]] = [
-        {"kind": "shown"},
-        {"kind": "accepted", "visible_ms": 800.0},
-        *(
-            {"kind": "survival", "delay_s": delay, "similarity": 0.8, "retained_chars": 12.0}
-            for delay in (30, 120, 600)
-        ),
-    ]
-    events[-1]["final"] = True
-    # Ids as the language server makes them: time-ordered, so SQLite appends to its indexes.
-    return [{"event_id": uuid7().hex, "completion_id": completion_id, "client_ts": now, **e} for e in events]
-
-
-def event_batches(completion_ids: list[str], batches: int) -> list[list[dict[str, object]]]:
-    """Batches of 100 events: the lives of 20 completions each."""
-    return [
-        [
-            event
-            for c in range(20)
-            for event in completion_life(completion_ids[(b * 20 + c) % len(completion_ids)])
-        ]
-        for b in range(batches)
-    ]
 
 
 async def ingest(

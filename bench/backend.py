@@ -9,8 +9,8 @@ Starts a real `flywheel backend` on loopback (a fresh data directory) and measur
 
 References measured in the same run, for the report's ratios (`flywheel bench backend --out`):
 sequential requests each decoded again in this process with transformers alone, and the same
-event rows inserted with plain sqlite3 into the same schema (backend/bench_references.py). The
-load generators are in backend/bench_load.py.
+event rows inserted with plain sqlite3 into the same schema (bench/backend_references.py). The
+load generators are in bench/backend_load.py.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from backend.bench_load import ClientRun, completion_clients, ingest, swap_cost
-from backend.bench_references import against_raw_decode, plain_sqlite_rate
+from bench.backend_load import ClientRun, completion_clients, ingest, swap_cost
+from bench.backend_references import against_raw_decode, plain_sqlite_rate
+from bench.rows import Reference, Target, row
+from bench.tokens import NO_CONFIGURED_TOKEN, local_headers
 from core.config import Settings
 from core.local_tokens import ADMIN, CLIENT
 from core.processes import start_backend, stop_process
-from flywheel.bench_report import Reference, Target, row
-from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers
 
 INGEST_RUNS = 3
 SERVING_RUNS = 3

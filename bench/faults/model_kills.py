@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.tokens import NO_CONFIGURED_TOKEN, local_headers
 from core.local_tokens import CLIENT
 from core.processes import start_backend, stop_process
-from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers
 
 # Longer than a restart on a loaded machine: a request still unanswered after it has hung.
 HANG_S = 120.0

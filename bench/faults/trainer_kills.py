@@ -1,7 +1,7 @@
 """The trainer SIGKILLed at points spread over one cycle, then `flywheel trainer --once` again.
 
 A first cycle runs uninterrupted and its timeline is taken from outside: the process start, the
-trainer's requests as the relay between it and the backend sees them (flywheel/faults/tap.py), and
+trainer's requests as the relay between it and the backend sees them (bench/faults/tap.py), and
 its directory as a watcher polling every millisecond sees it (a candidate's temp directory, the
 candidate whole, the state file naming it pending, the cursor moved). The kill points are:
 
@@ -18,7 +18,7 @@ candidate whole, the state file naming it pending, the cursor moved). The kill p
 
 Each kill is a SIGKILL from this process. Before each point a round of episodes is made (real
 completions from the backend, final events from eight people); after the kill and again after the
-restarted trainer has finished, the checks of flywheel/faults/checks.py run, and the restarted
+restarted trainer has finished, the checks of bench/faults/checks.py run, and the restarted
 trainer must have trained past the round's episodes.
 """
 
@@ -38,11 +38,11 @@ from typing import Any
 
 import httpx
 
+from bench.faults import checks
+from bench.faults.tap import UPLOAD_POINTS, Tap
+from bench.tokens import NO_CONFIGURED_TOKEN, local_headers, people
 from core.local_tokens import ADMIN
 from core.processes import start_backend, stop_process
-from flywheel.bench_tokens import NO_CONFIGURED_TOKEN, local_headers, people
-from flywheel.faults import checks
-from flywheel.faults.tap import UPLOAD_POINTS, Tap
 from trainer.state import load_state
 
 # Moments the watcher sees in the trainer's directory.

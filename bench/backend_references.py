@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from backend.bench_load import PREFIXES, event_batches
 from backend.store.database import BUSY_TIMEOUT_MS, WAL_CHECKPOINT_PAGES
 from backend.store.schema import MIGRATIONS
+from bench.backend_requests import PREFIXES, event_batches
 from core.config import Settings
 from core.wire import Event
 

@@ -2,7 +2,8 @@
 
 1. Completion overhead: the language server's own time per inline completion (handler time minus
    the backend HTTP call), measured inside the server over real stdio, against a stub backend in
-   its own process that answers at once; also the client's round trip, and typed-ahead answers.
+   its own process that answers at once (bench/stub_backend.py); also the client's round trip, and
+   typed-ahead answers.
 2. Incremental didChange on a 10,000-line document: time in the server per edit, and the
    client's pipelined send → applied time per edit.
 3. Process start → `initialize` answer, against a bare pygls server started alternately.
@@ -29,7 +30,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from flywheel.bench_report import Reference, Target, row
+from bench.rows import Reference, Target, row
 
 SERVER = [sys.executable, "-m", "lsp_server"]
 BARE_SERVER = [
@@ -37,38 +38,8 @@ BARE_SERVER = [
     "-c",
     "from pygls.lsp.server import LanguageServer; LanguageServer('bare', '0').start_io()",
 ]
-
-# The stub backend: its own process, so its work never shares a CPU slice with the server's
-# measurement loop; answers each completion at once with a one-line suggestion.
-STUB = r"""
-import itertools, json, socket, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-ids = itertools.count()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def setup(self):
-        super().setup()
-        # Headers and body go out in two writes: without this, Nagle and delayed ACKs add 40 ms.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/v1/complete":
-            out = {"completion_id": "b%d" % next(ids), "text": "compute(a, b)", "model_version": "stub",
-                   "token_logprobs": [-0.1], "latency_ms": 0.0}
-        else:
-            out = {"stored": len(body["events"]), "duplicates": 0, "refused": []}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def log_message(self, *args):
-        pass
-server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
+# Answers each completion at once with a one-line suggestion, in a process of its own.
+STUB_BACKEND = [sys.executable, "-m", "bench.stub_backend"]
 
 TARGETS = {
     "completion_p50_ms": 1.0,
@@ -141,7 +112,7 @@ def summary(f: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    stub = subprocess.Popen([sys.executable, "-c", STUB], stdout=subprocess.PIPE, text=True)
+    stub = subprocess.Popen(STUB_BACKEND, stdout=subprocess.PIPE, text=True)
     try:
         assert stub.stdout is not None
         url = f"http://127.0.0.1:{stub.stdout.readline().strip()}"

@@ -1,0 +1,1 @@
+"""Faults Flywheel survives, measured: `flywheel bench faults` (bench/faults/suite.py)."""

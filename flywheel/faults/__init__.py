@@ -1,1 +1,0 @@
-"""Faults Flywheel survives, measured: `flywheel bench faults` (flywheel/faults/bench.py)."""
