@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import torch
 
+from bench.model import local_model
 from bench.rows import Reference, Target, row
 from bench.tokens import NO_CONFIGURED_TOKEN, local_headers, people
 from core.config import Settings
@@ -43,13 +44,6 @@ from trainer.objectives.pg import PGConfig
 
 PROMPT_TOKENS = 256
 COMPLETION_TOKENS = 16
-
-
-def default_model(settings: Settings) -> str:
-    for candidate in (settings.model.name, str(settings.default_model_dir)):
-        if candidate and (Path(candidate) / "config.json").is_file():
-            return candidate
-    raise SystemExit("no default model: run `flywheel bootstrap` first, or pass --model DIR")
 
 
 def synthetic_episodes(model: torch.nn.Module, tokenizer, n: int) -> list[Episode]:
@@ -315,7 +309,7 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--canary-budget", type=int, default=4000, help="most completions for the canary")
     parser.add_argument("--only", choices=["throughput", "cycle", "turnaround"], action="append")
     args = parser.parse_args(argv)
-    model_dir = args.model or default_model(settings)
+    model_dir = args.model or local_model(settings)
     parts = args.only or ["throughput", "cycle", "turnaround"]
     print(
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs;"

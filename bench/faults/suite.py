@@ -23,19 +23,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.model import local_model
 from bench.rows import Target, row
 from core.config import Settings
 
 # `flywheel bench faults --quick`: each kind once or a few times, in a few minutes.
 QUICK = ["--kills", "3", "--ingest-kills", "1", "--model-kills", "1", "--episodes", "24"]
 PARTS = ("trainer", "ingest", "model")
-
-
-def default_model(settings: Settings) -> str:
-    for candidate in (settings.model.name, str(settings.default_model_dir)):
-        if candidate and (Path(candidate) / "config.json").is_file():
-            return candidate
-    raise SystemExit("no default model: run `flywheel bootstrap` first, or pass --model DIR")
 
 
 def trainer_part(model: str, work: Path, kills: int, episodes: int) -> dict[str, Any]:
@@ -89,7 +83,7 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--model-kills", type=int, default=3, help="model-process kills under load")
     parser.add_argument("--only", choices=PARTS, action="append")
     args = parser.parse_args(argv)
-    model = args.model or default_model(settings)
+    model = args.model or local_model(settings)
     parts = args.only or list(PARTS)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; model {model}")
     figures: dict[str, Any] = {"model": model, "load_average": list(os.getloadavg())}
