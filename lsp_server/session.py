@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.wire import Event
 from lsp_server.backend_client import BackendClient, BackendError, warm_imports
 from lsp_server.context import cursor_context
 from lsp_server.documents import UTF16, Document, code_units
@@ -81,7 +82,7 @@ class Session:
         self.stale_changes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
-        self._unwritten: list[dict[str, Any]] = []
+        self._unwritten: list[Event] = []
         self._warming: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -218,6 +219,7 @@ class Session:
             # and the backend keeps nothing of the request.
             user_id=self.user_id if self.options.telemetry else "anonymous",
             telemetry=self.options.telemetry,
+            evaluation=self.options.evaluation,
         )
         try:
             # The editor needs a bound on the whole call, imports on first use included.
@@ -294,10 +296,10 @@ class Session:
 
     # -- events -------------------------------------------------------------------------------
 
-    def _record(self, event: dict[str, Any]) -> None:
+    def _record(self, event: Event) -> None:
         if self.options.telemetry and not self._closed:
-            if event.get("text"):
-                event["text"] = redact(event["text"])
+            if event.text:
+                event = event.model_copy(update={"text": redact(event.text)})
             # Written right after the current message is handled: the editor's answer does not
             # wait for SQLite, and a burst of events shares one commit.
             self._unwritten.append(event)
@@ -310,7 +312,8 @@ class Session:
     def _write_events(self) -> None:
         events, self._unwritten = self._unwritten, []
         try:
-            self.outbox.add_many(events)
+            # JSON from here on: the outbox keeps each event as the body it is sent with.
+            self.outbox.add_many([e.model_dump(mode="json", exclude_none=True) for e in events])
         except sqlite3.Error:
             logger.exception("could not store %d events in the outbox", len(events))
 

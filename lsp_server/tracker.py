@@ -26,7 +26,7 @@ A suggestion's life is a small state machine; `Tracker._step` holds every transi
   episode's last (final) event, so the backend keeps the episode open for it.
 
 Plain object: offsets are code points (see documents.py), times come from injected clocks, events
-leave as dicts shaped like `core.wire.Event` through the `emit` callback.
+leave as `core.wire.Event`s through the `emit` callback.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from typing import Any
 
 from uuid6 import uuid7
 
+from core.wire import Event, EventKind
 from lsp_server.documents import Edit
 from lsp_server.ranges import (
     Followed,
@@ -214,7 +215,7 @@ def produced_after(s: Suggestion, edit: Edit) -> int | None:
 class Tracker:
     def __init__(
         self,
-        emit: Callable[[dict[str, Any]], None],
+        emit: Callable[[Event], None],
         text_of: Callable[[str], str | None],
         survival_delays_s: Sequence[float] = (30.0, 120.0, 600.0),
         clock: Callable[[], float] = time.monotonic,
@@ -333,7 +334,7 @@ class Tracker:
         match s.state, signal:
             case TypingAlong() | Inserting() | Following(), Show() if s.shown_at is None:
                 s.shown_at = self._clock()
-                self._send(s.completion_id, "shown")
+                self._send(s.completion_id, EventKind.SHOWN)
                 return s.state
             case TypingAlong() | Inserting() | Following(), Accept(count, reason) if count > (
                 s.acceptance.target if s.acceptance else 0
@@ -414,13 +415,14 @@ class Tracker:
                 # Already typed along as far as accepted: follow it from here.
                 s.range.end = s.start + count
                 state = Following(acceptance)
-        fields: dict[str, Any] = {"visible_ms": self._visible_ms(s), "reason": reason}
-        if count < len(s.text):
-            self._send(
-                s.completion_id, "partially_accepted", accepted_chars=utf16_units(s.text[:count]), **fields
-            )
-        else:
-            self._send(s.completion_id, "accepted", **fields)
+        partial = count < len(s.text)
+        self._send(
+            s.completion_id,
+            EventKind.PARTIALLY_ACCEPTED if partial else EventKind.ACCEPTED,
+            visible_ms=self._visible_ms(s),
+            accepted_chars=utf16_units(s.text[:count]) if partial else None,
+            reason=reason,
+        )
         return state
 
     def _unaccepted(
@@ -442,9 +444,9 @@ class Tracker:
         watch = seen and reason is not Reason.CLOSED and self.rewrite_window_s > 0
         fields: dict[str, Any] = {"visible_ms": self._visible_ms(s), "final": not watch}
         if reason is None:
-            self._send(s.completion_id, "rejected", **fields)
+            self._send(s.completion_id, EventKind.REJECTED, **fields)
         else:
-            self._send(s.completion_id, "ignored", reason=reason, **fields)
+            self._send(s.completion_id, EventKind.IGNORED, reason=reason, **fields)
         if not watch:
             return Ended()
         start, end = (s.start, s.end) if edit is None else grow(s.start, s.end, edit)
@@ -521,7 +523,7 @@ class Tracker:
         score = similarity(s.text, current)
         self._send(
             s.completion_id,
-            "survival",
+            EventKind.SURVIVAL,
             delay_s=round(max(delay_s, 0.0), 3),
             text=current[:MAX_EVENT_TEXT],
             similarity=score,
@@ -537,7 +539,7 @@ class Tracker:
         if not s.text.endswith("\n"):
             written = written.rstrip("\r\n")
         fields = {"text": written[:MAX_EVENT_TEXT], "similarity": similarity(s.text, written)}
-        self._send(s.completion_id, "rewrite", final=True, **fields)
+        self._send(s.completion_id, EventKind.REWRITE, final=True, **fields)
 
     def _visible_ms(self, s: Suggestion) -> float:
         # Never shown: visible for no time at all, so the backend does not train on it.
@@ -545,15 +547,15 @@ class Tracker:
             return 0.0
         return round(max(self._clock() - s.shown_at, 0.0) * 1000.0, 1)
 
-    def _send(self, completion_id: str, kind: str, **fields: Any) -> None:
-        event: dict[str, Any] = {
-            "event_id": uuid7().hex,
-            "completion_id": completion_id,
-            "kind": kind,
-            "client_ts": self._wall_clock(),
-        }
-        event.update({k: v for k, v in fields.items() if v is not None})
+    def _send(self, completion_id: str, kind: EventKind, **fields: Any) -> None:
         try:
+            event = Event(
+                event_id=uuid7().hex,
+                completion_id=completion_id,
+                kind=kind,
+                client_ts=self._wall_clock(),
+                **fields,
+            )
             self._emit(event)
         except Exception:
             # Losing one observation must not break the editor session.

@@ -27,7 +27,7 @@ WINDOW = 30.0
 class Script:
     def __init__(self, text: str, infer_shown: bool = True, window: float = WINDOW) -> None:
         self.now = 100.0
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.docs = {URI: Document(text), OTHER: Document("")}
         self.tracker = Tracker(
             self.events.append,
@@ -286,17 +286,16 @@ def test_lifecycle(
     script.serve("c1", START[1], START[2], S)
     for step in steps:
         script.run(step)
-    assert [e["kind"] for e in script.events] == [kind for kind, _ in expected]
+    assert [e.kind for e in script.events] == [kind for kind, _ in expected]
     for event, (kind, fields) in zip(script.events, expected, strict=True):
         fields = {"completion_id": "c1", **fields}
-        got = {k: event.get(k) for k in fields}
+        got = {k: getattr(event, k) for k in fields}
         assert got == pytest.approx(fields, abs=1e-3), kind
-        Event.model_validate(event)
     # Exactly one final event per completion, and it is the last one.
-    for cid in {e["completion_id"] for e in script.events}:
-        own = [e for e in script.events if e["completion_id"] == cid]
-        if any(e.get("final") for e in own):
-            assert [e.get("final", False) for e in own] == [False] * (len(own) - 1) + [True]
+    for cid in {e.completion_id for e in script.events}:
+        own = [e for e in script.events if e.completion_id == cid]
+        if any(e.final for e in own):
+            assert [e.final for e in own] == [False] * (len(own) - 1) + [True]
 
 
 def test_partial_acceptance_counts_utf16_units() -> None:
@@ -305,7 +304,7 @@ def test_partial_acceptance_counts_utf16_units() -> None:
     script.run(("partial", 2))  # the emoji's two units
     script.run(("partial", 1))  # less than already accepted: nothing new
     script.run(("partial", 3))  # splits nothing: the emoji and "'"... units 1 + 2
-    assert [(e["kind"], e.get("accepted_chars")) for e in script.events] == [
+    assert [(e.kind, e.accepted_chars) for e in script.events] == [
         ("shown", None),
         ("partially_accepted", 1),
         ("partially_accepted", 3),

@@ -8,11 +8,11 @@ strings, before + inside + after, and replays each edit on them, so the range is
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.wire import Event
 from lsp_server.documents import Document
 from lsp_server.tracker import Tracker
 
@@ -91,7 +91,7 @@ def test_the_followed_range_matches_a_full_text_replay(
         suggestion.endswith("\r") and after.startswith("\n")
     ):
         return
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     doc = Document(before + after)
     tracker = Tracker(events.append, lambda uri: doc.text, (1.0,), clock=lambda: 0.0)
     line, char = position(doc.text, len(before))

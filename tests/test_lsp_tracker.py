@@ -5,8 +5,6 @@ Edits go through the real document mirror with LSP (UTF-16) positions, as the se
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from core.wire import Event
@@ -22,7 +20,7 @@ class Editor:
 
     def __init__(self, text: str, delays: tuple[float, ...] = (1.0, 2.0)) -> None:
         self.now = 1000.0
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.docs = {URI: Document(text), OTHER: Document("other\n")}
         self.tracker = Tracker(
             self.events.append,
@@ -57,10 +55,10 @@ class Editor:
         self.tracker.poll()
 
     def kinds(self) -> list[str]:
-        return [e["kind"] for e in self.events]
+        return [e.kind for e in self.events]
 
-    def last(self, kind: str) -> dict[str, Any]:
-        return [e for e in self.events if e["kind"] == kind][-1]
+    def last(self, kind: str) -> Event:
+        return [e for e in self.events if e.kind == kind][-1]
 
 
 def test_typing_the_suggestion_along_is_an_inferred_acceptance() -> None:
@@ -70,9 +68,9 @@ def test_typing_the_suggestion_along_is_an_inferred_acceptance() -> None:
     ed.type(0, 8, "bar()")
     assert ed.kinds() == ["shown", "accepted"]
     accepted = ed.last("accepted")
-    assert accepted["reason"] == "inferred"
-    assert accepted["visible_ms"] == pytest.approx(800.0)
-    assert accepted.get("final", False) is False
+    assert accepted.reason == "inferred"
+    assert accepted.visible_ms == pytest.approx(800.0)
+    assert accepted.final is False
 
 
 def test_pasting_it_whole_or_the_editor_inserting_it_is_an_acceptance() -> None:
@@ -92,13 +90,13 @@ def test_typing_something_else_at_the_spot_is_typed_over() -> None:
     assert ed.kinds() == ["shown", "ignored"]
     ignored = ed.last("ignored")
     # Not the last event: the rewrite at its spot follows when the rewrite window closes.
-    assert (ignored["reason"], ignored["final"]) == ("typed_over", False)
+    assert (ignored.reason, ignored.final) == ("typed_over", False)
     ed.type(0, 11, "()")
     ed.wait(30.0)
     assert ed.kinds() == ["shown", "ignored", "rewrite"]
     rewrite = ed.last("rewrite")
-    assert (rewrite["text"], rewrite["final"]) == ("baz()", True)
-    assert rewrite["similarity"] == pytest.approx(0.8)
+    assert (rewrite.text, rewrite.final) == ("baz()", True)
+    assert rewrite.similarity == pytest.approx(0.8)
 
 
 def test_typing_over_it_mid_line_collects_only_what_was_written_at_the_spot() -> None:
@@ -107,18 +105,18 @@ def test_typing_over_it_mid_line_collects_only_what_was_written_at_the_spot() ->
     ed.type(0, 8, "baz")
     ed.wait(30.0)
     # The edit that ended it counts once: the rewrite stops before the text that was already there.
-    assert ed.last("rewrite")["text"] == "baz"
+    assert ed.last("rewrite").text == "baz"
 
 
 def test_deleting_before_the_spot_is_typed_over_and_editing_elsewhere_is_moving_away() -> None:
     ed = Editor("x = foo.\ny = 2\n")
     ed.serve("c1", 0, 8, "bar()")
     ed.change((0, 7), (0, 8), "")
-    assert ed.last("ignored")["reason"] == "typed_over"
+    assert ed.last("ignored").reason == "typed_over"
     ed.serve("c2", 0, 7, "()")
     ed.type(1, 5, "0")
-    assert ed.last("ignored")["reason"] == "moved_away"
-    assert ed.last("ignored")["completion_id"] == "c2"
+    assert ed.last("ignored").reason == "moved_away"
+    assert ed.last("ignored").completion_id == "c2"
 
 
 def test_a_newer_request_elsewhere_supersedes_but_one_at_the_spot_does_not() -> None:
@@ -129,14 +127,14 @@ def test_a_newer_request_elsewhere_supersedes_but_one_at_the_spot_does_not() -> 
     assert ed.kinds() == ["shown"]
     ed.tracker.request(OTHER, 0)
     assert ed.kinds() == ["shown", "ignored"]
-    assert ed.last("ignored")["reason"] == "superseded"
+    assert ed.last("ignored").reason == "superseded"
 
 
 def test_closing_the_document_ends_a_waiting_suggestion() -> None:
     ed = Editor("x = foo.\n")
     ed.serve("c1", 0, 8, "bar()")
     ed.tracker.closed(URI)
-    assert ed.last("ignored")["reason"] == "closed"
+    assert ed.last("ignored").reason == "closed"
     assert ed.tracker.get("c1") is None
 
 
@@ -154,7 +152,7 @@ def test_accept_command_before_the_insertion_keeps_following_the_insertion() -> 
     ed.now += 0.5
     assert ed.tracker.accept("c1") is True
     accepted = ed.last("accepted")
-    assert "reason" not in accepted and accepted["visible_ms"] == pytest.approx(500.0)
+    assert accepted.reason is None and accepted.visible_ms == pytest.approx(500.0)
     ed.change((0, 8), (0, 8), "bar()")
     s = ed.tracker.get("c1")
     assert s is not None and ed.doc.text[s.start : s.end] == "bar()"
@@ -174,7 +172,7 @@ def test_a_partly_accepted_suggestion_once_dismissed_is_never_offered_again() ->
     # What was accepted is still followed and measured.
     ed.wait(2.5)
     assert ed.kinds() == ["shown", "partially_accepted", "survival", "survival"]
-    assert ed.last("survival")["retained_chars"] == 3
+    assert ed.last("survival").retained_chars == 3
 
 
 def test_survival_checks_measure_what_still_stands_at_each_delay() -> None:
@@ -183,15 +181,15 @@ def test_survival_checks_measure_what_still_stands_at_each_delay() -> None:
     ed.change((0, 8), (0, 8), "bar()")
     ed.wait(1.0)
     first = ed.last("survival")
-    assert (first["delay_s"], first["text"], first["final"]) == (1.0, "bar()", False)
-    assert first["similarity"] == 1.0
-    assert first["retained_chars"] == 5.0
+    assert (first.delay_s, first.text, first.final) == (1.0, "bar()", False)
+    assert first.similarity == 1.0
+    assert first.retained_chars == 5.0
     ed.change((0, 11), (0, 12), "x")  # "bar()" -> "barx)"
     ed.wait(1.0)
     second = ed.last("survival")
-    assert (second["delay_s"], second["text"], second["final"]) == (2.0, "barx)", True)
-    assert second["similarity"] == pytest.approx(0.8)
-    assert second["retained_chars"] == pytest.approx(4.0)
+    assert (second.delay_s, second.text, second.final) == (2.0, "barx)", True)
+    assert second.similarity == pytest.approx(0.8)
+    assert second.retained_chars == pytest.approx(4.0)
     assert ed.tracker.get("c1") is None
     ed.wait(100.0)
     assert ed.kinds().count("survival") == 2
@@ -204,7 +202,7 @@ def test_closing_after_acceptance_makes_the_last_survival_check() -> None:
     ed.now += 3.0
     ed.tracker.closed(URI)
     last = ed.last("survival")
-    assert (last["delay_s"], last["final"], last["text"]) == (3.0, True, "bar()")
+    assert (last.delay_s, last.final, last.text) == (3.0, True, "bar()")
     assert ed.tracker.poll() is None
 
 
@@ -257,7 +255,7 @@ def test_an_edit_over_the_whole_range_wipes_it_and_survival_scores_zero() -> Non
     ed.change((0, 0), (1, 0), "a = compute(b)  # retyped\n")
     ed.wait(1.0)
     last = ed.last("survival")
-    assert (last["text"], last["similarity"], last["retained_chars"], last["final"]) == ("", 0.0, 0.0, True)
+    assert (last.text, last.similarity, last.retained_chars, last.final) == ("", 0.0, 0.0, True)
 
 
 def test_retyping_its_tail_counts_but_typing_after_it_does_not() -> None:
@@ -279,7 +277,7 @@ def test_deleting_all_of_it_and_rewriting_measures_the_rewrite() -> None:
     ed.type(0, 4, "compare(b)")
     assert _tracked(ed) == "compare(b)"
     ed.wait(1.0)
-    assert ed.last("survival")["similarity"] == pytest.approx(0.8)
+    assert ed.last("survival").similarity == pytest.approx(0.8)
 
 
 def test_deleting_it_and_leaving_it_deleted_scores_zero() -> None:
@@ -289,7 +287,7 @@ def test_deleting_it_and_leaving_it_deleted_scores_zero() -> None:
     ed.change((0, 4), (0, 4), "0")  # typed at the old spot after working elsewhere
     assert _tracked(ed) == ""
     ed.wait(1.0)
-    assert (ed.last("survival")["similarity"], ed.last("survival")["retained_chars"]) == (0.0, 0.0)
+    assert (ed.last("survival").similarity, ed.last("survival").retained_chars) == (0.0, 0.0)
 
 
 def test_ranges_follow_in_utf16_with_emoji_accents_and_crlf() -> None:
@@ -307,10 +305,10 @@ def test_ranges_follow_in_utf16_with_emoji_accents_and_crlf() -> None:
     assert ed.doc.text.splitlines()[2] == "😀name = 'Zoë 🎉!'"
     assert _tracked(ed) == "'Zoë 🎉!'"
     ed.wait(1.0)
-    assert ed.last("survival")["similarity"] == pytest.approx(1 - 1 / 8)
+    assert ed.last("survival").similarity == pytest.approx(1 - 1 / 8)
 
 
-def test_every_event_is_a_valid_wire_event_with_a_unique_id() -> None:
+def test_every_event_is_a_wire_event_from_where_it_is_made_with_a_unique_id() -> None:
     ed = Editor("x = foo.\n", delays=(1.0,))
     ed.serve("c1", 0, 8, "bar()")
     ed.type(0, 8, "bar()")
@@ -319,7 +317,8 @@ def test_every_event_is_a_valid_wire_event_with_a_unique_id() -> None:
     ed.wait(30.0)
     assert ed.kinds() == ["shown", "accepted", "shown", "ignored", "survival", "rewrite"]
     for event in ed.events:
-        Event.model_validate(event)
-    assert len({e["event_id"] for e in ed.events}) == len(ed.events)
-    finals = [e["kind"] for e in ed.events if e.get("final")]
+        assert isinstance(event, Event)
+        assert Event.model_validate_json(event.model_dump_json(exclude_none=True)) == event
+    assert len({e.event_id for e in ed.events}) == len(ed.events)
+    finals = [e.kind for e in ed.events if e.final]
     assert finals == ["survival", "rewrite"]
