@@ -19,9 +19,24 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 
-from backend.model_messages import PolicyState, Request, Sample
+from backend.model_messages import (
+    Done,
+    Failed,
+    FromModel,
+    Install,
+    Job,
+    LoadFailed,
+    PolicyState,
+    Ready,
+    Refused,
+    Reply,
+    Request,
+    Route,
+    Sample,
+    Stop,
+    ToModel,
+)
 from backend.model_process import LoopConfig, serve
 from core.wire import BASE_VERSION
 
@@ -82,10 +97,10 @@ class PolicyWorker:
     async def install(self, version: str, path: Path) -> None:
         """Install an adapter (a no-op when it is installed); it serves once routed to."""
         self._adapters[version] = path
-        await self._call("install", version, str(path))
+        await self._call(lambda call: Install(call, version, str(path)))
 
     async def route(self, live: str, canary: str | None, share: float) -> None:
-        await self._call("route", live, canary, share)
+        await self._call(lambda call: Route(call, live, canary, share))
 
     @property
     def failure(self) -> Exception | None:
@@ -100,7 +115,7 @@ class PolicyWorker:
                 await asyncio.gather(task, return_exceptions=True)
         if self._conn is not None:
             with contextlib.suppress(OSError):  # already gone
-                self._conn.send(("stop",))
+                self._conn.send(Stop())
         await asyncio.to_thread(self._reap)
         self._disconnect()
         self._lost(ModelProcessError("the backend is shutting down"))
@@ -143,34 +158,30 @@ class PolicyWorker:
             if was_serving and not self._closing:
                 self._restart = asyncio.create_task(self._respawn(), name="model-restart")
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            for key, sample in message[1]:
-                self._finish(key, lambda future, sample=sample: future.set_result(sample))
-        elif kind == "failed":
-            _, keys, text = message
-            for key in keys:
-                self._finish(key, lambda future: future.set_exception(RuntimeError(text)))
-        elif kind == "reply":
-            _, call, state, error = message
-            future = self._calls.pop(call)
-            if future.done():  # its caller was cancelled meanwhile
-                if state is not None:
-                    self.policy = state
-            elif error is not None:
-                kind_name, text = error
-                future.set_exception((ValueError if kind_name == "ValueError" else RuntimeError)(text))
-            else:
+    def _dispatch(self, message: FromModel) -> None:
+        match message:
+            case Done(samples):
+                for key, sample in samples:
+                    self._finish(key, lambda future, sample=sample: future.set_result(sample))
+            case Failed(keys, text):
+                for key in keys:
+                    self._finish(key, lambda future: future.set_exception(RuntimeError(text)))
+            case Reply(call, state):
                 self.policy = state
-                future.set_result(state)
-        elif kind == "ready":
-            assert self._started is not None
-            self._started.set_result(message[1])
-        elif kind == "error":
-            assert self._started is not None
-            name = self.config.model_name
-            self._started.set_exception(ModelProcessError(f"the model {name} failed to load:\n{message[1]}"))
+                future = self._calls.pop(call)
+                if not future.done():  # its caller may have been cancelled meanwhile
+                    future.set_result(state)
+            case Refused(call, error_type, text):
+                future = self._calls.pop(call)
+                if not future.done():
+                    future.set_exception((ValueError if error_type == "ValueError" else RuntimeError)(text))
+            case Ready(state):
+                assert self._started is not None
+                self._started.set_result(state)
+            case LoadFailed(trace):
+                assert self._started is not None
+                name = self.config.model_name
+                self._started.set_exception(ModelProcessError(f"the model {name} failed to load:\n{trace}"))
 
     def _finish(self, key: int, settle: Callable[[asyncio.Future[Sample]], None]) -> None:
         job = self._running.pop(key)
@@ -241,19 +252,20 @@ class PolicyWorker:
             if not self._running:
                 self.batches += 1
             self._running[key] = job
-            self._send(("job", key, job.request))
+            self._send(Job(key, job.request))
 
-    async def _call(self, kind: str, *args: Any) -> PolicyState:
+    async def _call(self, message: Callable[[int], ToModel]) -> PolicyState:
+        """Send the control call `message` makes of a new call number; the policy after it."""
         await self._connected.wait()
         if self._failure is not None:
             raise self._failure
         call = next(self._keys)
         future: asyncio.Future[PolicyState] = asyncio.get_running_loop().create_future()
         self._calls[call] = future
-        self._send((kind, call, *args))
+        self._send(message(call))
         return await future
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: ToModel) -> None:
         assert self._conn is not None
         with contextlib.suppress(OSError):  # the process is gone: the reader fails what it held
             self._conn.send(message)

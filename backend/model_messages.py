@@ -1,20 +1,11 @@
 """The contract between the backend's HTTP process and its model process (backend/model_process.py).
 
-Messages are tuples whose first item names them, pickled over a multiprocessing pipe.
+Every message is a dataclass below, pickled over a multiprocessing pipe; each side dispatches on
+its type with `match`.
 
-HTTP process -> model process:
-    ("job", key, Request)                      decode this request
-    ("install", call, version, adapter path)   install an adapter (a no-op when installed)
-    ("route", call, live, canary, share)       serve `live`, and `canary` to its share of users
-    ("stop",)                                  finish now
-
-Model process -> HTTP process:
-    ("ready", PolicyState)                     the model is loaded; nothing comes before this
-    ("error", traceback)                       the model could not be loaded; the process ends
-    ("done", [(key, Sample), ...])             requests complete
-    ("failed", [key, ...], message)            requests whose decoding step raised
-    ("reply", call, PolicyState, None)         a control call done
-    ("reply", call, None, (error type, message))  a control call refused
+HTTP process -> model process: Job, Install, Route, Stop.
+Model process -> HTTP process: Ready or LoadFailed first (nothing comes before either), then Done,
+Failed, and one Reply or Refused per control call (Install, Route), by its `call` number.
 
 This module imports nothing heavy: the HTTP process never loads torch.
 """
@@ -64,3 +55,91 @@ class PolicyState:
     fim: str
     # Each installed version's learned serving rules, where it has any.
     cuts: dict[str, Cut] = field(default_factory=dict)
+
+
+# HTTP process -> model process.
+
+
+@dataclass(frozen=True)
+class Job:
+    """Decode this request; `key` names it in the Done or Failed that answers it."""
+
+    key: int
+    request: Request
+
+
+@dataclass(frozen=True)
+class Install:
+    """Install the adapter at `path` under `version` (a no-op when it is installed)."""
+
+    call: int
+    version: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """Serve `live`, and `canary` to its share of users."""
+
+    call: int
+    live: str
+    canary: str | None
+    share: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish now."""
+
+
+# Model process -> HTTP process.
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The model is loaded."""
+
+    state: PolicyState
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    """The model could not be loaded; the process ends."""
+
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """Requests complete, as their rows leave the batch."""
+
+    samples: list[tuple[int, Sample]]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Requests whose decoding step raised."""
+
+    keys: list[int]
+    message: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A control call done; the policy as it stands after it."""
+
+    call: int
+    state: PolicyState
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A control call refused: the error's type name and message."""
+
+    call: int
+    error_type: str
+    message: str
+
+
+ToModel = Job | Install | Route | Stop
+FromModel = Ready | LoadFailed | Done | Failed | Reply | Refused

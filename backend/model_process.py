@@ -25,7 +25,21 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from backend.model_messages import Request, Sample
+from backend.model_messages import (
+    Done,
+    Failed,
+    Install,
+    Job,
+    LoadFailed,
+    Ready,
+    Refused,
+    Reply,
+    Request,
+    Route,
+    Sample,
+    Stop,
+    ToModel,
+)
 from core.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -54,9 +68,9 @@ def serve(conn: Connection, config: LoopConfig) -> None:
     try:
         loop = ModelLoop(conn, config)
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        conn.send(LoadFailed(traceback.format_exc()))
         return
-    conn.send(("ready", loop.policy.state()))
+    conn.send(Ready(loop.policy.state()))
     try:
         loop.run()
     except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -117,27 +131,26 @@ class ModelLoop:
             return 0 if full else max(0.0, self.window_ends - time.monotonic())
         return _PREPARE_POLL_S if self.installs else None
 
-    def handle(self, message: tuple[Any, ...]) -> bool:
-        kind = message[0]
-        if kind == "job":
-            if not self.inbox and not self.decoding.size:
-                self.window_ends = time.monotonic() + self.config.window_ms / 1000
-            self.inbox.append((message[1], message[2]))
-        elif kind == "install":
-            _, call, version, path = message
-            if self.policy.keep(version):
-                self.reply(call)
-            else:
-                from backend.serving import prepare_adapter  # torch: the model process only
+    def handle(self, message: ToModel) -> bool:
+        """Act on one message; False: stop."""
+        match message:
+            case Job(key, request):
+                if not self.inbox and not self.decoding.size:
+                    self.window_ends = time.monotonic() + self.config.window_ms / 1000
+                self.inbox.append((key, request))
+            case Install(call, version, path):
+                if self.policy.keep(version):
+                    self.reply(call)
+                else:
+                    from backend.serving import prepare_adapter  # torch: the model process only
 
-                self.installs.append((call, self.reader.submit(prepare_adapter, version, Path(path))))
-        elif kind == "route":
-            _, call, live, canary, share = message
-            self.call(call, self.policy.route, live, canary, share)
-        elif kind == "stop":
-            return False
-        else:
-            log.error("unknown message %r", kind)
+                    self.installs.append((call, self.reader.submit(prepare_adapter, version, Path(path))))
+            case Route(call, live, canary, share):
+                self.call(call, self.policy.route, live, canary, share)
+            case Stop():
+                return False
+            case _:
+                log.error("unknown message %r", message)
         return True
 
     def land_installs(self) -> None:
@@ -180,11 +193,11 @@ class ModelLoop:
     def deliver(self, done: list[tuple[Any, Sample]]) -> None:
         # As rows complete: no editor waits for a longer completion.
         if done:
-            self.conn.send(("done", done))
+            self.conn.send(Done(done))
 
     def fail(self, keys: list[Any], error: Exception) -> None:
         log.error("decoding %d requests failed", len(keys), exc_info=error)
-        self.conn.send(("failed", keys, f"{type(error).__name__}: {error}"))
+        self.conn.send(Failed(keys, f"{type(error).__name__}: {error}"))
 
     def call(self, call: int, fn: Any, *args: Any) -> None:
         try:
@@ -195,10 +208,10 @@ class ModelLoop:
             self.reply(call)
 
     def reply(self, call: int) -> None:
-        self.conn.send(("reply", call, self.policy.state(), None))
+        self.conn.send(Reply(call, self.policy.state()))
 
     def refuse(self, call: int, error: BaseException) -> None:
-        self.conn.send(("reply", call, None, (type(error).__name__, str(error))))
+        self.conn.send(Refused(call, type(error).__name__, str(error)))
 
     def close(self) -> None:
         self.reader.shutdown(wait=False, cancel_futures=True)
