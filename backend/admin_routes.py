@@ -18,6 +18,7 @@ from backend.deps import State, admin_only, principal_of, session_of
 from backend.lifecycle import PINNED, LifecycleError
 from backend.sessions import COOKIE, LIFETIME_S
 from backend.state import BackendState
+from backend.store import TokenRecord
 from core.wire import (
     API_PREFIX,
     SIMULATION_PATH,
@@ -212,7 +213,7 @@ def add_routes(app: FastAPI) -> None:
         return Response(state.metrics.render(quarantined), media_type="text/plain; version=0.0.4")
 
 
-def _token_info(row: dict[str, Any]) -> TokenInfo:
+def _token_info(row: TokenRecord) -> TokenInfo:
     return TokenInfo(
         id=row["id"],
         name=row["name"],

@@ -36,7 +36,7 @@ from backend.passes import CANARY, FINALIZE, RETENTION, Passes
 from backend.retention import run_retention
 from backend.sessions import Sessions
 from backend.state import BackendState
-from backend.store import Store
+from backend.store import open_store
 from core.config import Settings
 from core.wire import (
     ADAPTER_FILES,
@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Everything opened is closed again whatever fails after it: the store's thread alone
         # would keep a backend whose model failed to load running, serving nothing.
         async with contextlib.AsyncExitStack() as opened:
-            store = await Store.open(settings.database_path)
+            store = await open_store(settings)
             opened.push_async_callback(store.close)
             # Before the model loads: a backend that would serve strangers stops at once.
             await ensure_tokens(store, settings)

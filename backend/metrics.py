@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from backend.passes import Passes
-from backend.store.quarantine import COMPLETIONS, EVENTS
+from backend.store import COMPLETIONS, EVENTS
 from core.wire import EventsResponse
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from backend.store.quarantine import reason_of
+from backend.store import reason_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class PassHealth:
     consecutive_failures: int = 0
     last_success: float | None = None
     last_failure: float | None = None
-    # One line, without values (store/quarantine.reason_of): /healthz and /readyz need no token.
+    # One line, without values (store.reason_of): /healthz and /readyz need no token.
     last_error: str | None = None
 
     @property

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from backend.auth import ROLES, hash_token, new_token, person_of
-from backend.store import Store
+from backend.store import open_store
 from core.config import Settings
 
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings)
     try:
         if args.action == "create":
             token = new_token()

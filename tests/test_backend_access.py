@@ -20,7 +20,7 @@ import pytest
 from conftest import RunningBackend, backend_env, bearer, free_port, start_backend, stop_backend
 
 from backend.auth import Authenticator, NoTokens, ensure_tokens, hash_token, person_of
-from backend.store import Store
+from backend.store.sqlite import SqliteStore
 from core.config import Settings
 from core.local_tokens import ADMIN, CLIENT, read_token, token_path
 
@@ -257,7 +257,7 @@ def test_tokens_api_revokes_at_once(server: RunningBackend) -> None:
 
 
 async def test_revoking_every_token_closes_the_backend_it_never_opens_it(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await SqliteStore.open(tmp_path / "db.sqlite3")
     try:
         token_id = await store.add_token("only", ADMIN, hash_token("fw_last"))
         auth = Authenticator(store, "")
@@ -273,7 +273,7 @@ async def test_revoking_every_token_closes_the_backend_it_never_opens_it(tmp_pat
 async def test_no_tokens_and_not_loopback_refuses_to_start(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     settings.backend.host = "0.0.0.0"
-    store = await Store.open(settings.database_path)
+    store = await SqliteStore.open(settings.database_path)
     try:
         with pytest.raises(NoTokens, match=r"0\.0\.0\.0"):
             await ensure_tokens(store, settings)

@@ -13,11 +13,11 @@ from backend.finalize import run_finalizer
 from backend.lifecycle import PINNED, Lifecycle
 from backend.passes import CANARY, FINALIZE, RETENTION, Passes, PassHealth, repeat
 from backend.retention import run_retention
-from backend.store import Store
+from backend.store.sqlite import SqliteStore
 from core.config import Settings
 
 
-async def abstention(store: Store, cid: str, at: float) -> None:
+async def abstention(store: SqliteStore, cid: str, at: float) -> None:
     await store.record_completion(
         completion_id=cid,
         user_id="u1",
@@ -33,7 +33,7 @@ async def abstention(store: Store, cid: str, at: float) -> None:
     )
 
 
-def sql(store: Store, *statements: str) -> None:
+def sql(store: SqliteStore, *statements: str) -> None:
     with sqlite3.connect(store.path) as db:
         for statement in statements:
             db.execute(statement)
@@ -71,7 +71,7 @@ async def test_readiness_turns_after_the_configured_failures_in_a_row() -> None:
 
 
 async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "flywheel.sqlite3")
+    store = await SqliteStore.open(tmp_path / "flywheel.sqlite3")
     settings = Settings(
         data_dir=tmp_path,
         backend={"finalize_interval_s": 0.01, "retention_interval_s": 0.01, "stuck_after_failures": 3},

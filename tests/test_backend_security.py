@@ -16,7 +16,7 @@ from conftest import backend_env, free_port, make_adapter, start_backend, stop_b
 
 from backend.auth import Authenticator, hash_token
 from backend.retention import retain_once
-from backend.store import Store
+from backend.store.sqlite import SqliteStore
 from core.config import Settings
 
 
@@ -84,7 +84,7 @@ def test_client_and_admin_tokens_guard_their_routes(tiny_model_dir: Path, tmp_pa
 
 
 async def test_authenticator_knows_each_tokens_role_and_person(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await SqliteStore.open(tmp_path / "db.sqlite3")
     try:
         await store.add_token("t", "client", hash_token("fw_abc"))
         auth = Authenticator(store, "configured")
@@ -101,7 +101,7 @@ async def test_authenticator_knows_each_tokens_role_and_person(tmp_path: Path) -
 async def test_retention_deletes_old_events_and_contexts_but_keeps_aggregates(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     settings.backend.retention_days = 30
-    store = await Store.open(settings.database_path)
+    store = await SqliteStore.open(settings.database_path)
     now = time.time()
     try:
         for age_days, cid in ((40, "old"), (1, "new")):

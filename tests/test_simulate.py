@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.store import Store
+from backend.store.sqlite import SqliteStore
 from core.config import RewardConfig
 from core.wire import SimulationCycle
 from simulate.corpus import header_length, load_corpus
@@ -310,7 +310,7 @@ def test_a_new_run_clears_what_a_previous_run_left(tmp_path: Path) -> None:
 
 async def stored_simulation_report(database: Path) -> dict:
     """What the simulation's backend, stopped now, last stored for its dashboard."""
-    store = await Store.open(database)
+    store = await SqliteStore.open(database)
     try:
         return await store.get_setting("simulation_report")
     finally:

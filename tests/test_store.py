@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +15,8 @@ from typing import Any
 import pytest
 
 from backend.finalize import run_finalizer
-from backend.store import SCHEMA_VERSION, SchemaTooNew, Store, UnknownCheckpoint
+from backend.store import Store, UnknownCheckpoint
+from backend.store.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore
 from core.config import RewardConfig, Settings
 
 WINDOW = 660.0
@@ -22,14 +26,14 @@ T0 = 1_000_000.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "nested" / "dir" / "flywheel.sqlite3")
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(tmp_path / "nested" / "dir" / "flywheel.sqlite3")
     yield opened
     await opened.close()
 
 
 async def completion(
-    store: Store,
+    store: SqliteStore,
     cid: str,
     text: str = "return x",
     *,
@@ -62,13 +66,13 @@ def event(cid: str, kind: str, **fields: Any) -> dict[str, Any]:
     return {"event_id": f"event-{_n:06d}", "completion_id": cid, "kind": kind, "client_ts": T0 + _n, **fields}
 
 
-def rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def rows(store: SqliteStore, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Read the file with plain sqlite3: what is really on disk, not what the store says."""
     with sqlite3.connect(store.path) as db:
         return db.execute(sql, params).fetchall()
 
 
-async def finalize(store: Store, now: float, rewards: RewardConfig = REWARDS) -> int:
+async def finalize(store: SqliteStore, now: float, rewards: RewardConfig = REWARDS) -> int:
     return await store.finalize_due(now, WINDOW, rewards, MIN_VISIBLE)
 
 
@@ -77,14 +81,14 @@ async def finalize(store: Store, now: float, rewards: RewardConfig = REWARDS) ->
 
 async def test_open_creates_directories_uses_wal_and_migrates_once(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "db.sqlite3"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     await completion(store, "c1")
     await store.close()
     assert rows(store, "PRAGMA journal_mode") == [("wal",)]
     assert rows(store, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
     # Reopening must not re-run steps (CREATE TABLE would fail) and must keep the data.
-    again = await Store.open(path)
+    again = await SqliteStore.open(path)
     try:
         assert (await again.add_events([event("c1", "shown")], T0)).stored == 1
         assert rows(again, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
@@ -97,10 +101,10 @@ async def test_refuses_a_database_from_newer_code(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaTooNew):
-        await Store.open(path)
+        await SqliteStore.open(path)
 
 
-async def test_a_completion_id_is_recorded_once(store: Store) -> None:
+async def test_a_completion_id_is_recorded_once(store: SqliteStore) -> None:
     await completion(store, "c1")
     with pytest.raises(sqlite3.IntegrityError):
         await completion(store, "c1")
@@ -109,7 +113,7 @@ async def test_a_completion_id_is_recorded_once(store: Store) -> None:
 # --- events ---------------------------------------------------------------------------------
 
 
-async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store: Store) -> None:
+async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store: SqliteStore) -> None:
     await completion(store, "c1")
     shown = event("c1", "shown", visible_ms=0)
     accepted = event("c1", "accepted", visible_ms=700)
@@ -132,7 +136,7 @@ async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store:
     assert stored == [(shown["event_id"], "shown", T0 + 5), (accepted["event_id"], "accepted", T0 + 5)]
 
 
-async def test_resending_a_batch_stores_nothing_new(store: Store) -> None:
+async def test_resending_a_batch_stores_nothing_new(store: SqliteStore) -> None:
     await completion(store, "c1")
     batch = [event("c1", "shown"), event("c1", "rejected", visible_ms=900)]
     first = await store.add_events(batch, T0)
@@ -142,7 +146,7 @@ async def test_resending_a_batch_stores_nothing_new(store: Store) -> None:
     assert rows(store, "SELECT COUNT(*) FROM events") == [(2,)]
 
 
-async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -> None:
+async def test_concurrent_writers_do_not_interleave_transactions(store: SqliteStore) -> None:
     await asyncio.gather(*(completion(store, f"c{i}") for i in range(10)))
     batches = [[event(f"c{i}", "shown"), event(f"c{i}", "rejected", visible_ms=900)] for i in range(10)]
     results = await asyncio.gather(
@@ -152,7 +156,7 @@ async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -
     assert rows(store, "SELECT COUNT(*) FROM events") == [(20,)]
 
 
-async def test_batches_committed_together_are_answered_each_on_its_own(store: Store) -> None:
+async def test_batches_committed_together_are_answered_each_on_its_own(store: SqliteStore) -> None:
     """Concurrent batches share one transaction; duplicates and unknown completions are still
     attributed to the batch they came in, and each event id is stored once."""
     await completion(store, "c1")
@@ -171,7 +175,7 @@ async def test_batches_committed_together_are_answered_each_on_its_own(store: St
     assert rows(store, "SELECT COUNT(*) FROM events") == [(5,)]
 
 
-async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store: Store) -> None:
+async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store: SqliteStore) -> None:
     await completion(store, "c1")
     with sqlite3.connect(store.path) as db:  # a write that SQLite refuses, whatever the path
         db.execute(
@@ -187,7 +191,7 @@ async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store
 # --- finalizing -----------------------------------------------------------------------------
 
 
-async def test_a_final_event_closes_the_episode_before_its_window(store: Store) -> None:
+async def test_a_final_event_closes_the_episode_before_its_window(store: SqliteStore) -> None:
     await completion(store, "c1", at=T0)
     await completion(store, "c2", at=T0)
     await store.add_events(
@@ -208,7 +212,7 @@ async def test_a_final_event_closes_the_episode_before_its_window(store: Store) 
     assert rows(store, "SELECT completion_id FROM completions WHERE finalized_at IS NULL") == [("c2",)]
 
 
-async def test_the_window_closes_at_created_at_plus_window(store: Store) -> None:
+async def test_the_window_closes_at_created_at_plus_window(store: SqliteStore) -> None:
     await completion(store, "c1", at=T0)
     await store.add_events([event("c1", "shown")], T0 + 1)
     assert await finalize(store, T0 + WINDOW - 0.5) == 0
@@ -217,7 +221,7 @@ async def test_the_window_closes_at_created_at_plus_window(store: Store) -> None
     assert rows(store, "SELECT outcome, reward FROM episodes") == [("ignored", -0.25)]
 
 
-async def test_abstentions_close_at_once_with_reward_zero(store: Store) -> None:
+async def test_abstentions_close_at_once_with_reward_zero(store: SqliteStore) -> None:
     await completion(store, "quiet", text="", at=T0)
     assert await finalize(store, T0) == 1
     page = await store.episodes_after(0, 10)
@@ -226,7 +230,7 @@ async def test_abstentions_close_at_once_with_reward_zero(store: Store) -> None:
     ]
 
 
-async def test_finalizer_loop_runs_until_stopped(store: Store, tmp_path: Path) -> None:
+async def test_finalizer_loop_runs_until_stopped(store: SqliteStore, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, backend={"finalize_interval_s": 0.01})
     stop = asyncio.Event()
     task = asyncio.create_task(run_finalizer(store, settings, stop))
@@ -243,7 +247,7 @@ async def test_finalizer_loop_runs_until_stopped(store: Store, tmp_path: Path) -
 # --- the trainer's feed ---------------------------------------------------------------------
 
 
-async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) -> None:
+async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: SqliteStore) -> None:
     # Created one second apart so finalize assigns seqs in this order.
     plan = [
         ("a", [event("a", "accepted", visible_ms=400)]),  # 0.75
@@ -286,7 +290,7 @@ async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) 
     assert [e.completion_id for e in later.episodes] == ["h"]
 
 
-async def test_episodes_carry_what_the_user_wrote_instead(store: Store) -> None:
+async def test_episodes_carry_what_the_user_wrote_instead(store: SqliteStore) -> None:
     plan = {
         # Rejected, then the user wrote something else at the spot (two captures: the later counts).
         "rewritten": [
@@ -320,7 +324,7 @@ async def test_episodes_carry_what_the_user_wrote_instead(store: Store) -> None:
     }
 
 
-async def test_an_empty_store_keeps_the_cursor(store: Store) -> None:
+async def test_an_empty_store_keeps_the_cursor(store: SqliteStore) -> None:
     page = await store.episodes_after(7, 100)
     assert (page.episodes, page.next_cursor) == ([], 7)
 
@@ -328,7 +332,7 @@ async def test_an_empty_store_keeps_the_cursor(store: Store) -> None:
 # --- re-scoring -----------------------------------------------------------------------------
 
 
-async def test_rescore_recomputes_stored_rewards_from_raw_events(store: Store) -> None:
+async def test_rescore_recomputes_stored_rewards_from_raw_events(store: SqliteStore) -> None:
     await completion(store, "fast", at=T0)
     await completion(store, "kept", at=T0)
     await store.add_events(
@@ -352,7 +356,7 @@ async def test_rescore_recomputes_stored_rewards_from_raw_events(store: Store) -
 # --- rows that cannot be read ---------------------------------------------------------------
 
 
-def raw_event(store: Store, event_id: str, cid: str, kind: str, **fields: Any) -> None:
+def raw_event(store: SqliteStore, event_id: str, cid: str, kind: str, **fields: Any) -> None:
     """An event row written straight into the file, as an older version, a manual edit or a bug
     might leave it: nothing checks it on the way in."""
     received_at = fields.pop("received_at", T0)
@@ -366,12 +370,12 @@ def raw_event(store: Store, event_id: str, cid: str, kind: str, **fields: Any) -
         )
 
 
-def edit(store: Store, sql: str, params: tuple[Any, ...] = ()) -> None:
+def edit(store: SqliteStore, sql: str, params: tuple[Any, ...] = ()) -> None:
     with sqlite3.connect(store.path) as db:
         db.execute(sql, params)
 
 
-async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(store: Store) -> None:
+async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(store: SqliteStore) -> None:
     plan = {
         "good": [
             event("good", "accepted", visible_ms=900),
@@ -463,7 +467,7 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
 # --- checkpoints ----------------------------------------------------------------------------
 
 
-async def test_going_live_retires_the_previous_live_version(store: Store) -> None:
+async def test_going_live_retires_the_previous_live_version(store: SqliteStore) -> None:
     assert await store.live_version() == "base"
     await store.add_checkpoint("v1", "base", "/ckpt/v1", {"loss": 1.0})
     for state in ("gated", "canary", "live"):
@@ -500,7 +504,7 @@ async def test_going_live_retires_the_previous_live_version(store: Store) -> Non
     ]
 
 
-async def test_checkpoint_errors(store: Store) -> None:
+async def test_checkpoint_errors(store: SqliteStore) -> None:
     assert await store.checkpoint("v9") is None
     with pytest.raises(UnknownCheckpoint):
         await store.transition("v9", "live", reason="no such version")
@@ -512,12 +516,12 @@ async def test_checkpoint_errors(store: Store) -> None:
 
 async def test_version_names_are_monotonic_and_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     assert [await store.next_version() for _ in range(2)] == ["v1", "v2"]
     await store.add_checkpoint("v3", "v2", "/ckpt/v3", {})  # named by hand
     assert await store.next_version() == "v4"
     await store.close()
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         assert await store.next_version() == "v5"
     finally:
@@ -527,7 +531,7 @@ async def test_version_names_are_monotonic_and_never_reused(tmp_path: Path) -> N
 # --- admin figures --------------------------------------------------------------------------
 
 
-async def test_stats_overall_and_per_model(store: Store) -> None:
+async def test_stats_overall_and_per_model(store: SqliteStore) -> None:
     await completion(store, "a", model="base")
     await completion(store, "b", model="base")
     await completion(store, "q", text="", model="base")
@@ -564,7 +568,7 @@ async def test_stats_overall_and_per_model(store: Store) -> None:
     assert v1["mean_reward"] == pytest.approx(0.35)
 
 
-async def test_stats_of_an_empty_store(store: Store) -> None:
+async def test_stats_of_an_empty_store(store: SqliteStore) -> None:
     stats = await store.stats()
     assert (stats["served"], stats["accept_rate"], stats["mean_reward"], stats["per_version"]) == (
         0,
@@ -572,3 +576,44 @@ async def test_stats_of_an_empty_store(store: Store) -> None:
         None,
         {},
     )
+
+
+def test_the_sqlite_store_implements_the_interface() -> None:
+    """Every method of backend/store/interface.py's Store, with its parameters: what a PostgreSQL
+    store implements too."""
+    methods = [name for name, _ in inspect.getmembers(Store, inspect.iscoroutinefunction)]
+    assert len(methods) > 25
+    for name in methods:
+        ours, theirs = inspect.signature(getattr(SqliteStore, name)), inspect.signature(getattr(Store, name))
+        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in theirs.parameters.values()
+        ], name
+
+
+# SQL as the store writes it, in capitals and in context: English words alone (select, update) pass.
+_SQL = re.compile(r"\b(SELECT \S+ FROM|INSERT (OR \w+ )?INTO|DELETE FROM|UPDATE \w+ SET|CREATE TABLE|PRAGMA)")
+
+
+def test_outside_the_store_the_backend_sees_only_the_interface() -> None:
+    """No SQL, no database driver and no module of the SQLite store outside backend/store/: the rest
+    of the backend runs on any Store (benchmarks, which measure SQLite itself, excepted)."""
+    backend = Path(__file__).parent.parent / "backend"
+    found = []
+    for path in sorted(backend.rglob("*.py")):
+        if "store" in path.relative_to(backend).parts or path.name.startswith("bench"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL.search(node.value):
+                    found.append(f"{path.name}: SQL {node.value[:40]!r}")
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                inside_store = module.startswith("backend.store.") and module != "backend.store.interface"
+                if top in ("sqlite3", "aiosqlite") or inside_store:
+                    found.append(f"{path.name}: imports {module}")
+    assert found == []

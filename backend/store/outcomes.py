@@ -9,10 +9,8 @@ Per finalized episode of a model version:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from backend.store.database import Database
+from backend.store.interface import ArmFigures, Moments, SeriesPoint
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _ACCEPTED = f"(e.outcome IN ('{ACCEPTED}', '{PARTIALLY_ACCEPTED}'))"
@@ -23,42 +21,6 @@ _RATED = f"(e.reward IS NOT NULL AND e.outcome != '{ABSTAINED}')"
 # point that cannot be shown and no figure JSON cannot carry, and the rest of the chart stays.
 _A_TIME = "BETWEEN 0 AND 1e11"
 _FINITE = "BETWEEN -1e308 AND 1e308"
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Count, sum and sum of squares of one metric: enough for a mean and a variance."""
-
-    n: int
-    total: float
-    squares: float
-
-    @property
-    def mean(self) -> float | None:
-        return self.total / self.n if self.n else None
-
-    @property
-    def variance(self) -> float:
-        if self.n < 2:
-            return 0.0
-        mean = self.total / self.n
-        return max(self.squares / self.n - mean * mean, 0.0) * self.n / (self.n - 1)
-
-
-@dataclass(frozen=True)
-class ArmFigures:
-    version: str
-    reward: Moments
-    accepted: Moments
-    arc: Moments
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "episodes": self.reward.n,
-            "mean_reward": self.reward.mean,
-            "accept_rate": self.accepted.mean,
-            "arc_per_100": None if self.arc.mean is None else 100 * self.arc.mean,
-        }
 
 
 class OutcomesMixin:
@@ -82,7 +44,7 @@ class OutcomesMixin:
             arc=Moments(int(r[5]), r[6], r[7]),
         )
 
-    async def series(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
+    async def series(self, since: float, bucket_s: float) -> list[SeriesPoint]:
         """Per version and time bucket (by serving time): served, mean reward, accept rate, ARC/100."""
         rows = await self._db.reader.execute_fetchall(
             f"SELECT c.model_version, CAST(c.created_at / ? AS INTEGER), COUNT(*), COUNT(e.seq),"
@@ -93,14 +55,14 @@ class OutcomesMixin:
             (bucket_s, since),
         )
         return [
-            {
-                "version": version,
-                "at": bucket * bucket_s,
-                "served": served,
-                "mean_reward": reward_sum / trainable if trainable else None,
-                "accept_rate": accepted / rated if rated else None,
-                "arc_per_100": 100 * arc / finalized if finalized else None,
-            }
+            SeriesPoint(
+                version=version,
+                at=bucket * bucket_s,
+                served=served,
+                mean_reward=reward_sum / trainable if trainable else None,
+                accept_rate=accepted / rated if rated else None,
+                arc_per_100=100 * arc / finalized if finalized else None,
+            )
             for version, bucket, served, finalized, trainable, reward_sum, rated, accepted, arc in rows
         ]
 

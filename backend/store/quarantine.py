@@ -25,13 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
-from pydantic import ValidationError
 
 from backend.store.database import Database
+from backend.store.interface import COMPLETIONS, EVENTS, SetAside, reason_of
 
-EVENTS = "events"
-COMPLETIONS = "completions"
-_REASON_CHARS = 500
 _EVENT_COLUMNS = ("event_id", "completion_id", "kind", "payload", "client_ts", "received_at")
 
 
@@ -48,18 +45,6 @@ class Unreadable:
     @classmethod
     def of(cls, table: str, key: Any, rowid: int, error: Exception) -> Unreadable:
         return cls(table, key_of(key, rowid), reason_of(error), rowid)
-
-
-def reason_of(error: Exception) -> str:
-    """Why a row failed to load, in one line, without the values it holds: those may be code."""
-    if isinstance(error, ValidationError):
-        details = error.errors(include_url=False, include_input=False, include_context=False)
-        text = "; ".join(f"{'.'.join(str(p) for p in d['loc']) or 'row'}: {d['msg']}" for d in details)
-    elif type(error) is ValueError:  # this package's own words
-        text = str(error)
-    else:
-        text = f"{type(error).__name__}: {error}"
-    return text[:_REASON_CHARS]
 
 
 def key_of(key: Any, rowid: int) -> str:
@@ -125,9 +110,9 @@ class QuarantineMixin:
         )
         return {table: count for table, count in rows}
 
-    async def quarantined(self, limit: int = 20) -> list[dict[str, Any]]:
+    async def quarantined(self, limit: int = 20) -> list[SetAside]:
         """The latest rows set aside: table, key, reason, at."""
         rows = await self._db.reader.execute_fetchall(
             "SELECT tbl, row_key, reason, at FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
-        return [{"table": t, "key": k, "reason": r, "at": at} for t, k, r, at in rows]
+        return [SetAside(table=t, key=k, reason=r, at=at) for t, k, r, at in rows]

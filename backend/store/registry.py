@@ -14,15 +14,15 @@ from typing import Any
 import aiosqlite
 
 from backend.store.database import Database
+from backend.store.interface import (
+    LIVE,
+    RETIRED,
+    STATES,
+    Entered,
+    Transition,
+    UnknownCheckpoint,
+)
 from core import wire
-
-LIVE = "live"
-RETIRED = "retired"
-STATES = frozenset({"candidate", "gated", "canary", LIVE, RETIRED, "rejected", "rolled_back"})
-
-
-class UnknownCheckpoint(LookupError):
-    pass
 
 
 class RegistryMixin:
@@ -102,7 +102,7 @@ class RegistryMixin:
         )
         return [row[0] for row in rows]
 
-    async def entered(self, version: str, state: str) -> dict[str, Any] | None:
+    async def entered(self, version: str, state: str) -> Entered | None:
         """The latest transition of `version` into `state` (reason, metrics, at), if any."""
         rows = await self._db.reader.execute_fetchall(
             "SELECT reason, metrics, at FROM checkpoint_transitions WHERE version = ? AND to_state = ?"
@@ -111,7 +111,7 @@ class RegistryMixin:
         )
         if not rows:
             return None
-        return {"reason": rows[0][0], "metrics": json.loads(rows[0][1]), "at": rows[0][2]}
+        return Entered(reason=rows[0][0], metrics=json.loads(rows[0][1]), at=rows[0][2])
 
     async def checkpoint(self, version: str) -> wire.CheckpointInfo | None:
         rows = await self._db.reader.execute_fetchall(
@@ -133,7 +133,7 @@ class RegistryMixin:
         )
         return [_info(row) for row in rows]
 
-    async def transitions(self, version: str | None = None) -> list[dict[str, Any]]:
+    async def transitions(self, version: str | None = None) -> list[Transition]:
         """Transition history, oldest first: id, version, from_state, to_state, reason, metrics, at."""
         sql = "SELECT id, version, from_state, to_state, reason, metrics, at FROM checkpoint_transitions"
         params: tuple[str, ...] = ()
@@ -141,8 +141,12 @@ class RegistryMixin:
             sql += " WHERE version = ?"
             params = (version,)
         rows = await self._db.reader.execute_fetchall(sql + " ORDER BY id", params)
-        keys = ("id", "version", "from_state", "to_state", "reason", "metrics", "at")
-        return [{**dict(zip(keys, row, strict=True)), "metrics": json.loads(row[5])} for row in rows]
+        return [
+            Transition(
+                id=n, version=v, from_state=old, to_state=new, reason=why, metrics=json.loads(metrics), at=at
+            )
+            for n, v, old, new, why, metrics, at in rows
+        ]
 
 
 def _check_state(state: str) -> None:

@@ -11,9 +11,8 @@ Definitions (each per model version and in total):
 
 from __future__ import annotations
 
-from typing import Any
-
 from backend.store.database import Database
+from backend.store.interface import Stats, VersionStats
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _COUNTS = ("served", "shown", "abstained", "finalized", "trainable", "rated", "accepted")
@@ -22,7 +21,7 @@ _COUNTS = ("served", "shown", "abstained", "finalized", "trainable", "rated", "a
 class StatsMixin:
     _db: Database
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> Stats:
         """{served, shown, ..., accept_rate, mean_reward, outcomes, per_version: {version: {...}}}."""
         rows = await self._db.reader.execute_fetchall(
             "SELECT c.model_version, COUNT(*), SUM(c.text != ''), SUM(c.text = ''),"
@@ -39,7 +38,7 @@ class StatsMixin:
         for model_version, *counts, reward_sum, outcome, episodes in rows:
             for tally in (total, per_version.setdefault(model_version, _Tally())):
                 tally.add(counts, reward_sum, outcome, episodes)
-        return {**total.report(), "per_version": {v: t.report() for v, t in sorted(per_version.items())}}
+        return Stats(**total.report(), per_version={v: t.report() for v, t in sorted(per_version.items())})
 
 
 class _Tally:
@@ -55,11 +54,17 @@ class _Tally:
         if outcome is not None:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + episodes
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> VersionStats:
         c = self.counts
-        return {
-            **c,
-            "accept_rate": c["accepted"] / c["rated"] if c["rated"] else None,
-            "mean_reward": self.reward_sum / c["trainable"] if c["trainable"] else None,
-            "outcomes": dict(sorted(self.outcomes.items())),
-        }
+        return VersionStats(
+            served=c["served"],
+            shown=c["shown"],
+            abstained=c["abstained"],
+            finalized=c["finalized"],
+            trainable=c["trainable"],
+            rated=c["rated"],
+            accepted=c["accepted"],
+            accept_rate=c["accepted"] / c["rated"] if c["rated"] else None,
+            mean_reward=self.reward_sum / c["trainable"] if c["trainable"] else None,
+            outcomes=dict(sorted(self.outcomes.items())),
+        )

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from backend.store.database import Database
+from backend.store.interface import Purged, TokenRecord
 
 # Rows purged per transaction: bounds how long retention holds the write lock.
 _PURGE_CHUNK = 2000
@@ -15,7 +16,7 @@ _PURGE_CHUNK = 2000
 class UpkeepMixin:
     _db: Database
 
-    async def purge_older_than(self, cutoff: float) -> dict[str, int]:
+    async def purge_older_than(self, cutoff: float) -> Purged:
         """Delete events and completion contexts from before `cutoff`; keep episodes and aggregates.
 
         Only finalized completions are purged, so no open observation window loses its events.
@@ -49,7 +50,7 @@ class UpkeepMixin:
                 " WHERE content IS NOT NULL AND COALESCE(stored_at, at) < ?",
                 (cutoff,),
             )
-        return {"events": events, "completions": completions}
+        return Purged(events=events, completions=completions)
 
     async def add_token(self, name: str, role: str, token_hash: str) -> int:
         async with self._db.transaction() as db:
@@ -72,14 +73,16 @@ class UpkeepMixin:
             await cursor.close()
         return changed > 0
 
-    async def tokens(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+    async def tokens(self, include_revoked: bool = False) -> list[TokenRecord]:
         """id, name, role, hash, created_at, revoked_at of each token."""
         sql = "SELECT id, name, role, hash, created_at, revoked_at FROM tokens"
         if not include_revoked:
             sql += " WHERE revoked_at IS NULL"
         rows = await self._db.reader.execute_fetchall(sql + " ORDER BY id")
-        keys = ("id", "name", "role", "hash", "created_at", "revoked_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [
+            TokenRecord(id=id_, name=name, role=role, hash=digest, created_at=created, revoked_at=revoked)
+            for id_, name, role, digest, created, revoked in rows
+        ]
 
     async def get_setting(self, key: str) -> Any:
         rows = await self._db.reader.execute_fetchall(

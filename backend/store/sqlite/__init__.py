@@ -1,0 +1,45 @@
+"""The store on SQLite: one file, WAL mode, one writer connection and one reader (aiosqlite).
+
+`SqliteStore` implements backend/store/interface.py's `Store`, one concern per module: ingest
+(completions, events; group commit), episodes (finalize, the trainer's feed, re-scoring), registry
+(checkpoints), stats and outcomes (the dashboard, the canary's arms), upkeep (retention, tokens,
+settings), quarantine (rows that could not be read). Schema steps live in `schema`; the file, its
+pragmas and its connections in `database`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.store.database import Database
+from backend.store.episodes import EpisodesMixin
+from backend.store.ingest import EventWriter, IngestMixin
+from backend.store.outcomes import OutcomesMixin
+from backend.store.quarantine import QuarantineMixin
+from backend.store.registry import RegistryMixin
+from backend.store.schema import SCHEMA_VERSION, SchemaTooNew
+from backend.store.stats import StatsMixin
+from backend.store.upkeep import UpkeepMixin
+
+__all__ = ["SCHEMA_VERSION", "SchemaTooNew", "SqliteStore"]
+
+
+class SqliteStore(
+    IngestMixin, EpisodesMixin, RegistryMixin, StatsMixin, OutcomesMixin, UpkeepMixin, QuarantineMixin
+):
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._event_writer = EventWriter(db)
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        """Open (creating directories and file as needed) and bring the schema up to date."""
+        return cls(await Database.open(Path(path)))
+
+    async def close(self) -> None:
+        await self._event_writer.flush()
+        await self._db.close()
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
