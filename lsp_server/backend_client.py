@@ -28,7 +28,7 @@ class BackendError(Exception):
 
 
 class BackendClient:
-    def __init__(self, base_url: str, token: str = "", timeout_s: float = 2.0) -> None:
+    def __init__(self, base_url: str, token: str, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s

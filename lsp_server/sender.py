@@ -67,8 +67,8 @@ class OutboxSender:
         outbox: Outbox,
         send: SendEvents,
         *,
+        interval_s: float,
         enabled: Callable[[], bool] = lambda: True,
-        interval_s: float = 1.0,
         batch_size: int = BATCH_SIZE,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 60.0,
@@ -101,7 +101,7 @@ class OutboxSender:
         """Send now rather than at the next interval or the end of a backoff (a new token or URL)."""
         self._wake.set()
 
-    async def stop(self, flush_timeout_s: float = 1.0) -> None:
+    async def stop(self, flush_timeout_s: float) -> None:
         """Stop the loop, then try once more to deliver what is left, within the timeout;
         whatever stays in the outbox goes out on the next start."""
         if self._task is not None:

@@ -390,7 +390,7 @@ class Session:
             "timings": self.timings.summary(),
         }
 
-    async def shutdown(self, flush_timeout_s: float = 1.0) -> None:
+    async def shutdown(self, flush_timeout_s: float) -> None:
         if self._closed:
             return
         # What would have been measured later is measured now, as on close.

@@ -217,12 +217,14 @@ class Tracker:
         self,
         emit: Callable[[Event], None],
         text_of: Callable[[str], str | None],
-        survival_delays_s: Sequence[float] = (30.0, 120.0, 600.0),
+        survival_delays_s: Sequence[float],
+        *,
+        rewrite_window_s: float,
+        infer_shown: bool,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        rewrite_window_s: float = 30.0,
-        infer_shown: bool = True,
     ) -> None:
+        """The settings come from the session's Options, whose defaults are core.config.LspConfig's."""
         self._emit = emit
         self._text_of = text_of
         self._clock = clock

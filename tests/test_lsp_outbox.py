@@ -98,7 +98,7 @@ async def test_sender_sends_batches_of_at_most_500_and_deletes_only_confirmed(tm
         outbox.add(event(i))
     backend = Backend()
     backend.fail = 1
-    sender = OutboxSender(outbox, backend.send)
+    sender = OutboxSender(outbox, backend.send, interval_s=1.0)
     with pytest.raises(BackendError):
         await sender.send_batch()
     assert outbox.pending() == 1200
@@ -118,7 +118,7 @@ async def test_events_refused_by_name_are_dropped_and_counted(
     outbox.add(event(2))
     backend = Backend()
     backend.refuse = {bad["event_id"]}
-    sender = OutboxSender(outbox, backend.send)
+    sender = OutboxSender(outbox, backend.send, interval_s=1.0)
     await sender.drain()
     assert outbox.pending() == 0
     assert (sender.delivered, sender.refused) == (1, 1)
@@ -167,7 +167,7 @@ async def test_a_flush_while_the_loop_sends_sends_each_event_once(tmp_path: Path
         await asyncio.sleep(0.05)  # the answer is on its way when the flush comes
         return {"stored": len(batch), "duplicates": 0, "refused": []}
 
-    sender = OutboxSender(outbox, slow_send, batch_size=4)
+    sender = OutboxSender(outbox, slow_send, interval_s=1.0, batch_size=4)
     await asyncio.gather(sender.drain(), sender.drain())
     assert outbox.pending() == 0
     assert len(sent) == len(set(sent)) == 10
@@ -184,7 +184,7 @@ async def test_any_failure_keeps_every_event_of_the_batch(tmp_path: Path, status
         tries.append(len(batch))
         raise BackendError("no", status=status)
 
-    sender = OutboxSender(outbox, send)
+    sender = OutboxSender(outbox, send, interval_s=1.0)
     with pytest.raises(BackendError):
         await sender.send_batch()
     assert [e for _, e in outbox.peek(10)] == events

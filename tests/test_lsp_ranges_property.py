@@ -93,7 +93,9 @@ def test_the_followed_range_matches_a_full_text_replay(
         return
     events: list[Event] = []
     doc = Document(before + after)
-    tracker = Tracker(events.append, lambda uri: doc.text, (1.0,), clock=lambda: 0.0)
+    tracker = Tracker(
+        events.append, lambda uri: doc.text, (1.0,), rewrite_window_s=0.0, infer_shown=True, clock=lambda: 0.0
+    )
     line, char = position(doc.text, len(before))
     tracker.served("c1", URI, len(before), suggestion)
     tracker.accept("c1")

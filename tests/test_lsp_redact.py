@@ -326,7 +326,7 @@ async def session(recorder: Recorder, tmp_path: Path) -> AsyncIterator[Session]:
     s = Session(options, root_path=str(tmp_path / "ws"))
     s.start_background()
     yield s
-    await s.shutdown()
+    await s.shutdown(flush_timeout_s=1.0)
 
 
 # Real code around each file, long enough that the context window can start or end anywhere in it.

@@ -26,6 +26,8 @@ class Editor:
             self.events.append,
             lambda uri: self.docs[uri].text if uri in self.docs else None,
             delays,
+            rewrite_window_s=30.0,
+            infer_shown=True,
             clock=lambda: self.now,
             wall_clock=lambda: 1_700_000_000.0 + self.now,
         )
