@@ -62,7 +62,7 @@ async def dashboard_data(state: BackendState) -> dict[str, Any]:
         "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
         "checkpoints": await store.checkpoints(),
         "transitions": await store.transitions(),
-        # The loop's health: passes failing in a row, rows set aside (passes.py, store/quarantine.py).
+        # The loop's health: passes failing in a row, rows set aside (passes.py, store/sqlite/quarantine.py).
         "passes": state.passes.report(),
         "quarantine": {"counts": await store.quarantine_counts(), "latest": await store.quarantined(10)},
     }

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from backend.store.database import BUSY_TIMEOUT_MS, WAL_CHECKPOINT_PAGES
-from backend.store.schema import MIGRATIONS
+from backend.store.sqlite.database import BUSY_TIMEOUT_MS, WAL_CHECKPOINT_PAGES
+from backend.store.sqlite.schema import MIGRATIONS
 from bench.backend_requests import PREFIXES, event_batches
 from core.config import Settings
 from core.wire import Event

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.store.database import Database
-from backend.store.episodes import EpisodesMixin
-from backend.store.ingest import EventWriter, IngestMixin
-from backend.store.outcomes import OutcomesMixin
-from backend.store.quarantine import QuarantineMixin
-from backend.store.registry import RegistryMixin
-from backend.store.schema import SCHEMA_VERSION, SchemaTooNew
-from backend.store.stats import StatsMixin
-from backend.store.upkeep import UpkeepMixin
+from backend.store.sqlite.database import Database
+from backend.store.sqlite.episodes import EpisodesMixin
+from backend.store.sqlite.ingest import EventWriter, IngestMixin
+from backend.store.sqlite.outcomes import OutcomesMixin
+from backend.store.sqlite.quarantine import QuarantineMixin
+from backend.store.sqlite.registry import RegistryMixin
+from backend.store.sqlite.schema import SCHEMA_VERSION, SchemaTooNew
+from backend.store.sqlite.stats import StatsMixin
+from backend.store.sqlite.upkeep import UpkeepMixin
 
 __all__ = ["SCHEMA_VERSION", "SchemaTooNew", "SqliteStore"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiosqlite
 
-from backend.store.database import Database
+from backend.store.sqlite.database import Database
 from core import wire
 
 # pydantic's serializer called directly: model_dump_json's Python wrapper costs a third of the call,

@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
-from backend.store.database import Database
 from backend.store.interface import Purged, TokenRecord
+from backend.store.sqlite.database import Database
 
 # Rows purged per transaction: bounds how long retention holds the write lock.
 _PURGE_CHUNK = 2000

@@ -11,8 +11,8 @@ Definitions (each per model version and in total):
 
 from __future__ import annotations
 
-from backend.store.database import Database
 from backend.store.interface import Stats, VersionStats
+from backend.store.sqlite.database import Database
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _COUNTS = ("served", "shown", "abstained", "finalized", "trainable", "rated", "accepted")

@@ -11,8 +11,8 @@ from typing import Any
 import aiosqlite
 from pydantic import ConfigDict
 
-from backend.store.database import Database
-from backend.store.quarantine import COMPLETIONS, EVENTS, Unreadable, put_aside
+from backend.store.sqlite.database import Database
+from backend.store.sqlite.quarantine import COMPLETIONS, EVENTS, Unreadable, put_aside
 from core import wire
 from core.confidence import cursor_place
 from core.config import RewardConfig
@@ -57,7 +57,7 @@ class EpisodesMixin:
         (nothing was shown, so there is nothing to observe). Every one gets an episodes row, even
         with a NULL reward, so the finalizer never looks at it again. Returns how many closed.
 
-        A row that cannot be read is set aside (store/quarantine.py) and the pass goes on: an
+        A row that cannot be read is set aside (quarantine.py) and the pass goes on: an
         unreadable event is left out of its completion's score, and a completion that cannot be
         scored at all is closed without an episode.
         """

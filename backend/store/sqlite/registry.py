@@ -13,7 +13,6 @@ from typing import Any
 
 import aiosqlite
 
-from backend.store.database import Database
 from backend.store.interface import (
     LIVE,
     RETIRED,
@@ -22,6 +21,7 @@ from backend.store.interface import (
     Transition,
     UnknownCheckpoint,
 )
+from backend.store.sqlite.database import Database
 from core import wire
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import aiosqlite
 
-from backend.store.database import Database
 from backend.store.interface import COMPLETIONS, EVENTS, SetAside, reason_of
+from backend.store.sqlite.database import Database
 
 _EVENT_COLUMNS = ("event_id", "completion_id", "kind", "payload", "client_ts", "received_at")
 

@@ -9,8 +9,8 @@ Per finalized episode of a model version:
 
 from __future__ import annotations
 
-from backend.store.database import Database
 from backend.store.interface import ArmFigures, Moments, SeriesPoint
+from backend.store.sqlite.database import Database
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _ACCEPTED = f"(e.outcome IN ('{ACCEPTED}', '{PARTIALLY_ACCEPTED}'))"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from backend.store.schema import migrate
+from backend.store.sqlite.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
 WAL_CHECKPOINT_PAGES = 10_000

@@ -102,7 +102,7 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE TABLE backend_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
-    # 3: rows that could not be read, set aside so that no pass stops on them (store/quarantine.py).
+    # 3: rows that could not be read, set aside so that no pass stops on them (quarantine.py).
     [
         """
         CREATE TABLE quarantine (
