@@ -51,7 +51,7 @@ def utf16_len(text: str) -> int:
 
 
 def next_word(text: str) -> str:
-    """The plugin's accept-word rule (ghost.lua), for ASCII text."""
+    """The plugin's accept-word rule (suggestion/init.lua), for ASCII text."""
     for pattern in (r"[ \t]*\w+", r"[ \t]*[^\w\s]+", r"[ \t]+"):
         if match := re.match(pattern, text, re.ASCII):
             return match.group(0)
@@ -93,14 +93,14 @@ class Editor:
         return self.nvim.current.buffer[number - 1]
 
     def ghost(self) -> dict[str, Any] | None:
-        return self.lua("return require('flywheel.ghost').current()")
+        return self.lua("return require('flywheel.suggestion').current()")
 
     def extmarks(self) -> list[Any]:
-        ns = self.nvim.api.get_namespaces()["flywheel_ghost"]
+        ns = self.nvim.api.get_namespaces()["flywheel_suggestion"]
         return self.nvim.api.buf_get_extmarks(0, ns, 0, -1, {"details": True})
 
     def answers(self) -> int:
-        return self.lua("return require('flywheel.ghost').answers")
+        return self.lua("return require('flywheel.suggestion').answers")
 
     def type(self, keys: str) -> None:
         """Keys as typed, then wait until Neovim has handled them (a marker typed after them has
@@ -128,7 +128,13 @@ class Editor:
     def flush(self) -> None:
         self.lua(
             "local c = require('flywheel').clients(0)[1]; "
-            "c:request_sync('flywheel/flush', {}, 10000, vim.api.nvim_get_current_buf())"
+            "require('flywheel.protocol').flush_sync(c, 10000, vim.api.nvim_get_current_buf())"
+        )
+
+    def server_status(self) -> dict[str, Any]:
+        return self.lua(
+            "local c = require('flywheel').clients(0)[1]; "
+            "return require('flywheel.protocol').status_sync(c, 10000)"
         )
 
 
@@ -233,6 +239,18 @@ def test_ghost_text_accept_survival_and_status(
     assert editor.ghost() == {**ghost, "text": text[1:]}
     (mark,) = editor.extmarks()
     assert mark[3]["virt_text"] == [[text[1:], "FlywheelSuggestion"]]
+
+    # Asked again there, the server answers from the suggestion on screen: its whole text over a
+    # range from where it began; the plugin shows the part past what is typed, as before.
+    cached = editor.server_status()["cache_answers"]
+    before = editor.answers()
+    editor.lua("require('flywheel.suggestion').request(false)")
+    wait_until(lambda: editor.answers() > before, 15, "the typed-ahead answer")
+    assert editor.server_status()["cache_answers"] == cached + 1
+    assert editor.ghost() == {**ghost, "text": text[1:]}
+    (mark,) = editor.extmarks()
+    assert mark[3]["virt_text"] == [[text[1:], "FlywheelSuggestion"]]
+    assert (mark[1], mark[2]) == (LAST_LINE - 1, len(line.encode()) + len(text[0].encode()))
 
     # Tab accepts: the text is in the buffer, the accept command reached the backend.
     editor.type("<Tab>")

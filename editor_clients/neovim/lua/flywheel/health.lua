@@ -41,7 +41,7 @@ function M.check()
     for _, client in ipairs(clients) do
       local root = tostring(client.root_dir)
       health.ok(string.format("language server running (client %d, root %s)", client.id, root))
-      local status, err = util.request_sync(client, "flywheel/status", {}, 3000)
+      local status, err = require("flywheel.protocol").status_sync(client, 3000)
       if not status then
         health.error("the language server does not answer flywheel/status: " .. tostring(err))
       elseif status.ready ~= false then

@@ -1,7 +1,9 @@
 -- Flywheel for Neovim: starts `flywheel lsp` for your filetypes and shows its inline
 -- suggestions as ghost text, reporting what became of each one (see README.md here).
 local util = require("flywheel.util")
-local ghost = require("flywheel.ghost")
+local protocol = require("flywheel.protocol")
+local suggestion = require("flywheel.suggestion")
+local keymaps = require("flywheel.suggestion.keymaps")
 
 local M = {}
 
@@ -9,7 +11,6 @@ local api = vim.api
 local uv = vim.uv or vim.loop
 
 local CLIENT_NAME = "flywheel"
-local STATUS_REQUEST = "flywheel/status"
 
 M.defaults = {
   -- How to start the language server.
@@ -110,13 +111,7 @@ function M.clients(buf)
   return util.get_clients({ name = CLIENT_NAME, bufnr = buf })
 end
 
--- Feed a key as if it had no mapping (the fallback when there is nothing to accept).
-local function feed(lhs)
-  api.nvim_feedkeys(api.nvim_replace_termcodes(lhs, true, false, true), "ni", false)
-end
-
 local function map_keys(buf)
-  local keys = M.config.keys or {}
   local actions
   if native() then
     local inline = vim.lsp.inline_completion
@@ -144,16 +139,7 @@ local function map_keys(buf)
       suggest = M.suggest,
     }
   end
-  for name, lhs in pairs(keys) do
-    local action = actions[name]
-    if lhs and lhs ~= "" and action then
-      vim.keymap.set("i", lhs, function()
-        if vim.fn.pumvisible() == 1 and name == "accept" or not action() then
-          feed(lhs)
-        end
-      end, { buffer = buf, silent = true, desc = "flywheel: " .. name:gsub("_", " ") })
-    end
-  end
+  keymaps.set(buf, M.config.keys, actions)
 end
 
 local function check_backend(client, force)
@@ -162,7 +148,7 @@ local function check_backend(client, force)
     return
   end
   last_health_check = now
-  util.request(client, STATUS_REQUEST, {}, function(err, status)
+  protocol.status(client, function(err, status)
     if err or type(status) ~= "table" then
       return
     end
@@ -185,7 +171,7 @@ local function on_init(client)
   restart.started_at = uv.now() / 1000
   resolved("crash")
   -- Tell the user once if the backend is down now, before they wonder where suggestions are.
-  util.request(client, STATUS_REQUEST, {}, function(err, status)
+  protocol.status(client, function(err, status)
     if err or type(status) ~= "table" or not status.backend_url then
       return
     end
@@ -223,7 +209,7 @@ end
 local schedule_restart
 
 local function on_exit(code, signal, client_id)
-  ghost.detach(client_id)
+  suggestion.detach(client_id)
   if stopping then
     return
   end
@@ -307,32 +293,32 @@ end
 
 -- Ghost-text API (also what the default keys call). Each returns true when it did something.
 function M.accept()
-  return ghost.accept()
+  return suggestion.accept()
 end
 function M.accept_word()
-  return ghost.accept_word()
+  return suggestion.accept_word()
 end
 function M.accept_line()
-  return ghost.accept_line()
+  return suggestion.accept_line()
 end
 function M.dismiss()
-  return ghost.dismiss()
+  return suggestion.dismiss()
 end
 function M.next()
-  return ghost.cycle(1)
+  return suggestion.cycle(1)
 end
 function M.prev()
-  return ghost.cycle(-1)
+  return suggestion.cycle(-1)
 end
 function M.suggest()
   if not native() and #M.clients(0) > 0 then
-    ghost.request(true)
+    suggestion.request(true)
     return true
   end
   return false
 end
 function M.visible()
-  return ghost.visible()
+  return suggestion.visible()
 end
 
 --- The server's flywheel/status answer and the backend probe, as lines for people.
@@ -363,7 +349,7 @@ function M.status_lines(timeout_ms)
       pid and (", pid " .. pid) or "",
       tostring(client.root_dir or client.config.root_dir)
     )
-    local status, err = util.request_sync(client, STATUS_REQUEST, {}, timeout_ms)
+    local status, err = protocol.status_sync(client, timeout_ms)
     if not status then
       lines[#lines + 1] = "Status: no answer from the language server (" .. tostring(err) .. ")"
     elseif status.ready == false then
@@ -415,7 +401,7 @@ function M.setup(opts)
     return
   end
   api.nvim_set_hl(0, "FlywheelSuggestion", { link = "Comment", default = true })
-  ghost.configure({
+  suggestion.configure({
     debounce_ms = M.config.debounce_ms,
     hl_group = M.config.hl_group,
     reject_on_insert_leave = M.config.reject_on_insert_leave,
@@ -449,7 +435,7 @@ function M.setup(opts)
       group = group,
       callback = function()
         if ours() then
-          ghost.on_change()
+          suggestion.on_change()
         end
       end,
     })
@@ -457,12 +443,23 @@ function M.setup(opts)
       group = group,
       callback = function()
         if ours() then
-          ghost.schedule()
+          suggestion.schedule()
         end
       end,
     })
-    api.nvim_create_autocmd("InsertLeave", { group = group, callback = ghost.on_insert_leave })
-    api.nvim_create_autocmd({ "BufLeave", "WinLeave" }, { group = group, callback = ghost.on_buf_leave })
+    api.nvim_create_autocmd("InsertLeave", { group = group, callback = suggestion.on_insert_leave })
+    api.nvim_create_autocmd({ "BufLeave", "WinLeave" }, {
+      group = group,
+      callback = function(args)
+        suggestion.on_buf_leave(args.buf)
+      end,
+    })
+    api.nvim_create_autocmd("BufWipeout", {
+      group = group,
+      callback = function(args)
+        suggestion.on_buf_wipeout(args.buf)
+      end,
+    })
   end
   for _, buf in ipairs(api.nvim_list_bufs()) do
     M.attach(buf)
