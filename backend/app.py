@@ -195,8 +195,10 @@ def _add_routes(app: FastAPI) -> None:
         state: State,
         cursor: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+        # The trainer's feed leaves evaluation episodes out; the simulator measures them with this.
+        include_evaluation: bool = False,
     ) -> EpisodesPage:
-        return await state.store.episodes_after(cursor, limit)
+        return await state.store.episodes_after(cursor, limit, include_evaluation)
 
     @app.get(f"{API_PREFIX}/model", dependencies=client_only)
     async def model_info(state: State) -> ModelInfo:
@@ -278,6 +280,7 @@ async def _record(
         text=sample.text,
         created_at=time.time(),
         latency_ms=latency_ms,
+        evaluation=body.evaluation,
     )
 
 

@@ -38,6 +38,10 @@ class CompleteRequest(BaseModel):
     # Off: nothing of this request is kept (no context, no text, no episode); the suggestion is
     # still served.
     telemetry: bool = True
+    # On: part of an evaluation (flywheel simulate's held-out rounds). Kept and scored like any
+    # other, but never in the trainer's episodes. Any client may set it: it only takes its own
+    # requests out of training, never puts anything in, so it hides nothing that could move a model.
+    evaluation: bool = False
 
 
 class CompleteResponse(BaseModel):
@@ -185,6 +189,9 @@ class Episode(BaseModel):
     rewrite: str | None = None
     # Where the cursor stood when the completion was asked for (core/confidence.py); "" unknown.
     place: str = ""
+    # Asked for as part of an evaluation (CompleteRequest.evaluation): only in a page that asks
+    # for them (include_evaluation), never in the trainer's.
+    evaluation: bool = False
 
 
 class EpisodesPage(BaseModel):

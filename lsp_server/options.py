@@ -2,7 +2,7 @@
 the client's `initializationOptions` and `workspace/didChangeConfiguration` override them.
 
 Client keys (all optional): backendUrl, token, telemetry, userId, requestTimeoutS,
-survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir.
+survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir, evaluation.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class Options:
     flush_interval_s: float = 1.0
     # Only read at startup: where the outbox and the pseudonym live.
     state_dir: Path = Path(".")
+    # Requests are part of an evaluation (flywheel simulate's held-out rounds): the backend scores
+    # them but never trains on them (CompleteRequest.evaluation).
+    evaluation: bool = False
 
 
 # Client key → (field, parser). A value the parser rejects is ignored with a warning.
@@ -86,6 +89,7 @@ _CLIENT_KEYS = {
     "reportsShown": ("reports_shown", _flag),
     "flushIntervalS": ("flush_interval_s", _positive),
     "stateDir": ("state_dir", lambda v: Path(_string(v)).expanduser()),
+    "evaluation": ("evaluation", _flag),
 }
 
 

@@ -4,7 +4,8 @@
     cycle c:   training round → episodes finalized → `flywheel trainer --once` → evaluation round
 
 An evaluation round has the honest developers write the fixed held-out files with the same seeds
-every cycle, so its figures compare across cycles; its episodes are stepped over by the trainer.
+every cycle, so its figures compare across cycles; its editors mark their requests as evaluation,
+and the backend keeps those episodes out of the trainer's feed.
 A training round has every developer (adversarial ones included) write the next training files;
 with `--attacker`, one attacker person beside the honest ones, at `--attacker-share` of its requests
 (simulate/attack.py), and each cycle's row says how much of the update was theirs.
@@ -48,7 +49,6 @@ from simulate.report import (
 )
 from simulate.services import (
     Backend,
-    exclude_from_training,
     run_trainer_cycle,
     simulation_env,
     trainer_config,
@@ -245,12 +245,15 @@ class Simulation:
 
     async def evaluate(self, cycle: int, evaluation: list[SourceFile]) -> CycleRow:
         honest = [d for d in self.developers if d.profile.honest]
-        # Same tag every cycle: the same seeds, so cycles differ only by the model.
-        result = await self.round("eval", honest, evaluation)
-        if not exclude_from_training(self.data_dir / "trainer", self.backend, result.start, result.end):
-            log.warning(
-                "cycle %d: the trainer had episodes waiting; evaluation episodes may be trained on", cycle
-            )
+        # Marked as evaluation: scored like the rest, never in the trainer's episodes.
+        for sim in honest:
+            sim.editor.configure({"evaluation": True})
+        try:
+            # Same tag every cycle: the same seeds, so cycles differ only by the model.
+            result = await self.round("eval", honest, evaluation)
+        finally:
+            for sim in honest:
+                sim.editor.configure({"evaluation": False})
         live = await asyncio.to_thread(self.backend.live_version)
         samples = RoundSamples.of(live, result.stats.requests, result.episodes, self.rewards)
         self.samples.append(samples)
@@ -299,7 +302,7 @@ class Simulation:
         trainer read (from its cursor before the cycle to its cursor after), through its guards."""
         assert self.attacker is not None
         after = load_state(self.data_dir / "trainer").cursor
-        episodes, _ = await asyncio.to_thread(self.backend.episodes_between, cursor)
+        episodes, _ = await asyncio.to_thread(self.backend.episodes_between, cursor, False)
         kept, train = trained_on([e for e in episodes if e["seq"] <= after], live, self.trainer_config)
         if len(train) != trained:
             log.warning(

@@ -4,6 +4,10 @@ The backend gets a data directory of its own under the output directory (its own
 checkpoints), so a simulation never touches the installation's real data. Settings go through
 FLYWHEEL_* variables: time-related ones shrunk so a round costs seconds, candidates promoted on
 upload (canary share 0) so each cycle's adapter is what the next round is served.
+
+Evaluation rounds mark their requests (the language server's `evaluation` option sets
+CompleteRequest.evaluation): the backend scores them like any other and keeps them out of the
+trainer's episodes; the simulation reads them back with `include_evaluation`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from core.config import TrainerConfig, load_settings
 from core.local_tokens import ADMIN, read_token
 from core.processes import spawn_backend, stop_process, wait_healthy
 from core.wire import SIMULATION_PATH, TOKENS_PATH, SimulationReport
-from trainer.state import load_state, save_state
 
 HEALTH_TIMEOUT_S = 180.0
 MAX_USER_SHARE = "FLYWHEEL_TRAINER__GUARDS__MAX_USER_SHARE"
@@ -107,12 +110,16 @@ class Backend:
     def checkpoints(self) -> list[dict[str, Any]]:
         return self.http.get("/v1/checkpoints").raise_for_status().json()
 
-    def episodes_between(self, after: int) -> tuple[list[dict[str, Any]], int]:
-        """Trainable episodes with seq > `after` (all pages), and the cursor past them."""
+    def episodes_between(
+        self, after: int, include_evaluation: bool = True
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Trainable episodes with seq > `after` (all pages), and the cursor past them: evaluation
+        ones too, unless `include_evaluation` is False (then: the episodes the trainer reads)."""
         episodes: list[dict[str, Any]] = []
         cursor = after
+        params: dict[str, Any] = {"limit": 1000, "include_evaluation": include_evaluation}
         while True:
-            body = self.http.get("/v1/episodes", params={"cursor": cursor, "limit": 1000}).raise_for_status()
+            body = self.http.get("/v1/episodes", params={**params, "cursor": cursor}).raise_for_status()
             page = body.json()
             episodes.extend(page["episodes"])
             if page["next_cursor"] == cursor:
@@ -146,17 +153,3 @@ def run_trainer_cycle(env: dict[str, str], log_path: Path, timeout_s: float = 18
         )
     return done.returncode
 
-
-def exclude_from_training(trainer_dir: Path, backend: Backend, start: int, end: int) -> bool:
-    """Move the trainer's cursor over the episodes (start, end] of an evaluation round, so no cycle
-    trains on the held-out files. Only when no trainable episode before them is still waiting for
-    the trainer (it would be skipped too); returns whether it moved."""
-    state = load_state(trainer_dir)
-    if state.pending_candidate is not None or state.cursor > start:
-        return False
-    waiting, _ = backend.episodes_between(state.cursor)
-    if any(episode["seq"] <= start for episode in waiting):
-        return False
-    state.cursor = end
-    save_state(trainer_dir, state)
-    return True

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -96,6 +97,42 @@ def wait_for_episode(server: RunningBackend, completion_id: str, timeout_s: floa
                 return episode.model_dump()
         time.sleep(0.2)
     raise AssertionError(f"episode {completion_id} never finalized")
+
+
+def test_evaluation_completions_never_reach_the_trainers_episodes(server: RunningBackend) -> None:
+    """A completion asked for as part of an evaluation is scored like any other, but the trainer's
+    page leaves it out; the simulator reads it back with include_evaluation. An ordinary one is fed."""
+    ids = {}
+    for evaluation in (True, False):
+        body = {"context": {"prefix": "total = ", "suffix": "", "path": "a.py"}, "evaluation": evaluation}
+        answer = httpx.post(f"{server.url}/v1/complete", json=body, headers=server.client, timeout=60)
+        ids[evaluation] = answer.json()["completion_id"]
+        event = {"event_id": uuid.uuid4().hex, "completion_id": ids[evaluation], "client_ts": 1.0}
+        events = [dict(event, kind="rejected", visible_ms=800, final=True)]
+        stored = httpx.post(f"{server.url}/v1/events", json={"events": events}, headers=server.client)
+        assert stored.json()["stored"] == 1
+    everything = {e["completion_id"]: e for e in wait_for_episodes(server, set(ids.values()))}
+    assert (everything[ids[True]]["evaluation"], everything[ids[False]]["evaluation"]) == (True, False)
+
+    answer = httpx.get(f"{server.url}/v1/episodes", params={"cursor": 0, "limit": 5000}, headers=server.admin)
+    fed = {e.completion_id for e in EpisodesPage.model_validate(answer.json()).episodes}
+    assert ids[False] in fed
+    assert ids[True] not in fed
+
+
+def wait_for_episodes(server: RunningBackend, completion_ids: set[str], timeout_s: float = 20.0) -> list[Any]:
+    """The episodes of `completion_ids`, evaluation ones included, once all are finalized."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        params = {"cursor": 0, "limit": 5000, "include_evaluation": True}
+        answer = httpx.get(f"{server.url}/v1/episodes", params=params, headers=server.admin)
+        found = [e for e in answer.json()["episodes"] if e["completion_id"] in completion_ids]
+        if len(found) == len(completion_ids):
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"episodes {completion_ids} never finalized")
 
 
 def test_bad_events_are_refused_and_good_ones_kept(server: RunningBackend) -> None:

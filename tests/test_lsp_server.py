@@ -330,6 +330,26 @@ async def test_telemetry_off_sends_no_events_until_switched_on(
     assert {e["completion_id"] for e in backend.events.values()} == {cid}
 
 
+async def test_evaluation_marks_the_requests_while_it_is_on(
+    client: LanguageClient, tmp_path: Path, backend: WireBackend
+) -> None:
+    """An editor set for evaluation (flywheel simulate's held-out rounds) marks what it asks for,
+    so the backend never trains on it; switched off, its requests are ordinary again."""
+    workspace = tmp_path / "ws"
+    await start(client, workspace, backendUrl=backend.url, evaluation=True)
+    first, second = (workspace / "a.py").as_uri(), (workspace / "b.py").as_uri()
+    open_document(client, first, "x = \n")
+    await complete(client, first, 0, 4)
+    assert backend.completions[-1].evaluation is True
+
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"flywheel": {"evaluation": False}})
+    )
+    open_document(client, second, "y = \n")
+    await complete(client, second, 0, 4)
+    assert [request.evaluation for request in backend.completions] == [True, False]
+
+
 async def test_shutdown_measures_what_is_left_and_delivers_it(
     client: LanguageClient, tmp_path: Path, backend: WireBackend
 ) -> None:

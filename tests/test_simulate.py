@@ -23,7 +23,7 @@ import pytest
 
 from backend.store.sqlite import SqliteStore
 from core.config import RewardConfig
-from core.wire import SimulationCycle
+from core.wire import Episode, SimulationCycle
 from simulate.corpus import header_length, load_corpus
 from simulate.developer import right_words, trigger_points
 from simulate.editor import word_steps
@@ -127,6 +127,12 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert [row["live_version"] for row in report["cycles"]] == [row["live_version"] for row in rows]
     # The CSV rounds to 4 decimals; the report keeps full precision.
     assert report["cycles"][1]["heldout_ppl"] == pytest.approx(float(rows[1]["heldout_ppl"]), abs=1e-4)
+    # The evaluation rounds' requests were marked as such by their editors: the trainer's feed never
+    # held their episodes, the simulator's read of everything does.
+    fed, everything = asyncio.run(stored_episodes(out / "data" / "flywheel.sqlite3"))
+    evaluation = {e.completion_id for e in everything if e.evaluation}
+    assert evaluation and len(evaluation) < len(everything)
+    assert not evaluation & {e.completion_id for e in fed}
 
 
 def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
@@ -313,6 +319,17 @@ async def stored_simulation_report(database: Path) -> dict:
     store = await SqliteStore.open(database)
     try:
         return await store.get_setting("simulation_report")
+    finally:
+        await store.close()
+
+
+async def stored_episodes(database: Path) -> tuple[list[Episode], list[Episode]]:
+    """The stopped backend's episodes: as the trainer reads them, and evaluation ones included."""
+    store = await SqliteStore.open(database)
+    try:
+        fed = await store.episodes_after(0, 100_000)
+        everything = await store.episodes_after(0, 100_000, include_evaluation=True)
+        return fed.episodes, everything.episodes
     finally:
         await store.close()
 

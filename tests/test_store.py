@@ -41,6 +41,7 @@ async def completion(
     model: str = "base",
     user: str = "u1",
     prefix: str = "def f(x):\n    ",
+    evaluation: bool = False,
 ) -> None:
     await store.record_completion(
         completion_id=cid,
@@ -54,6 +55,7 @@ async def completion(
         text=text,
         created_at=at,
         latency_ms=12.5,
+        evaluation=evaluation,
     )
 
 
@@ -288,6 +290,26 @@ async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: SqliteS
     await finalize(store, T0 + 100)
     later = await store.episodes_after(last.next_cursor, 2)
     assert [e.completion_id for e in later.episodes] == ["h"]
+
+
+async def test_evaluation_episodes_stay_out_of_the_trainers_pages(store: SqliteStore) -> None:
+    await completion(store, "eval-1", evaluation=True)
+    await completion(store, "train-1")
+    await store.add_events([event(cid, "rejected", final=True) for cid in ("eval-1", "train-1")], T0 + 1)
+    assert await finalize(store, T0 + 2) == 2
+
+    page = await store.episodes_after(0, 10)
+    assert [e.completion_id for e in page.episodes] == ["train-1"]
+    assert page.next_cursor == 2  # stepped over: the trainer never reads it again
+    # Scored all the same, and read back marked when asked for (the simulator's measure).
+    everything = await store.episodes_after(0, 10, include_evaluation=True)
+    assert [(e.completion_id, e.evaluation) for e in everything.episodes] == [
+        ("eval-1", True),
+        ("train-1", False),
+    ]
+    assert everything.episodes[0].reward == everything.episodes[1].reward
+    # One page's worth of evaluation episodes cannot fill the trainer's page either.
+    assert (await store.episodes_after(0, 1)).episodes[0].completion_id == "train-1"
 
 
 async def test_episodes_carry_what_the_user_wrote_instead(store: SqliteStore) -> None:

@@ -197,9 +197,12 @@ class Store(Protocol):
         text: str,
         created_at: float,
         latency_ms: float,
+        evaluation: bool = False,
     ) -> None:
         """Store one served completion (abstentions too: they become episodes with reward 0).
-        Committed before it returns: its id may then be handed to a client."""
+        `evaluation`: asked for as part of an evaluation (CompleteRequest.evaluation): scored like
+        any other, never in the trainer's feed. Committed before it returns: its id may then be
+        handed to a client."""
 
     async def store_events(
         self, valid: list[tuple[int, wire.Event]], refused: list[wire.RefusedEvent], received_at: float
@@ -218,10 +221,14 @@ class Store(Protocol):
         a None reward, and is never looked at again. A row that cannot be read is set aside (see
         `quarantined`) and the pass goes on. Returns how many closed."""
 
-    async def episodes_after(self, cursor: int, limit: int) -> wire.EpisodesPage:
+    async def episodes_after(
+        self, cursor: int, limit: int, include_evaluation: bool = False
+    ) -> wire.EpisodesPage:
         """The trainer's feed: trainable episodes (reward not None) with seq > cursor, oldest
         first, at most `limit`. Seqs increase in the order episodes were finalized and are never
-        reused. next_cursor moves past untrainable rows too, so the trainer never rescans them."""
+        reused. next_cursor moves past untrainable rows too, so the trainer never rescans them.
+        Evaluation episodes are left out (and stepped over), unless `include_evaluation`: the
+        simulator's measure of its evaluation rounds, each marked `evaluation`."""
 
     async def rescore(self, rewards: RewardConfig, min_visible_ms: float) -> int:
         """Score every finalized episode again from its stored events; returns how many changed."""

@@ -22,16 +22,18 @@ from core.rewards import Scored, score_episode, user_wrote
 _FINALIZE_CHUNK = 500
 _IN_CHUNK = 500
 
-# The trainer's page: episodes with their completions, less the completions set aside.
+# The trainer's page: episodes with their completions, less the completions set aside, and less
+# evaluation ones unless asked for.
 _PAGE = (
     "SELECT e.seq, e.completion_id, c.user_id, c.model_version, c.prompt_ids, c.completion_ids,"
     " c.token_logprobs, c.temperature, c.text, e.outcome, e.reward, c.created_at,"
     " e.finalized_at, e.accept_visible_ms,"
     # json_extract fails the whole statement on one malformed context: look only into valid ones.
     " CASE WHEN json_valid(c.context) THEN json_extract(c.context, '$.prefix') END,"
-    " json_valid(c.context), c.rowid"
+    " json_valid(c.context), c.rowid, c.evaluation"
     " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
     " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL AND c.purged_at IS NULL"
+    " AND (c.evaluation = 0 OR ?)"
     f" AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.tbl = '{COMPLETIONS}'"
     " AND q.row_key = e.completion_id)"
     " ORDER BY e.seq LIMIT ?"
@@ -103,8 +105,11 @@ class EpisodesMixin:
             if len(due) < _FINALIZE_CHUNK:
                 return total
 
-    async def episodes_after(self, cursor: int, limit: int) -> wire.EpisodesPage:
-        """Trainable episodes (non-NULL reward) with seq > cursor, oldest first.
+    async def episodes_after(
+        self, cursor: int, limit: int, include_evaluation: bool = False
+    ) -> wire.EpisodesPage:
+        """Trainable episodes (non-NULL reward) with seq > cursor, oldest first; evaluation ones
+        only with `include_evaluation`.
 
         next_cursor moves past untrainable rows too, so the trainer never rescans them: when the
         page is not full it jumps to the newest seq that existed when the page was read. A row
@@ -120,7 +125,7 @@ class EpisodesMixin:
         after = cursor
         while True:
             want = limit - len(episodes)
-            rows = await db.execute_fetchall(_PAGE, (after, top, want))
+            rows = await db.execute_fetchall(_PAGE, (after, top, include_evaluation, want))
             # What the users wrote instead, for the trainer's corrections and DPO pairs.
             said, unreadable = await _events_of(
                 db, [r[1] for r in rows if r[8]], kinds=(wire.EventKind.REWRITE, wire.EventKind.SURVIVAL)
@@ -203,6 +208,7 @@ def _episode(r: Any, said: list[wire.Event]) -> wire.Episode:
         accept_visible_ms=r[13],
         rewrite=user_wrote(r[8], said),
         place=cursor_place(r[14]) if r[14] is not None else "",
+        evaluation=bool(r[17]),
     )
 
 

@@ -37,6 +37,7 @@ class IngestMixin:
         text: str,
         created_at: float,
         latency_ms: float,
+        evaluation: bool = False,
     ) -> None:
         """Store one served completion (abstentions too: they are episodes with reward 0)."""
         row = (
@@ -51,11 +52,12 @@ class IngestMixin:
             text,
             created_at,
             latency_ms,
+            int(evaluation),
         )
         await self._db.write_one(
             "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
-            " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " completion_ids, token_logprobs, temperature, text, created_at, latency_ms, evaluation)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
 

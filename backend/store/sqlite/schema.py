@@ -119,6 +119,8 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 4: completions asked for as part of an evaluation: scored, never in the trainer's pages.
+    ["ALTER TABLE completions ADD COLUMN evaluation INTEGER NOT NULL DEFAULT 0"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
