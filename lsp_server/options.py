@@ -1,5 +1,6 @@
 """The language server's options: `Settings` (flywheel.toml, FLYWHEEL_* env) give the defaults,
-the client's `initializationOptions` and `workspace/didChangeConfiguration` override them.
+the client's `initializationOptions` and `workspace/didChangeConfiguration` override them. Each
+default is written once, in core/config.py (`LspConfig`, `BackendConfig`); nothing here restates one.
 
 Client keys (all optional): backendUrl, token, telemetry, userId, requestTimeoutS,
 survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir, evaluation.
@@ -16,29 +17,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.config import BackendConfig, LspConfig, load_settings
 from core.local_tokens import CLIENT
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "flywheel"
 
+_DEFAULT = LspConfig()
+
 
 @dataclass(frozen=True)
 class Options:
-    backend_url: str
+    backend_url: str = BackendConfig().base_url
     token: str = ""
-    telemetry: bool = True
+    telemetry: bool = _DEFAULT.telemetry
     # Configured user id; empty means the pseudonym kept in the state dir.
-    user_id: str = ""
-    request_timeout_s: float = 2.0
-    survival_delays_s: tuple[float, ...] = (30.0, 120.0, 600.0)
+    user_id: str = _DEFAULT.user_id
+    request_timeout_s: float = _DEFAULT.request_timeout_s
+    survival_delays_s: tuple[float, ...] = tuple(_DEFAULT.survival_delays_s)
     # How long after a rejection or ignore what the user writes at its spot is collected.
-    rewrite_window_s: float = 30.0
+    rewrite_window_s: float = _DEFAULT.rewrite_window_s
     # Wait this long before asking the backend; a newer request in the meantime replaces it.
-    debounce_ms: float = 30.0
+    debounce_ms: float = _DEFAULT.debounce_ms
     # The client sends flywheel/didShowCompletion; otherwise returning an item counts as showing it.
     reports_shown: bool = False
-    flush_interval_s: float = 1.0
+    flush_interval_s: float = _DEFAULT.flush_interval_s
     # Only read at startup: where the outbox and the pseudonym live.
     state_dir: Path = Path(".")
     # Requests are part of an evaluation (flywheel simulate's held-out rounds): the backend scores
@@ -94,8 +98,6 @@ _CLIENT_KEYS = {
 
 
 def from_settings() -> Options:
-    from core.config import load_settings
-
     settings = load_settings()
     lsp = settings.lsp
     return Options(
@@ -118,10 +120,8 @@ def load(client_options: Any) -> Options:
     try:
         base = from_settings()
     except Exception:
-        from core.config import BackendConfig
-
         logger.exception("could not read the flywheel settings; using the defaults")
-        base = Options(backend_url=BackendConfig().base_url, state_dir=default_state_dir())
+        base = Options(state_dir=default_state_dir())
     return with_client_options(base, client_options)
 
 

@@ -304,7 +304,8 @@ class Tracker:
         self._close(list(self._suggestions.values()))
 
     def _close(self, suggestions: list[Suggestion]) -> None:
-        # Rewrites last, as they were collected before anything else ended now.
+        # The suggestions on screen or followed first, then the rewrites: the order events went out in
+        # before the tracker was a state machine.
         for s in sorted(suggestions, key=lambda s: isinstance(s.state, Collecting)):
             self._apply(s, Closed())
 

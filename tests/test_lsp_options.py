@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,19 @@ def test_settings_give_the_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert options.survival_delays_s == (0.1, 0.5)
     assert options.state_dir == tmp_path
     assert options.telemetry is True
+
+
+def test_with_nothing_configured_the_options_are_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # No flywheel.toml anywhere: what the settings give is what a broken flywheel.toml falls back to.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("FLYWHEEL_CONFIG", raising=False)
+    loaded = load(None)
+    assert dataclasses.replace(loaded, token="", state_dir=Path(".")) == Options()
+    monkeypatch.setenv("FLYWHEEL_LSP__REWRITE_WINDOW_S", "soon")
+    assert dataclasses.replace(load(None), token="", state_dir=Path(".")) == Options()
 
 
 def test_client_options_override_at_top_level_or_under_flywheel(caplog: pytest.LogCaptureFixture) -> None:
