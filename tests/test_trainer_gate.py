@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from core.config import GateConfig, TrainerConfig
 from core.wire import Episode
+from trainer.corpus import is_held_out, stdlib_dir
 from trainer.gate import (
     DEGENERATE_CODE_PROMPTS,
     DEGENERATE_PROMPT_CHARS,
@@ -21,6 +22,7 @@ from trainer.gate import (
     degenerate_prompts,
     evaluate_candidate,
     heldout_code,
+    heldout_code_parts,
     is_loop,
     measure_base,
     sequence_logps,
@@ -89,7 +91,13 @@ def test_heldout_code_is_fixed_local_text() -> None:
     text = heldout_code(5000)
     assert 5000 <= len(text) < 5200  # 5000 characters of files, joined by blank lines
     assert heldout_code(5000) is text  # the same text each cycle
-    assert "def " in text or "class " in text
+    parts = heldout_code_parts(5000)
+    assert text == "\n\n".join(part for _, part in parts) and sum(len(part) for _, part in parts) == 5000
+    # The starts of standard-library files the bootstrap held out (never trained on), in key order.
+    keys = [key for key, _ in parts]
+    assert keys == sorted(keys) and all(is_held_out(key) for key in keys)
+    for key, part in parts:
+        assert (stdlib_dir() / key.removeprefix("stdlib/")).read_text().replace("\r\n", "\n").startswith(part)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -80,6 +81,19 @@ def test_unsafe_versions_are_refused(version: str, tmp_path: Path) -> None:
 
 
 def test_adapter_files_are_the_wire_contract(policy, tmp_path: Path) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # as after an update: peft starts lora_B at zero
     dest = save_adapter_atomic(policy, tmp_path / "c")
-    for name in ADAPTER_FILES:
-        assert (dest / name).stat().st_size > 0
+    assert set(ADAPTER_FILES) <= set(os.listdir(dest))  # peft adds a README.md, never uploaded
+    config = json.loads((dest / "adapter_config.json").read_text())
+    cfg = TrainerConfig()
+    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", cfg.lora_r, cfg.lora_alpha)
+    # The weights are the policy's adapter, exactly: what the backend will serve.
+    saved, adapter = load_file(dest / "adapter_model.safetensors"), get_peft_model_state_dict(policy)
+    assert saved.keys() == adapter.keys() and any("lora_B" in key for key in saved)
+    assert all(torch.equal(saved[key], adapter[key]) for key in saved)
