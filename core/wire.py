@@ -18,6 +18,8 @@ TRAINER_STATUS_PATH = "/v1/trainer/status"
 # `flywheel simulate` POSTs its SimulationReport here after each cycle (admin token), for the dashboard.
 SIMULATION_PATH = "/v1/simulation"
 MAX_EVENTS_PER_BATCH = 1000
+# Longest text an event carries (survival: the text there; rewrite: what was written instead).
+MAX_EVENT_TEXT = 20_000
 
 
 class CompletionContext(BaseModel):
@@ -85,7 +87,7 @@ class Event(BaseModel):
     similarity: Annotated[float | None, Field(ge=0, le=1)] = None
     retained_chars: Annotated[float | None, Field(ge=0)] = None
     # Survival: text now in the tracked range; rewrite: what the user wrote instead.
-    text: Annotated[str | None, Field(max_length=20_000)] = None
+    text: Annotated[str | None, Field(max_length=MAX_EVENT_TEXT)] = None
     # Why the completion ended (ignored: typed_over, moved_away, superseded, closed).
     reason: Annotated[str | None, Field(max_length=64)] = None
     # The last event of this completion's life: the backend may finalize the episode early.

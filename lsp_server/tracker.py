@@ -41,7 +41,7 @@ from typing import Any
 
 from uuid6 import uuid7
 
-from core.wire import Event, EventKind
+from core.wire import MAX_EVENT_TEXT, Event, EventKind
 from lsp_server.documents import Edit
 from lsp_server.ranges import (
     Followed,
@@ -54,9 +54,6 @@ from lsp_server.ranges import (
 )
 
 logger = logging.getLogger(__name__)
-
-# wire.Event caps `text` at this many characters.
-MAX_EVENT_TEXT = 20_000
 
 
 class Reason(StrEnum):
