@@ -23,14 +23,15 @@ from uuid6 import uuid7
 from backend import admin_routes, checkpoints
 from backend.access import AccessControl, allowed_hosts
 from backend.auth import Authenticator, ensure_tokens
-from backend.batching import ModelProcessError, PolicyWorker
+from backend.batching import InProcessEngine
+from backend.completions import Completions, Cut, Sample
+from backend.completions import Request as PolicyRequest
 from backend.deps import Caller, State, admin_only, client_only
+from backend.engine import ClientGone, EngineUnavailable
 from backend.finalize import run_finalizer
 from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
 from backend.metrics import Metrics
-from backend.model_messages import Cut, Sample
-from backend.model_messages import Request as PolicyRequest
 from backend.model_process import LoopConfig
 from backend.passes import CANARY, FINALIZE, RETENTION, Passes
 from backend.retention import run_retention
@@ -68,14 +69,16 @@ def create_app(settings: Settings) -> FastAPI:
             opened.push_async_callback(store.close)
             # Before the model loads: a backend that would serve strangers stops at once.
             await ensure_tokens(store, settings)
-            worker = PolicyWorker(
-                LoopConfig(
-                    settings.base_model,
-                    settings.model,
-                    settings.backend.batch_window_ms,
-                    settings.backend.max_batch,
-                    settings.backend.join_min,
-                    settings.backend.join_wait_steps,
+            worker = Completions(
+                InProcessEngine(
+                    LoopConfig(
+                        settings.base_model,
+                        settings.model,
+                        settings.backend.batch_window_ms,
+                        settings.backend.max_batch,
+                        settings.backend.join_min,
+                        settings.backend.join_wait_steps,
+                    )
                 )
             )
             opened.push_async_callback(worker.close)
@@ -155,9 +158,11 @@ def _add_routes(app: FastAPI) -> None:
         job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, caller.person)
         try:
             sample = await state.worker.complete(job, gone=request.is_disconnected)
-        except ModelProcessError as error:
+        except EngineUnavailable as error:
             # The editor may simply ask again: a new model process is starting.
             raise HTTPException(503, f"model unavailable: {error}") from error
+        except ClientGone as error:  # dropped before decoding: nobody reads this answer
+            raise HTTPException(499, "client closed the request") from error
         latency_ms = (time.perf_counter() - started) * 1000
         completion_id = uuid7().hex
         if body.telemetry:

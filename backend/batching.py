@@ -1,10 +1,11 @@
-"""The HTTP process's handle on the model process (backend/model_process.py).
+"""The in-process engine (backend/engine.py): the HTTP process's handle on the model process
+(backend/model_process.py).
 
 Requests wait here, in the event loop, until the batch has room: only then is a request whose
 client has gone dropped or sent on, so a queue that backs up costs no prefill for editors that
 stopped waiting. Replies come back over the pipe and resolve their futures from the event loop's
 reader callback. If the model process dies, its requests fail, and a new one is started with the
-adapters that were being served.
+adapters that were installed.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from backend.engine import ClientGone, EngineInfo, EngineRequest, EngineUnavailable, Generation, Gone
 from backend.model_messages import (
     Done,
     Failed,
@@ -27,38 +29,32 @@ from backend.model_messages import (
     Install,
     Job,
     LoadFailed,
-    PolicyState,
     Ready,
     Refused,
+    Remove,
     Reply,
-    Request,
-    Route,
-    Sample,
     Stop,
     ToModel,
 )
 from backend.model_process import LoopConfig, serve
-from core.wire import BASE_VERSION
 
 log = logging.getLogger(__name__)
 
-Gone = Callable[[], Awaitable[bool]]
 
-
-class ModelProcessError(RuntimeError):
+class ModelProcessError(EngineUnavailable):
     """The model process could not load its model, or exited."""
 
 
 @dataclass
 class _Job:
-    request: Request
-    future: asyncio.Future[Sample]
+    request: EngineRequest
+    future: asyncio.Future[Generation]
     gone: Gone | None
 
 
-class PolicyWorker:
-    # As of the model process's last reply; set once it is ready.
-    policy: PolicyState
+class InProcessEngine:
+    # What the model process serves with; set once it is ready.
+    info: EngineInfo
 
     def __init__(self, config: LoopConfig) -> None:
         self.config = config
@@ -67,13 +63,13 @@ class PolicyWorker:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._slots = asyncio.Semaphore(config.max_batch)
         self._running: dict[int, _Job] = {}
-        self._calls: dict[int, asyncio.Future[PolicyState]] = {}
+        self._calls: dict[int, asyncio.Future[None]] = {}
         self._keys = itertools.count()
         # Control calls may go once the model process is up; requests once it serves what the
         # last one served (a restarted process re-installs its adapters first).
         self._connected = asyncio.Event()
         self._ready = asyncio.Event()
-        self._started: asyncio.Future[PolicyState] | None = None
+        self._started: asyncio.Future[EngineInfo] | None = None
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -83,24 +79,28 @@ class PolicyWorker:
         # Why nothing can be served (a model process that could not be restarted); None: all well.
         self._failure: Exception | None = None
 
-    async def start(self) -> None:
+    async def start(self) -> EngineInfo:
         """Start the model process and wait until its model is loaded."""
         await self._spawn()
         self._ready.set()
         self._driver = asyncio.create_task(self._drive(), name="decoding-driver")
+        return self.info
 
-    async def complete(self, request: Request, gone: Gone | None = None) -> Sample:
-        future: asyncio.Future[Sample] = asyncio.get_running_loop().create_future()
+    async def complete(self, request: EngineRequest, gone: Gone | None = None) -> Generation:
+        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(request, future, gone))
         return await future
 
     async def install(self, version: str, path: Path) -> None:
-        """Install an adapter (a no-op when it is installed); it serves once routed to."""
+        """Install an adapter (a no-op when it is installed)."""
         self._adapters[version] = path
         await self._call(lambda call: Install(call, version, str(path)))
 
-    async def route(self, live: str, canary: str | None, share: float) -> None:
-        await self._call(lambda call: Route(call, live, canary, share))
+    async def remove(self, version: str) -> None:
+        """Free an adapter once no row uses it; a restarted model process does not install it."""
+        self._adapters.pop(version, None)
+        with contextlib.suppress(ModelProcessError):  # the process that had it is gone
+            await self._call(lambda call: Remove(call, version))
 
     @property
     def failure(self) -> Exception | None:
@@ -134,8 +134,8 @@ class PolicyWorker:
         self._process, self._conn = process, ours
         self._started = loop.create_future()
         loop.add_reader(ours.fileno(), self._on_readable)
-        self.policy = await self._started
-        log.info("model process %d ready: live %s", process.pid, self.policy.live)
+        self.info = await self._started
+        log.info("model process %d ready", process.pid)
         self._connected.set()
 
     def _reap(self) -> None:
@@ -160,30 +160,29 @@ class PolicyWorker:
 
     def _dispatch(self, message: FromModel) -> None:
         match message:
-            case Done(samples):
-                for key, sample in samples:
-                    self._finish(key, lambda future, sample=sample: future.set_result(sample))
+            case Done(generations):
+                for key, generation in generations:
+                    self._finish(key, lambda future, generation=generation: future.set_result(generation))
             case Failed(keys, text):
                 for key in keys:
                     self._finish(key, lambda future: future.set_exception(RuntimeError(text)))
-            case Reply(call, state):
-                self.policy = state
+            case Reply(call):
                 future = self._calls.pop(call)
                 if not future.done():  # its caller may have been cancelled meanwhile
-                    future.set_result(state)
+                    future.set_result(None)
             case Refused(call, error_type, text):
                 future = self._calls.pop(call)
                 if not future.done():
                     future.set_exception((ValueError if error_type == "ValueError" else RuntimeError)(text))
-            case Ready(state):
+            case Ready(info):
                 assert self._started is not None
-                self._started.set_result(state)
+                self._started.set_result(info)
             case LoadFailed(trace):
                 assert self._started is not None
                 name = self.config.model_name
                 self._started.set_exception(ModelProcessError(f"the model {name} failed to load:\n{trace}"))
 
-    def _finish(self, key: int, settle: Callable[[asyncio.Future[Sample]], None]) -> None:
+    def _finish(self, key: int, settle: Callable[[asyncio.Future[Generation]], None]) -> None:
         job = self._running.pop(key)
         self._slots.release()
         if not job.future.done():  # its handler may have been cancelled meanwhile
@@ -209,18 +208,15 @@ class PolicyWorker:
             self._started.set_exception(error)
 
     async def _respawn(self) -> None:
-        """A new model process serving what the last one served; if that fails, every request
+        """A new model process with the adapters the last one had; if that fails, every request
         from then on fails with the reason."""
         await asyncio.to_thread(self._reap)
         code = self._process.exitcode if self._process else None
         log.error("the model process exited (code %s); starting a new one", code)
-        served = self.policy
         try:
             await self._spawn()
-            for version in (served.live, served.canary):
-                if version not in (None, BASE_VERSION) and version in self._adapters:
-                    await self.install(version, self._adapters[version])
-            await self.route(served.live, served.canary, served.canary_share)
+            for version, path in list(self._adapters.items()):
+                await self.install(version, path)
         except Exception as error:
             log.exception("the model process could not be restarted")
             self._failure = error
@@ -247,6 +243,8 @@ class PolicyWorker:
             if gone or job.future.done():
                 self.dropped += 1
                 self._slots.release()
+                if not job.future.done():  # its caller learns it was dropped, and lets go of its version
+                    job.future.set_exception(ClientGone("the client has gone"))
                 continue
             key = next(self._keys)
             if not self._running:
@@ -254,16 +252,16 @@ class PolicyWorker:
             self._running[key] = job
             self._send(Job(key, job.request))
 
-    async def _call(self, message: Callable[[int], ToModel]) -> PolicyState:
-        """Send the control call `message` makes of a new call number; the policy after it."""
+    async def _call(self, message: Callable[[int], ToModel]) -> None:
+        """Send the control call `message` makes of a new call number; return once it is done."""
         await self._connected.wait()
         if self._failure is not None:
             raise self._failure
         call = next(self._keys)
-        future: asyncio.Future[PolicyState] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._calls[call] = future
         self._send(message(call))
-        return await future
+        await future
 
     def _send(self, message: ToModel) -> None:
         assert self._conn is not None

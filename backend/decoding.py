@@ -7,11 +7,13 @@ the batch (and the cache) at once, so no request waits for a longer one, and a f
 filled at the next step instead of when the whole batch is done.
 
 Sampling is from softmax(logits / T) itself (no top-k/top-p), so the recorded log-probabilities
-are exactly those of the distribution sampled from; while a row rewrites its healed text
-(core/healing.py) the tokens that cannot spell it are masked out, and the recorded ones stay
-the model's own. A version may carry a learned cut (trainer/stopping.py): its rows end before the
-first sampled token whose log-prob is below it, so what is shown stops where the model is unsure,
-and a confidence floor (trainer/withholding.py): a completion less sure than it is not shown.
+are exactly those of the distribution sampled from. The rules a request brings as data
+(backend/engine.py), decided above the engine, act here per token: while a row rewrites its healed
+text (core/healing.py) the tokens that cannot spell it are masked out (the recorded log-probs stay
+the model's own); a row ends at its stop (backend/stops.py) or before the first sampled token below
+its version's learned cut (trainer/stopping.py); and a row whose first tokens fall below its
+confidence floor leaves the batch then, since none of it will be shown (the floor itself is
+applied above the engine, backend/completions.py).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
-from backend.model_messages import Cut, Request, Sample
+from backend.engine import EngineRequest, Generation
 from backend.serving import PEFT_BASE, Policy, returned_cache
-from core.confidence import LEADING_TOKENS, confidence, cursor_place
-from core.healing import TokenTexts, after_healed, healed_text
+from core.confidence import LEADING_TOKENS, withheld
+from core.healing import TokenTexts
 from core.prompts import build_prompt_ids
 from core.wire import BASE_VERSION
 
@@ -69,10 +71,9 @@ class Row:
     stop: RowStop
     # Text typed before the cursor that the prompt leaves out and the completion must rewrite.
     healed: str = ""
-    # The version's learned serving rules: where the row ends, and whether it is shown at all.
-    cut: Cut = field(default_factory=Cut)
-    # Where the cursor stood (core/confidence.py): the confidence floor that applies.
-    place: str = ""
+    # The version's learned cut, and its confidence floor where the cursor stood (EngineRequest).
+    stop_logprob: float | None = None
+    min_confidence: float | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -81,18 +82,13 @@ class Row:
         return self.healed[len(self.stop.text) :]
 
     def cut_before(self, logprob: float) -> bool:
-        return self.cut.stop_logprob is not None and logprob < self.cut.stop_logprob
-
-    def withheld(self) -> bool:
-        """Whether the version's confidence floor keeps this completion from being shown."""
-        floor = self.cut.min_confidence.get(self.place)
-        return floor is not None and bool(self.tokens) and confidence(self.logprobs) < floor
+        return self.stop_logprob is not None and logprob < self.stop_logprob
 
     def withheld_whatever_follows(self) -> bool:
         """Whether the floor withholds this row already: its confidence is final once it has its
         first LEADING_TOKENS tokens, and decoding the rest would only hold a slot of the batch.
         Asked at every step, it looks once, at that token: a row not withheld then never is."""
-        return len(self.tokens) == LEADING_TOKENS and self.withheld()
+        return len(self.tokens) == LEADING_TOKENS and withheld(self.logprobs, self.min_confidence)
 
     @property
     def adapter(self) -> str:
@@ -135,13 +131,13 @@ class Decoding:
         return _spliceable(self._batch.cache)
 
     @torch.inference_mode()
-    def join(self, keyed: Sequence[tuple[Any, Request]]) -> list[tuple[Any, Sample]]:
+    def join(self, keyed: Sequence[tuple[Any, EngineRequest]]) -> list[tuple[Any, Generation]]:
         """Prefill `keyed` requests and add them to the loop; those complete after their first
         token are returned at once."""
         policy = self.policy
         rows = [self._row(key, request) for key, request in keyed]
         for row in rows:
-            policy.in_use[row.version] += 1
+            policy.hold(row.version)
         width = max(len(row.prompt) for row in rows)
         # Left padding: every row's next token sits in the same column.
         input_ids = torch.full((len(rows), width), policy.pad_token_id, dtype=torch.long)
@@ -155,14 +151,14 @@ class Decoding:
             new, done = self._forward(rows, input_ids.to(policy.device), attention, positions, None)
         except BaseException:
             for row in rows:
-                policy.in_use[row.version] -= 1
+                policy.release(row.version)
             raise
         if new is not None:
             self._batch = new if self._batch is None else _splice(self._batch, new)
         return done
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[Any, Sample]]:
+    def step(self) -> list[tuple[Any, Generation]]:
         """One token for every row; the rows complete with it, with their samples."""
         if self._batch is None:
             return []
@@ -174,13 +170,13 @@ class Decoding:
         """Drop every row (after a failed step); their keys."""
         rows = self._batch.rows if self._batch else []
         for row in rows:
-            self.policy.in_use[row.version] -= 1
+            self.policy.release(row.version)
         self._batch = None
         return [row.key for row in rows]
 
-    def _row(self, key: Any, request: Request) -> Row:
+    def _row(self, key: Any, request: EngineRequest) -> Row:
         policy = self.policy
-        healed = healed_text(request.prefix)
+        healed = request.healed
         # A healed text these tokens cannot spell (a tokenizer whose pieces do not read back as
         # text) stays in the prompt rather than silence every answer.
         if healed and not len(self.token_texts.allowed(healed, may_end=False)):
@@ -189,20 +185,16 @@ class Decoding:
         prompt = build_prompt_ids(policy.tokenizer, policy.fim, prefix, request.suffix, policy.context_tokens)
         stop = RowStop(
             self.token_texts,
-            stops.is_mid_line(request.prefix),
-            # What precedes the completion's text on its line: the prompt's last line.
-            prefix.rsplit("\n", 1)[-1],
-            request.max_new_tokens or policy.max_new_tokens,
+            request.stop.mid_line,
+            request.stop.line_prefix(healed),
+            request.stop.max_new_tokens or policy.max_new_tokens,
             policy.eos_token_id,
         )
-        version = policy.version_for(request.user_id)
-        return Row(
-            key, prompt, version, stop, healed, policy.cuts.get(version, Cut()), cursor_place(request.prefix)
-        )
+        return Row(key, prompt, request.version, stop, healed, request.stop_logprob, request.min_confidence)
 
     def _forward(
         self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any
-    ) -> tuple[_Batch | None, list[tuple[Any, Sample]]]:
+    ) -> tuple[_Batch | None, list[tuple[Any, Generation]]]:
         """Run the model on `input_ids`, sample each row's next token, retire complete rows; the
         batch of rows still running (None when none is) and the retired rows' samples."""
         policy = self.policy
@@ -219,7 +211,7 @@ class Decoding:
         logprobs = torch.log_softmax(out.logits[:, -1].float() / policy.temperature, dim=-1)
         chosen = sample_rows(self._healing_mask(rows, logprobs))
         chosen_logprobs = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
-        done: list[tuple[Any, Sample]] = []
+        done: list[tuple[Any, Generation]] = []
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
             # A token the version's cut rejects is not taken: the row ends before it (with
@@ -229,8 +221,8 @@ class Decoding:
                 row.tokens.append(token)
                 row.logprobs.append(chosen_logprobs[i])
             if cut or row.stop.add(token) or row.withheld_whatever_follows():
-                done.append((row.key, self._sample(row)))
-                policy.in_use[row.version] -= 1
+                done.append((row.key, self._generation(row)))
+                policy.release(row.version)
             else:
                 keep.append(i)
         if not keep:
@@ -261,18 +253,14 @@ class Decoding:
             masked[i, allowed] = logprobs[i, allowed]
         return masked
 
-    def _sample(self, row: Row) -> Sample:
-        if row.withheld():
-            # An abstention, recorded as one: no tokens, so nothing for the policy gradient to
-            # credit (what was sampled and not shown has no outcome).
-            return Sample("", row.prompt, [], [], row.version)
-        raw = self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        return Sample(
-            text=after_healed(stops.finish(raw, row.stop.mid_line, row.stop.line_prefix), row.healed),
+    def _generation(self, row: Row) -> Generation:
+        return Generation(
+            version=row.version,
             prompt_ids=row.prompt,
             completion_ids=row.tokens,
             token_logprobs=row.logprobs,
-            model_version=row.version,
+            text=self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True),
+            healed=row.healed,
         )
 
 

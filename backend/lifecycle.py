@@ -1,8 +1,9 @@
 """The checkpoint lifecycle: candidate → gated → canary → live → retired, or rejected / rolled back.
 
 Every change of state goes through here, under one lock, and is recorded in the store with its
-reason and figures before the serving routes follow it. Routing changes install adapters first
-and switch between batches (backend/batching.py), so no request fails or waits on a swap.
+reason and figures before the serving routes follow it. Routing changes install adapters first,
+and a version routed away is removed once no request uses it (backend/completions.py), so no
+request fails or waits on a swap.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 from typing import Any
 
 from backend import canary, checkpoints
-from backend.batching import PolicyWorker
+from backend.completions import Completions
 from backend.passes import CANARY, PassHealth, repeat
 from backend.store import Store
 from core.config import Settings
@@ -25,7 +26,7 @@ class LifecycleError(ValueError):
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, store: Store, worker: PolicyWorker) -> None:
+    def __init__(self, settings: Settings, store: Store, worker: Completions) -> None:
         self.settings = settings
         self.store = store
         self.worker = worker

@@ -3,59 +3,18 @@
 Every message is a dataclass below, pickled over a multiprocessing pipe; each side dispatches on
 its type with `match`.
 
-HTTP process -> model process: Job, Install, Route, Stop.
+HTTP process -> model process: Job, Install, Remove, Stop.
 Model process -> HTTP process: Ready or LoadFailed first (nothing comes before either), then Done,
-Failed, and one Reply or Refused per control call (Install, Route), by its `call` number.
+Failed, and one Reply or Refused per control call (Install, Remove), by its `call` number.
 
 This module imports nothing heavy: the HTTP process never loads torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-@dataclass
-class Request:
-    prefix: str
-    suffix: str
-    max_new_tokens: int | None
-    user_id: str
-
-
-@dataclass
-class Sample:
-    text: str
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    token_logprobs: list[float]
-    model_version: str
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A version's learned serving rules (CheckpointMetadata): where its completions end, and
-    which it withholds. None: no such rule."""
-
-    # Rows end before their first sampled token whose log-prob is below this (trainer/stopping.py).
-    stop_logprob: float | None = None
-    # A completion less sure than the floor of the place where the cursor stood is not shown
-    # (core/confidence.py, trainer/withholding.py); a place without one shows everything.
-    min_confidence: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PolicyState:
-    """What the HTTP process knows of the policy: as of the model process's last reply."""
-
-    live: str
-    canary: str | None
-    canary_share: float
-    temperature: float
-    fim: str
-    # Each installed version's learned serving rules, where it has any.
-    cuts: dict[str, Cut] = field(default_factory=dict)
-
+from backend.engine import EngineInfo, EngineRequest, Generation
 
 # HTTP process -> model process.
 
@@ -65,7 +24,7 @@ class Job:
     """Decode this request; `key` names it in the Done or Failed that answers it."""
 
     key: int
-    request: Request
+    request: EngineRequest
 
 
 @dataclass(frozen=True)
@@ -78,13 +37,11 @@ class Install:
 
 
 @dataclass(frozen=True)
-class Route:
-    """Serve `live`, and `canary` to its share of users."""
+class Remove:
+    """Free `version` once no row uses it (a no-op when it is not installed)."""
 
     call: int
-    live: str
-    canary: str | None
-    share: float
+    version: str
 
 
 @dataclass(frozen=True)
@@ -99,7 +56,7 @@ class Stop:
 class Ready:
     """The model is loaded."""
 
-    state: PolicyState
+    info: EngineInfo
 
 
 @dataclass(frozen=True)
@@ -113,7 +70,7 @@ class LoadFailed:
 class Done:
     """Requests complete, as their rows leave the batch."""
 
-    samples: list[tuple[int, Sample]]
+    generations: list[tuple[int, Generation]]
 
 
 @dataclass(frozen=True)
@@ -126,10 +83,9 @@ class Failed:
 
 @dataclass(frozen=True)
 class Reply:
-    """A control call done; the policy as it stands after it."""
+    """A control call done."""
 
     call: int
-    state: PolicyState
 
 
 @dataclass(frozen=True)
@@ -141,5 +97,5 @@ class Refused:
     message: str
 
 
-ToModel = Job | Install | Route | Stop
+ToModel = Job | Install | Remove | Stop
 FromModel = Ready | LoadFailed | Done | Failed | Reply | Refused

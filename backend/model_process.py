@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from backend.engine import EngineRequest, Generation
 from backend.model_messages import (
     Done,
     Failed,
@@ -33,10 +34,8 @@ from backend.model_messages import (
     LoadFailed,
     Ready,
     Refused,
+    Remove,
     Reply,
-    Request,
-    Route,
-    Sample,
     Stop,
     ToModel,
 )
@@ -70,7 +69,7 @@ def serve(conn: Connection, config: LoopConfig) -> None:
     except Exception:
         conn.send(LoadFailed(traceback.format_exc()))
         return
-    conn.send(Ready(loop.policy.state()))
+    conn.send(Ready(loop.policy.info()))
     try:
         loop.run()
     except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -98,7 +97,7 @@ class ModelLoop:
         if self.policy.device.type == "cpu":
             log.info("model process: %d CPU threads", use_cpu_threads(model.threads))
         self.decoding = Decoding(self.policy)
-        self.inbox: deque[tuple[int, Request]] = deque()
+        self.inbox: deque[tuple[int, EngineRequest]] = deque()
         self.window_ends = 0.0  # when an idle loop stops waiting for company and starts
         self.waited = 0  # steps run while a request waited to join
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-reader")
@@ -145,8 +144,10 @@ class ModelLoop:
                     from backend.serving import prepare_adapter  # torch: the model process only
 
                     self.installs.append((call, self.reader.submit(prepare_adapter, version, Path(path))))
-            case Route(call, live, canary, share):
-                self.call(call, self.policy.route, live, canary, share)
+            case Remove(call, version):
+                self.policy.remove(version)
+                self.prune()
+                self.reply(call)
             case Stop():
                 return False
             case _:
@@ -181,6 +182,7 @@ class ModelLoop:
             self.deliver(self.decoding.join(joining))
         except Exception as error:  # a failed prefill fails its requests, not the loop
             self.fail(self.decoding.abandon() + [key for key, _ in joining], error)
+        self.prune()
 
     def step(self) -> None:
         try:
@@ -188,9 +190,14 @@ class ModelLoop:
         except Exception as error:
             self.fail(self.decoding.abandon(), error)
         self.waited = self.waited + 1 if self.inbox else 0
-        self.policy.prune()
+        self.prune()
 
-    def deliver(self, done: list[tuple[Any, Sample]]) -> None:
+    def prune(self) -> None:
+        """Free the adapters being removed that neither a running row nor a waiting request uses
+        (a request sent before the removal, whose caller gave up on it, still gets its adapter)."""
+        self.policy.prune(waiting={request.version for _, request in self.inbox})
+
+    def deliver(self, done: list[tuple[Any, Generation]]) -> None:
         # As rows complete: no editor waits for a longer completion.
         if done:
             self.conn.send(Done(done))
@@ -208,7 +215,7 @@ class ModelLoop:
             self.reply(call)
 
     def reply(self, call: int) -> None:
-        self.conn.send(Reply(call, self.policy.state()))
+        self.conn.send(Reply(call))
 
     def refuse(self, call: int, error: BaseException) -> None:
         self.conn.send(Refused(call, type(error).__name__, str(error)))

@@ -1,30 +1,29 @@
-"""The serving policy: the base model plus LoRA adapters (live and canary), sampled in batches.
+"""The in-process engine's model: the base model plus the LoRA adapters installed by version.
 
-Requests are decoded in one continuous loop over a KV cache (backend/decoding.py): each row is
-routed to its own adapter through peft's mixed-adapter batches (`adapter_names=`), so canary and
-live rows share a forward pass; a complete row leaves at once and new requests join between steps.
-The model lives in its own process (backend/model_process.py), whose one loop runs every call on
-it in turn, so an adapter is installed or dropped only between two steps, never inside one, and
-never while a row uses it.
+Requests are decoded in one continuous loop over a KV cache (backend/decoding.py): each row runs
+under its own adapter through peft's mixed-adapter batches (`adapter_names=`), so canary and live
+rows share a forward pass. Which version serves whom is decided above the engine
+(backend/routing.py). The model lives in its own process (backend/model_process.py), whose one
+loop runs every call on it in turn, so an adapter is installed or removed only between two steps,
+never inside one, and never while a row uses it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from backend.model_messages import Cut, PolicyState
+from backend.engine import EngineInfo
 from core.prompts import FimFormat, detect_fim_format
-from core.wire import BASE_VERSION, CHECKPOINT_METADATA, CheckpointMetadata
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,6 @@ class PreparedAdapter:
     version: str
     config: Any
     weights: dict[str, torch.Tensor]
-    # The version's learned serving rules (CheckpointMetadata); none by default.
-    cut: Cut = field(default_factory=Cut)
 
 
 def pick_device(configured: str) -> torch.device:
@@ -70,26 +67,12 @@ def use_cpu_threads(configured: int) -> int:
     return threads
 
 
-def in_canary(user_id: str, share: float) -> bool:
-    """Sticky routing: a user's hash puts them in the canary slice for every request."""
-    bucket = int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:8], "big") / 2**64
-    return bucket < share
-
-
 def prepare_adapter(version: str, path: Path) -> PreparedAdapter:
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    metadata = path / CHECKPOINT_METADATA
-    cut = Cut()
-    if metadata.is_file():
-        meta = CheckpointMetadata.model_validate_json(metadata.read_text())
-        cut = Cut(meta.stop_logprob, meta.min_confidence)
     return PreparedAdapter(
-        version,
-        LoraConfig.from_pretrained(str(path)),
-        load_file(str(path / "adapter_model.safetensors")),
-        cut,
+        version, LoraConfig.from_pretrained(str(path)), load_file(str(path / "adapter_model.safetensors"))
     )
 
 
@@ -117,39 +100,36 @@ class Policy:
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.context_tokens = context_tokens
-        self.live = BASE_VERSION
-        self.canary: str | None = None
-        self.canary_share = 0.0
         eos = self.tokenizer.eos_token_id
         self.eos_token_id = eos
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        # Each installed version's learned serving rules (PreparedAdapter.cut), where it has any.
-        self.cuts: dict[str, Cut] = {}
-        # Rows decoding under each version: an adapter is freed only when none is left.
-        self.in_use: Counter[str] = Counter()
-        self._routed_away: set[str] = set()
-
-    @property
-    def version(self) -> str:
-        return self.live
+        # Rows decoding (or waiting to) under each version: an adapter is freed only when none is left.
+        self._in_use: Counter[str] = Counter()
+        # Versions to free once no row uses them.
+        self._removing: set[str] = set()
 
     def installed(self) -> set[str]:
         return set(getattr(self.model, "peft_config", {}))
 
-    def state(self) -> PolicyState:
-        return PolicyState(
-            self.live,
-            self.canary,
-            self.canary_share,
-            self.temperature,
-            self.fim.name,
-            dict(self.cuts),
-        )
+    def info(self) -> EngineInfo:
+        return EngineInfo(self.temperature, self.fim.name)
+
+    def hold(self, version: str) -> None:
+        """A row decodes under `version` until `release`: it is not freed meanwhile."""
+        self._in_use[version] += 1
+
+    def release(self, version: str) -> None:
+        self._in_use[version] -= 1
+        if not self._in_use[version]:
+            del self._in_use[version]
+
+    def in_use(self, version: str) -> int:
+        return self._in_use[version]
 
     def keep(self, version: str) -> bool:
-        """Whether `version` is installed; if so it is kept, through any prune, until a route
-        routes it away again (it is wanted: a route to it comes next)."""
-        self._routed_away.discard(version)
+        """Whether `version` is installed; if so it is kept, through any prune, until it is
+        removed again (it is wanted: a request under it comes next)."""
+        self._removing.discard(version)
         return version in self.installed()
 
     def install(self, adapter: PreparedAdapter) -> None:
@@ -167,33 +147,17 @@ class Policy:
         if missing:
             self.model.delete_adapter(adapter.version)
             raise ValueError(f"adapter {adapter.version} lacks weights such as {missing[0]}")
-        if adapter.cut != Cut():
-            self.cuts[adapter.version] = adapter.cut
         self.model.eval()
 
-    def route(self, live: str, canary: str | None, canary_share: float) -> None:
-        """Serve `live` (and `canary` to its share of users) from the next batch on."""
-        for version in (live, canary):
-            if version not in (None, BASE_VERSION) and version not in self.installed():
-                raise ValueError(f"adapter {version} is not installed")
-        self._routed_away |= self.installed() - {live, canary}
-        self.live, self.canary, self.canary_share = live, canary, canary_share
-        self.prune()
-        log.info("serving live %s, canary %s (share %.2f)", live, canary, canary_share)
+    def remove(self, version: str) -> None:
+        """Free `version` at the next `prune` that finds no row using it."""
+        self._removing.add(version)
 
-    def version_for(self, user_id: str) -> str:
-        if self.canary is not None and in_canary(user_id, self.canary_share):
-            return self.canary
-        return self.live
-
-    def prune(self) -> None:
-        """Free the adapters routed away from that no running row uses any more. One installed but
-        not yet routed to (a swap between its install and its route) is kept."""
-        for version in sorted(self._routed_away):
-            if version in (self.live, self.canary):
-                self._routed_away.discard(version)
-            elif self.in_use[version] == 0:
-                self._routed_away.discard(version)
-                if version in self.installed() and len(self.installed()) > 1:  # peft keeps one
-                    self.model.delete_adapter(version)
-                    self.cuts.pop(version, None)
+    def prune(self, waiting: Collection[str] = ()) -> None:
+        """Free the versions being removed that no running row uses, nor a request `waiting` to join."""
+        for version in sorted(self._removing):
+            if self._in_use[version] or version in waiting:
+                continue
+            self._removing.discard(version)
+            if version in self.installed() and len(self.installed()) > 1:  # peft keeps one
+                self.model.delete_adapter(version)

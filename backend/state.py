@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     # Types only: this module stays importable without the model's side of the backend.
     from backend.auth import Authenticator
-    from backend.batching import PolicyWorker
+    from backend.completions import Completions
     from backend.lifecycle import Lifecycle
     from backend.metrics import Metrics
     from backend.passes import Passes
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class BackendState:
     settings: Settings
     store: Store
-    worker: PolicyWorker
+    worker: Completions
     lifecycle: Lifecycle
     auth: Authenticator
     sessions: Sessions

@@ -40,3 +40,9 @@ def cursor_place(prefix: str) -> str:
         return LINE_START
     last = line[-1]
     return IN_WORD if last.isalnum() or last == "_" else AFTER_SYMBOL
+
+
+def withheld(token_logprobs: Sequence[float], floor: float | None) -> bool:
+    """Whether a version's floor (None: none where the cursor stands) keeps a completion with
+    these log-probs from being shown. An empty completion is an abstention already."""
+    return floor is not None and bool(token_logprobs) and confidence(token_logprobs) < floor

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # The name being typed at the cursor, with the blank before it (BPE merges the two).
 _WORD = re.compile(r"[ \t]?\w+$")
@@ -60,6 +61,9 @@ class TokenTexts:
     non-empty part of its start."""
 
     def __init__(self, tokenizer: Any, eos_token_id: int | None) -> None:
+        # torch only here: the rules above the engine read this module in a process without it.
+        import torch
+
         vocab_size = len(tokenizer)
         # Decoded after an anchor token: SentencePiece tokenizers drop a token's leading space
         # when it is decoded alone. Special tokens read as nothing, as the shown text has them.
@@ -84,6 +88,8 @@ class TokenTexts:
     def allowed(self, remaining: str, may_end: bool) -> torch.Tensor:
         """Token ids that keep the completion on the way to `remaining`, and the end of text where
         `may_end` (as the first token: abstaining is always allowed)."""
+        import torch
+
         # Tokens of empty text (special ones) sort first and never match: `remaining` is not empty.
         low = bisect.bisect_left(self._sorted, remaining)
         # Every string that starts with `remaining` sorts below `remaining` + the largest code point.

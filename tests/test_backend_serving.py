@@ -1,5 +1,6 @@
 """Batched serving on a real model: exact log-probs under left padding, mixed-adapter batches and
-requests joining a running decoding loop."""
+requests joining a running decoding loop; the product's rules (routing, healing, stops, the cut and
+the floor) decided above the engine (backend/completions.py) and acted on in its step loop."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 from conftest import make_adapter
 
+from backend.completions import Cut, Request, Sample, finish, plan, version_rules
 from backend.decoding import Decoding, sample_rows
-from backend.model_messages import Request, Sample
-from backend.serving import Policy, PreparedAdapter, in_canary, prepare_adapter
+from backend.engine import EngineRequest, Generation
+from backend.routing import Routing, in_canary
+from backend.serving import Policy, PreparedAdapter, prepare_adapter
 from core.confidence import IN_WORD, LEADING_TOKENS, PLACES, confidence, cursor_place
 from core.prompts import build_prompt_ids
 
@@ -45,6 +48,14 @@ def policy(loaded: Policy, adapters: list[PreparedAdapter]) -> Policy:
     return loaded
 
 
+@pytest.fixture
+def routing(policy: Policy) -> Routing:
+    routing = Routing()
+    for version in policy.installed():
+        routing.add(version)
+    return routing
+
+
 def teacher_forced(policy: Policy, version: str, prompt: list[int], completion: list[int]) -> list[float]:
     """Log-probs of `completion` after `prompt`, one unpadded forward pass under `version`'s adapter."""
     ids = torch.tensor([prompt + completion])
@@ -60,8 +71,8 @@ def teacher_forced(policy: Policy, version: str, prompt: list[int], completion: 
     return [float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(completion)]
 
 
-def decode_all(policy: Policy, requests: list[Request]) -> list[Sample]:
-    """The requests decoded together from the first step to the last; samples in request order."""
+def decode_all(policy: Policy, requests: list[EngineRequest]) -> list[Generation]:
+    """The requests decoded together from the first step to the last; in request order."""
     decoding = Decoding(policy)
     done = dict(decoding.join(list(enumerate(requests))))
     while decoding.size:
@@ -69,15 +80,35 @@ def decode_all(policy: Policy, requests: list[Request]) -> list[Sample]:
     return [done[i] for i in range(len(requests))]
 
 
-def users_for(policy: Policy, canary: bool, count: int) -> list[str]:
+def asked(
+    routing: Routing, requests: list[Request], cuts: dict[str, Cut] | None = None
+) -> list[EngineRequest]:
+    """What the engine is asked: each request under the version routed to, with its rules."""
+    versions = [routing.version_for(r.user_id) for r in requests]
+    return [plan(r, v, (cuts or {}).get(v, Cut())) for r, v in zip(requests, versions, strict=True)]
+
+
+def serve_all(
+    policy: Policy, routing: Routing, requests: list[Request], cuts: dict[str, Cut] | None = None
+) -> list[Sample]:
+    """The requests served together: routed and planned, decoded, finished; in request order."""
+    planned = asked(routing, requests, cuts)
+    return [finish(a, g) for a, g in zip(planned, decode_all(policy, planned), strict=True)]
+
+
+def engine_requests(requests: list[Request], version: str) -> list[EngineRequest]:
+    return [plan(r, version, Cut()) for r in requests]
+
+
+def users_for(routing: Routing, canary: bool, count: int) -> list[str]:
     users = (f"user-{n}" for n in range(10_000))
-    return [u for u in users if in_canary(u, policy.canary_share) == canary][:count]
+    return [u for u in users if in_canary(u, routing.canary_share) == canary][:count]
 
 
-def test_batched_rows_keep_exact_logprobs_under_left_padding(policy: Policy) -> None:
-    policy.route("v1", None, 0.0)
+def test_batched_rows_keep_exact_logprobs_under_left_padding(policy: Policy, routing: Routing) -> None:
+    routing.route("v1", None, 0.0)
     torch.manual_seed(0)
-    samples = decode_all(policy, [Request(p, "", None, "someone") for p in PREFIXES])
+    samples = serve_all(policy, routing, [Request(p, "", None, "someone") for p in PREFIXES])
     assert len(samples) == len(PREFIXES)
     assert len({len(s.prompt_ids) for s in samples}) > 1  # prompts of different lengths were padded
     for sample in samples:
@@ -89,15 +120,15 @@ def test_batched_rows_keep_exact_logprobs_under_left_padding(policy: Policy) -> 
         assert policy.pad_token_id not in sample.completion_ids[:-1]
 
 
-def test_canary_and_live_rows_share_a_batch_each_under_its_adapter(policy: Policy) -> None:
-    policy.route("v1", "v2", 0.5)
-    canary_users = users_for(policy, True, 3)
-    live_users = users_for(policy, False, 3)
+def test_canary_and_live_rows_share_a_batch_each_under_its_adapter(policy: Policy, routing: Routing) -> None:
+    routing.route("v1", "v2", 0.5)
+    canary_users = users_for(routing, True, 3)
+    live_users = users_for(routing, False, 3)
     requests = [
         Request(PREFIXES[i % len(PREFIXES)], "", None, u) for i, u in enumerate(canary_users + live_users)
     ]
     torch.manual_seed(1)
-    samples = decode_all(policy, requests)
+    samples = serve_all(policy, routing, requests)
     assert [s.model_version for s in samples] == ["v2"] * 3 + ["v1"] * 3
     for sample in samples:
         expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
@@ -109,25 +140,48 @@ def test_canary_and_live_rows_share_a_batch_each_under_its_adapter(policy: Polic
         )
 
 
-def test_routing_is_sticky_and_unused_adapters_are_freed(policy: Policy) -> None:
-    policy.route("v1", "v2", 0.3)
+def test_routing_is_sticky_and_unused_adapters_are_freed(policy: Policy, routing: Routing) -> None:
+    routing.route("v1", "v2", 0.3)
     users = [f"u{n}" for n in range(2000)]
-    first = [policy.version_for(u) for u in users]
-    assert first == [policy.version_for(u) for u in users]
+    first = [routing.version_for(u) for u in users]
+    assert first == [routing.version_for(u) for u in users]
     assert 0.25 < first.count("v2") / len(users) < 0.35
-    policy.route("v2", None, 0.0)
+    routing.route("v2", None, 0.0)
+    assert routing.unused() == ["v1"]
+    for version in routing.unused():
+        routing.removed(version)
+        policy.remove(version)
+    policy.prune()
     assert policy.installed() == {"v2"}
-    samples = decode_all(policy, [Request(PREFIXES[0], "", 4, "x"), Request(PREFIXES[1], "", None, "y")])
+    samples = serve_all(
+        policy, routing, [Request(PREFIXES[0], "", 4, "x"), Request(PREFIXES[1], "", None, "y")]
+    )
     assert [s.model_version for s in samples] == ["v2", "v2"]
     assert len(samples[0].completion_ids) <= 4  # each row keeps its own token cap
 
 
-def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> None:
+def test_a_version_routed_away_is_unused_only_once_its_requests_are_answered() -> None:
+    routing = Routing()
+    for version in ("v1", "v2"):
+        routing.add(version)
+    routing.route("v1", None, 0.0)
+    assert routing.take("ana") == "v1"
+    routing.route("v2", None, 0.0)
+    assert routing.unused() == []  # ana's request is still on its way under v1
+    assert routing.take("ben") == "v2"
+    assert routing.give_back("v1") is True
+    assert routing.unused() == ["v1"]
+    assert routing.give_back("v2") is False
+    with pytest.raises(ValueError, match="not installed"):
+        routing.route("v3", None, 0.0)
+
+
+def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy, routing: Routing) -> None:
     """Rows that join mid-decoding are spliced into the cache (padded to a common length) without
     changing anyone's distribution: every row's log-probs equal an unpadded forward pass's."""
-    policy.route("v1", "v2", 0.5)
-    users = users_for(policy, True, 2) + users_for(policy, False, 3)
-    first = [Request(PREFIXES[1], "", 40, users[0]), Request(PREFIXES[3], "", 40, users[2])]
+    routing.route("v1", "v2", 0.5)
+    users = users_for(routing, True, 2) + users_for(routing, False, 3)
+    first = asked(routing, [Request(PREFIXES[1], "", 40, users[0]), Request(PREFIXES[3], "", 40, users[2])])
     # Sampling decides when rows end: seeds until the first rows are still decoding after 3 steps.
     for seed in range(8):
         torch.manual_seed(seed)
@@ -141,17 +195,19 @@ def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> 
     assert decoding.can_join()
     later = [Request(PREFIXES[0], "", 12, users[1]), Request(PREFIXES[2], "", 12, users[3])]
     later.append(Request(PREFIXES[4], "", 12, users[4]))
-    done.update(decoding.join(list(enumerate(later, start=2))))
+    done.update(decoding.join(list(enumerate(asked(routing, later), start=2))))
     steps_together = 0
     while decoding.size:
         steps_together += decoding.size > 1
         done.update(decoding.step())
     assert steps_together > 0
     assert sorted(done) == [0, 1, 2, 3, 4]
-    for sample in done.values():
-        expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
-        assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
-    assert [done[i].model_version for i in range(5)] == ["v2", "v1", "v2", "v1", "v1"]
+    for generation in done.values():
+        expected = teacher_forced(
+            policy, generation.version, generation.prompt_ids, generation.completion_ids
+        )
+        assert generation.token_logprobs == pytest.approx(expected, abs=2e-4)
+    assert [done[i].version for i in range(5)] == ["v2", "v1", "v2", "v1", "v1"]
 
 
 @pytest.mark.parametrize(
@@ -159,11 +215,13 @@ def test_requests_joining_a_running_loop_keep_exact_logprobs(policy: Policy) -> 
     [("def f(a):\n    ", "    "), ("import os\nimport sy", " sy"), ("def f(a):\n    ret", "    ret")],
 )
 def test_the_prompt_stops_before_the_text_being_typed_and_decoding_rewrites_it(
-    policy: Policy, prefix: str, healed: str
+    policy: Policy, routing: Routing, prefix: str, healed: str
 ) -> None:
-    policy.route("v1", None, 0.0)
+    routing.route("v1", None, 0.0)
     torch.manual_seed(0)
-    samples = decode_all(policy, [Request(prefix, "", 12, f"u{n}") for n in range(16)])
+    requests = [Request(prefix, "", 12, f"u{n}") for n in range(16)]
+    assert {r.healed for r in asked(routing, requests)} == {healed}  # decided above the engine
+    samples = serve_all(policy, routing, requests)
     healed_prompt = build_prompt_ids(
         policy.tokenizer, policy.fim, prefix.removesuffix(healed), "", policy.context_tokens
     )
@@ -186,17 +244,17 @@ def test_the_prompt_stops_before_the_text_being_typed_and_decoding_rewrites_it(
 def test_a_loop_that_never_empties_attends_only_over_its_rows(policy: Policy) -> None:
     """Under steady traffic the batch never empties: columns that are padding for every row left
     are dropped, so a step attends over the longest row and no more, and log-probs stay exact."""
-    policy.route("v1", None, 0.0)
     shrank = False
     # Sampling decides when rows end; a few seeds make sure the long row leaves before the rest.
     for seed in range(8):
         torch.manual_seed(seed)
         decoding = Decoding(policy)
         # The longest prompt, and short ones joining after it: once it leaves, its columns can go.
-        done = dict(decoding.join([(0, Request(PREFIXES[2], "", 10, "long"))]))
+        done = dict(decoding.join([(0, plan(Request(PREFIXES[2], "", 10, "long"), "v1", Cut()))]))
         observed = []
         for turn in range(1, 13):
-            done.update(decoding.join([(turn, Request(PREFIXES[1], "", 6, f"u{turn}"))]))
+            joining = plan(Request(PREFIXES[1], "", 6, f"u{turn}"), "v1", Cut())
+            done.update(decoding.join([(turn, joining)]))
             for _ in range(2):
                 done.update(decoding.step())
                 rows = decoding._batch.rows if decoding._batch else []
@@ -205,9 +263,9 @@ def test_a_loop_that_never_empties_attends_only_over_its_rows(policy: Policy) ->
         while decoding.size:
             done.update(decoding.step())
         assert sorted(done) == list(range(13))
-        for sample in done.values():
-            expected = teacher_forced(policy, sample.model_version, sample.prompt_ids, sample.completion_ids)
-            assert sample.token_logprobs == pytest.approx(expected, abs=2e-4)
+        for generation in done.values():
+            expected = teacher_forced(policy, "v1", generation.prompt_ids, generation.completion_ids)
+            assert generation.token_logprobs == pytest.approx(expected, abs=2e-4)
         shrank = any(later < earlier for earlier, later in pairwise(observed))
         if shrank:
             break
@@ -215,15 +273,24 @@ def test_a_loop_that_never_empties_attends_only_over_its_rows(policy: Policy) ->
 
 
 def test_an_adapter_in_use_is_freed_only_when_its_rows_are_done(policy: Policy) -> None:
-    policy.route("v1", "v2", 0.0)
-    decoding = Decoding(policy)
-    decoding.join([(0, Request(PREFIXES[2], "", 12, "someone"))])
-    if not decoding.size:
-        pytest.skip("the row completed at its first token")
-    policy.route("v2", None, 0.0)
+    # Sampling decides whether a row ends at its first token: seeds until one goes on (a row on
+    # its own ends at its first token only if that token ends it, so one of a few seeds goes on).
+    for seed in range(8):
+        torch.manual_seed(seed)
+        decoding = Decoding(policy)
+        decoding.join([(0, plan(Request(PREFIXES[2], "", 12, "someone"), "v1", Cut()))])
+        if decoding.size:
+            break
+    assert decoding.size == 1, "no seed left a row decoding after its first token"
+    policy.remove("v1")
+    policy.prune()
     assert "v1" in policy.installed()
     while decoding.size:
         decoding.step()
+    assert policy.in_use("v1") == 0
+    # A request waiting to join under a version keeps it too (the model process's inbox).
+    policy.prune(waiting={"v1"})
+    assert "v1" in policy.installed()
     policy.prune()
     assert policy.installed() == {"v2"}
 
@@ -231,16 +298,32 @@ def test_an_adapter_in_use_is_freed_only_when_its_rows_are_done(policy: Policy) 
 def test_an_installed_adapter_waits_for_its_route(
     loaded: Policy, adapters: list[PreparedAdapter], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Decoding steps may run between a hot swap's install and its route: nothing they prune may
-    take the adapter about to go live."""
+    """Requests may complete between a hot swap's install and its route: nothing removed after
+    them may take the adapter about to go live, and installing one being removed keeps it."""
+    routing = Routing()
     for adapter in adapters:
         loaded.install(adapter)
-    loaded.route("v1", None, 0.0)
+        routing.add(adapter.version)
+    routing.route("v1", None, 0.0)
     loaded.install(prepare_adapter("v3", make_adapter(tiny_model_dir, tmp_path / "v3", 3, 0.3)))
-    decode_all(loaded, [Request(PREFIXES[1], "", 4, "someone")])
+    routing.add("v3")
+    version = routing.take("someone")
+    decode_all(loaded, engine_requests([Request(PREFIXES[1], "", 4, "someone")], version))
+    routing.give_back(version)
+    assert routing.unused() == ["v2"]
+    routing.route("v3", None, 0.0)
+    assert routing.unused() == ["v1", "v2"]
+    for version in routing.unused():
+        routing.removed(version)
+        loaded.remove(version)
     loaded.prune()
-    loaded.route("v3", None, 0.0)
     assert loaded.installed() == {"v3"}
+    # Installed again before its removal lands (a route back to it comes next): it stays.
+    loaded.install(adapters[0])
+    loaded.remove("v1")
+    assert loaded.keep("v1")
+    loaded.prune()
+    assert loaded.installed() == {"v1", "v3"}
 
 
 def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
@@ -251,16 +334,18 @@ def test_a_versions_learned_cut_ends_rows_before_an_unlikely_token(
     path = make_adapter(tiny_model_dir, tmp_path / "v3", seed=3, scale=0.3)
     metadata = CheckpointMetadata(base_model=str(tiny_model_dir), parent_version="base", stop_logprob=-1.5)
     (path / CHECKPOINT_METADATA).write_text(metadata.model_dump_json())
-    cut = prepare_adapter("v3", path)
-    assert cut.cut.stop_logprob == -1.5 and adapters[0].cut.stop_logprob is None
+    cut = version_rules(path)
+    assert cut.stop_logprob == -1.5 and version_rules(tmp_path / "nothing") == Cut()
 
     policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
-    policy.install(cut)
+    policy.install(prepare_adapter("v3", path))
+    routing = Routing()
+    routing.add("v3")
     torch.manual_seed(0)
     requests = [Request(prefix, "", None, "u") for prefix in PREFIXES * 6]
-    uncut = decode_all(policy, requests)
-    policy.route("v3", None, 0.0)
-    samples = decode_all(policy, requests)
+    uncut = serve_all(policy, routing, requests, {"v3": cut})
+    routing.route("v3", None, 0.0)
+    samples = serve_all(policy, routing, requests, {"v3": cut})
 
     assert all(s.model_version == "v3" for s in samples)
     assert all(lp >= -1.5 for s in samples for lp in s.token_logprobs)
@@ -283,6 +368,8 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
 
     requests = [Request(prefix, "", None, "u") for prefix in PREFIXES * 8]
     policy = Policy(str(tiny_model_dir), temperature=1.0, max_new_tokens=12, device="cpu")
+    routing = Routing()
+    cuts: dict[str, Cut] = {}
 
     def serve(version: str, floors: dict[str, float]) -> list[Sample]:
         # The same weights under each name; only the floor in the metadata differs.
@@ -291,23 +378,23 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
             base_model=str(tiny_model_dir), parent_version="base", min_confidence=floors
         )
         (path / CHECKPOINT_METADATA).write_text(metadata.model_dump_json())
-        adapter = prepare_adapter(version, path)
-        assert adapter.cut.min_confidence == floors and adapter.cut.stop_logprob is None
-        policy.install(adapter)
-        policy.route(version, None, 0.0)
+        cuts[version] = version_rules(path)
+        assert cuts[version].min_confidence == floors and cuts[version].stop_logprob is None
+        policy.install(prepare_adapter(version, path))
+        routing.add(version)
+        routing.route(version, None, 0.0)
         # Each request on its own, seeded by its index: a withheld row ends early, and in a
         # shared batch the rows after it would draw other numbers.
         samples = []
         for i, request in enumerate(requests):
             torch.manual_seed(i)
-            samples += decode_all(policy, [request])
+            samples += serve_all(policy, routing, [request], cuts)
         return samples
 
     unfloored = serve("v4", {})
     floor = sorted(confidence(s.token_logprobs) for s in unfloored)[len(unfloored) // 2]
     # The same floor wherever the cursor stands (one per place; the fit sets each on its own).
     floored = serve("v5", dict.fromkeys(PLACES, floor))
-    assert policy.state().cuts["v5"].min_confidence == dict.fromkeys(PLACES, floor)
 
     # The same draws: each completion at least as sure as the floor is shown as it was, each less
     # sure one is an abstention with no tokens.
@@ -325,7 +412,7 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
     def forward_passes(request_index: int) -> int:
         torch.manual_seed(request_index)
         decoding = Decoding(policy)
-        decoding.join([(0, requests[request_index])])
+        decoding.join([(0, plan(requests[request_index], "v5", cuts["v5"]))])
         passes = 1
         while decoding.size:
             decoding.step()
@@ -351,10 +438,13 @@ def test_a_versions_confidence_floor_withholds_its_unsure_completions(
     assert any(cursor_place(r.prefix) == IN_WORD for r in requests)
 
 
-def test_a_request_at_the_start_of_an_empty_file_is_served_beside_others(policy: Policy) -> None:
-    policy.route("v1", None, 0.0)
+def test_a_request_at_the_start_of_an_empty_file_is_served_beside_others(
+    policy: Policy, routing: Routing
+) -> None:
+    routing.route("v1", None, 0.0)
     torch.manual_seed(0)
-    samples = decode_all(policy, [Request("", "", None, "u"), *(Request(p, "", None, "u") for p in PREFIXES)])
+    requests = [Request("", "", None, "u"), *(Request(p, "", None, "u") for p in PREFIXES)]
+    samples = serve_all(policy, routing, requests)
     assert samples[0].prompt_ids == [policy.eos_token_id]
     assert all(len(s.token_logprobs) == len(s.completion_ids) for s in samples)
 
@@ -371,3 +461,20 @@ def test_sampling_draws_each_token_with_its_probability_and_never_a_masked_one()
     # Five standard errors of a share of 50,000 draws at most.
     assert (share - expected).abs().max() < 5 * (0.25 / draws) ** 0.5
     assert share[0, 1] == 0 and share[1, 0] == 0
+
+
+def test_the_in_process_engine_has_every_method_of_the_engine_interface() -> None:
+    import inspect
+
+    from backend.batching import InProcessEngine
+    from backend.engine import Engine
+
+    wanted = {name: member for name, member in vars(Engine).items() if not name.startswith("_")}
+    assert {"start", "close", "install", "remove", "complete", "failure"} <= set(wanted)
+    for name, member in wanted.items():
+        mine = getattr(InProcessEngine, name)
+        if isinstance(member, property):
+            assert isinstance(mine, property), name
+            continue
+        assert inspect.iscoroutinefunction(mine) == inspect.iscoroutinefunction(member), name
+        assert list(inspect.signature(mine).parameters) == list(inspect.signature(member).parameters), name

@@ -166,12 +166,12 @@ async def test_a_model_process_dying_while_a_request_is_looked_at_leaves_no_requ
     question yields to the event loop: a model process that dies right then used to end the driver
     (it sent the request to the process it had just lost), and every request from then on waited
     forever."""
-    from backend.batching import PolicyWorker
-    from backend.model_messages import Request
+    from backend.batching import InProcessEngine
+    from backend.completions import Cut, Request, plan
     from backend.model_process import LoopConfig
     from core.config import ModelConfig
 
-    worker = PolicyWorker(LoopConfig(str(tiny_model_dir), ModelConfig()))
+    worker = InProcessEngine(LoopConfig(str(tiny_model_dir), ModelConfig()))
     await worker.start()
     died = []
 
@@ -187,12 +187,17 @@ async def test_a_model_process_dying_while_a_request_is_looked_at_leaves_no_requ
 
     try:
         first = asyncio.create_task(
-            worker.complete(Request("def f(", "", 8, "ana"), gone=still_there_while_the_model_process_dies)
+            worker.complete(
+                plan(Request("def f(", "", 8, "ana"), "base", Cut()),
+                gone=still_there_while_the_model_process_dies,
+            )
         )
         # It never reached the dead process: the new one serves it.
-        assert (await asyncio.wait_for(first, 120)).model_version == "base"
+        assert (await asyncio.wait_for(first, 120)).version == "base"
         assert died == [-signal.SIGKILL]
-        later = await asyncio.wait_for(worker.complete(Request("def g(", "", 8, "ana")), 120)
-        assert later.model_version == "base"
+        later = await asyncio.wait_for(
+            worker.complete(plan(Request("def g(", "", 8, "ana"), "base", Cut())), 120
+        )
+        assert later.version == "base"
     finally:
         await worker.close()
