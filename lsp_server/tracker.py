@@ -193,6 +193,10 @@ class Suggestion:
     def accepted(self) -> bool:
         return self.acceptance is not None
 
+    @property
+    def accepted_so_far(self) -> int:
+        return self.acceptance.target if self.acceptance is not None else 0
+
 
 def produced_after(s: Suggestion, edit: Edit) -> int | None:
     """How much of the suggestion its region holds after `edit`, when the edit lies within what
@@ -336,10 +340,8 @@ class Tracker:
                 s.shown_at = self._clock()
                 self._send(s.completion_id, EventKind.SHOWN)
                 return s.state
-            case TypingAlong() | Inserting() | Following(), Accept(count, reason) if count > (
-                s.acceptance.target if s.acceptance else 0
-            ):
-                return self._accept(s, count, reason)
+            case TypingAlong() | Inserting() | Following(), Accept(count, why) if count > s.accepted_so_far:
+                return self._accept(s, count, why)
 
             case TypingAlong() as along, Edited(edit) if (produced := produced_after(s, edit)) is not None:
                 s.range.end = s.start + produced
@@ -399,22 +401,6 @@ class Tracker:
             if acceptance.delays:
                 heapq.heappush(self._due, (acceptance.at + acceptance.delays[0], s.completion_id))
         acceptance.target = count
-        produced = s.end - s.start
-        state: State
-        if isinstance(s.state, Following) and (s.range.wiped or produced >= count or not self._untouched(s)):
-            state = s.state
-        else:
-            if isinstance(s.state, Following):
-                # A partial acceptance already there, and untouched since, takes in what of the
-                # next characters the editor inserted right after it (a client accepting word by
-                # word may insert before it notifies) and types along the rest.
-                there = (self._text_of(s.uri) or "")[s.start : s.start + count]
-                s.range.end = s.start + max(common_prefix_length(there, s.text[:count]), produced)
-            state = Inserting(acceptance)
-            if s.end - s.start >= count:
-                # Already typed along as far as accepted: follow it from here.
-                s.range.end = s.start + count
-                state = Following(acceptance)
         partial = count < len(s.text)
         self._send(
             s.completion_id,
@@ -423,7 +409,23 @@ class Tracker:
             accepted_chars=utf16_units(s.text[:count]) if partial else None,
             reason=reason,
         )
-        return state
+        return self._accepted_state(s, acceptance)
+
+    def _accepted_state(self, s: Suggestion, acceptance: Acceptance) -> State:
+        count, produced = acceptance.target, s.end - s.start
+        if isinstance(s.state, Following):
+            if s.range.wiped or produced >= count or not self._untouched(s):
+                return s.state
+            # A partial acceptance already there, and untouched since, takes in what of the next
+            # characters the editor inserted right after it (a client accepting word by word may
+            # insert before it notifies) and types along the rest.
+            there = (self._text_of(s.uri) or "")[s.start : s.start + count]
+            s.range.end = s.start + max(common_prefix_length(there, s.text[:count]), produced)
+        if s.end - s.start < count:
+            return Inserting(acceptance)
+        # Already typed along as far as accepted: follow it from here.
+        s.range.end = s.start + count
+        return Following(acceptance)
 
     def _unaccepted(
         self, s: Suggestion, along: TypingAlong, reason: Reason | None, edit: Edit | None = None
