@@ -97,7 +97,13 @@ class ArmFigures:
 
 
 class VersionStats(TypedDict):
-    """The admin page's counts (defined in backend/store/sqlite/stats.py's docstring)."""
+    """The admin page's counts, overall or of one model version.
+
+    served: completions returned; shown: those with text; abstained: those without. finalized:
+    episodes scored so far; trainable: those with a reward (abstentions included); rated: trainable
+    episodes of shown completions; accepted: rated episodes accepted whole or in part.
+    accept_rate = accepted / rated; mean_reward over trainable episodes (None while there are none).
+    """
 
     served: int
     shown: int
