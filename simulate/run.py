@@ -100,8 +100,6 @@ class SimDeveloper:
 class RoundResult:
     stats: TypingStats
     episodes: list[dict[str, Any]]
-    start: int
-    end: int
     # The attacker's part of `stats`, in a training round with one.
     attacker: TypingStats | None = None
 
@@ -237,11 +235,11 @@ class Simulation:
             honest = await write_honest()
         for stats in [*honest, *([attacked] if attacked else [])]:
             total.add(stats)
-        start = self.cursor
+        wait_s = self.config.episode_window_s + 30
         episodes, self.cursor = await asyncio.to_thread(
-            self.backend.wait_for_episodes, start, set(total.shown_ids), self.config.episode_window_s + 30
+            self.backend.wait_for_episodes, self.cursor, set(total.shown_ids), wait_s
         )
-        return RoundResult(total, episodes, start, self.cursor, attacked)
+        return RoundResult(total, episodes, attacked)
 
     async def evaluate(self, cycle: int, evaluation: list[SourceFile]) -> CycleRow:
         honest = [d for d in self.developers if d.profile.honest]
