@@ -127,70 +127,45 @@ def print_figures(f: dict[str, Any]) -> None:
         )
 
 
+# What must never happen: a figure whose target is none at all.
+NONE = Target("<=", 0)
+
+
 def summary(f: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's rows for the parts that ran."""
     rows: list[dict[str, Any]] = []
     if "trainer" in f:
-        t = f["trainer"]
-        rows.append(
-            row("faults", "trainer SIGKILLs survived", t["survived"], "kills", Target(">=", t["planned"]))
-        )
-        rows.append(row("faults", "trainer kill points, wall time", t["wall_s"], "s"))
+        rows += _trainer_rows(f["trainer"])
     if "ingest" in f:
-        i = f["ingest"]
-        rows.append(
-            row(
-                "faults",
-                "backend kills under ingest: acknowledged events lost",
-                i["acknowledged_lost"],
-                "events",
-                Target("<=", 0),
-            )
-        )
-        rows.append(
-            row(
-                "faults",
-                "backend kills under ingest: events stored twice",
-                i["stored_twice"],
-                "events",
-                Target("<=", 0),
-            )
-        )
-        rows.append(
-            row(
-                "faults",
-                "backend kills under ingest: events missing after the outboxes drained",
-                i["events_written"] - i["events_stored"],
-                "events",
-                Target("<=", 0),
-            )
-        )
+        rows += _ingest_rows(f["ingest"])
     if "model" in f:
-        m = f["model"]
-        others = sum(n for status, n in m["in_flight_statuses"].items() if status not in ("200", "503"))
-        rows.append(
-            row(
-                "faults",
-                "model-process kills: requests in flight answered 503",
-                m["in_flight_statuses"].get("503", 0),
-                "requests",
-            )
-        )
-        rows.append(
-            row(
-                "faults",
-                "model-process kills: in flight, neither 503 nor served",
-                others,
-                "requests",
-                Target("<=", 0),
-            )
-        )
-        rows.append(
-            row(
-                "faults",
-                "model-process kills: failed once back",
-                m["once_back_failed"],
-                "requests",
-                Target("<=", 0),
-            )
-        )
+        rows += _model_rows(f["model"])
     return rows
+
+
+def _trainer_rows(t: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        row("faults", "trainer SIGKILLs survived", t["survived"], "kills", Target(">=", t["planned"])),
+        row("faults", "trainer kill points, wall time", t["wall_s"], "s"),
+    ]
+
+
+def _ingest_rows(i: dict[str, Any]) -> list[dict[str, Any]]:
+    missing = i["events_written"] - i["events_stored"]
+    under = "backend kills under ingest"
+    return [
+        row("faults", f"{under}: acknowledged events lost", i["acknowledged_lost"], "events", NONE),
+        row("faults", f"{under}: events stored twice", i["stored_twice"], "events", NONE),
+        row("faults", f"{under}: events missing after the outboxes drained", missing, "events", NONE),
+    ]
+
+
+def _model_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    statuses = m["in_flight_statuses"]
+    others = sum(n for status, n in statuses.items() if status not in ("200", "503"))
+    kills = "model-process kills"
+    return [
+        row("faults", f"{kills}: requests in flight answered 503", statuses.get("503", 0), "requests"),
+        row("faults", f"{kills}: in flight, neither 503 nor served", others, "requests", NONE),
+        row("faults", f"{kills}: failed once back", m["once_back_failed"], "requests", NONE),
+    ]
