@@ -428,38 +428,9 @@ function M.setup(opts)
     end,
   })
   if not native() then
-    local function ours()
-      return #M.clients(0) > 0
-    end
-    api.nvim_create_autocmd({ "TextChangedI", "TextChangedP", "CursorMovedI" }, {
-      group = group,
-      callback = function()
-        if ours() then
-          suggestion.on_change()
-        end
-      end,
-    })
-    api.nvim_create_autocmd("InsertEnter", {
-      group = group,
-      callback = function()
-        if ours() then
-          suggestion.schedule()
-        end
-      end,
-    })
-    api.nvim_create_autocmd("InsertLeave", { group = group, callback = suggestion.on_insert_leave })
-    api.nvim_create_autocmd({ "BufLeave", "WinLeave" }, {
-      group = group,
-      callback = function(args)
-        suggestion.on_buf_leave(args.buf)
-      end,
-    })
-    api.nvim_create_autocmd("BufWipeout", {
-      group = group,
-      callback = function(args)
-        suggestion.on_buf_wipeout(args.buf)
-      end,
-    })
+    suggestion.autocmds(group, function(buf)
+      return #M.clients(buf) > 0
+    end)
   end
   for _, buf in ipairs(api.nvim_list_bufs()) do
     M.attach(buf)

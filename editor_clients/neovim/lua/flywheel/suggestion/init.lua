@@ -428,6 +428,39 @@ function M.on_buf_wipeout(buf)
   buffers[buf] = nil
 end
 
+--- Follow typing in insert mode (in `group`); `ours(buf)`: the buffer has the server attached.
+function M.autocmds(group, ours)
+  api.nvim_create_autocmd({ "TextChangedI", "TextChangedP", "CursorMovedI" }, {
+    group = group,
+    callback = function(args)
+      if ours(args.buf) then
+        M.on_change()
+      end
+    end,
+  })
+  api.nvim_create_autocmd("InsertEnter", {
+    group = group,
+    callback = function(args)
+      if ours(args.buf) then
+        M.schedule()
+      end
+    end,
+  })
+  api.nvim_create_autocmd("InsertLeave", { group = group, callback = M.on_insert_leave })
+  api.nvim_create_autocmd({ "BufLeave", "WinLeave" }, {
+    group = group,
+    callback = function(args)
+      M.on_buf_leave(args.buf)
+    end,
+  })
+  api.nvim_create_autocmd("BufWipeout", {
+    group = group,
+    callback = function(args)
+      M.on_buf_wipeout(args.buf)
+    end,
+  })
+end
+
 --- The server went away: forget what it served.
 function M.detach(client_id)
   for buf, s in pairs(buffers) do
