@@ -206,10 +206,21 @@ def _document(lines: int) -> str:
 
 
 async def _completions_and_edits(url: str, state: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Completions, then edits in a fresh server, both on a 10,000-line document."""
+    uri = (state / "big.py").as_uri()
+    text = _document(10_000)
+    return {
+        **await _completions(url, state, uri, text, args.completions),
+        **await _edits(url, state, uri, text, args.edits),
+        "document_chars": len(text),
+    }
+
+
+async def _completions(url: str, state: Path, uri: str, text: str, completions: int) -> dict[str, Any]:
+    """Explicit requests at many lines, then answers typed ahead: one character of a suggestion
+    typed, and the rest asked for."""
     client = await _start(url, state)
     try:
-        uri = (state / "big.py").as_uri()
-        text = _document(10_000)
         _open(client, uri, text)
         typist = _Typist(client, uri)
         lines = text.splitlines()
@@ -219,14 +230,14 @@ async def _completions_and_edits(url: str, state: Path, args: argparse.Namespace
             await _ask(client, uri, 100 + i, 0, invoked=True)
         await client.protocol.send_request_async("flywheel/status", {})
         rtt: list[float] = []
-        for i in range(args.completions):
+        for i in range(completions):
             line = 200 + (i * 7) % 9000
             began = time.perf_counter()
             await _ask(client, uri, line, len(lines[line]), invoked=True)
             rtt.append(time.perf_counter() - began)
         # Typed ahead: one character of the suggestion on screen, then the rest from it.
         ahead: list[float] = []
-        for i in range(min(200, args.completions)):
+        for i in range(min(200, completions)):
             line = 300 + i * 3
             item = await _ask(client, uri, line, len(lines[line]), invoked=True)
             if item is None:
@@ -240,31 +251,34 @@ async def _completions_and_edits(url: str, state: Path, args: argparse.Namespace
         server = (await _status(client))["timings"]
     finally:
         await _stop(client)
-
-    # Edits in a fresh server: keystrokes at many places in the 10,000-line document, pipelined.
-    client = await _start(url, state)
-    try:
-        _open(client, uri, text)
-        typist = _Typist(client, uri)
-        await client.protocol.send_request_async("flywheel/status", {})
-        began = time.perf_counter()
-        for i in range(args.edits):
-            line = (i * 37) % 10_000
-            typist.insert(line, 0, "x" if i % 20 else "\n")
-        await client.protocol.send_request_async("flywheel/status", {})
-        pipelined = (time.perf_counter() - began) / args.edits
-        after = (await _status(client))["timings"]
-    finally:
-        await _stop(client)
     return {
         "completion_server": server["completion_overhead"],
         "completion_backend_call": server["backend_call"],
         "completion_rtt": _summary(rtt),
         "typed_ahead_server": server.get("typed_ahead"),
         "typed_ahead_rtt": _summary(ahead),
+    }
+
+
+async def _edits(url: str, state: Path, uri: str, text: str, edits: int) -> dict[str, Any]:
+    """Keystrokes at many places in the document, pipelined."""
+    client = await _start(url, state)
+    try:
+        _open(client, uri, text)
+        typist = _Typist(client, uri)
+        await client.protocol.send_request_async("flywheel/status", {})
+        began = time.perf_counter()
+        for i in range(edits):
+            line = (i * 37) % 10_000
+            typist.insert(line, 0, "x" if i % 20 else "\n")
+        await client.protocol.send_request_async("flywheel/status", {})
+        pipelined = (time.perf_counter() - began) / edits
+        after = (await _status(client))["timings"]
+    finally:
+        await _stop(client)
+    return {
         "did_change_server": after["did_change"],
         "did_change_pipelined_ms": round(pipelined * 1000, 4),
-        "document_chars": len(text),
     }
 
 
