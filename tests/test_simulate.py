@@ -23,6 +23,7 @@ import pytest
 
 from backend.store.sqlite import SqliteStore
 from core.config import RewardConfig
+from core.rewards import ACCEPTED_OUTCOMES
 from core.wire import Episode, SimulationCycle
 from simulate.corpus import header_length, load_corpus
 from simulate.developer import right_words, trigger_points
@@ -32,6 +33,7 @@ from simulate.report import (
     CycleRow,
     RoundSamples,
     attack_summary,
+    kept_chars,
     learning_summary,
     ratio_interval,
     simulation_report,
@@ -82,14 +84,9 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert [row["cycle"] for row in rows] == ["0", "1", "2"]
     for row in rows:
-        assert int(row["requests"]) > 0
-        for rate in ("shown_rate", "accept_rate"):
-            assert row[rate] == "" or 0.0 <= float(row[rate]) <= 1.0
-        assert row["mean_reward"] == "" or -0.25 <= float(row["mean_reward"]) <= 0.75
-        assert row["arc_per_100"] == "" or float(row["arc_per_100"]) >= 0
-        assert int(row["accepted"]) + int(row["fixed"]) + int(row["partial"]) + int(row["dismissed"]) == int(
-            row["shown"]
-        )
+        requests, shown = int(row["requests"]), int(row["shown"])
+        assert requests > 0 and float(row["shown_rate"]) == pytest.approx(shown / requests, abs=1e-4)
+        assert int(row["accepted"]) + int(row["fixed"]) + int(row["partial"]) + int(row["dismissed"]) == shown
     assert rows[0]["live_version"] == "base"
     # One honest developer writes the one evaluation file, asking at most 8 times in it.
     assert all(int(row["requests"]) <= 8 for row in rows)
@@ -133,6 +130,19 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     evaluation = {e.completion_id for e in everything if e.evaluation}
     assert evaluation and len(evaluation) < len(everything)
     assert not evaluation & {e.completion_id for e in fed}
+    # Each row's rates are those of its evaluation round's episodes as the backend scored them (the
+    # round's live version served no other evaluation round).
+    for row in rows:
+        mine = [e for e in everything if e.evaluation and e.model_version == row["live_version"]]
+        assert int(row["episodes"]) == len(mine) > 0
+        assert float(row["mean_reward"]) == pytest.approx(sum(e.reward for e in mine) / len(mine), abs=1e-4)
+        rated = [e.outcome in ACCEPTED_OUTCOMES for e in mine if e.outcome != "abstained"]
+        if rated:
+            assert float(row["accept_rate"]) == pytest.approx(sum(rated) / len(rated), abs=1e-4)
+        else:
+            assert row["accept_rate"] == ""
+        kept = sum(kept_chars(e.model_dump(), RewardConfig()) for e in mine)
+        assert float(row["arc_per_100"]) == pytest.approx(100 * kept / int(row["requests"]), abs=1e-4)
 
 
 def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
