@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import plotly
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi import Path as InPath
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
@@ -86,131 +86,148 @@ async def act(state: BackendState, action: str, version: str) -> dict[str, Any]:
     return {"live": lifecycle.worker.policy.live, "canary": lifecycle.worker.policy.canary}
 
 
-def add_routes(app: FastAPI) -> None:
-    def is_admin(request: Request) -> bool:
-        principal = principal_of(request)
-        return principal is not None and principal.role == ADMIN
+# The dashboard's and the admin API's routes; create_app includes them.
+router = APIRouter()
 
-    @app.get("/admin", response_class=HTMLResponse, response_model=None)
-    async def admin_page(request: Request, state: State) -> HTMLResponse | RedirectResponse:
-        session = session_of(request)
-        if not is_admin(request) or session is None:
-            return RedirectResponse("/admin/login", status_code=303)
-        return HTMLResponse(dashboard.render(await dashboard_data(state), session.csrf))
 
-    @app.get("/admin/login", response_class=HTMLResponse)
-    async def login_form() -> str:
-        return dashboard.login_page()
+def is_admin(request: Request) -> bool:
+    principal = principal_of(request)
+    return principal is not None and principal.role == ADMIN
 
-    # The schema says what each route really answers (its status and content type): the fuzzing
-    # in tests/test_backend_fuzz.py holds the answers to it.
-    @app.post("/admin/login", response_model=None, status_code=303, response_class=RedirectResponse)
-    async def login(
-        request: Request, state: State, token: Annotated[str, Form(max_length=512)] = ""
-    ) -> HTMLResponse | RedirectResponse:
-        principal = await state.auth.identify(token.strip())
-        if principal is None or principal.role != ADMIN:
-            return HTMLResponse(dashboard.login_page("not an admin token"), status_code=401)
-        session_id, _ = state.sessions.open(principal.token_hash)
-        response = RedirectResponse("/admin", status_code=303)
-        # The cookie holds a session id, never the token. SameSite=Strict: no other site's page
-        # sends it; Secure when served over TLS (directly or behind a proxy that says so).
-        response.set_cookie(
-            COOKIE,
-            session_id,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            max_age=int(LIFETIME_S),
-        )
-        return response
 
-    @app.post("/admin/logout", status_code=303, response_class=RedirectResponse)
-    async def logout(
-        request: Request, state: State, csrf: Annotated[str, Form(max_length=512)] = ""
-    ) -> RedirectResponse:
-        # A forged form cannot log the admin out either.
-        session = session_of(request)
-        if session is not None and not session.csrf_matches(csrf):
-            return RedirectResponse("/admin", status_code=303)
-        state.sessions.close(request.cookies.get(COOKIE))
-        response = RedirectResponse("/admin/login", status_code=303)
-        response.delete_cookie(COOKIE)
-        return response
+@router.get("/admin", response_class=HTMLResponse, response_model=None)
+async def admin_page(request: Request, state: State) -> HTMLResponse | RedirectResponse:
+    session = session_of(request)
+    if not is_admin(request) or session is None:
+        return RedirectResponse("/admin/login", status_code=303)
+    return HTMLResponse(dashboard.render(await dashboard_data(state), session.csrf))
 
-    @app.get(
-        "/admin/static/plotly.min.js",
-        response_class=FileResponse,
-        responses={200: {"content": {"application/javascript": {}}}},
+
+@router.get("/admin/login", response_class=HTMLResponse)
+async def login_form() -> str:
+    return dashboard.login_page()
+
+
+# The schema says what each route really answers (its status and content type): the fuzzing
+# in tests/test_backend_fuzz.py holds the answers to it.
+@router.post("/admin/login", response_model=None, status_code=303, response_class=RedirectResponse)
+async def login(
+    request: Request, state: State, token: Annotated[str, Form(max_length=512)] = ""
+) -> HTMLResponse | RedirectResponse:
+    principal = await state.auth.identify(token.strip())
+    if principal is None or principal.role != ADMIN:
+        return HTMLResponse(dashboard.login_page("not an admin token"), status_code=401)
+    session_id, _ = state.sessions.open(principal.token_hash)
+    response = RedirectResponse("/admin", status_code=303)
+    # The cookie holds a session id, never the token. SameSite=Strict: no other site's page
+    # sends it; Secure when served over TLS (directly or behind a proxy that says so).
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=int(LIFETIME_S),
     )
-    async def plotly_js() -> FileResponse:
-        return FileResponse(PLOTLY_JS, media_type="application/javascript")
+    return response
 
-    @app.get("/admin/data.json", dependencies=admin_only)
-    async def data(state: State) -> dict[str, Any]:
-        return await dashboard_data(state)
 
-    @app.post(
-        "/admin/act/{action}/{version}",
-        dependencies=admin_only,
-        status_code=303,
-        response_class=RedirectResponse,
-    )
-    async def act_from_dashboard(
-        action: str, version: str, request: Request, state: State, csrf: Annotated[str, Form()] = ""
-    ) -> RedirectResponse:
-        # A dashboard form carries its session's CSRF token; a bearer token needs none (no
-        # browser sends one on its own).
-        session = session_of(request)
-        if session is not None and not session.csrf_matches(csrf):
-            raise HTTPException(status_code=403, detail="missing or stale CSRF token; reload the dashboard")
-        await act(state, action, version)
+@router.post("/admin/logout", status_code=303, response_class=RedirectResponse)
+async def logout(
+    request: Request, state: State, csrf: Annotated[str, Form(max_length=512)] = ""
+) -> RedirectResponse:
+    # A forged form cannot log the admin out either.
+    session = session_of(request)
+    if session is not None and not session.csrf_matches(csrf):
         return RedirectResponse("/admin", status_code=303)
+    state.sessions.close(request.cookies.get(COOKIE))
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
 
-    @app.post(f"{API_PREFIX}/admin/checkpoints/{{version}}/{{action}}", dependencies=admin_only)
-    async def act_by_api(version: str, action: str, state: State) -> dict[str, Any]:
-        return await act(state, action, version)
 
-    @app.post(SIMULATION_PATH, dependencies=admin_only)
-    async def record_simulation(report: SimulationReport, state: State) -> dict[str, str]:
-        await state.store.set_setting(SIMULATION, report.model_dump())
-        return {"status": "recorded"}
+@router.get(
+    "/admin/static/plotly.min.js",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/javascript": {}}}},
+)
+async def plotly_js() -> FileResponse:
+    return FileResponse(PLOTLY_JS, media_type="application/javascript")
 
-    @app.get(SIMULATION_PATH, dependencies=admin_only)
-    async def latest_simulation(state: State) -> SimulationReport:
-        stored = await state.store.get_setting(SIMULATION)
-        if stored is None:
-            raise HTTPException(status_code=404, detail="no simulation has reported")
-        return SimulationReport.model_validate(stored)
 
-    @app.post(TOKENS_PATH, dependencies=admin_only)
-    async def create_token(body: TokenRequest, state: State) -> NewToken:
-        token = new_token()
-        token_hash = hash_token(token)
-        token_id = await state.store.add_token(body.name, body.role, token_hash)
-        state.auth.reload()
-        info = next(t for t in await state.store.tokens() if t["id"] == token_id)
-        return NewToken(**_token_info(info).model_dump(), token=token)
+@router.get("/admin/data.json", dependencies=admin_only)
+async def data(state: State) -> dict[str, Any]:
+    return await dashboard_data(state)
 
-    @app.get(TOKENS_PATH, dependencies=admin_only)
-    async def list_tokens(state: State) -> list[TokenInfo]:
-        return [_token_info(t) for t in await state.store.tokens(include_revoked=True)]
 
-    @app.post(f"{TOKENS_PATH}/{{token_id}}/revoke", dependencies=admin_only)
-    async def revoke_token(
-        # SQLite's integers end at 2**63 - 1: a larger id was a 500 (tests/test_backend_fuzz.py).
-        token_id: Annotated[int, InPath(ge=1, le=2**63 - 1)],
-        state: State,
-    ) -> dict[str, str]:
-        if not await state.store.revoke_token(token_id):
-            raise HTTPException(status_code=404, detail=f"no active token with id {token_id}")
-        state.auth.reload()
-        return {"status": "revoked"}
+@router.post(
+    "/admin/act/{action}/{version}",
+    dependencies=admin_only,
+    status_code=303,
+    response_class=RedirectResponse,
+)
+async def act_from_dashboard(
+    action: str, version: str, request: Request, state: State, csrf: Annotated[str, Form()] = ""
+) -> RedirectResponse:
+    # A dashboard form carries its session's CSRF token; a bearer token needs none (no
+    # browser sends one on its own).
+    session = session_of(request)
+    if session is not None and not session.csrf_matches(csrf):
+        raise HTTPException(status_code=403, detail="missing or stale CSRF token; reload the dashboard")
+    await act(state, action, version)
+    return RedirectResponse("/admin", status_code=303)
 
-    @app.get("/metrics", dependencies=admin_only, response_class=PlainTextResponse)
-    async def metrics(state: State) -> Response:
-        quarantined = await state.store.quarantine_counts()
-        return Response(state.metrics.render(quarantined), media_type="text/plain; version=0.0.4")
+
+@router.post(f"{API_PREFIX}/admin/checkpoints/{{version}}/{{action}}", dependencies=admin_only)
+async def act_by_api(version: str, action: str, state: State) -> dict[str, Any]:
+    return await act(state, action, version)
+
+
+@router.post(SIMULATION_PATH, dependencies=admin_only)
+async def record_simulation(report: SimulationReport, state: State) -> dict[str, str]:
+    await state.store.set_setting(SIMULATION, report.model_dump())
+    return {"status": "recorded"}
+
+
+@router.get(SIMULATION_PATH, dependencies=admin_only)
+async def latest_simulation(state: State) -> SimulationReport:
+    stored = await state.store.get_setting(SIMULATION)
+    if stored is None:
+        raise HTTPException(status_code=404, detail="no simulation has reported")
+    return SimulationReport.model_validate(stored)
+
+
+@router.post(TOKENS_PATH, dependencies=admin_only)
+async def create_token(body: TokenRequest, state: State) -> NewToken:
+    token = new_token()
+    token_hash = hash_token(token)
+    token_id = await state.store.add_token(body.name, body.role, token_hash)
+    state.auth.reload()
+    info = next(t for t in await state.store.tokens() if t["id"] == token_id)
+    return NewToken(**_token_info(info).model_dump(), token=token)
+
+
+@router.get(TOKENS_PATH, dependencies=admin_only)
+async def list_tokens(state: State) -> list[TokenInfo]:
+    return [_token_info(t) for t in await state.store.tokens(include_revoked=True)]
+
+
+@router.post(f"{TOKENS_PATH}/{{token_id}}/revoke", dependencies=admin_only)
+async def revoke_token(
+    # SQLite's integers end at 2**63 - 1: a larger id was a 500 (tests/test_backend_fuzz.py).
+    token_id: Annotated[int, InPath(ge=1, le=2**63 - 1)],
+    state: State,
+) -> dict[str, str]:
+    if not await state.store.revoke_token(token_id):
+        raise HTTPException(status_code=404, detail=f"no active token with id {token_id}")
+    state.auth.reload()
+    return {"status": "revoked"}
+
+
+@router.get("/metrics", dependencies=admin_only, response_class=PlainTextResponse)
+async def metrics(state: State) -> Response:
+    quarantined = await state.store.quarantine_counts()
+    return Response(state.metrics.render(quarantined), media_type="text/plain; version=0.0.4")
 
 
 def _token_info(row: TokenRecord) -> TokenInfo:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -111,8 +111,8 @@ def create_app(settings: Settings) -> FastAPI:
         AccessControl, hosts=allowed_hosts(settings.backend.allowed_hosts, settings.backend.host)
     )
     app.add_exception_handler(RequestValidationError, _validation_failed)
-    _add_routes(app)
-    admin_routes.add_routes(app)
+    app.include_router(router)
+    app.include_router(admin_routes.router)
     return app
 
 
@@ -130,137 +130,152 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _add_routes(app: FastAPI) -> None:
-    # Alive: 200 while the model serves, whatever the background passes do (a supervisor that
-    # restarts on it would mend none of their failures); `passes` says how each is doing.
-    @app.get("/healthz")
-    async def healthz(state: State) -> dict[str, Any]:
-        if state.worker.failure is not None:
-            raise HTTPException(503, f"model unavailable: {state.worker.failure}")
-        policy = state.worker.policy
-        return {
-            "status": "ok",
-            "live_version": policy.live,
-            "canary_version": policy.canary,
-            "passes": state.passes.report(),
-        }
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An OpenAPI request body for an endpoint that reads and validates its body itself."""
+    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
 
-    # Ready: the model serves and no background pass is stuck (backend/passes.py); 503 says why.
-    @app.get("/readyz")
-    async def readyz(state: State) -> JSONResponse:
-        ready, body = state.passes.readiness(state.worker.failure)
-        return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.post(f"{API_PREFIX}/complete", dependencies=client_only, response_model=CompleteResponse)
-    async def complete(body: CompleteRequest, request: Request, state: State, caller: Caller) -> Response:
-        started = time.perf_counter()
-        # The person is the token's, never the client's word: caps and canary count people.
-        job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, caller.person)
-        try:
-            sample = await state.worker.complete(job, gone=request.is_disconnected)
-        except EngineUnavailable as error:
-            # The editor may simply ask again: a new model process is starting.
-            raise HTTPException(503, f"model unavailable: {error}") from error
-        except ClientGone as error:  # dropped before decoding: nobody reads this answer
-            raise HTTPException(499, "client closed the request") from error
-        latency_ms = (time.perf_counter() - started) * 1000
-        completion_id = uuid7().hex
-        if body.telemetry:
-            await _record(state, body, caller.person, completion_id, sample, latency_ms)
-        state.metrics.completed(sample.model_version, bool(sample.text), latency_ms)
-        return _json(
-            CompleteResponse(
-                completion_id=completion_id,
-                text=sample.text,
-                model_version=sample.model_version,
-                token_logprobs=sample.token_logprobs,
-                latency_ms=latency_ms,
-            )
+# The API's routes; create_app includes them.
+router = APIRouter()
+
+
+# Alive: 200 while the model serves, whatever the background passes do (a supervisor that
+# restarts on it would mend none of their failures); `passes` says how each is doing.
+@router.get("/healthz")
+async def healthz(state: State) -> dict[str, Any]:
+    if state.worker.failure is not None:
+        raise HTTPException(503, f"model unavailable: {state.worker.failure}")
+    policy = state.worker.policy
+    return {
+        "status": "ok",
+        "live_version": policy.live,
+        "canary_version": policy.canary,
+        "passes": state.passes.report(),
+    }
+
+
+# Ready: the model serves and no background pass is stuck (backend/passes.py); 503 says why.
+@router.get("/readyz")
+async def readyz(state: State) -> JSONResponse:
+    ready, body = state.passes.readiness(state.worker.failure)
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.post(f"{API_PREFIX}/complete", dependencies=client_only, response_model=CompleteResponse)
+async def complete(body: CompleteRequest, request: Request, state: State, caller: Caller) -> Response:
+    started = time.perf_counter()
+    # The person is the token's, never the client's word: caps and canary count people.
+    job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, caller.person)
+    try:
+        sample = await state.worker.complete(job, gone=request.is_disconnected)
+    except EngineUnavailable as error:
+        # The editor may simply ask again: a new model process is starting.
+        raise HTTPException(503, f"model unavailable: {error}") from error
+    except ClientGone as error:  # dropped before decoding: nobody reads this answer
+        raise HTTPException(499, "client closed the request") from error
+    latency_ms = (time.perf_counter() - started) * 1000
+    completion_id = uuid7().hex
+    if body.telemetry:
+        await _record(state, body, caller.person, completion_id, sample, latency_ms)
+    state.metrics.completed(sample.model_version, bool(sample.text), latency_ms)
+    return _json(
+        CompleteResponse(
+            completion_id=completion_id,
+            text=sample.text,
+            model_version=sample.model_version,
+            token_logprobs=sample.token_logprobs,
+            latency_ms=latency_ms,
         )
-
-    # The body is read raw: a batch whose events are all valid is parsed and checked in one pass
-    # (wire.parse_events), three times faster than FastAPI's parse followed by one check per event.
-    @app.post(
-        f"{API_PREFIX}/events",
-        dependencies=client_only,
-        response_model=EventsResponse,
-        openapi_extra={"requestBody": _json_body(EventsRequest)},
     )
-    async def events(request: Request, state: State) -> Response:
-        try:
-            valid, refused = parse_events(await request.body())
-        except ValidationError as error:
-            raise RequestValidationError(error.errors(include_url=False)) from None
-        result = await state.store.store_events(valid, refused, received_at=time.time())
-        state.metrics.events(result)
-        return _json(result)
 
-    @app.get(f"{API_PREFIX}/episodes", dependencies=admin_only)
-    async def episodes(
-        state: State,
-        cursor: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-        # The trainer's feed leaves evaluation episodes out; the simulator measures them with this.
-        include_evaluation: bool = False,
-    ) -> EpisodesPage:
-        return await state.store.episodes_after(cursor, limit, include_evaluation)
 
-    @app.get(f"{API_PREFIX}/model", dependencies=client_only)
-    async def model_info(state: State) -> ModelInfo:
-        policy = state.worker.policy
-        cut = policy.cuts.get(policy.live, Cut())
-        return ModelInfo(
-            base_model=state.base_model,
-            live_version=policy.live,
-            fim=policy.fim,
-            temperature=policy.temperature,
-            canary_version=policy.canary,
-            stop_logprob=cut.stop_logprob,
-            min_confidence=cut.min_confidence,
-        )
+# The body is read raw: a batch whose events are all valid is parsed and checked in one pass
+# (wire.parse_events), three times faster than FastAPI's parse followed by one check per event.
+@router.post(
+    f"{API_PREFIX}/events",
+    dependencies=client_only,
+    response_model=EventsResponse,
+    openapi_extra={"requestBody": _json_body(EventsRequest)},
+)
+async def events(request: Request, state: State) -> Response:
+    try:
+        valid, refused = parse_events(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from None
+    result = await state.store.store_events(valid, refused, received_at=time.time())
+    state.metrics.events(result)
+    return _json(result)
 
-    @app.get(f"{API_PREFIX}/checkpoints", dependencies=client_only)
-    async def list_checkpoints(state: State) -> list[CheckpointInfo]:
-        return await state.store.checkpoints()
 
-    @app.post(f"{API_PREFIX}/checkpoints", dependencies=admin_only)
-    async def upload_checkpoint(
-        state: State,
-        metadata: Annotated[str, Form()],
-        adapter_config: Annotated[UploadFile, File(alias="adapter_config.json")],
-        adapter_model: Annotated[UploadFile, File(alias="adapter_model.safetensors")],
-    ) -> CheckpointInfo:
-        try:
-            meta = CheckpointMetadata.model_validate_json(metadata)
-        except ValidationError as error:
-            # FastAPI's own 422, as the schema documents it: each error located in the field.
-            errors = error.errors(include_url=False, include_input=False)
-            raise RequestValidationError(
-                [{**e, "loc": ("body", "metadata", *e["loc"])} for e in errors]
-            ) from error
-        files = dict(
-            zip(ADAPTER_FILES, [await adapter_config.read(), await adapter_model.read()], strict=True)
-        )
-        try:
-            version = await state.lifecycle.take_upload(meta, files, state.base_model)
-        except checkpoints.CheckpointError as error:
-            raise HTTPException(status_code=400, detail=str(error)) from error
-        info = await state.store.checkpoint(version)
-        assert info is not None
-        return info
+@router.get(f"{API_PREFIX}/episodes", dependencies=admin_only)
+async def episodes(
+    state: State,
+    cursor: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    # The trainer's feed leaves evaluation episodes out; the simulator measures them with this.
+    include_evaluation: bool = False,
+) -> EpisodesPage:
+    return await state.store.episodes_after(cursor, limit, include_evaluation)
 
-    @app.get(f"{API_PREFIX}/checkpoints/{{version}}/files/{{name}}", dependencies=admin_only)
-    async def checkpoint_file(version: str, name: str, state: State) -> FileResponse:
-        try:
-            path = checkpoints.checkpoint_file(state.settings.checkpoints_dir, version, name)
-        except checkpoints.CheckpointError as error:
-            raise HTTPException(status_code=404, detail=str(error)) from error
-        return FileResponse(path)
 
-    @app.post(TRAINER_STATUS_PATH, dependencies=admin_only)
-    async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
-        await state.store.set_setting(TRAINER_STATUS, report.model_dump())
-        return {"status": "recorded"}
+@router.get(f"{API_PREFIX}/model", dependencies=client_only)
+async def model_info(state: State) -> ModelInfo:
+    policy = state.worker.policy
+    cut = policy.cuts.get(policy.live, Cut())
+    return ModelInfo(
+        base_model=state.base_model,
+        live_version=policy.live,
+        fim=policy.fim,
+        temperature=policy.temperature,
+        canary_version=policy.canary,
+        stop_logprob=cut.stop_logprob,
+        min_confidence=cut.min_confidence,
+    )
+
+
+@router.get(f"{API_PREFIX}/checkpoints", dependencies=client_only)
+async def list_checkpoints(state: State) -> list[CheckpointInfo]:
+    return await state.store.checkpoints()
+
+
+@router.post(f"{API_PREFIX}/checkpoints", dependencies=admin_only)
+async def upload_checkpoint(
+    state: State,
+    metadata: Annotated[str, Form()],
+    adapter_config: Annotated[UploadFile, File(alias="adapter_config.json")],
+    adapter_model: Annotated[UploadFile, File(alias="adapter_model.safetensors")],
+) -> CheckpointInfo:
+    try:
+        meta = CheckpointMetadata.model_validate_json(metadata)
+    except ValidationError as error:
+        # FastAPI's own 422, as the schema documents it: each error located in the field.
+        errors = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**e, "loc": ("body", "metadata", *e["loc"])} for e in errors]
+        ) from error
+    files = dict(zip(ADAPTER_FILES, [await adapter_config.read(), await adapter_model.read()], strict=True))
+    try:
+        version = await state.lifecycle.take_upload(meta, files, state.base_model)
+    except checkpoints.CheckpointError as error:
+        raise HTTPException(status_code=400, detail=str(error)) from error
+    info = await state.store.checkpoint(version)
+    assert info is not None
+    return info
+
+
+@router.get(f"{API_PREFIX}/checkpoints/{{version}}/files/{{name}}", dependencies=admin_only)
+async def checkpoint_file(version: str, name: str, state: State) -> FileResponse:
+    try:
+        path = checkpoints.checkpoint_file(state.settings.checkpoints_dir, version, name)
+    except checkpoints.CheckpointError as error:
+        raise HTTPException(status_code=404, detail=str(error)) from error
+    return FileResponse(path)
+
+
+@router.post(TRAINER_STATUS_PATH, dependencies=admin_only)
+async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
+    await state.store.set_setting(TRAINER_STATUS, report.model_dump())
+    return {"status": "recorded"}
 
 
 async def _record(
@@ -287,8 +302,3 @@ async def _record(
         latency_ms=latency_ms,
         evaluation=body.evaluation,
     )
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """An OpenAPI request body for an endpoint that reads and validates its body itself."""
-    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
