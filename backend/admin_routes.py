@@ -109,7 +109,7 @@ async def login_form() -> str:
 
 
 # The schema says what each route really answers (its status and content type): the fuzzing
-# in tests/test_backend_fuzz.py holds the answers to it.
+# in tests/backend/test_fuzz.py holds the answers to it.
 @router.post("/admin/login", response_model=None, status_code=303, response_class=RedirectResponse)
 async def login(
     request: Request, state: State, token: Annotated[str, Form(max_length=512)] = ""
@@ -214,7 +214,7 @@ async def list_tokens(state: State) -> list[TokenInfo]:
 
 @router.post(f"{TOKENS_PATH}/{{token_id}}/revoke", dependencies=admin_only)
 async def revoke_token(
-    # SQLite's integers end at 2**63 - 1: a larger id was a 500 (tests/test_backend_fuzz.py).
+    # SQLite's integers end at 2**63 - 1: a larger id was a 500 (tests/backend/test_fuzz.py).
     token_id: Annotated[int, InPath(ge=1, le=2**63 - 1)],
     state: State,
 ) -> dict[str, str]:

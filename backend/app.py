@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 async def _validation_failed(request: Request, error: Exception) -> Response:
     """FastAPI's 422 without the inputs: an input of NaN or infinity (valid in Python's JSON, not in
-    an answer) or bytes that are not UTF-8 made the client's mistake a 500 (tests/test_backend_fuzz.py)."""
+    an answer) or bytes that are not UTF-8 made the client's mistake a 500 (tests/backend/test_fuzz.py)."""
     assert isinstance(error, RequestValidationError)
     details = [{key: value for key, value in e.items() if key != "input"} for e in error.errors()]
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(details)})

@@ -1,7 +1,7 @@
 """What `flywheel bench backend` sends: the prompts of its completion requests, and the outcome
 events of completions' lives in the language server's batches of 100.
 
-The fault runs and the tests send the same (bench/faults/ingest_kills.py, tests/backend_traffic.py).
+The fault runs and the tests send the same (bench/faults/ingest_kills.py, tests/backend/backend_traffic.py).
 """
 
 from __future__ import annotations

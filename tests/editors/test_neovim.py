@@ -25,7 +25,7 @@ from conftest import RunningBackend, free_port
 
 from core.local_tokens import CLIENT, read_token
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "editor_clients" / "neovim"
 VENV_BIN = Path(sys.executable).parent
 NVIM = shutil.which("nvim", path=str(VENV_BIN)) or shutil.which("nvim")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import episode, one_thread, save_tiny_model
+from trainer_support import episode, one_thread, save_tiny_model
 
 from core.config import Settings, TrainerConfig
 from core.wire import Episode

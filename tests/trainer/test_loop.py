@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
+from trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 
 from core.config import BackendConfig, Settings, TrainerConfig
 from core.wire import (

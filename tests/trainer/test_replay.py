@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import CORPUS, one_thread, save_tiny_model, shown
+from trainer_support import CORPUS, one_thread, save_tiny_model, shown
 
 from core.config import TrainerConfig
 from trainer.corpus import is_held_out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import save_tiny_model
+from trainer_support import save_tiny_model
 
 from core.atomic import atomic_dir, write_file_atomic
 from core.config import TrainerConfig

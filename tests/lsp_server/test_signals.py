@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_lsp_server
+import test_server
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pytest_lsp import LanguageClient
-from test_lsp_server import (
+from test_server import (
     SUGGESTION,
     WireBackend,
     complete,
@@ -25,8 +25,8 @@ from test_lsp_server import (
 )
 
 # The fixtures: a real language server over stdio, and a backend speaking the wire contract.
-client = test_lsp_server.client
-backend = test_lsp_server.backend
+client = test_server.client
+backend = test_server.backend
 
 
 BAD_PARTIAL = {"completionId": "c", "acceptedLength": -1}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import build_tokenizer, one_thread, save_tiny_model, shown
+from trainer_support import build_tokenizer, one_thread, save_tiny_model, shown
 
 from core.config import RewardConfig, TrainerConfig
 from trainer.corrections import wanted_ids, wanted_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_trainer_support import build_tokenizer, shown
+from trainer_support import build_tokenizer, shown
 
 from core.confidence import AFTER_SYMBOL, IN_WORD, LINE_START, confidence, cursor_place
 from core.config import RewardConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import episode, one_thread, sample
+from trainer_support import episode, one_thread, sample
 from transformers import AutoTokenizer
 
 from core.config import GateConfig, TrainerConfig

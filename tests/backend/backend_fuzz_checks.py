@@ -1,4 +1,4 @@
-"""A schemathesis check of the backend's door, for tests/test_backend_fuzz.py (SCHEMATHESIS_HOOKS).
+"""A schemathesis check of the backend's door, for tests/backend/test_fuzz.py (SCHEMATHESIS_HOOKS).
 
 Whatever a fuzzed request holds, the role of the caller decides the first answer: a stranger (no
 token, a wrong one) gets 401 everywhere but the public routes, an editor's client token gets 403 on

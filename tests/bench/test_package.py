@@ -14,7 +14,7 @@ import pytest
 
 from core.wire import CompleteResponse, EventsResponse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("core", "backend", "trainer", "lsp_server", "simulate")
 
 

@@ -619,7 +619,7 @@ _SQL = re.compile(r"\b(SELECT \S+ FROM|INSERT (OR \w+ )?INTO|DELETE FROM|UPDATE 
 def test_outside_the_store_the_backend_sees_only_the_interface() -> None:
     """No SQL, no database driver and no module of the SQLite store outside backend/store/: the rest
     of the backend runs on any Store (benchmarks, which measure SQLite itself, excepted)."""
-    backend = Path(__file__).parent.parent / "backend"
+    backend = Path(__file__).parents[2] / "backend"
     found = []
     for path in sorted(backend.rglob("*.py")):
         if "store" in path.relative_to(backend).parts or path.name.startswith("bench"):

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from conftest import restart_backend, start_backend, stop_backend
 from lsprotocol import types
-from test_lsp_outage import FIRST, SECOND, Editor, ask, start_lsp, status, suggestion
+from test_outage import FIRST, SECOND, Editor, ask, start_lsp, status, suggestion
 
 from core.local_tokens import CLIENT, read_token
 from lsp_server.session import OUTBOX_FILE

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
+from trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from core.config import TrainerConfig

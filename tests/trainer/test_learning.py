@@ -1,5 +1,5 @@
 """Learning over several cycles on the real code path: the policy samples as the backend serves
-(test_trainer_support.sample), simulated users reward what it showed, the guards select, and the PG
+(trainer_support.sample), simulated users reward what it showed, the guards select, and the PG
 update trains the LoRA adapter with its optimizer kept between cycles, as trainer/cycle.py does."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
+from trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 from transformers import AutoTokenizer
 
 from core.config import GuardConfig, TrainerConfig

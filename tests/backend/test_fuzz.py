@@ -8,14 +8,14 @@ cases, valid and invalid, checked for:
 - a documented answer has its documented content type and body (content_type_conformance,
   response_schema_conformance; status_code_conformance is left out: the refusals of the door, 401,
   403, 413 and 400, are documented in the README's Security section, not on each route);
-- the door's word (tests/backend_fuzz_checks.py): strangers get 401 off the public routes, a client
+- the door's word (tests/backend/backend_fuzz_checks.py): strangers get 401 off the public routes, a client
   token 403 on the admin routes, an admin is never refused.
 
 (negative_data_rejection is left out too: pydantic's lax mode takes `false` for a number and `0`
 for a boolean, on purpose.)
 
 `make test` runs about three thousand cases, most of them quick refusals, in well under a minute.
-For a long run: `FLYWHEEL_FUZZ_CASES=10000 .venv/bin/pytest -s tests/test_backend_fuzz.py -k fuzzed`:
+For a long run: `FLYWHEEL_FUZZ_CASES=10000 .venv/bin/pytest -s tests/backend/test_fuzz.py -k fuzzed`:
 at least that many cases in all, split between the four callers, each caller's count and wall time
 printed. The cases are the same every run (seeded); FLYWHEEL_FUZZ_SEED=N draws others.
 
