@@ -15,16 +15,14 @@ import asyncio
 import json
 import signal
 import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from conftest import restart_backend, start_backend, stop_backend
+from loopback_http import Answer, LoopbackHTTP
 from lsprotocol import types
 from test_outage import FIRST, SECOND, Editor, ask, start_lsp, status, suggestion
 
@@ -44,40 +42,20 @@ class Proxy:
         upstream = httpx.Client(base_url=backend_url, timeout=30)
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.forward(b"")
+        def forward(method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+            if proxy.refusing:
+                return 407, b"<html>Proxy Authentication Required</html>", "text/html"
+            sent = {k: v for k in FORWARDED_HEADERS if (v := headers.get(k)) is not None}
+            try:
+                answer = upstream.request(method, path, content=body, headers=sent)
+            except httpx.TransportError:
+                return 502, b"<html>Bad Gateway</html>", "text/html"
+            if path == "/v1/events" and answer.status_code == 200:
+                proxy.events_through.update(e["event_id"] for e in json.loads(body)["events"])
+            return answer.status_code, answer.content, answer.headers["content-type"]
 
-            def do_POST(self) -> None:
-                self.forward(self.rfile.read(int(self.headers["Content-Length"])))
-
-            def forward(self, body: bytes) -> None:
-                if proxy.refusing:
-                    self.answer(407, b"<html>Proxy Authentication Required</html>", "text/html")
-                    return
-                headers = {k: v for k in FORWARDED_HEADERS if (v := self.headers.get(k)) is not None}
-                try:
-                    answer = upstream.request(self.command, self.path, content=body, headers=headers)
-                except httpx.TransportError:
-                    self.answer(502, b"<html>Bad Gateway</html>", "text/html")
-                    return
-                if self.path == "/v1/events" and answer.status_code == 200:
-                    proxy.events_through.update(e["event_id"] for e in json.loads(body)["events"])
-                self.answer(answer.status_code, answer.content, answer.headers["content-type"])
-
-            def answer(self, status: int, data: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.http = LoopbackHTTP(forward)
+        self.url = self.http.url
 
 
 @pytest.fixture
@@ -85,8 +63,7 @@ def proxies() -> Iterator[list[Proxy]]:
     made: list[Proxy] = []
     yield made
     for proxy in made:
-        proxy.http.shutdown()
-        proxy.http.server_close()
+        proxy.http.close()
 
 
 def queued(state: Path) -> list[str]:

@@ -10,11 +10,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback_http import Answer, LoopbackHTTP
 
 from core.wire import EventsResponse, parse_events
 from lsp_server.backend_client import BackendClient, BackendError
@@ -244,36 +244,17 @@ class Gateway:
         self.refused: list[str] = []
         self.duplicates = 0
         self._lock = threading.Lock()
-        gateway = self
+        self.http = LoopbackHTTP(lambda method, path, headers, body: self.answer(body))
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status, data, content_type = gateway.answer(body)
-                if status == 0:
-                    self.close_connection = True
-                    return
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def answer(self, body: bytes) -> tuple[int, bytes, str]:
+    def answer(self, body: bytes) -> Answer:
         with self._lock:
             if self.max_body is not None and len(body) > self.max_body:
                 return 413, b"<html>413 Request Entity Too Large</html>", "text/html"
             if self.faults:
                 fault = self.faults.pop(0)
                 time.sleep(fault.hang_s)
-                return fault.status, fault.body, fault.content_type
+                return (fault.status, fault.body, fault.content_type) if fault.status else None
             valid, refused = parse_events(body)
             self.posts.append([event.event_id for _, event in valid])
             duplicates = sum(1 for _, event in valid if event.event_id in self.stored)
@@ -289,8 +270,7 @@ def gateways() -> Iterator[list[Gateway]]:
     made: list[Gateway] = []
     yield made
     for gateway in made:
-        gateway.http.shutdown()
-        gateway.http.server_close()
+        gateway.http.close()
 
 
 def gateway_for(gateways: list[Gateway], faults: list[Fault], max_body: int | None = None) -> Gateway:

@@ -12,16 +12,14 @@ import netrc
 import secrets
 import shlex
 import smtplib
-import socket
-import threading
 import tokenize
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback_http import Answer, LoopbackHTTP, json_answer
 
 from lsp_server.context import MAX_PREFIX_CHARS, MAX_SUFFIX_CHARS
 from lsp_server.options import Options
@@ -251,42 +249,22 @@ class Recorder:
     def __init__(self) -> None:
         self.bodies: list[tuple[str, bytes]] = []
         self.suggestion = "pass"
-        recorder = self
+        self.http = LoopbackHTTP(self.answer, keep_alive=True)
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                # Headers and body go out in two writes: without this, delayed ACKs add 40 ms.
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                recorder.bodies.append((self.path, body))
-                if self.path.endswith("/complete"):
-                    answer = {
-                        "completion_id": uuid.uuid4().hex,
-                        "text": recorder.suggestion,
-                        "model_version": "v-test",
-                        "token_logprobs": [-0.5],
-                        "latency_ms": 1.0,
-                    }
-                else:
-                    answer = {"stored": len(json.loads(body)["events"]), "duplicates": 0, "refused": []}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+    def answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        self.bodies.append((path, body))
+        if path.endswith("/complete"):
+            answer = {
+                "completion_id": uuid.uuid4().hex,
+                "text": self.suggestion,
+                "model_version": "v-test",
+                "token_logprobs": [-0.5],
+                "latency_ms": 1.0,
+            }
+        else:
+            answer = {"stored": len(json.loads(body)["events"]), "duplicates": 0, "refused": []}
+        return json_answer(json.dumps(answer).encode())
 
     def sent(self, since: int = 0, path: str = "") -> list[dict[str, Any]]:
         return [json.loads(body) for p, body in self.bodies[since:] if p.endswith(path)]
@@ -308,8 +286,7 @@ def strings(value: Any) -> Iterator[str]:
 def recorder() -> Iterator[Recorder]:
     r = Recorder()
     yield r
-    r.http.shutdown()
-    r.http.server_close()
+    r.http.close()
 
 
 @pytest.fixture

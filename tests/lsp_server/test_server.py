@@ -10,17 +10,17 @@ import asyncio
 import json
 import socket
 import sys
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_lsp
+from loopback_http import NOT_FOUND, Answer, LoopbackHTTP, json_answer
 from lsprotocol import types
+from pydantic import BaseModel
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from core.wire import CompleteRequest, CompleteResponse, Event, EventsRequest, EventsResponse
@@ -39,43 +39,23 @@ class WireBackend:
         self.completions: list[CompleteRequest] = []
         self.events: dict[str, dict[str, Any]] = {}
         self.authorizations: list[str | None] = []
-        backend = self
+        self.http = LoopbackHTTP(self.answer)
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != "/healthz":
-                    self.send_error(404)
-                    return
-                data = json.dumps({"status": "ok", "live_version": "v-live", "canary_version": None})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data.encode())
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                backend.authorizations.append(self.headers.get("Authorization"))
-                if self.path == "/v1/complete":
-                    answer = backend.complete(CompleteRequest.model_validate(body))
-                elif self.path == "/v1/events":
-                    answer = backend.store(EventsRequest.model_validate(body))
-                else:
-                    self.send_error(404)
-                    return
-                data = answer.model_dump_json().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+    def answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        if method == "GET":
+            if path != "/healthz":
+                return NOT_FOUND
+            health = {"status": "ok", "live_version": "v-live", "canary_version": None}
+            return json_answer(json.dumps(health).encode())
+        self.authorizations.append(headers.get("Authorization"))
+        if path == "/v1/complete":
+            answer: BaseModel = self.complete(CompleteRequest.model_validate_json(body))
+        elif path == "/v1/events":
+            answer = self.store(EventsRequest.model_validate_json(body))
+        else:
+            return NOT_FOUND
+        return json_answer(answer.model_dump_json().encode())
 
     def complete(self, request: CompleteRequest) -> CompleteResponse:
         self.completions.append(request)
@@ -109,8 +89,7 @@ class WireBackend:
 def backend() -> Iterator[WireBackend]:
     server = WireBackend()
     yield server
-    server.http.shutdown()
-    server.http.server_close()
+    server.http.close()
 
 
 def closed_port_url() -> str:
