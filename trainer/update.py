@@ -93,24 +93,13 @@ def train_on_episodes(
     # The baseline spans every episode of the update, so all minibatches share it.
     advantages = compute_advantages(torch.tensor([e.reward for e in episodes]), config)
     generator = torch.Generator().manual_seed(seed)
-    # The KL penalty's reference: the base log-probs of a random kl_sample share of the episodes.
-    with_ref = (torch.rand(len(episodes), generator=generator) < config.kl_sample).tolist()
-    if not any(with_ref):
-        with_ref[0] = True
-    sampled = [i for i, chosen in enumerate(with_ref) if chosen]
-    ref: list[Tensor | None] = [None] * len(episodes)
-    for i, logps in zip(
-        sampled, reference_logprobs(model, [episodes[i] for i in sampled], batch_size), strict=True
-    ):
-        ref[i] = logps
-    kl_weight = torch.tensor([len(episodes) / len(sampled) if chosen else 0.0 for chosen in with_ref])
+    ref, kl_weight = kl_reference(model, episodes, config.kl_sample, batch_size, generator)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or make_optimizer(model, learning_rate)
 
     sums: dict[str, float] = defaultdict(float)
     steps, kl_parent_max, kl_stopped = 0, 0.0, False
-    correction_nlls: list[float] = []
-    replay_nlls: list[float] = []
+    nlls: dict[str, list[float]] = {"correction_nll": [], "replay_nll": []}
     for _ in range(epochs):
         order = torch.randperm(len(episodes), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
@@ -144,11 +133,11 @@ def train_on_episodes(
             if corrected and config.correction_coef > 0:
                 nll = correction_loss(*wanted_logprobs(model, episodes, wanted, corrected, device))
                 loss = loss + config.correction_coef * nll
-                correction_nlls.append(float(nll.detach()))
+                nlls["correction_nll"].append(float(nll.detach()))
             if replay is not None and config.replay_coef > 0:
                 nll = replay_loss(model, replay.sample(config.replay_windows, generator).to(device))
                 loss = loss + config.replay_coef * nll
-                replay_nlls.append(float(nll.detach()))
+                nlls["replay_nll"].append(float(nll.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -165,15 +154,31 @@ def train_on_episodes(
     metrics["mean_reward"] = float(torch.tensor([e.reward for e in episodes]).mean())
     metrics["kl_parent_max"] = kl_parent_max
     metrics["corrections"] = float(sum(w is not None for w in wanted))
-    if correction_nlls:
-        metrics["correction_nll"] = sum(correction_nlls) / len(correction_nlls)
-    if replay_nlls:
-        metrics["replay_nll"] = sum(replay_nlls) / len(replay_nlls)
+    metrics.update({key: sum(values) / len(values) for key, values in nlls.items() if values})
     metrics["kl_stopped"] = float(kl_stopped)
     if measure_kl_after:
-        full = ref if all(with_ref) else None
+        full = ref if all(r is not None for r in ref) else None
         metrics["kl_after"] = kl_to_base(model, episodes, batch_size, full)  # type: ignore[arg-type]
     return metrics
+
+
+def kl_reference(
+    model: PeftModel, episodes: Sequence[Episode], share: float, batch_size: int, generator: torch.Generator
+) -> tuple[list[Tensor | None], Tensor]:
+    """The KL penalty's reference: the base log-probs of a random `share` of the episodes (at least
+    one), and each episode's weight, 1 / share for the sampled ones (an unbiased estimate of the full
+    penalty) and 0 for the rest."""
+    with_ref = (torch.rand(len(episodes), generator=generator) < share).tolist()
+    if not any(with_ref):
+        with_ref[0] = True
+    sampled = [i for i, chosen in enumerate(with_ref) if chosen]
+    ref: list[Tensor | None] = [None] * len(episodes)
+    for i, logps in zip(
+        sampled, reference_logprobs(model, [episodes[i] for i in sampled], batch_size), strict=True
+    ):
+        ref[i] = logps
+    weight = torch.tensor([len(episodes) / len(sampled) if chosen else 0.0 for chosen in with_ref])
+    return ref, weight
 
 
 def wanted_logprobs(
