@@ -112,13 +112,22 @@ def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(server: 
     dismiss(server, fresh)
     dismiss(server, "older")
 
-    pulled = eventually(lambda: {fresh, "older"} <= set(trained_on(server)) and trained_on(server))
+    def dashboard() -> dict[str, Any]:
+        return httpx.get(f"{server.url}/admin/data.json", headers=server.admin).json()
+
+    # The old completion closes on the finalize pass's clock, the dismissed ones at once: the
+    # trainer may see those before the unreadable one has been finalized, read and set aside.
+    def all_read() -> dict[str, str]:
+        pulled = trained_on(server)
+        set_aside = dashboard()["quarantine"]["counts"] == {"completions": 1, "events": 2}
+        return pulled if {fresh, "older"} <= set(pulled) and set_aside else {}
+
+    pulled = eventually(all_read)
     assert {fresh, "older"} <= set(pulled) and "nan-logprob" not in pulled
     # Scored on the events that could be read: the unreadable acceptance is no evidence.
     assert pulled["older"] == "rejected"
 
-    admin = server.admin
-    data = httpx.get(f"{server.url}/admin/data.json", headers=admin).json()
+    data = dashboard()
     assert data["quarantine"]["counts"] == {"completions": 1, "events": 2}
     reasons = {row["key"]: row["reason"] for row in data["quarantine"]["latest"]}
     assert "token_logprobs" in reasons["nan-logprob"]
@@ -132,7 +141,7 @@ def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(server: 
         page = browser.get("/admin").text
     assert 'id="quarantine"' in page and "3 stored rows set aside" in page
     assert 'id="stuck-passes"' not in page
-    metrics = httpx.get(f"{server.url}/metrics", headers=admin).text
+    metrics = httpx.get(f"{server.url}/metrics", headers=server.admin).text
     assert 'flywheel_quarantined_rows{table="events"} 2.0' in metrics
     assert 'flywheel_quarantined_rows{table="completions"} 1.0' in metrics
     assert httpx.get(f"{server.url}/readyz").status_code == 200
