@@ -80,12 +80,13 @@ class Event(BaseModel):
     # How long the suggestion had been visible when this event happened.
     visible_ms: Annotated[float | None, Field(ge=0)] = None
     # Partial acceptance: accepted length in UTF-16 code units from the start of the insert text.
-    accepted_chars: Annotated[int | None, Field(ge=0)] = None
+    # Counts of a suggestion's characters: none is longer than an event's longest text.
+    accepted_chars: Annotated[int | None, Field(ge=0, le=MAX_EVENT_TEXT)] = None
     # Survival: seconds since acceptance at which this check was made.
     delay_s: Annotated[float | None, Field(ge=0)] = None
     # Survival / rewrite: similarity in [0, 1] between the suggestion and the text now at the spot.
     similarity: Annotated[float | None, Field(ge=0, le=1)] = None
-    retained_chars: Annotated[float | None, Field(ge=0)] = None
+    retained_chars: Annotated[float | None, Field(ge=0, le=MAX_EVENT_TEXT)] = None
     # Survival: text now in the tracked range; rewrite: what the user wrote instead.
     text: Annotated[str | None, Field(max_length=MAX_EVENT_TEXT)] = None
     # Why the completion ended (ignored: typed_over, moved_away, superseded, closed).

@@ -248,6 +248,23 @@ def test_nan_and_infinite_numbers_are_refused_per_event(server: RunningBackend) 
     assert all("finite" in r["reason"] for r in answer["refused"]), answer["refused"]
 
 
+def test_character_counts_longer_than_any_suggestion_are_refused(server: RunningBackend) -> None:
+    """A count no suggestion can reach (an event text's limit) would inflate the dashboard's ARC."""
+    completion_id = complete(server, server.client).json()["completion_id"]
+    base = {"completion_id": completion_id, "client_ts": 1.0}
+    batch = [
+        {**base, "event_id": uuid.uuid4().hex, "kind": "accepted", "accepted_chars": 10**40},
+        {**base, "event_id": uuid.uuid4().hex, "kind": "survival", "similarity": 1.0, "retained_chars": 1e30},
+        {**base, "event_id": uuid.uuid4().hex, "kind": "accepted", "accepted_chars": 12},
+    ]
+    answer = httpx.post(f"{server.url}/v1/events", json={"events": batch}, headers=server.client).json()
+    assert answer["stored"] == 1
+    assert [(r["index"], r["reason"].split(":")[0]) for r in answer["refused"]] == [
+        (0, "accepted_chars"),
+        (1, "retained_chars"),
+    ]
+
+
 def test_tokens_api_revokes_at_once(server: RunningBackend) -> None:
     made = make_token(server, "leaked")
     assert complete(server, bearer(made["token"])).status_code == 200

@@ -76,14 +76,16 @@ class Item:
 # A valid event's fields, ids left out: the test gives each batch ids of its own (below).
 finite = st.floats(allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+# A count of a suggestion's characters: at most an event text's length (wire.MAX_EVENT_TEXT).
+chars = st.floats(min_value=0, max_value=20_000, allow_nan=False)
 event_fields = st.fixed_dictionaries(
     {"kind": st.sampled_from(KINDS), "client_ts": finite},
     optional={
         "visible_ms": positive,
-        "accepted_chars": st.integers(min_value=0, max_value=2**53),
+        "accepted_chars": st.integers(min_value=0, max_value=20_000),
         "delay_s": positive,
         "similarity": st.floats(min_value=0, max_value=1),
-        "retained_chars": positive,
+        "retained_chars": chars,
         "text": st.text(max_size=40) | st.just("x" * 20_000),
         "reason": st.text(max_size=64),
         "final": st.booleans(),
@@ -95,8 +97,12 @@ no_kind = st.text().filter(lambda kind: kind not in KINDS)
 bad_values = st.one_of(
     st.tuples(st.just("kind"), st.one_of(no_kind, st.integers(), st.none())),
     st.tuples(st.just("client_ts"), st.one_of(st.just("soon"), st.lists(finite, max_size=2), st.just({}))),
-    st.tuples(st.just("accepted_chars"), st.one_of(st.just(1.5), st.just("many"), st.integers(max_value=-1))),
+    st.tuples(
+        st.just("accepted_chars"),
+        st.one_of(st.just(1.5), st.just("many"), st.integers(max_value=-1), st.integers(min_value=20_001)),
+    ),
     st.tuples(st.sampled_from(["visible_ms", "delay_s", "retained_chars"]), st.floats(max_value=-1e-9)),
+    st.tuples(st.just("retained_chars"), st.floats(min_value=20_000.001, allow_infinity=False)),
     st.tuples(st.just("similarity"), st.sampled_from([1.0000001, 2.0, -0.5])),
     st.tuples(st.just("final"), st.sampled_from(["maybe", 2, [], {}])),
     st.tuples(st.just("text"), st.one_of(st.just("t" * 20_001), st.integers())),
