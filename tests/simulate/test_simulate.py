@@ -44,6 +44,19 @@ from simulate.run import _clear_previous_run
 SIM_MODULES = ["colorsys.py", "bisect.py", "keyword.py"]
 
 
+def simulate(options: dict[str, object], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`flywheel simulate` as a user runs it, with these options; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "simulate", *(str(x) for kv in options.items() for x in kv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     corpus = tmp_path / "corpus"
@@ -71,14 +84,7 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         "--requests-per-file": 8,
         "--time-scale": 200,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "flywheel.cli", "simulate", *(str(x) for kv in options.items() for x in kv)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = simulate(options, env)
 
     with open(out / "cycles.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -177,14 +183,7 @@ def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
         "--requests-per-file": 8,
         "--time-scale": 200,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "flywheel.cli", "simulate", *(str(x) for kv in options.items() for x in kv)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    simulate(options, env)
 
     users = json.loads((out / "users.json").read_text())
     attacker = users.pop("sim-attacker-many_ids")
