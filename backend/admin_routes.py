@@ -44,7 +44,7 @@ async def dashboard_data(state: BackendState) -> dict[str, Any]:
     span = max(now - max(start, now - 7 * 86400), 60.0)
     bucket = max(10.0, round(span / 40))
     latencies = await store.latencies(now - 3600)
-    policy = state.worker.policy
+    policy = state.completions.policy
     return {
         "base_model": state.base_model,
         "live": policy.live,
@@ -83,7 +83,7 @@ async def act(state: BackendState, action: str, version: str) -> dict[str, Any]:
             raise HTTPException(status_code=404, detail=f"unknown action {action!r}; one of {ACTIONS}")
     except LifecycleError as error:
         raise HTTPException(status_code=409, detail=str(error)) from error
-    return {"live": lifecycle.worker.policy.live, "canary": lifecycle.worker.policy.canary}
+    return {"live": lifecycle.completions.policy.live, "canary": lifecycle.completions.policy.canary}
 
 
 # The dashboard's and the admin API's routes; create_app includes them.

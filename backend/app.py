@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
             opened.push_async_callback(store.close)
             # Before the model loads: a backend that would serve strangers stops at once.
             await ensure_tokens(store, settings)
-            worker = Completions(
+            completions = Completions(
                 InProcessEngine(
                     LoopConfig(
                         settings.base_model,
@@ -81,15 +81,23 @@ def create_app(settings: Settings) -> FastAPI:
                     )
                 )
             )
-            opened.push_async_callback(worker.close)
-            await worker.start()
-            lifecycle = Lifecycle(settings, store, worker)
+            opened.push_async_callback(completions.close)
+            await completions.start()
+            lifecycle = Lifecycle(settings, store, completions)
             await lifecycle.apply_routing()
             auth = Authenticator(store, settings.backend.token)
             passes = Passes(settings.backend.stuck_after_failures)
-            metrics = Metrics(worker, passes)
+            metrics = Metrics(completions, passes)
             app.state.backend = BackendState(
-                settings, store, worker, lifecycle, auth, Sessions(), metrics, settings.base_model, passes
+                settings,
+                store,
+                completions,
+                lifecycle,
+                auth,
+                Sessions(),
+                metrics,
+                settings.base_model,
+                passes,
             )
             stop = asyncio.Event()
             tasks = [
@@ -97,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(lifecycle.run(stop, passes[CANARY])),
                 asyncio.create_task(run_retention(store, settings, stop, passes[RETENTION])),
             ]
-            log.info("backend ready: model %s, live version %s", settings.base_model, worker.policy.live)
+            log.info("backend ready: model %s, live version %s", settings.base_model, completions.policy.live)
             try:
                 yield
             finally:
@@ -143,9 +151,9 @@ router = APIRouter()
 # restarts on it would mend none of their failures); `passes` says how each is doing.
 @router.get("/healthz")
 async def healthz(state: State) -> dict[str, Any]:
-    if state.worker.failure is not None:
-        raise HTTPException(503, f"model unavailable: {state.worker.failure}")
-    policy = state.worker.policy
+    if state.completions.failure is not None:
+        raise HTTPException(503, f"model unavailable: {state.completions.failure}")
+    policy = state.completions.policy
     return {
         "status": "ok",
         "live_version": policy.live,
@@ -157,7 +165,7 @@ async def healthz(state: State) -> dict[str, Any]:
 # Ready: the model serves and no background pass is stuck (backend/passes.py); 503 says why.
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    ready, body = state.passes.readiness(state.worker.failure)
+    ready, body = state.passes.readiness(state.completions.failure)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -167,7 +175,7 @@ async def complete(body: CompleteRequest, request: Request, state: State, caller
     # The person is the token's, never the client's word: caps and canary count people.
     job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, caller.person)
     try:
-        sample = await state.worker.complete(job, gone=request.is_disconnected)
+        sample = await state.completions.complete(job, gone=request.is_disconnected)
     except EngineUnavailable as error:
         # The editor may simply ask again: a new model process is starting.
         raise HTTPException(503, f"model unavailable: {error}") from error
@@ -220,7 +228,7 @@ async def episodes(
 
 @router.get(f"{API_PREFIX}/model", dependencies=client_only)
 async def model_info(state: State) -> ModelInfo:
-    policy = state.worker.policy
+    policy = state.completions.policy
     cut = policy.cuts.get(policy.live, Cut())
     return ModelInfo(
         base_model=state.base_model,
@@ -296,7 +304,7 @@ async def _record(
         prompt_ids=sample.prompt_ids,
         completion_ids=sample.completion_ids,
         token_logprobs=sample.token_logprobs,
-        temperature=state.worker.policy.temperature,
+        temperature=state.completions.policy.temperature,
         text=sample.text,
         created_at=time.time(),
         latency_ms=latency_ms,

@@ -26,10 +26,10 @@ class LifecycleError(ValueError):
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, store: Store, worker: Completions) -> None:
+    def __init__(self, settings: Settings, store: Store, completions: Completions) -> None:
         self.settings = settings
         self.store = store
-        self.worker = worker
+        self.completions = completions
         self.lock = asyncio.Lock()
         self.last_verdict: dict[str, Any] = {}
 
@@ -47,8 +47,8 @@ class Lifecycle:
             if version not in (None, BASE_VERSION):
                 path = await self.store.checkpoint_path(version)
                 assert path is not None
-                await self.worker.install(version, path)
-        await self.worker.route(live, candidate, self.settings.canary.share if candidate else 0.0)
+                await self.completions.install(version, path)
+        await self.completions.route(live, candidate, self.settings.canary.share if candidate else 0.0)
 
     async def take_upload(self, meta: CheckpointMetadata, files: dict[str, bytes], base_model: str) -> str:
         async with self.lock:
@@ -71,7 +71,7 @@ class Lifecycle:
                 version, "gated", gate_reason, {"gate": gate.model_dump() if gate else None}
             )
             try:
-                await self.worker.install(version, path)
+                await self.completions.install(version, path)
             except Exception as error:  # a file that passed the checks but does not fit the model
                 await self.store.transition(version, "rejected", f"adapter failed to load: {error}")
                 raise checkpoints.CheckpointError(f"adapter failed to load: {error}") from error

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from backend.completions import Completions
 from backend.passes import Passes
 from backend.store import COMPLETIONS, EVENTS
 from core.wire import EventsResponse
 
 
 class Metrics:
-    def __init__(self, worker: Any, passes: Passes | None = None) -> None:
+    def __init__(self, completions: Completions, passes: Passes | None = None) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "flywheel_completion_latency_seconds",
@@ -30,14 +30,14 @@ class Metrics:
             "flywheel_events", "Outcome events received", ["result"], registry=self.registry
         )
         batches = Gauge("flywheel_batches", "Generate batches run", registry=self.registry)
-        batches.set_function(lambda: worker.batches)
+        batches.set_function(lambda: completions.batches)
         dropped = Gauge("flywheel_dropped_requests", "Requests dropped: client gone", registry=self.registry)
-        dropped.set_function(lambda: worker.dropped)
+        dropped.set_function(lambda: completions.dropped)
         serving = Gauge(
             "flywheel_serving", "Versions served now", ["role", "version"], registry=self.registry
         )
         self._serving = serving
-        self._worker = worker
+        self._completions = completions
         self._quarantined = Gauge(
             "flywheel_quarantined_rows",
             "Stored rows set aside because they could not be read, by table",
@@ -62,7 +62,7 @@ class Metrics:
         self._quarantined.clear()
         for table, count in {EVENTS: 0, COMPLETIONS: 0, **(quarantined or {})}.items():
             self._quarantined.labels(table=table).set(count)
-        policy = self._worker.policy
+        policy = self._completions.policy
         self._serving.clear()
         self._serving.labels(role="live", version=policy.live).set(1)
         if policy.canary:

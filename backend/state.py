@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class BackendState:
     settings: Settings
     store: Store
-    worker: Completions
+    completions: Completions
     lifecycle: Lifecycle
     auth: Authenticator
     sessions: Sessions

@@ -93,7 +93,7 @@ async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work
     )
     await abstention(store, "quiet", at=time.time())
     # The lifecycle's verdicts never reach the model process: the pinned setting fails them first.
-    lifecycle = Lifecycle(settings, store, worker=None)  # type: ignore[arg-type]
+    lifecycle = Lifecycle(settings, store, completions=None)  # type: ignore[arg-type]
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(run_finalizer(store, settings, stop, passes[FINALIZE])),
