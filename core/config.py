@@ -95,6 +95,9 @@ class ModelConfig(BaseModel):
     # Threads for the model's math on a CPU; 0: every core but one, which is left to the HTTP
     # server and the store. (A small model gains nothing from a second thread; the event loop does.)
     threads: Annotated[int, Field(ge=0)] = 0
+    # The languages (LSP languageIds) this model serves; clients ask for no others by default. The
+    # bootstrapped model knows Python only.
+    languages: list[str] = Field(default_factory=lambda: ["python"])
 
 
 class EpisodeConfig(BaseModel):

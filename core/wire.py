@@ -213,6 +213,8 @@ class ModelInfo(BaseModel):
     stop_logprob: float | None = None
     # The live version's confidence floors (CheckpointMetadata.min_confidence), likewise.
     min_confidence: ConfidenceFloors = Field(default_factory=dict)
+    # LSP languageIds the model serves (config model.languages): clients ask for no others by default.
+    languages: list[str] = Field(default_factory=lambda: ["python"])
 
 
 class CheckpointInfo(BaseModel):
