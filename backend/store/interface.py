@@ -121,6 +121,27 @@ class Stats(VersionStats):
     per_version: dict[str, VersionStats]
 
 
+class Slice(TypedDict):
+    """One client kind's completions in one language over a period, by serving time.
+
+    client: CompleteRequest.client as recorded ("lsp", "tabby", "openai", …); language: the
+    context's language as recorded ("" unknown). Counts as in VersionStats; reward_sum over trainable
+    episodes; arc_sum: accepted-and-retained characters over finalized episodes (as ArmFigures.arc),
+    so ARC per 100 requests is 100 × arc_sum / finalized.
+    """
+
+    client: str
+    language: str
+    served: int
+    shown: int
+    finalized: int
+    trainable: int
+    rated: int
+    accepted: int
+    reward_sum: float
+    arc_sum: float
+
+
 class SeriesPoint(TypedDict):
     """One version's figures over one time bucket, by serving time."""
 
@@ -204,11 +225,15 @@ class Store(Protocol):
         created_at: float,
         latency_ms: float,
         evaluation: bool = False,
+        client: str = "lsp",
+        language: str = "",
     ) -> None:
         """Store one served completion (abstentions too: they become episodes with reward 0).
         `evaluation`: asked for as part of an evaluation (CompleteRequest.evaluation): scored like
-        any other, never in the trainer's feed. Committed before it returns: its id may then be
-        handed to a client."""
+        any other, never in the trainer's feed. `client`: the kind of client that asked
+        (CompleteRequest.client: "lsp", "tabby", "openai"); `language`: the context's language. Both
+        are kept beyond retention (the context itself is purged), for `breakdown`. Committed before
+        it returns: its id may then be handed to a client."""
 
     async def store_events(
         self, valid: list[tuple[int, wire.Event]], refused: list[wire.RefusedEvent], received_at: float
@@ -290,14 +315,20 @@ class Store(Protocol):
     async def arm(self, version: str, since: float, until: float | None = None) -> ArmFigures:
         """Figures of `version`'s episodes for completions served in [since, until)."""
 
-    async def series(self, since: float, bucket_s: float) -> list[SeriesPoint]:
-        """Per version and time bucket (serving time ≥ since), by bucket."""
+    async def series(self, since: float, bucket_s: float, until: float | None = None) -> list[SeriesPoint]:
+        """Per version and time bucket (serving time in [since, until), until None: no end), by bucket."""
 
-    async def reward_histogram(self, since: float, width: float = 0.05) -> list[tuple[float, int]]:
-        """(reward rounded to `width`, count) of trainable episodes served since `since`."""
+    async def reward_histogram(
+        self, since: float, width: float = 0.05, until: float | None = None
+    ) -> list[tuple[float, int]]:
+        """(reward rounded to `width`, count) of trainable episodes served in [since, until)."""
 
-    async def events_per_minute(self, since: float) -> list[tuple[float, int]]:
-        """(minute, events received in it), oldest first."""
+    async def events_per_minute(self, since: float, until: float | None = None) -> list[tuple[float, int]]:
+        """(minute, events received in it), oldest first, received in [since, until)."""
+
+    async def breakdown(self, since: float, until: float | None = None) -> list[Slice]:
+        """Figures per (client, language) of the completions served in [since, until), one Slice
+        for each pair that has any, ordered by client then language (the dashboard's tables)."""
 
     async def latencies(self, since: float, limit: int = 20_000) -> list[float]:
         """Latencies (ms) of the latest completions served since `since`."""
