@@ -38,6 +38,8 @@ class IngestMixin:
         created_at: float,
         latency_ms: float,
         evaluation: bool = False,
+        client: str = "lsp",
+        language: str = "",
     ) -> None:
         """Store one served completion (abstentions too: they are episodes with reward 0)."""
         row = (
@@ -53,11 +55,13 @@ class IngestMixin:
             created_at,
             latency_ms,
             int(evaluation),
+            client,
+            language,
         )
         await self._db.write_one(
             "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
-            " completion_ids, token_logprobs, temperature, text, created_at, latency_ms, evaluation)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " completion_ids, token_logprobs, temperature, text, created_at, latency_ms, evaluation,"
+            " client, language) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
 

@@ -9,7 +9,7 @@ Per finalized episode of a model version:
 
 from __future__ import annotations
 
-from backend.store.interface import ArmFigures, Moments, SeriesPoint
+from backend.store.interface import ArmFigures, Moments, SeriesPoint, Slice
 from backend.store.sqlite.database import Database
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
@@ -21,6 +21,7 @@ _RATED = f"(e.reward IS NOT NULL AND e.outcome != '{ABSTAINED}')"
 # point that cannot be shown and no figure JSON cannot carry, and the rest of the chart stays.
 _A_TIME = "BETWEEN 0 AND 1e11"
 _FINITE = "BETWEEN -1e308 AND 1e308"
+_FOREVER = float("inf")
 
 
 class OutcomesMixin:
@@ -44,15 +45,16 @@ class OutcomesMixin:
             arc=Moments(int(r[5]), r[6], r[7]),
         )
 
-    async def series(self, since: float, bucket_s: float) -> list[SeriesPoint]:
+    async def series(self, since: float, bucket_s: float, until: float | None = None) -> list[SeriesPoint]:
         """Per version and time bucket (by serving time): served, mean reward, accept rate, ARC/100."""
         rows = await self._db.reader.execute_fetchall(
             f"SELECT c.model_version, CAST(c.created_at / ? AS INTEGER), COUNT(*), COUNT(e.seq),"
             f" SUM(e.reward IS NOT NULL), TOTAL(e.reward), SUM({_RATED}), SUM({_RATED} AND {_ACCEPTED}),"
             f" TOTAL({_ARC})"
             " FROM completions c LEFT JOIN episodes e ON e.completion_id = c.completion_id"
-            f" WHERE c.created_at >= ? AND c.created_at {_A_TIME} GROUP BY 1, 2 ORDER BY 2",
-            (bucket_s, since),
+            f" WHERE c.created_at >= ? AND c.created_at < ? AND c.created_at {_A_TIME}"
+            " GROUP BY 1, 2 ORDER BY 2",
+            (bucket_s, since, _end(until)),
         )
         return [
             SeriesPoint(
@@ -66,20 +68,22 @@ class OutcomesMixin:
             for version, bucket, served, finalized, trainable, reward_sum, rated, accepted, arc in rows
         ]
 
-    async def reward_histogram(self, since: float, width: float = 0.05) -> list[tuple[float, int]]:
+    async def reward_histogram(
+        self, since: float, width: float = 0.05, until: float | None = None
+    ) -> list[tuple[float, int]]:
         rows = await self._db.reader.execute_fetchall(
             "SELECT ROUND(e.reward / ?) * ?, COUNT(*) FROM episodes e"
             " JOIN completions c ON c.completion_id = e.completion_id"
-            " WHERE e.reward IS NOT NULL AND c.created_at >= ? GROUP BY 1 ORDER BY 1",
-            (width, width, since),
+            " WHERE e.reward IS NOT NULL AND c.created_at >= ? AND c.created_at < ? GROUP BY 1 ORDER BY 1",
+            (width, width, since, _end(until)),
         )
         return [(round(value, 6), count) for value, count in rows]
 
-    async def events_per_minute(self, since: float) -> list[tuple[float, int]]:
+    async def events_per_minute(self, since: float, until: float | None = None) -> list[tuple[float, int]]:
         rows = await self._db.reader.execute_fetchall(
             "SELECT CAST(received_at / 60 AS INTEGER) * 60, COUNT(*) FROM events"
-            f" WHERE received_at >= ? AND received_at {_A_TIME} GROUP BY 1 ORDER BY 1",
-            (since,),
+            f" WHERE received_at >= ? AND received_at < ? AND received_at {_A_TIME} GROUP BY 1 ORDER BY 1",
+            (since, _end(until)),
         )
         return [(at, count) for at, count in rows]
 
@@ -90,3 +94,33 @@ class OutcomesMixin:
             (since, limit),
         )
         return [row[0] for row in rows]
+
+    async def breakdown(self, since: float, until: float | None = None) -> list[Slice]:
+        """Per client kind and language, the completions served in [since, until) and their episodes."""
+        rows = await self._db.reader.execute_fetchall(
+            f"SELECT c.client, c.language, COUNT(*), SUM(c.text != ''), COUNT(e.seq),"
+            f" SUM(e.reward IS NOT NULL), SUM({_RATED}), SUM({_RATED} AND {_ACCEPTED}),"
+            f" TOTAL(e.reward), TOTAL({_ARC})"
+            " FROM completions c LEFT JOIN episodes e ON e.completion_id = c.completion_id"
+            " WHERE c.created_at >= ? AND c.created_at < ? GROUP BY 1, 2 ORDER BY 1, 2",
+            (since, _end(until)),
+        )
+        return [
+            Slice(
+                client=row[0],
+                language=row[1],
+                served=row[2],
+                shown=row[3] or 0,
+                finalized=row[4],
+                trainable=row[5] or 0,
+                rated=row[6] or 0,
+                accepted=row[7] or 0,
+                reward_sum=row[8],
+                arc_sum=row[9],
+            )
+            for row in rows
+        ]
+
+
+def _end(until: float | None) -> float:
+    return _FOREVER if until is None else until

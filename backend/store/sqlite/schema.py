@@ -121,6 +121,17 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 4: completions asked for as part of an evaluation: scored, never in the trainer's pages.
     ["ALTER TABLE completions ADD COLUMN evaluation INTEGER NOT NULL DEFAULT 0"],
+    # 5: the kind of client that asked and the context's language, for the dashboard's figures per
+    # client kind and language; kept in columns because retention purges the context. Rows before
+    # this step were all the language server's.
+    [
+        "ALTER TABLE completions ADD COLUMN client TEXT NOT NULL DEFAULT 'lsp'",
+        "ALTER TABLE completions ADD COLUMN language TEXT NOT NULL DEFAULT ''",
+        """
+        UPDATE completions SET language = COALESCE(json_extract(context, '$.language'), '')
+        WHERE json_valid(context) AND json_type(context, '$.language') = 'text'
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
