@@ -62,6 +62,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     # The benchmarks are a package beside the product (bench/), imported only here: nothing of the
     # product imports them, and their load generator's aiohttp is an extra.
+    if args.suite == "build-model":
+        from bench.model_shapes import main as build
+
+        return build(args.rest)
     from bench.report import main
 
     return main(_settings(), args.suite, args.rest)
@@ -112,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run benchmarks and print their figures; with `all` or --out, a JSON report and a table",
     )
-    p.add_argument("suite", choices=["lsp", "backend", "trainer", "faults", "all"])
+    p.add_argument(
+        "suite",
+        choices=["lsp", "backend", "trainer", "faults", "all", "build-model"],
+        help="a suite to run, or build-model: a random model of a real one's shape (--shape, --out DIR)",
+    )
     p.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
