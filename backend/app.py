@@ -18,16 +18,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from uuid6 import uuid7
 
 from backend import admin_routes, checkpoints
 from backend.access import AccessControl, allowed_hosts
 from backend.auth import Authenticator, ensure_tokens
 from backend.batching import InProcessEngine
-from backend.completions import Completions, Cut, Sample
-from backend.completions import Request as PolicyRequest
+from backend.completing import serve
+from backend.completions import Completions, Cut
 from backend.deps import Caller, State, admin_only, client_only
-from backend.engine import ClientGone, EngineUnavailable
 from backend.finalize import run_finalizer
 from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
@@ -171,30 +169,7 @@ async def readyz(state: State) -> JSONResponse:
 
 @router.post(f"{API_PREFIX}/complete", dependencies=client_only, response_model=CompleteResponse)
 async def complete(body: CompleteRequest, request: Request, state: State, caller: Caller) -> Response:
-    started = time.perf_counter()
-    # The person is the token's, never the client's word: caps and canary count people.
-    job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, caller.person)
-    try:
-        sample = await state.completions.complete(job, gone=request.is_disconnected)
-    except EngineUnavailable as error:
-        # The editor may simply ask again: a new model process is starting.
-        raise HTTPException(503, f"model unavailable: {error}") from error
-    except ClientGone as error:  # dropped before decoding: nobody reads this answer
-        raise HTTPException(499, "client closed the request") from error
-    latency_ms = (time.perf_counter() - started) * 1000
-    completion_id = uuid7().hex
-    if body.telemetry:
-        await _record(state, body, caller.person, completion_id, sample, latency_ms)
-    state.metrics.completed(sample.model_version, bool(sample.text), latency_ms)
-    return _json(
-        CompleteResponse(
-            completion_id=completion_id,
-            text=sample.text,
-            model_version=sample.model_version,
-            token_logprobs=sample.token_logprobs,
-            latency_ms=latency_ms,
-        )
-    )
+    return _json(await serve(state, body, caller.person, request.is_disconnected))
 
 
 # The body is read raw: a batch whose events are all valid is parsed and checked in one pass
@@ -286,28 +261,3 @@ async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
     await state.store.set_setting(TRAINER_STATUS, report.model_dump())
     return {"status": "recorded"}
 
-
-async def _record(
-    state: BackendState,
-    body: CompleteRequest,
-    person: str,
-    completion_id: str,
-    sample: Sample,
-    latency_ms: float,
-) -> None:
-    """Keep a served completion for learning. Only with the user's telemetry on: off, nothing of
-    their code, no text and no episode is kept, and events naming the completion are refused."""
-    await state.store.record_completion(
-        completion_id=completion_id,
-        user_id=person,
-        model_version=sample.model_version,
-        context=body.context.model_dump(),
-        prompt_ids=sample.prompt_ids,
-        completion_ids=sample.completion_ids,
-        token_logprobs=sample.token_logprobs,
-        temperature=state.completions.policy.temperature,
-        text=sample.text,
-        created_at=time.time(),
-        latency_ms=latency_ms,
-        evaluation=body.evaluation,
-    )
