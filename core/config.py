@@ -1,28 +1,32 @@
 """One configuration for every part: `flywheel.toml` plus `FLYWHEEL_*` environment variables.
 
-Lookup order for the file: `$FLYWHEEL_CONFIG`, `./flywheel.toml`, `$XDG_CONFIG_HOME/flywheel/flywheel.toml`.
+Lookup order for the file: `$FLYWHEEL_CONFIG`, `./flywheel.toml`, `$XDG_CONFIG_HOME/flywheel/flywheel.toml`
+(core/config_file.py: which keys a repository's own file may set, unknown keys, one-line errors).
 Environment variables win over the file; nested keys use a double underscore, for example
 `FLYWHEEL_MODEL__NAME=Qwen/Qwen2.5-Coder-0.5B` or `FLYWHEEL_BACKEND__PORT=9000`.
 """
 
 from __future__ import annotations
 
-import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
-from core import local_tokens
+from core import config_file, local_tokens
+from core.config_file import ConfigError
 
 APP_NAME = "flywheel"
+# Whether this load takes a workspace's flywheel.toml whole (see load_settings).
+_TRUST_WORKSPACE: ContextVar[bool] = ContextVar("trust_workspace", default=True)
 
 
 class BackendConfig(BaseModel):
@@ -229,6 +233,9 @@ class Settings(BaseSettings):
     lsp: LspConfig = Field(default_factory=LspConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    # Workspace files (./flywheel.toml of a repository) the language server may take the backend's
+    # URL and token from; read from the user's own file only (core/config_file.py).
+    trusted_configs: list[str] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(
@@ -240,9 +247,19 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = config_file()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        found = config_file.find()
+        if found is None:
+            return tuple(sources)
+        data = config_file.read(found.path, settings_cls)
+        if found.workspace and not _TRUST_WORKSPACE.get() and not config_file.trusted(found.path):
+            # A repository's own file, read by the language server: its routed keys come from the
+            # user's own file instead (core/config_file.py).
+            data = config_file.without_routed(data, found.path)
+            own = config_file.user_file()
+            if own.is_file():
+                routed = config_file.routed_only(config_file.read(own, settings_cls))
+                sources.append(InitSettingsSource(settings_cls, init_kwargs=routed))
+        sources.insert(2, InitSettingsSource(settings_cls, init_kwargs=data))
         return tuple(sources)
 
     @property
@@ -277,17 +294,15 @@ class Settings(BaseSettings):
         return self.state_dir / "trainer"
 
 
-def config_file() -> Path | None:
-    candidates = [
-        os.environ.get("FLYWHEEL_CONFIG"),
-        "flywheel.toml",
-        str(Path(platformdirs.user_config_dir(APP_NAME)) / "flywheel.toml"),
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
-def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)
+def load_settings(trust_workspace: bool = True, **overrides: object) -> Settings:
+    """The settings; a wrong key or value raises ConfigError, whose message is one line naming it.
+    `trust_workspace=False` (the language server): a ./flywheel.toml the user has not trusted may not
+    set where code and tokens go."""
+    token = _TRUST_WORKSPACE.set(trust_workspace)
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        found = config_file.find()
+        raise ConfigError(config_file.describe(error, found.path if found else None)) from None
+    finally:
+        _TRUST_WORKSPACE.reset(token)

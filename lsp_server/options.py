@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import BackendConfig, LspConfig, load_settings
+from core.config import BackendConfig, ConfigError, LspConfig, load_settings
 from core.local_tokens import CLIENT
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,9 @@ _CLIENT_KEYS = {
 
 
 def from_settings() -> Options:
-    settings = load_settings()
+    # The server runs in whatever repository the user opens: that repository's flywheel.toml may not
+    # say where code and tokens go unless the user trusts it (core/config_file.py).
+    settings = load_settings(trust_workspace=False)
     lsp = settings.lsp
     return Options(
         backend_url=settings.backend.base_url,
@@ -119,6 +121,9 @@ def load(client_options: Any) -> Options:
     costs its values, not the language server."""
     try:
         base = from_settings()
+    except ConfigError as error:
+        logger.warning("%s; using the defaults", error)
+        base = Options(state_dir=default_state_dir())
     except Exception:
         logger.exception("could not read the flywheel settings; using the defaults")
         base = Options(state_dir=default_state_dir())
