@@ -56,7 +56,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.up import up
 
-    return up(_settings(), bootstrap_budget_s=args.bootstrap_minutes * 60)
+    return up(_settings(), bootstrap_budget_s=args.bootstrap_minutes * 60, allow_fallback=args.allow_fallback)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start backend and trainer together, bootstrapping the model if needed")
     p.add_argument("--bootstrap-minutes", type=float, default=10.0)
+    p.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="serve the bootstrapped model when the configured model.name cannot be had (demos only:"
+        " without it such a model stops `up` with the reason)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(

@@ -7,38 +7,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from core.config import Settings
 from core.local_tokens import ADMIN, CLIENT, tokens_dir
 from core.processes import wait_healthy
+from flywheel.model_check import StderrTail, model_unavailable_reason
 
 HEALTH_TIMEOUT_S = 600.0
 
 
-def model_unavailable_reason(name: str) -> str | None:
-    """None when `name` (a local directory or a Hub id) can be loaded here, else why not."""
-    if Path(name).expanduser().is_dir():
-        return (
-            None
-            if (Path(name).expanduser() / "config.json").is_file()
-            else "no config.json in that directory"
-        )
-    try:
-        from transformers import AutoConfig
-
-        AutoConfig.from_pretrained(name)
-    except Exception as error:  # offline, unknown id, gated repo: all mean "not here"
-        return str(error).splitlines()[0][:160]
-    return None
-
-
-def resolve_model(settings: Settings, bootstrap_budget_s: float) -> str:
-    """The model to serve: the configured one when it can be had, else the bootstrapped default."""
+def resolve_model(settings: Settings, bootstrap_budget_s: float, allow_fallback: bool = False) -> str:
+    """The model to serve: the configured one, else the bootstrapped default. A configured model
+    that cannot be had stops `up` (SystemExit), unless `allow_fallback` (demos) serves the default."""
     if settings.model.name:
         reason = model_unavailable_reason(settings.model.name)
         if reason is None:
             return settings.model.name
+        if not allow_fallback:
+            raise SystemExit(cannot_serve(settings.model.name, reason, FALLBACK_HINT))
         print(
             f"flywheel: model {settings.model.name!r} is not available ({reason}); "
             f"using the bootstrapped default model at {settings.default_model_dir}",
@@ -62,9 +48,18 @@ def resolve_model(settings: Settings, bootstrap_budget_s: float) -> str:
     return str(default)
 
 
-def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def cannot_serve(model: str, reason: str, hint: str = "") -> str:
+    return f"flywheel: model {model!r} cannot be served: {reason}{hint}"
+
+
+FALLBACK_HINT = " (set model.name to one that can, or pass --allow-fallback to serve the bootstrapped model)"
+
+
+def _spawn(command: str, env: dict[str, str], stderr: int | None = None) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C reaches only us, and we stop the children once, in order.
-    return subprocess.Popen([sys.executable, "-m", "flywheel.cli", command], env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", command], env=env, start_new_session=True, stderr=stderr
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -83,8 +78,8 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def up(settings: Settings, bootstrap_budget_s: float) -> int:
-    model = resolve_model(settings, bootstrap_budget_s)
+def up(settings: Settings, bootstrap_budget_s: float, allow_fallback: bool = False) -> int:
+    model = resolve_model(settings, bootstrap_budget_s, allow_fallback)
     env = dict(os.environ, FLYWHEEL_MODEL__NAME=model, FLYWHEEL_DATA_DIR=str(settings.state_dir))
     url = settings.backend.base_url
     processes: list[subprocess.Popen[bytes]] = []
@@ -94,12 +89,16 @@ def up(settings: Settings, bootstrap_budget_s: float) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        backend = _spawn("backend", env)
+        backend = _spawn("backend", env, stderr=subprocess.PIPE)
         processes.append(backend)
+        # Its log still reaches the terminal; kept too, to say why it stopped while loading the model.
+        log = StderrTail(backend)
         try:
             wait_healthy(url, backend, None, HEALTH_TIMEOUT_S)
         except RuntimeError as error:
-            raise SystemExit(f"flywheel: {error}") from None
+            # Killed by wait_healthy (never answered), or exited on its own (its log says why).
+            timed_out = backend.wait() == -signal.SIGKILL
+            raise SystemExit(cannot_serve(model, str(error) if timed_out else log.reason())) from None
         processes.append(_spawn("trainer", env))
         tokens = tokens_dir(settings.state_dir)
         print(

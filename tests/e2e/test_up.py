@@ -1,5 +1,6 @@
-"""`flywheel up`: falls back to the bootstrapped model, serves the dashboard behind the admin token it
-made, stops cleanly on Ctrl-C."""
+"""`flywheel up`: a configured model that cannot be had stops it with the model's name and the reason;
+with --allow-fallback it serves the bootstrapped model, serves the dashboard behind the admin token
+it made, stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) ->
     raise AssertionError(f"{marker!r} never printed; output so far:\n" + "\n".join(lines))
 
 
-def test_up_serves_the_default_model_when_the_configured_one_is_missing(
+def test_up_with_allow_fallback_serves_the_default_model_when_the_configured_one_is_missing(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "state"
@@ -39,7 +40,7 @@ def test_up_serves_the_default_model_when_the_configured_one_is_missing(
     port = free_port()
     env = backend_env(tmp_path / "no-such-model", data_dir, port)
     process = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "up"],
+        [sys.executable, "-m", "flywheel.cli", "up", "--allow-fallback"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -79,3 +80,63 @@ def test_up_serves_the_default_model_when_the_configured_one_is_missing(
     except httpx.TransportError:
         still_up = False
     assert not still_up
+
+
+def refused(model: str, tmp_path: Path, timeout_s: float = 120) -> tuple[str, Path, int]:
+    """`flywheel up` serving `model` (no --allow-fallback): its stderr, data dir and port, once it
+    has exited non-zero."""
+    data_dir = tmp_path / "state"
+    port = free_port()
+    up = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "up"],
+        env=backend_env(model, data_dir, port),  # type: ignore[arg-type]
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert up.returncode != 0, up.stdout + up.stderr
+    return up.stderr, data_dir, port
+
+
+def last_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "nothing said"
+    return lines[-1]
+
+
+def test_up_refuses_a_missing_model_directory_rather_than_fall_back(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    stderr, data_dir, _ = refused(str(missing), tmp_path)
+    line = last_line(stderr)
+    assert line.startswith(f"flywheel: model '{missing}' cannot be served: no such directory"), stderr
+    assert "--allow-fallback" in line
+    # Nothing was bootstrapped in its place.
+    assert not (data_dir / "models" / "bootstrap").exists()
+
+
+def test_up_refuses_a_hub_id_it_cannot_fetch(tmp_path: Path) -> None:
+    # Offline (conftest), with a cache that holds nothing: the id cannot be had here.
+    stderr, _, _ = refused("flywheel-tests/no-such-model", tmp_path)
+    line = last_line(stderr)
+    assert line.startswith("flywheel: model 'flywheel-tests/no-such-model' cannot be served: "), stderr
+    assert len(line) < 500
+
+
+def test_up_stops_with_the_reason_when_the_backend_cannot_load_the_model(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Weights that look present but do not load: the backend exits while starting, and `up` says
+    which model and what its loader said, in its last line, rather than serving another model."""
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    stderr, _, port = refused(str(broken), tmp_path, timeout_s=180)
+    line = last_line(stderr)
+    assert line.startswith(f"flywheel: model '{broken}' cannot be served: "), stderr
+    assert "safetensors" in line.lower() or "header" in line.lower(), line
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        answered = True
+    except httpx.TransportError:
+        answered = False
+    assert not answered
