@@ -22,7 +22,6 @@ from pydantic import BaseModel, ValidationError
 from backend import admin_routes, checkpoints
 from backend.access import AccessControl, allowed_hosts
 from backend.auth import Authenticator, ensure_tokens
-from backend.batching import InProcessEngine
 from backend.completing import serve
 from backend.completions import Completions, Cut
 from backend.deps import Caller, State, admin_only, client_only
@@ -30,11 +29,10 @@ from backend.finalize import run_finalizer
 from backend.lifecycle import Lifecycle
 from backend.limits import BodyLimit
 from backend.metrics import Metrics
-from backend.model_process import LoopConfig
 from backend.passes import CANARY, FINALIZE, RETENTION, Passes
 from backend.retention import run_retention
 from backend.sessions import Sessions
-from backend.state import BackendState
+from backend.state import BackendState, make_engine
 from backend.store import open_store
 from core.config import Settings
 from core.wire import (
@@ -67,18 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
             opened.push_async_callback(store.close)
             # Before the model loads: a backend that would serve strangers stops at once.
             await ensure_tokens(store, settings)
-            completions = Completions(
-                InProcessEngine(
-                    LoopConfig(
-                        settings.base_model,
-                        settings.model,
-                        settings.backend.batch_window_ms,
-                        settings.backend.max_batch,
-                        settings.backend.join_min,
-                        settings.backend.join_wait_steps,
-                    )
-                )
-            )
+            completions = Completions(make_engine(settings))
             opened.push_async_callback(completions.close)
             await completions.start()
             lifecycle = Lifecycle(settings, store, completions)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     # Types only: this module stays importable without the model's side of the backend.
     from backend.auth import Authenticator
     from backend.completions import Completions
+    from backend.engine import Engine
     from backend.lifecycle import Lifecycle
     from backend.metrics import Metrics
     from backend.passes import Passes
@@ -32,3 +33,31 @@ class BackendState:
     metrics: Metrics
     base_model: str
     passes: Passes
+
+
+def make_engine(settings: Settings) -> Engine:
+    """The engine `serving.engine` names (backend/engine.py); only its modules are imported."""
+    if settings.serving.engine == "vllm":
+        from backend.vllm_engine import VllmEngine
+
+        return VllmEngine(
+            settings.base_model,
+            settings.model,
+            settings.serving,
+            trainer_rank=settings.trainer.lora_r,
+            log_path=settings.state_dir / "vllm-server.log",
+        )
+    from backend.batching import InProcessEngine
+    from backend.model_process import LoopConfig
+
+    backend = settings.backend
+    return InProcessEngine(
+        LoopConfig(
+            settings.base_model,
+            settings.model,
+            backend.batch_window_ms,
+            backend.max_batch,
+            backend.join_min,
+            backend.join_wait_steps,
+        )
+    )

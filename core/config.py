@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, ValidationError
@@ -220,6 +220,35 @@ class TrainerConfig(BaseModel):
     device: str = "auto"
 
 
+class ServingConfig(BaseModel):
+    """Which engine decodes completions (backend/engine.py), and how to reach vLLM when it is vLLM."""
+
+    # "inprocess": Flywheel's own continuous batching over transformers, in a process of the
+    # backend's (the embedded default, for a laptop CPU). "vllm": a vLLM OpenAI server decodes
+    # (backend/vllm_engine.py), for real code models, many users and GPUs.
+    engine: Literal["inprocess", "vllm"] = "inprocess"
+    # vLLM servers already running, each serving the model with Flywheel's flags (see
+    # `backend.vllm_server.server_command`); empty: the backend starts and owns one itself.
+    vllm_urls: list[str] = Field(default_factory=list)
+    # The Python of the vLLM environment (vLLM and vllm_plugin/ installed; `make .venv-vllm`).
+    vllm_python: str = ".venv-vllm/bin/python"
+    # The bearer token the servers ask for (vLLM's --api-key). A server Flywheel starts gets a
+    # random one of its own: its runtime adapter loading takes any path on the machine.
+    vllm_api_key: str = ""
+    # The server Flywheel starts: its port (0: a free one), context length (0: the model's), LoRA
+    # room (the largest adapter rank it takes: at least trainer.lora_r; adapters on the device at
+    # once), dtype, and anything else for its command line.
+    vllm_port: Annotated[int, Field(ge=0)] = 0
+    vllm_max_model_len: Annotated[int, Field(ge=0)] = 0
+    vllm_max_lora_rank: Annotated[int, Field(ge=1)] = 16
+    vllm_max_loras: Annotated[int, Field(ge=1)] = 4
+    vllm_dtype: str = "auto"
+    vllm_args: list[str] = Field(default_factory=list)
+    # How long a server may take to load its model; how often each server's health is asked.
+    vllm_start_timeout_s: float = 600.0
+    vllm_health_interval_s: float = 1.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="ignore", toml_file=None
@@ -233,6 +262,7 @@ class Settings(BaseSettings):
     lsp: LspConfig = Field(default_factory=LspConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     # Workspace files (./flywheel.toml of a repository) the language server may take the backend's
     # URL and token from; read from the user's own file only (core/config_file.py).
     trusted_configs: list[str] = Field(default_factory=list)

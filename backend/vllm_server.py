@@ -1,0 +1,192 @@
+"""A vLLM OpenAI server that the backend starts and owns (serving.engine = "vllm", no vllm_urls).
+
+It runs from the vLLM environment (`serving.vllm_python`, made by `make .venv-vllm`), with the flags
+that make its log-probs Flywheel's (backend/vllm_engine.py): raw log-probs of logits already divided
+by the temperature (vllm_plugin/, loaded through the environment variable set here), prompt healing
+as a logits processor read from this repository (on its PYTHONPATH), the V1 model runner (one
+logits-processor interface on CPU and GPU), runtime LoRA loading, and sampling defaults of vLLM's
+own rather than the model's generation_config (which may bring top-k/top-p and a token cap).
+
+Servers run elsewhere (`serving.vllm_urls`) need the same: `server_command` prints it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from backend.engine import EngineUnavailable
+from core.config import ServingConfig
+from core.processes import free_port
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEALING_PROCESSOR = "flywheel_vllm.healing:HealingLogitsProcessor"
+TEMPERATURE_ENV = "FLYWHEEL_VLLM_TEMPERATURE"  # vllm_plugin/flywheel_vllm/__init__.py
+LOG_TAIL_LINES = 40
+
+
+class VllmStartFailed(EngineUnavailable):
+    """The vLLM server never became healthy: its model could not be loaded, or it exited."""
+
+
+def vllm_python(serving: ServingConfig) -> Path:
+    """The vLLM environment's Python; a relative path is the repository's (`make .venv-vllm`)."""
+    path = Path(serving.vllm_python).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def server_command(
+    python: Path | str, model: str, port: int, serving: ServingConfig, max_lora_rank: int
+) -> list[str]:
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--dtype", serving.vllm_dtype,
+        "--enable-lora",
+        "--max-lora-rank", str(max_lora_rank),
+        "--max-loras", str(serving.vllm_max_loras),
+        # Raw: taken before any logits processor (healing's mask); the plugin tempers the logits.
+        "--logprobs-mode", "raw_logprobs",
+        "--generation-config", "vllm",
+        "--logits-processors", HEALING_PROCESSOR,
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if serving.vllm_max_model_len:
+        command += ["--max-model-len", str(serving.vllm_max_model_len)]
+    return command + list(serving.vllm_args)
+
+
+def server_env(temperature: float, api_key: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    path = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env.update(
+        {
+            TEMPERATURE_ENV: repr(temperature),
+            "PYTHONPATH": os.pathsep.join(path),
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_USE_V2_MODEL_RUNNER": "0",
+            # Not on the command line, where `ps` shows it to every user of the machine.
+            "VLLM_API_KEY": api_key,
+        }
+    )
+    return env
+
+
+def lora_rank(serving: ServingConfig, trainer_rank: int) -> int:
+    """The rank room to ask vLLM for: the configured one, or more if the trainer's adapters need it
+    (vLLM takes these values only)."""
+    for rank in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+        if rank >= max(serving.vllm_max_lora_rank, trainer_rank):
+            return rank
+    return 512
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the backend dies, so no server outlives it (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class OwnedServer:
+    """One vLLM server process of the backend's, on a loopback port; started again on the same port."""
+
+    def __init__(
+        self, model: str, serving: ServingConfig, temperature: float, trainer_rank: int, log_path: Path
+    ) -> None:
+        self.model = model
+        self.serving = serving
+        self.log_path = log_path
+        self.api_key = serving.vllm_api_key or secrets.token_urlsafe(32)
+        self.port = serving.vllm_port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        python = vllm_python(serving)
+        if not python.exists():
+            raise VllmStartFailed(
+                f"cannot serve {model} on vLLM: no vLLM environment at {python} "
+                "(make .venv-vllm, or set serving.vllm_python)"
+            )
+        self.command = server_command(python, model, self.port, serving, lora_rank(serving, trainer_rank))
+        self.env = server_env(temperature, self.api_key)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def exited(self) -> bool:
+        return self.process is None or self.process.poll() is not None
+
+    async def start(self) -> None:
+        """Spawn the server and wait until it answers /health; VllmStartFailed with its log's tail."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as output:
+            # In the event loop's thread: the parent-death signal follows the thread that forked.
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        log.info(
+            "vLLM server %d starting for %s at %s (log %s)",
+            self.process.pid,
+            self.model,
+            self.url,
+            self.log_path,
+        )
+        deadline = time.monotonic() + self.serving.vllm_start_timeout_s
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.exited:
+                    raise VllmStartFailed(self._why(f"its server exited with code {self.process.returncode}"))
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                        log.info("vLLM server %d ready", self.process.pid)
+                        return
+                await asyncio.sleep(0.5)
+        await self.stop()
+        within = self.serving.vllm_start_timeout_s
+        raise VllmStartFailed(self._why(f"its server was not healthy within {within:.0f} s"))
+
+    def _why(self, what: str) -> str:
+        return (
+            f"the model {self.model} could not be served on vLLM: {what}; "
+            f"its last log lines:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to the server's process group (vLLM's engine processes with it), SIGKILL if it lingers."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
