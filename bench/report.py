@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 # What `all` runs: the performance suites. The faults suite kills processes for most of an hour
-# and runs only by name.
+# and runs only by name; so does serving, which compares the engines on a 0.5B-shaped model.
 ALL_SUITES = ("lsp", "backend", "trainer")
 # The suites that serve or train a model, and so take `--model`.
-MODEL_SUITES = {"backend", "trainer", "faults"}
+MODEL_SUITES = {"backend", "trainer", "faults", "serving"}
 # What the bench extra (pyproject.toml) adds to the product's dependencies.
 BENCH_EXTRA = {"aiohttp"}
 REPORT_NAME = "bench-report.json"
@@ -51,6 +51,8 @@ def load_suite(name: str) -> Suite:
                 from bench import backend as module
             case "trainer":
                 from bench import trainer as module
+            case "serving":
+                from bench import serving as module
             case "faults":
                 from bench.faults import suite as module
             case _:

@@ -1,13 +1,43 @@
-"""The `flywheel` command. Each subcommand imports what it needs only when it runs."""
+"""The `flywheel` command. Each subcommand imports what it needs only when it runs: the light
+install (`pip install flywheel`) has the language server; the rest is the [server] extra."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.config_file import ConfigError
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+# Top-level packages of this distribution: a missing one is a broken install, not a missing extra.
+OUR_PACKAGES = {"core", "flywheel", "lsp_server", "backend", "trainer", "simulate", "bench"}
+# What each extra brings that a subcommand may miss; anything else comes with [server].
+EXTRA_OF = {"aiohttp": "bench"}
 
 
-def _settings():
+class _Version(argparse.Action):
+    """--version, looked up only when asked: `flywheel lsp` starts without reading package metadata."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the installed version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("flywheel")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            version = "unknown (not installed)"
+        parser.exit(message=f"flywheel {version}\n")
+
+
+def _settings() -> Settings:
     from core.config import load_settings
 
     return load_settings()
@@ -56,6 +86,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.up import up
 
+    # Through the environment, so the backend and trainer `up` starts read them too.
+    if args.host:
+        os.environ["FLYWHEEL_BACKEND__HOST"] = args.host
+    if args.port:
+        os.environ["FLYWHEEL_BACKEND__PORT"] = str(args.port)
     return up(_settings(), bootstrap_budget_s=args.bootstrap_minutes * 60, allow_fallback=args.allow_fallback)
 
 
@@ -85,14 +120,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("lsp", help="run the language server on stdio (editors start this)")
     p.set_defaults(func=cmd_lsp)
 
     p = sub.add_parser("backend", help="run the backend service")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--host", help="address to listen on (default: backend.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: backend.port, 8765)")
     p.set_defaults(func=cmd_backend)
 
     p = sub.add_parser("trainer", help="run the online RL trainer against the backend")
@@ -109,7 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("up", help="start backend and trainer together, bootstrapping the model if needed")
-    p.add_argument("--bootstrap-minutes", type=float, default=10.0)
+    p.add_argument("--host", help="address the backend listens on (default: backend.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port the backend listens on (default: backend.port, 8765)")
+    p.add_argument(
+        "--bootstrap-minutes",
+        type=float,
+        default=10.0,
+        help="training budget for the default model when there is none yet (first run only; default 10)",
+    )
     p.add_argument(
         "--allow-fallback",
         action="store_true",
@@ -124,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "suite",
-        choices=["lsp", "backend", "trainer", "faults", "all", "build-model"],
+        choices=["lsp", "backend", "trainer", "faults", "serving", "all", "build-model"],
         help="a suite to run, or build-model: a random model of a real one's shape (--shape, --out DIR)",
     )
     p.add_argument(
@@ -141,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory of Python files they write (default: the bootstrapped model's held-out files)",
     )
     p.add_argument("--cycles", type=int, default=10, help="trainer cycles")
-    p.add_argument("--developers", type=int, default=4)
+    p.add_argument("--developers", type=int, default=4, help="simulated developers, each with a token")
     p.add_argument("--adversarial-share", type=float, help="share accepting then deleting all (default 0.25)")
     p.add_argument(
         "--attacker",
@@ -151,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacker-share", type=float, default=0.4, help="its share of the training requests")
     p.add_argument("--model", type=Path, help="model directory (default: the bootstrapped model)")
     p.add_argument("--out", type=Path, default=Path("flywheel-simulation"), help="CSV, plot, logs, state")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the developers' choices")
     p.add_argument("--files-per-round", type=int, default=2, help="files each developer writes per round")
     p.add_argument("--eval-files", type=int, default=0, help="held-out files (default: files per round)")
     p.add_argument("--max-lines", type=int, default=120, help="cut each file to this many lines (0: all)")
@@ -162,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("token", help="create, list or revoke access tokens (admin)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="create|list|revoke ...")
+    p.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="create [--role client|admin] [--name NAME], list, or revoke ID (flywheel token create --help)",
+    )
     p.set_defaults(func=cmd_token)
 
     return parser
@@ -170,7 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    # httpx says every request at INFO: the trainer's poll of the backend, every 10 s, filled the
+    # output of `flywheel up`. Failures are logged by whoever made the request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        code = args.func(args)
+    except ModuleNotFoundError as missing:
+        top = (missing.name or "").partition(".")[0]
+        if not top or top in OUR_PACKAGES:
+            raise
+        extra = EXTRA_OF.get(top, "server")
+        sys.exit(
+            f"flywheel {args.command}: {top} is not installed; this command needs the {extra} extra:"
+            f" pip install 'flywheel[{extra}]'"
+        )
+    except ConfigError as error:
+        sys.exit(f"flywheel: {error}")
+    sys.exit(code)
 
 
 if __name__ == "__main__":
