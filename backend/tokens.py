@@ -13,17 +13,19 @@ from core.config import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flywheel token")
+    parser = argparse.ArgumentParser(prog="flywheel token", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create a token and print it once")
-    create.add_argument("--role", choices=ROLES, default="client")
+    create.add_argument(
+        "--role", choices=ROLES, default="client", help="client: an editor's; admin: dashboard and trainer"
+    )
     create.add_argument(
         "--admin", action="store_const", const="admin", dest="role", help="same as --role admin"
     )
     create.add_argument("--name", default="", help="who or what it is for")
     sub.add_parser("list", help="list tokens (never their values)")
     revoke = sub.add_parser("revoke", help="revoke a token by id")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=int, help="the token's id, as `flywheel token list` shows it")
     return parser
 
 

@@ -158,8 +158,8 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     )
     parser.add_argument("--sequential", type=int, default=64, help="requests sent by the single client")
     parser.add_argument("--per-client", type=int, default=16, help="requests per client at 16 clients")
-    parser.add_argument("--event-batches", type=int, default=1000)
-    parser.add_argument("--swaps", type=int, default=5)
+    parser.add_argument("--event-batches", type=int, default=1000, help="event batches sent for ingestion")
+    parser.add_argument("--swaps", type=int, default=5, help="checkpoint hot-swaps timed")
     args = parser.parse_args(list(argv))
     model = args.model or settings.base_model
 

@@ -57,10 +57,12 @@ QUICK = ["--completions", "30", "--edits", "200", "--starts", "2", "--session-mi
 def run(settings: Any, argv: list[str]) -> dict[str, Any]:
     """Measures, prints the figures, and returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench lsp", description=__doc__)
-    parser.add_argument("--completions", type=int, default=500)
-    parser.add_argument("--edits", type=int, default=2000)
+    parser.add_argument("--completions", type=int, default=500, help="completion requests timed")
+    parser.add_argument("--edits", type=int, default=2000, help="document edits timed")
     parser.add_argument("--starts", type=int, default=7, help="process starts of each server")
-    parser.add_argument("--session-minutes", type=float, default=60.0)
+    parser.add_argument(
+        "--session-minutes", type=float, default=60.0, help="length of the simulated editing session (memory)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args(argv)
     figures = asyncio.run(_run(args))

@@ -145,9 +145,11 @@ def main(argv: Sequence[str]) -> int:
         prog="flywheel bench build-model",
         description="a randomly initialised model of a real model's shape, with a local tokenizer",
     )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-coder-0.5b")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default="qwen2.5-coder-0.5b", help="the real model to copy"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--layers", type=int, help="fewer layers of the same widths (not for figures)")
     args = parser.parse_args(list(argv))
     if (args.out / "config.json").is_file():

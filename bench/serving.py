@@ -226,7 +226,7 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: inprocess,vllm")
     parser.add_argument("--sequential", type=int, default=32, help="requests sent by the single client")
     parser.add_argument("--per-client", type=int, default=4, help="requests per client at 16 clients")
-    parser.add_argument("--swaps", type=int, default=3)
+    parser.add_argument("--swaps", type=int, default=3, help="hot swaps timed under load")
     parser.add_argument(
         "--train-episodes", type=int, default=32, help="episodes of the trainer's update (0: none)"
     )

@@ -304,10 +304,17 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     """Measures the parts asked for, printing each part's figures as it ends; returns them."""
     parser = argparse.ArgumentParser(prog="flywheel bench trainer", description=__doc__)
     parser.add_argument("--model", help="model directory (default: the bootstrapped default model)")
-    parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--throughput-episodes", type=int, default=256)
+    parser.add_argument("--episodes", type=int, default=1000, help="episodes of the timed cycle")
+    parser.add_argument(
+        "--throughput-episodes", type=int, default=256, help="episodes of the update throughput part"
+    )
     parser.add_argument("--canary-budget", type=int, default=4000, help="most completions for the canary")
-    parser.add_argument("--only", choices=["throughput", "cycle", "turnaround"], action="append")
+    parser.add_argument(
+        "--only",
+        choices=["throughput", "cycle", "turnaround"],
+        action="append",
+        help="run only this part (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     model_dir = args.model or local_model(settings)
     parts = args.only or ["throughput", "cycle", "turnaround"]

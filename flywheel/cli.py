@@ -34,7 +34,8 @@ class _Version(argparse.Action):
             version = metadata.version("flywheel")
         except metadata.PackageNotFoundError:  # run from a checkout that was never installed
             version = "unknown (not installed)"
-        parser.exit(message=f"flywheel {version}\n")
+        print(f"flywheel {version}")
+        parser.exit()
 
 
 def _settings() -> Settings:

@@ -81,7 +81,9 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--episodes", type=int, default=32, help="episodes made before each trainer kill")
     parser.add_argument("--ingest-kills", type=int, default=3, help="backend kills under ingest")
     parser.add_argument("--model-kills", type=int, default=3, help="model-process kills under load")
-    parser.add_argument("--only", choices=PARTS, action="append")
+    parser.add_argument(
+        "--only", choices=PARTS, action="append", help="run only this part (repeatable; default: all)"
+    )
     args = parser.parse_args(argv)
     model = args.model or local_model(settings)
     parts = args.only or list(PARTS)
