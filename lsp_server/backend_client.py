@@ -12,10 +12,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.wire import CompleteRequest, CompleteResponse
+    from core.wire import CompleteRequest, CompleteResponse, ModelInfo
     from lsp_server.http11 import Http11Client
 
 logger = logging.getLogger(__name__)
+
+
+# The backend refused the credentials: a wrong or missing token, not an outage.
+AUTH_STATUSES = frozenset({401, 403})
 
 
 class BackendError(Exception):
@@ -25,6 +29,10 @@ class BackendError(Exception):
         super().__init__(message)
         # The HTTP status when the backend answered with an error; None for transport failures.
         self.status = status
+
+    @property
+    def unauthorized(self) -> bool:
+        return self.status in AUTH_STATUSES
 
 
 class BackendClient:
@@ -62,6 +70,17 @@ class BackendClient:
             return EventsResponse.model_validate(body).model_dump()
         except ValueError as exc:
             raise BackendError(f"unexpected events answer: {exc}") from exc
+
+    async def model_info(self) -> ModelInfo:
+        """`GET /v1/model` with the token: the live version and the languages served. A client route,
+        so a wrong token shows here as a 401 (where `/healthz` would answer anyone)."""
+        from core.wire import API_PREFIX, ModelInfo
+
+        body = await self._send("GET", f"{API_PREFIX}/model", None)
+        try:
+            return ModelInfo.model_validate(body)
+        except ValueError as exc:
+            raise BackendError(f"unexpected model answer: {exc}") from exc
 
     async def health(self) -> dict[str, Any]:
         """`GET /healthz`: the live and canary versions, when the backend is up."""

@@ -3,7 +3,8 @@ the client's `initializationOptions` and `workspace/didChangeConfiguration` over
 default is written once, in core/config.py (`LspConfig`, `BackendConfig`); nothing here restates one.
 
 Client keys (all optional): backendUrl, token, telemetry, userId, requestTimeoutS,
-survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir, evaluation.
+survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir, evaluation,
+languages ({languageId: true|false}, "*" for the rest), exclude (path globs, lsp_server/gate.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ class Options:
     # Requests are part of an evaluation (flywheel simulate's held-out rounds): the backend scores
     # them but never trains on them (CompleteRequest.evaluation).
     evaluation: bool = False
+    # The user's word per languageId (True: ask even if the model does not list it; False: never);
+    # "*" for every language not named. Unnamed languages follow what the backend serves.
+    languages: Mapping[str, bool] = field(default_factory=dict)
+    # Path globs never sent to the backend, besides gate.DEFAULT_EXCLUDE.
+    exclude: tuple[str, ...] = ()
 
 
 # Client key → (field, parser). A value the parser rejects is ignored with a warning.
@@ -81,6 +87,20 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _choices(value: Any) -> dict[str, bool]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, bool) for k, v in value.items()
+    ):
+        raise TypeError('an object of languageId: true|false ("*" for the rest)')
+    return dict(value)
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError("a list of path globs")
+    return tuple(value)
+
+
 _CLIENT_KEYS = {
     "backendUrl": ("backend_url", lambda v: _string(v).rstrip("/")),
     "token": ("token", _string),
@@ -94,6 +114,8 @@ _CLIENT_KEYS = {
     "flushIntervalS": ("flush_interval_s", _positive),
     "stateDir": ("state_dir", lambda v: Path(_string(v)).expanduser()),
     "evaluation": ("evaluation", _flag),
+    "languages": ("languages", _choices),
+    "exclude": ("exclude", _globs),
 }
 
 

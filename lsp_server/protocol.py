@@ -25,6 +25,20 @@ DID_REJECT = "flywheel/didRejectCompletion"  # {completionId}
 STATUS_REQUEST = "flywheel/status"
 FLUSH_REQUEST = "flywheel/flush"
 
+# Server → client notification, sent whenever either field changes: {backend, languages}.
+# `backend` is one of the three below; `languages` lists the LSP languageIds the server asks the
+# backend about (served by the model or turned on by the user, less those turned off). The
+# flywheel/status result carries the same two fields.
+DID_CHANGE_STATUS = "flywheel/didChangeStatus"
+BACKEND_OK = "ok"
+BACKEND_UNAUTHORIZED = "unauthorized"  # a 401 or 403: the token is wrong or missing
+BACKEND_UNREACHABLE = "unreachable"  # no answer, or an answer that is not the contract's
+
+# initializationOptions / didChangeConfiguration keys of lsp_server/options.py a client may set to
+# choose what is sent: {languageId: true|false, "*": ...} and a list of path globs.
+LANGUAGES_OPTION = "languages"
+EXCLUDE_OPTION = "exclude"
+
 # initializationOptions key a client sets when it sends DID_SHOW: the server then stops treating
 # the returned item as shown and waits for the notification.
 REPORTS_SHOWN_OPTION = "reportsShown"

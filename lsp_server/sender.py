@@ -16,16 +16,13 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lsp_server.backend_client import BackendError
+from lsp_server.backend_client import AUTH_STATUSES, BackendError
 from lsp_server.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
 # Below wire.MAX_EVENTS_PER_BATCH, so a batch is never refused for its size.
 BATCH_SIZE = 500
-
-# Refused credentials do not heal in a second: the user has to fix the token, so ask seldom.
-AUTH_STATUSES = frozenset({401, 403})
 
 SendEvents = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
@@ -180,6 +177,7 @@ class OutboxSender:
             self._wake.clear()
 
     def _backoff_s(self, exc: Exception) -> float:
+        # Refused credentials do not heal in a second: the user has to fix the token, so ask seldom.
         if isinstance(exc, BackendError) and exc.status in AUTH_STATUSES:
             ceiling = self.auth_retry_s
             return random.uniform(ceiling / 2, ceiling)

@@ -19,6 +19,9 @@ from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from lsp_server.protocol import (
     ACCEPT_COMMAND,
+    BACKEND_OK,
+    BACKEND_UNAUTHORIZED,
+    DID_CHANGE_STATUS,
     DID_PARTIALLY_ACCEPT,
     DID_REJECT,
     DID_SHOW,
@@ -82,6 +85,8 @@ class FlywheelLanguageServer(LanguageServer):
         )
         self.initialization_options: Any = None
         self.session: Session | None = None
+        # Said in a window/showMessage since the backend last took the token.
+        self.told_unauthorized = False
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         # pygls would pop an error up in the editor; a completion helper never should.
@@ -116,8 +121,32 @@ def initialized(ls: FlywheelLanguageServer, params: types.InitializedParams) -> 
     encoding = (
         getattr(ls.workspace.position_encoding, "value", None) or types.PositionEncodingKind.Utf16.value
     )
-    ls.session = Session(options, root_path=ls.workspace.root_path, encoding=encoding)
+    ls.session = Session(
+        options,
+        root_path=ls.workspace.root_path,
+        encoding=encoding,
+        on_status=lambda status: _status_changed(ls, status),
+    )
     ls.session.start_background()
+
+
+def _status_changed(ls: FlywheelLanguageServer, status: dict[str, Any]) -> None:
+    """Tell the client; a refused token also once in words, since a client that does not know
+    flywheel/didChangeStatus would otherwise show nothing at all."""
+    ls.protocol.notify(DID_CHANGE_STATUS, status)
+    if status["backend"] == BACKEND_OK:
+        ls.told_unauthorized = False
+    elif status["backend"] == BACKEND_UNAUTHORIZED and not ls.told_unauthorized and ls.session:
+        ls.told_unauthorized = True
+        ls.window_show_message(
+            types.ShowMessageParams(
+                type=types.MessageType.Error,
+                message=(
+                    f"Flywheel: the backend at {ls.session.backend.base_url} refused the token "
+                    "(unauthorized). Set a client token (the `token` option; `flywheel token` makes one)."
+                ),
+            )
+        )
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from core.wire import Event
 from lsp_server.backend_client import BackendClient, BackendError, warm_imports
 from lsp_server.context import cursor_context
 from lsp_server.documents import UTF16, Document, code_units
+from lsp_server.gate import DEFAULT_EXCLUDE, enabled_languages, excluded, language_enabled
 from lsp_server.options import Options, pseudonym, with_client_options
 from lsp_server.outbox import Outbox
+from lsp_server.protocol import BACKEND_OK, BACKEND_UNAUTHORIZED, BACKEND_UNREACHABLE
 from lsp_server.ranges import utf16_units
 from lsp_server.redact import redact, redact_context
 from lsp_server.sender import OutboxSender
@@ -46,16 +49,33 @@ class Served:
     start: tuple[int, int]
 
 
+StatusListener = Callable[[dict[str, Any]], None]
+
+
 class Session:
-    def __init__(self, options: Options, root_path: str | None = None, encoding: str = UTF16) -> None:
+    def __init__(
+        self,
+        options: Options,
+        root_path: str | None = None,
+        encoding: str = UTF16,
+        on_status: StatusListener | None = None,
+    ) -> None:
         self.options = options
         self.root_path = root_path
         self.encoding = encoding
         self.documents: dict[str, Document] = {}
         self.user_id = options.user_id or pseudonym(options.state_dir)
         self.backend = BackendClient(options.backend_url, options.token, options.request_timeout_s)
-        self.backend_ok: bool | None = None
+        # BACKEND_OK, _UNAUTHORIZED or _UNREACHABLE; None before the first contact.
+        self.backend_state: str | None = None
         self.last_backend_error: str | None = None
+        # The languages the backend's model serves (GET /v1/model); None until it has said.
+        self.served: list[str] | None = None
+        # Told {backend, languages} whenever either changes (flywheel/didChangeStatus).
+        self._on_status = on_status
+        self._announced: dict[str, Any] | None = None
+        self._excluded: dict[str, bool] = {}
+        self.gated_requests = 0
         self.model_version: str | None = None
         self.outbox = _open_outbox(options.state_dir / OUTBOX_FILE)
         self.sender = OutboxSender(
@@ -92,6 +112,8 @@ class Session:
         # The first completion should not pay for importing h11, pydantic and rapidfuzz.
         self._warming = loop.run_in_executor(None, warm_imports)
         self._warming.add_done_callback(_log_warm_failure)
+        # Which languages are served, and whether the token works, before the first keystroke.
+        self._refresh_soon()
 
     # -- documents ----------------------------------------------------------------------------
 
@@ -135,6 +157,9 @@ class Session:
         began = time.perf_counter()
         document = self.documents.get(uri)
         if document is None:
+            return None
+        if not await self.may_ask(uri, document.language_id):
+            self.gated_requests += 1
             return None
         offset = document.offset_at(line, character, strict=True)
         if offset is None:
@@ -233,17 +258,79 @@ class Session:
         except BackendError as exc:
             self._backend_failed(exc)
             return None
-        if self.backend_ok is False:
-            logger.info("backend reachable again at %s", self.backend.base_url)
-        self.backend_ok, self.last_backend_error = True, None
+        self._backend_reached()
         self.model_version = answer.model_version
         return answer
 
+    # -- backend state and the gate -----------------------------------------------------------
+
+    @property
+    def backend_ok(self) -> bool | None:
+        return None if self.backend_state is None else self.backend_state == BACKEND_OK
+
+    def languages(self) -> list[str]:
+        """What the server asks for: served by the model or turned on by the user, less turned off."""
+        return enabled_languages(self.served or (), self.options.languages)
+
+    async def may_ask(self, uri: str, language_id: str) -> bool:
+        """Never an excluded path; a language only once the backend has said it serves it (or the
+        user turned it on)."""
+        if (hidden := self._excluded.get(uri)) is None:
+            hidden = self._excluded[uri] = excluded(uri, self.options.exclude, self.root_path)
+        if hidden:
+            return False
+        if self.served is None and language_id not in self.options.languages:
+            await self.refresh_model()
+        return language_enabled(language_id, self.served or (), self.options.languages)
+
+    async def refresh_model(self) -> None:
+        """GET /v1/model: the languages served and whether the token is accepted."""
+        try:
+            info = await self.backend.model_info()
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return
+        if self.model_version is None:
+            self.model_version = info.live_version
+        self.served = list(info.languages)
+        self._backend_reached()
+
+    def _refresh_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.refresh_model())
+        task.add_done_callback(_log_refresh_failure)
+
+    def _backend_reached(self) -> None:
+        if self.backend_state in (BACKEND_UNREACHABLE, BACKEND_UNAUTHORIZED):
+            logger.info("backend reachable again at %s", self.backend.base_url)
+            if self.served is not None:
+                self._refresh_soon()  # back after an outage: perhaps with another model
+        self.backend_state, self.last_backend_error = BACKEND_OK, None
+        self._announce()
+
     def _backend_failed(self, exc: BackendError) -> None:
-        # Once per outage: a down backend must not flood the editor's log on every keystroke.
-        if self.backend_ok is not False:
-            logger.warning("backend unavailable at %s, no completions: %s", self.backend.base_url, exc)
-        self.backend_ok, self.last_backend_error = False, str(exc)
+        state = BACKEND_UNAUTHORIZED if exc.unauthorized else BACKEND_UNREACHABLE
+        # Once per change: a down backend must not flood the editor's log on every keystroke.
+        if self.backend_state != state:
+            if state == BACKEND_UNAUTHORIZED:
+                logger.error(
+                    "the backend at %s refused the token (%s): no completions until a client token is "
+                    "set (the `token` option, or `flywheel token` on the backend)",
+                    self.backend.base_url,
+                    exc,
+                )
+            else:
+                logger.warning("backend unavailable at %s, no completions: %s", self.backend.base_url, exc)
+        self.backend_state, self.last_backend_error = state, str(exc)
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.backend_state is None:
+            return
+        status = {"backend": self.backend_state, "languages": self.languages()}
+        if status != self._announced:
+            self._announced = status
+            if self._on_status is not None:
+                self._on_status(status)
 
     def accept(self, completion_id: str) -> bool:
         return self._signal("accept", self.tracker.accept(completion_id), completion_id)
@@ -284,9 +371,13 @@ class Session:
         ):
             previous = self.backend
             self.backend = BackendClient(new.backend_url, new.token, new.request_timeout_s)
-            self.backend_ok = None
+            self.backend_state, self.served = None, None
             asyncio.get_running_loop().create_task(previous.aclose())
             self.sender.wake()  # a fixed token or URL need not wait out the backoff
+            self._refresh_soon()
+        if (new.exclude, new.languages) != (old.exclude, old.languages):
+            self._excluded.clear()
+            self._announce()
         if new.user_id != old.user_id:
             self.user_id = new.user_id or pseudonym(new.state_dir)
         self.tracker.survival_delays_s = new.survival_delays_s
@@ -318,7 +409,12 @@ class Session:
             logger.exception("could not store %d events in the outbox", len(events))
 
     async def _send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.backend.send_events(events)
+        try:
+            return await self.backend.send_events(events)
+        except BackendError as exc:
+            if exc.unauthorized:
+                self._backend_failed(exc)  # a token refused here is refused for completions too
+            raise
 
     async def flush(self, timeout_s: float) -> int:
         """Deliver what is in the outbox now; returns how many events are still waiting."""
@@ -355,23 +451,22 @@ class Session:
     # -- status and shutdown ------------------------------------------------------------------
 
     async def probe_backend(self) -> None:
-        """Health and live version before any completion, so a client can show them at start."""
-        if self.backend_ok is not None:
+        """Whether the backend takes our token, its live version and languages, before any
+        completion, so a client can show them at start. Once known, completions keep it current."""
+        if self.backend_state is not None and self.served is not None:
             return
-        try:
-            health = await self.backend.health()
-        except BackendError as exc:
-            self._backend_failed(exc)
-            return
-        self.backend_ok, self.last_backend_error = True, None
-        if self.model_version is None and isinstance(health.get("live_version"), str):
-            self.model_version = health["live_version"]
+        await self.refresh_model()
 
     def status(self) -> dict[str, Any]:
         self._write_events()
         return {
             "ready": True,
             "backend_url": self.backend.base_url,
+            "backend": self.backend_state,
+            "languages": self.languages(),
+            "served_languages": self.served,
+            "exclude": [*DEFAULT_EXCLUDE, *self.options.exclude],
+            "gated_requests": self.gated_requests,
             "backend_ok": self.backend_ok,
             "last_backend_error": self.last_backend_error,
             "model_version": self.model_version,
@@ -413,6 +508,11 @@ def _open_outbox(path: Path) -> Outbox:
         # Completions matter more than durability: keep events in memory for this run.
         logger.error("cannot open the event outbox at %s (%s); events kept in memory only", path, exc)
         return Outbox(":memory:")
+
+
+def _log_refresh_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("could not ask the backend for its model: %s", task.exception())
 
 
 def _log_warm_failure(future: asyncio.Future[None]) -> None:

@@ -253,6 +253,9 @@ class Recorder:
         self.url = self.http.url
 
     def answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        if method == "GET":  # /v1/model: the languages served
+            info = {"base_model": "tiny", "live_version": "v-test", "fim": "flywheel", "temperature": 0.7}
+            return json_answer(json.dumps(info).encode())
         self.bodies.append((path, body))
         if path.endswith("/complete"):
             answer = {

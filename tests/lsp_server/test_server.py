@@ -23,7 +23,7 @@ from lsprotocol import types
 from pydantic import BaseModel
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from core.wire import CompleteRequest, CompleteResponse, Event, EventsRequest, EventsResponse
+from core.wire import CompleteRequest, CompleteResponse, Event, EventsRequest, EventsResponse, ModelInfo
 from lsp_server.outbox import Outbox
 
 SUGGESTION = "return a + b"
@@ -39,11 +39,15 @@ class WireBackend:
         self.completions: list[CompleteRequest] = []
         self.events: dict[str, dict[str, Any]] = {}
         self.authorizations: list[str | None] = []
+        self.languages = ["python"]
         self.http = LoopbackHTTP(self.answer)
         self.url = self.http.url
 
     def answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
         if method == "GET":
+            if path == "/v1/model":
+                self.authorizations.append(headers.get("Authorization"))
+                return json_answer(self.model_info().model_dump_json().encode())
             if path != "/healthz":
                 return NOT_FOUND
             health = {"status": "ok", "live_version": "v-live", "canary_version": None}
@@ -56,6 +60,15 @@ class WireBackend:
         else:
             return NOT_FOUND
         return json_answer(answer.model_dump_json().encode())
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            base_model="tiny",
+            live_version="v-live",
+            fim="flywheel",
+            temperature=0.7,
+            languages=self.languages,
+        )
 
     def complete(self, request: CompleteRequest) -> CompleteResponse:
         self.completions.append(request)
