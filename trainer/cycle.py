@@ -46,6 +46,7 @@ from trainer.checkpoint import (
 )
 from trainer.client import BackendClient
 from trainer.corrections import wanted_ids
+from trainer.distributed import ALONE, Job, World, to_cpu
 from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
 from trainer.objectives import objective_config
 from trainer.objectives.pg import PGConfig
@@ -102,12 +103,17 @@ def run_cycle(
     pg: PGConfig | None = None,
     cache: PolicyCache | None = None,
     on_state: Callable[[str], None] | None = None,
+    world: World = ALONE,
 ) -> CycleReport | None:
     """One cycle; None (and nothing changed) when fewer than `min_episodes` new episodes are in,
-    the guards want more distinct users first, or a canary is still being judged."""
+    the guards want more distinct users first, or a canary is still being judged.
+
+    Under torchrun this runs on rank 0, and the other ranks of `world` join its policy update."""
     if client is None:
         with BackendClient.from_settings(settings) as own:
-            return run_cycle(settings, own, min_episodes=min_episodes, pg=pg, cache=cache, on_state=on_state)
+            return run_cycle(
+                settings, own, min_episodes=min_episodes, pg=pg, cache=cache, on_state=on_state, world=world
+            )
     started = time.monotonic()
     cfg, trainer_dir = settings.trainer, settings.trainer_dir
     cache = cache or PolicyCache(cfg)
@@ -138,7 +144,7 @@ def run_cycle(
     # The live weights, kept so that floors fitted on their outcomes can ship on them when the
     # update fails the gate.
     live_weights = policy.snapshot() if cfg.learn_floor else None
-    report.update = update_policy(policy, split, objective, settings, seed=pulled.cursor)
+    report.update = update_policy(policy, split, objective, settings, seed=pulled.cursor, world=world)
     cache.became(None)  # the weights in memory are now the candidate's, no served version
     report.cut = fit_cut(policy, split, settings, info)
     if cfg.learn_floor:
@@ -240,9 +246,10 @@ def gate_baseline(
 
 
 def update_policy(
-    policy: LoadedPolicy, split: Split, objective: Any, settings: Settings, seed: int
+    policy: LoadedPolicy, split: Split, objective: Any, settings: Settings, seed: int, world: World = ALONE
 ) -> UpdateReport:
-    """Updates the policy in place on the training episodes with the objective."""
+    """Updates the policy in place on the training episodes with the objective; the PG objective
+    data-parallel over `world`'s ranks, the others on this process alone."""
     cfg = settings.trainer
     log.info(
         "training %s on %d episodes (%d held out, %d dropped) from %s",
@@ -263,12 +270,10 @@ def update_policy(
             replay = load_replay(
                 policy.tokenizer, cfg.replay_sources, objective.replay_window_tokens, REPLAY_WINDOWS, seed
             )
-        figures = train_on_episodes(
-            policy.model,
-            episodes,
-            objective,
+        job = dict(
+            episodes=episodes,
+            config=objective,
             seed=seed,
-            optimizer=policy.optimizer,
             parent_version=policy.version,
             kl_budget=cfg.guards.kl_budget,
             measure_kl_after=False,
@@ -276,6 +281,13 @@ def update_policy(
             replay=replay,
             **common,
         )
+        if world.size > 1:
+            weights, optimizer_state = policy.snapshot()
+            lora = policy.model.peft_config["default"]
+            world.send(Job(policy.base_model, lora, to_cpu(weights), to_cpu(optimizer_state), job))
+        figures = train_on_episodes(policy.model, optimizer=policy.optimizer, world=world, **job)
+    elif world.size > 1:
+        raise ValueError(f"trainer.objective {cfg.objective!r} runs on one process; under torchrun only pg")
     elif cfg.objective == "kto":
         from trainer.objectives.kto import train_kto
 

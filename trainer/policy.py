@@ -23,9 +23,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_policy(
-    base_model: str, adapter_dir: Path | None, config: TrainerConfig, device: torch.device
+    base_model: str,
+    adapter_dir: Path | None,
+    config: TrainerConfig,
+    device: torch.device,
+    lora: LoraConfig | None = None,
 ) -> PeftModel:
-    """The base model plus a trainable adapter: `adapter_dir`'s, or a fresh one when None.
+    """The base model plus a trainable adapter: `adapter_dir`'s, or a fresh one when None (shaped
+    by `lora` when given, else by the configuration).
 
     A fresh LoRA starts with B = 0, so the policy equals the base model until it is trained.
     """
@@ -33,7 +38,7 @@ def load_policy(
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
     if adapter_dir is None:
-        lora = LoraConfig(
+        lora = lora or LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             target_modules=config.lora_target_modules,
@@ -41,7 +46,11 @@ def load_policy(
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(base, lora)
+        # A fixed draw for the fresh adapter's A matrices: the same base and configuration give the
+        # same starting policy in every run (and every rank), and the caller's RNG is left as it was.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = get_peft_model(base, lora)
     else:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     # Eval mode for the same reason as no dropout: on-policy episodes must score a ratio of 1.

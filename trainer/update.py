@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
 from torch import Tensor
 
 from core.wire import Episode
+from trainer.distributed import ALONE, World
 from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
-from trainer.objectives.pg import PGConfig, compute_advantages, correction_loss, pg_loss
+from trainer.objectives.pg import PGConfig, compute_advantages, pg_loss
 from trainer.replay import ReplayText, replay_loss
 
 
@@ -72,6 +74,7 @@ def train_on_episodes(
     measure_kl_after: bool = True,
     wanted: Sequence[list[int] | None] | None = None,
     replay: ReplayText | None = None,
+    world: World = ALONE,
 ) -> dict[str, float]:
     """Updates the adapter in place; returns the update's figures (step means, KL after).
 
@@ -83,6 +86,10 @@ def train_on_episodes(
     it started from: before each step, KL(parent ‖ current) per token is estimated on the
     minibatch's episodes that the parent served (their recorded log-probs are the parent's), and
     once it exceeds the budget the update stops there (`kl_stopped` = 1).
+
+    `world`: the ranks of a data-parallel update (trainer/distributed.py), every one calling this
+    with the same arguments; each computes its share of every minibatch and the gradients are summed.
+    The figures returned are the whole minibatches' (the share-weighted sum of the ranks').
     """
     if not episodes:
         raise ValueError("no episodes to train on")
@@ -93,7 +100,7 @@ def train_on_episodes(
     # The baseline spans every episode of the update, so all minibatches share it.
     advantages = compute_advantages(torch.tensor([e.reward for e in episodes]), config)
     generator = torch.Generator().manual_seed(seed)
-    ref, kl_weight = kl_reference(model, episodes, config.kl_sample, batch_size, generator)
+    ref, kl_weight = kl_reference(model, episodes, config.kl_sample, batch_size, generator, world)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or make_optimizer(model, learning_rate)
 
@@ -101,47 +108,46 @@ def train_on_episodes(
     steps, kl_parent_max, kl_stopped = 0, 0.0, False
     nlls: dict[str, list[float]] = {"correction_nll": [], "replay_nll": []}
     for _ in range(epochs):
+        # Every rank draws the same order (same generator, same seed): the minibatches agree.
         order = torch.randperm(len(episodes), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            chunk = [episodes[i] for i in idx]
-            batch = episode_batch(chunk, device)
-            width = batch.completion_ids.shape[1]
-            behaviour = pad_rows([e.token_logprobs for e in chunk], width).to(device)
-            logps = completion_logprobs(model, batch)
-            # Rows without a reference get their own log-probs: a zero penalty, weighted 0 anyway.
-            own = logps.detach().cpu()
-            ref_logps = pad_rows([ref[i] if ref[i] is not None else own[r] for r, i in enumerate(idx)], width)
-            ref_logps = ref_logps.to(device)
-            on_parent = torch.tensor([e.model_version == parent_version for e in chunk], device=device)
-            kl_parent = parent_kl(logps.detach(), behaviour, batch.completion_mask & on_parent[:, None])
-            if kl_parent is not None:
+            mine = world.share(idx)
+            # This rank's share of the minibatch's mean: the ranks' weighted losses sum to it.
+            weight = len(mine) / len(idx)
+            part = pg_part(model, episodes, mine, ref, kl_weight, advantages, parent_version, config, device)
+            kl_sum, kl_tokens = world.sum([part.kl_parent_sum, part.kl_parent_tokens])
+            if kl_tokens:
+                kl_parent = kl_sum / kl_tokens
                 kl_parent_max = max(kl_parent_max, kl_parent)
                 if kl_budget is not None and kl_parent > kl_budget:
                     kl_stopped = True
                     break
-            loss, stats = pg_loss(
-                logps,
-                behaviour,
-                ref_logps,
-                advantages[idx].to(device),
-                batch.completion_mask,
-                config,
-                kl_weight[idx].to(device),
-            )
-            corrected = [i for i in idx if wanted[i]]
-            if corrected and config.correction_coef > 0:
-                nll = correction_loss(*wanted_logprobs(model, episodes, wanted, corrected, device))
-                loss = loss + config.correction_coef * nll
-                nlls["correction_nll"].append(float(nll.detach()))
+            loss = part.loss * weight if part.loss is not None else None
+            extra: dict[str, float] = {}
+            if config.correction_coef > 0 and any(wanted[i] for i in idx):
+                nll = correction_part(model, episodes, wanted, [i for i in mine if wanted[i]], device, world)
+                loss = add(loss, config.correction_coef * nll)
+                extra["correction_nll"] = float(nll.detach())
             if replay is not None and config.replay_coef > 0:
-                nll = replay_loss(model, replay.sample(config.replay_windows, generator).to(device))
-                loss = loss + config.replay_coef * nll
-                nlls["replay_nll"].append(float(nll.detach()))
+                windows = replay.sample(config.replay_windows, generator)
+                own = windows[world.rank :: world.size]
+                if len(own):
+                    nll = replay_loss(model, own.to(device)) * (len(own) / len(windows))
+                    loss = add(loss, config.replay_coef * nll)
+                    extra["replay_nll"] = float(nll.detach())
+                else:
+                    extra["replay_nll"] = 0.0
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss is not None:
+                loss.backward()
+            world.sum_gradients(params)
+            stats = step_figures(part.stats, weight, extra, world)
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
             optimizer.step()
+            for key in list(nlls):
+                if key in stats:
+                    nlls[key].append(stats.pop(key))
             for key, value in stats.items():
                 sums[key] += value
             steps += 1
@@ -163,19 +169,24 @@ def train_on_episodes(
 
 
 def kl_reference(
-    model: PeftModel, episodes: Sequence[Episode], share: float, batch_size: int, generator: torch.Generator
+    model: PeftModel,
+    episodes: Sequence[Episode],
+    share: float,
+    batch_size: int,
+    generator: torch.Generator,
+    world: World = ALONE,
 ) -> tuple[list[Tensor | None], Tensor]:
     """The KL penalty's reference: the base log-probs of a random `share` of the episodes (at least
     one), and each episode's weight, 1 / share for the sampled ones (an unbiased estimate of the full
-    penalty) and 0 for the rest."""
+    penalty) and 0 for the rest. Across ranks each computes its share of them and all gather."""
     with_ref = (torch.rand(len(episodes), generator=generator) < share).tolist()
     if not any(with_ref):
         with_ref[0] = True
     sampled = [i for i, chosen in enumerate(with_ref) if chosen]
+    mine = world.share(sampled)
+    computed = reference_logprobs(model, [episodes[i] for i in mine], batch_size)
     ref: list[Tensor | None] = [None] * len(episodes)
-    for i, logps in zip(
-        sampled, reference_logprobs(model, [episodes[i] for i in sampled], batch_size), strict=True
-    ):
+    for i, logps in world.gather(list(zip(mine, computed, strict=True))):
         ref[i] = logps
     weight = torch.tensor([len(episodes) / len(sampled) if chosen else 0.0 for chosen in with_ref])
     return ref, weight
@@ -195,16 +206,100 @@ def wanted_logprobs(
     return completion_logprobs(model, batch), batch.completion_mask
 
 
+# pg_loss's figures, in the order the ranks sum them.
+PG_FIGURES = ("loss", "pg_loss", "kl", "ratio_mean", "clip_frac")
+
+
+@dataclass
+class PGPart:
+    """One rank's share of a minibatch: its PG loss (a mean over its rows; None without rows), its
+    figures, and the sums behind KL(parent ‖ current) on its tokens the parent served."""
+
+    loss: Tensor | None
+    stats: dict[str, float]
+    kl_parent_sum: float
+    kl_parent_tokens: int
+
+
+def pg_part(
+    model: PeftModel,
+    episodes: Sequence[Episode],
+    rows: Sequence[int],
+    ref: Sequence[Tensor | None],
+    kl_weight: Tensor,
+    advantages: Tensor,
+    parent_version: str | None,
+    config: PGConfig,
+    device: torch.device,
+) -> PGPart:
+    if not rows:
+        return PGPart(None, dict.fromkeys(PG_FIGURES, 0.0), 0.0, 0)
+    chunk = [episodes[i] for i in rows]
+    batch = episode_batch(chunk, device)
+    width = batch.completion_ids.shape[1]
+    behaviour = pad_rows([e.token_logprobs for e in chunk], width).to(device)
+    logps = completion_logprobs(model, batch)
+    # Rows without a reference get their own log-probs: a zero penalty, weighted 0 anyway.
+    own = logps.detach().cpu()
+    ref_logps = pad_rows([ref[i] if ref[i] is not None else own[r] for r, i in enumerate(rows)], width)
+    on_parent = torch.tensor([e.model_version == parent_version for e in chunk], device=device)
+    kl_sum, kl_tokens = parent_kl_sums(logps.detach(), behaviour, batch.completion_mask & on_parent[:, None])
+    loss, stats = pg_loss(
+        logps,
+        behaviour,
+        ref_logps.to(device),
+        advantages[list(rows)].to(device),
+        batch.completion_mask,
+        config,
+        kl_weight[list(rows)].to(device),
+    )
+    return PGPart(loss, stats, kl_sum, kl_tokens)
+
+
+def correction_part(
+    model: PeftModel,
+    episodes: Sequence[Episode],
+    wanted: Sequence[list[int] | None],
+    rows: Sequence[int],
+    device: torch.device,
+    world: World,
+) -> Tensor:
+    """This rank's part of the correction NLL: its rows' summed NLL over the wanted tokens of the
+    minibatch's corrected rows on all ranks (correction_loss's mean, split across them)."""
+    if not rows:
+        world.sum([0.0])
+        return torch.zeros((), device=device)
+    logps, mask = wanted_logprobs(model, episodes, wanted, rows, device)
+    mask = mask.to(logps.dtype)
+    [tokens] = world.sum([float(mask.sum())])
+    return -(logps * mask).sum() / max(tokens, 1.0)
+
+
+def add(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total + term
+
+
+def step_figures(
+    pg: dict[str, float], weight: float, nlls: dict[str, float], world: World
+) -> dict[str, float]:
+    """A step's figures over the whole minibatch: the PG figures weighted by each rank's share (exact
+    for the losses, token-weighted figures approximately), the NLL parts summed."""
+    keys = [*PG_FIGURES, *nlls]
+    summed = world.sum([pg[k] * weight for k in PG_FIGURES] + list(nlls.values()))
+    return dict(zip(keys, summed, strict=True))
+
+
 def make_optimizer(model: PeftModel, learning_rate: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
 
 
-def parent_kl(logps: Tensor, parent_logps: Tensor, mask: Tensor) -> float | None:
-    """Per-token k3 estimate of KL(parent ‖ current) from tokens the parent sampled: with
-    r = p_current / p_parent, E_parent[r − 1 − log r] = KL(parent ‖ current). None without tokens."""
+def parent_kl_sums(logps: Tensor, parent_logps: Tensor, mask: Tensor) -> tuple[float, int]:
+    """The sum and count behind the per-token k3 estimate of KL(parent ‖ current) on tokens the
+    parent sampled: with r = p_current / p_parent, E_parent[r − 1 − log r] = KL(parent ‖ current).
+    Sums, so that ranks can add theirs before dividing."""
     n = int(mask.sum())
     if n == 0:
-        return None
+        return 0.0, 0
     log_r = (logps - parent_logps).clamp(-20.0, 20.0)
     k3 = torch.exp(log_r) - 1 - log_r
-    return float((k3 * mask).sum() / n)
+    return float((k3 * mask).sum()), n
