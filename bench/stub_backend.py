@@ -20,7 +20,7 @@ SUGGESTION = "compute(a, b)"
 
 
 class StubHandler(BaseHTTPRequestHandler):
-    """`POST /v1/complete` and `POST /v1/events`, answered in the wire contract's shapes."""
+    """`POST /v1/complete`, `POST /v1/events` and `GET /v1/model`, answered in the wire contract's shapes."""
 
     protocol_version = "HTTP/1.1"
     server: StubServer
@@ -29,6 +29,10 @@ class StubHandler(BaseHTTPRequestHandler):
         super().setup()
         # Headers and body go out in two writes: without this, Nagle and delayed ACKs add 40 ms.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:
+        # /v1/model: the language server asks which languages are served before it asks for any.
+        self._send({"base_model": "stub", "live_version": "stub", "fim": "flywheel", "temperature": 0.0})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -42,6 +46,9 @@ class StubHandler(BaseHTTPRequestHandler):
             }
         else:
             answer = {"stored": len(body["events"]), "duplicates": 0, "refused": []}
+        self._send(answer)
+
+    def _send(self, answer: dict[str, Any]) -> None:
         data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -17,7 +17,14 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from lsp_server.protocol import ACCEPT_COMMAND, DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, FLUSH_REQUEST
+from lsp_server.protocol import (
+    ACCEPT_COMMAND,
+    DID_CHANGE_STATUS,
+    DID_PARTIALLY_ACCEPT,
+    DID_REJECT,
+    DID_SHOW,
+    FLUSH_REQUEST,
+)
 from lsp_server.ranges import code_points_for_units, utf16_units
 
 # One accept-next-word step: a word, or a run of punctuation, with the blanks before it.
@@ -65,6 +72,8 @@ class Editor:
     @classmethod
     async def start(cls, env: dict[str, str], log_path: Path, init_options: dict[str, Any]) -> Editor:
         client = LanguageClient("flywheel-simulate", "0.1")
+        # The server's news about the backend and languages: read from flywheel/status when needed.
+        client.feature(DID_CHANGE_STATUS)(lambda params: None)
         await client.start_io(sys.executable, "-m", "lsp_server", env=env)
         # pygls pipes the server's stderr; unread, a chatty server would block on a full pipe.
         log_task = asyncio.create_task(_copy_stream(client._server.stderr, log_path))
