@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium simulate vscode
+.PHONY: install up test lint clean chromium postgresql simulate vscode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,12 +49,20 @@ chromium:
 		&& apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium missing (needs root to install): the dashboard browser test will be skipped"
 
+# The store's tests run on a real PostgreSQL server too (tests/conftest.py's postgres_server: initdb
+# and pg_ctl in a temporary directory); Debian's postgresql installed here when missing and root.
+postgresql:
+	@{ command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
+		|| echo "postgresql missing (needs root to install): the PostgreSQL store tests will be skipped"
+
 # The VS Code extension from a clean install: build, unit tests, editor_clients/vscode/*.vsix.
 vscode:
 	cd editor_clients/vscode && npm ci --no-audit --no-fund && npm run build && npm test && npm run package
 
 # Tests build their own tiny models; nothing may be downloaded.
-test: install lint chromium vscode
+test: install lint chromium postgresql vscode
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q
 
 clean:

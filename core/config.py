@@ -249,6 +249,26 @@ class ServingConfig(BaseModel):
     vllm_health_interval_s: float = 1.0
 
 
+class StoreConfig(BaseModel):
+    """Where the backend keeps completions, events, episodes and checkpoints' records (backend/store/)."""
+
+    # Empty: SQLite in the data directory, for one backend. "postgresql://user@host:5432/flywheel":
+    # a PostgreSQL database that several backends share (its password from ~/.pgpass or
+    # PGPASSWORD rather than the URL); the schema is created and migrated on start.
+    url: str = ""
+    # Connections each backend keeps open to PostgreSQL.
+    pool_size: Annotated[int, Field(ge=1)] = 8
+
+
+class CheckpointsConfig(BaseModel):
+    # Where uploaded adapters are written (atomically) and read; empty: checkpoints/ in the data
+    # directory. Several backends need one they all reach at the same path (a shared volume).
+    dir: str = ""
+    # How often a backend reads the registry to serve the live and canary versions another
+    # backend moved (a checkpoint uploaded to, or promoted by, a replica).
+    poll_s: Annotated[float, Field(gt=0)] = 2.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="ignore", toml_file=None
@@ -263,6 +283,8 @@ class Settings(BaseSettings):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
     # Workspace files (./flywheel.toml of a repository) the language server may take the backend's
     # URL and token from; read from the user's own file only (core/config_file.py).
     trusted_configs: list[str] = Field(default_factory=list)
@@ -313,7 +335,7 @@ class Settings(BaseSettings):
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.state_dir / "checkpoints"
+        return Path(self.checkpoints.dir) if self.checkpoints.dir else self.state_dir / "checkpoints"
 
     @property
     def default_model_dir(self) -> Path:

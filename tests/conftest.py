@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import inspect
+import itertools
 import os
 import shutil
 import subprocess
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -90,6 +94,57 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) 
         with contextlib.suppress(OSError):
             partial.rename(cached)
     return output
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the session (bench/postgres_server.py, on loopback), with a
+    database `flywheel_template` already migrated: a test copies it (CREATE DATABASE … TEMPLATE)."""
+    from bench import postgres_server
+
+    if postgres_server.binaries() is None:
+        pytest.skip("PostgreSQL is not installed: `make test` installs Debian's postgresql")
+    with postgres_server.running() as server:
+        server.execute("CREATE DATABASE flywheel_template")
+        # In a thread of its own: a test's event loop may be running in this one.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, _migrate(server.url("flywheel_template"))).result()
+        yield server
+
+
+async def _migrate(url: str) -> None:
+    from backend.store.postgres import PostgresStore
+
+    await (await PostgresStore.open(url, pool_size=1)).close()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store_here(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Any]]:
+    """Opens this test's store, again and again on the same file or database: a SQLite file, or a
+    fresh database on the session's PostgreSQL server. A test that takes it (or `store`) runs on both."""
+    if request.param == "sqlite":
+        from backend.store.sqlite import SqliteStore
+
+        path = tmp_path / "nested" / "dir" / "flywheel.sqlite3"
+        return lambda: SqliteStore.open(path)
+    from backend.store.postgres import PostgresStore
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"test_{next(_databases)}"
+    server.execute(f"CREATE DATABASE {name} TEMPLATE flywheel_template")
+    request.addfinalizer(lambda: server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    return lambda: PostgresStore.open(server.url(name))
+
+
+@pytest.fixture
+async def store(open_store_here: Callable[[], Awaitable[Any]]) -> AsyncIterator[Any]:
+    """The backend's store on SQLite and on PostgreSQL (see open_store_here), closed after the test."""
+    opened = await open_store_here()
+    yield opened
+    await opened.close()
 
 
 @dataclass

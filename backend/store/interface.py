@@ -12,6 +12,7 @@ ids, version names, token ids), so nothing of one engine's row identity crosses 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, runtime_checkable
@@ -207,6 +208,12 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Finish pending writes and release the database."""
+
+    def exclusive(self, name: str, wait: bool = False) -> AbstractAsyncContextManager[bool]:
+        """`async with store.exclusive(name) as mine:` mine is True for at most one process at a
+        time among the backends sharing this store, until the block ends (a background pass, the
+        checkpoint lifecycle); False at once when another holds it, unless `wait`. A store one
+        process owns (SQLite) always says True. A backend that dies lets go."""
 
     # Ingest: what happens.
 

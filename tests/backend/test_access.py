@@ -20,7 +20,7 @@ import pytest
 from conftest import RunningBackend, backend_env, bearer, free_port, start_backend, stop_backend
 
 from backend.auth import Authenticator, NoTokens, ensure_tokens, hash_token, person_of
-from backend.store.sqlite import SqliteStore
+from backend.store import Store
 from core.config import Settings
 from core.local_tokens import ADMIN, CLIENT, read_token, token_path
 
@@ -273,33 +273,25 @@ def test_tokens_api_revokes_at_once(server: RunningBackend) -> None:
     assert complete(server, bearer(made["token"])).status_code == 401
 
 
-async def test_revoking_every_token_closes_the_backend_it_never_opens_it(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite3")
-    try:
-        token_id = await store.add_token("only", ADMIN, hash_token("fw_last"))
-        auth = Authenticator(store, "")
-        assert (await auth.identify("fw_last")).role == ADMIN
-        await store.revoke_token(token_id)
-        auth = Authenticator(store, "")
-        assert await auth.identify("fw_last") is None
-        assert await auth.identify("") is None and await auth.identify(None) is None
-    finally:
-        await store.close()
+async def test_revoking_every_token_closes_the_backend_it_never_opens_it(store: Store) -> None:
+    token_id = await store.add_token("only", ADMIN, hash_token("fw_last"))
+    auth = Authenticator(store, "")
+    assert (await auth.identify("fw_last")).role == ADMIN
+    await store.revoke_token(token_id)
+    auth = Authenticator(store, "")
+    assert await auth.identify("fw_last") is None
+    assert await auth.identify("") is None and await auth.identify(None) is None
 
 
-async def test_no_tokens_and_not_loopback_refuses_to_start(tmp_path: Path) -> None:
+async def test_no_tokens_and_not_loopback_refuses_to_start(store: Store, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     settings.backend.host = "0.0.0.0"
-    store = await SqliteStore.open(settings.database_path)
-    try:
-        with pytest.raises(NoTokens, match=r"0\.0\.0\.0"):
-            await ensure_tokens(store, settings)
-        assert not (tmp_path / "tokens").exists()
-        settings.backend.host = "127.0.0.1"
-        assert len(await ensure_tokens(store, settings)) == 2
-        assert await ensure_tokens(store, settings) == []  # once only
-    finally:
-        await store.close()
+    with pytest.raises(NoTokens, match=r"0\.0\.0\.0"):
+        await ensure_tokens(store, settings)
+    assert not (tmp_path / "tokens").exists()
+    settings.backend.host = "127.0.0.1"
+    assert len(await ensure_tokens(store, settings)) == 2
+    assert await ensure_tokens(store, settings) == []  # once only
 
 
 def test_backend_bound_beyond_loopback_without_tokens_exits(tiny_model_dir: Path, tmp_path: Path) -> None:

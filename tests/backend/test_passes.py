@@ -1,23 +1,25 @@
-"""The background passes on a real SQLite file: a pass that keeps failing makes the backend unready
-(and says which and why) until it works again."""
+"""The background passes on a real SQLite file and a real PostgreSQL server: a pass that keeps
+failing makes the backend unready (and says which and why) until it works again."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from raw_store import edit, is_sqlite, rows
 
 from backend.finalize import run_finalizer
 from backend.lifecycle import PINNED, Lifecycle
 from backend.passes import CANARY, FINALIZE, RETENTION, Passes, PassHealth, repeat
 from backend.retention import run_retention
-from backend.store.sqlite import SqliteStore
+from backend.store import Store
 from core.config import Settings
 
 
-async def abstention(store: SqliteStore, cid: str, at: float) -> None:
+async def abstention(store: Store, cid: str, at: float) -> None:
     await store.record_completion(
         completion_id=cid,
         user_id="u1",
@@ -31,12 +33,6 @@ async def abstention(store: SqliteStore, cid: str, at: float) -> None:
         created_at=at,
         latency_ms=5.0,
     )
-
-
-def sql(store: SqliteStore, *statements: str) -> None:
-    with sqlite3.connect(store.path) as db:
-        for statement in statements:
-            db.execute(statement)
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -70,8 +66,9 @@ async def test_readiness_turns_after_the_configured_failures_in_a_row() -> None:
     ]
 
 
-async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "flywheel.sqlite3")
+async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work(
+    store: Store, tmp_path: Path
+) -> None:
     settings = Settings(
         data_dir=tmp_path,
         backend={"finalize_interval_s": 0.01, "retention_interval_s": 0.01, "stuck_after_failures": 3},
@@ -83,14 +80,23 @@ async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work
     await store.finalize_due(2000.0, 660.0, settings.rewards, settings.episodes.min_visible_ms)
     # Each pass made to fail on every run: the finalizer's writes, retention's purge, and the
     # canary's first read (a setting no JSON parser reads).
-    sql(
-        store,
-        "CREATE TRIGGER no_episodes BEFORE INSERT ON episodes"
-        " BEGIN SELECT RAISE(ABORT, 'episodes refused'); END",
-        "CREATE TRIGGER no_purge BEFORE UPDATE OF purged_at ON completions"
-        " BEGIN SELECT RAISE(ABORT, 'purge refused'); END",
-        f"INSERT INTO backend_settings (key, value) VALUES ('{PINNED}', '{{not json')",
+    # (On PostgreSQL, constraints that no new row meets.)
+    refuse = (
+        [
+            "CREATE TRIGGER no_episodes BEFORE INSERT ON episodes"
+            " BEGIN SELECT RAISE(ABORT, 'episodes refused'); END",
+            "CREATE TRIGGER no_purge BEFORE UPDATE OF purged_at ON completions"
+            " BEGIN SELECT RAISE(ABORT, 'purge refused'); END",
+        ]
+        if is_sqlite(store)
+        else [
+            "ALTER TABLE episodes ADD CONSTRAINT episodes_refused CHECK (false) NOT VALID",
+            "ALTER TABLE completions ADD CONSTRAINT purge_refused CHECK (purged_at IS NULL) NOT VALID",
+        ]
     )
+    for statement in refuse:
+        edit(store, statement)
+    edit(store, f"INSERT INTO backend_settings (key, value) VALUES ('{PINNED}', '{{not json')")
     await abstention(store, "quiet", at=time.time())
     # The lifecycle's verdicts never reach the model process: the pinned setting fails them first.
     lifecycle = Lifecycle(settings, store, completions=None)  # type: ignore[arg-type]
@@ -105,25 +111,31 @@ async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work
         ready, body = passes.readiness(None)
         assert not ready and body["status"] == "not ready"
         problems = "\n".join(body["problems"])
-        assert "finalize pass failed" in problems and "episodes refused" in problems
-        assert "retention pass failed" in problems and "purge refused" in problems
+        assert "finalize pass failed" in problems and re.search("episodes.refused", problems)
+        assert "retention pass failed" in problems and re.search("purge.refused", problems)
         assert "canary pass failed" in problems and "JSONDecodeError" in problems
         assert body["passes"][FINALIZE]["last_success"] is None
 
-        sql(store, "DROP TRIGGER no_episodes", "DROP TRIGGER no_purge", "DELETE FROM backend_settings")
+        allow = (
+            ["DROP TRIGGER no_episodes", "DROP TRIGGER no_purge"]
+            if is_sqlite(store)
+            else [
+                "ALTER TABLE episodes DROP CONSTRAINT episodes_refused",
+                "ALTER TABLE completions DROP CONSTRAINT purge_refused",
+            ]
+        )
+        for statement in [*allow, "DELETE FROM backend_settings"]:
+            edit(store, statement)
         await until(lambda: not passes.stuck())
         assert passes.readiness(None)[0]
         assert all(h["consecutive_failures"] == 0 and h["failures"] >= 3 for h in passes.report().values())
         # The new episode is closed, the old one's context purged (so no longer served to train on).
         assert [e.completion_id for e in (await store.episodes_after(0, 10)).episodes] == ["quiet"]
-        with sqlite3.connect(store.path) as db:
-            assert db.execute(
-                "SELECT purged_at IS NOT NULL FROM completions WHERE completion_id = 'old'"
-            ).fetchall() == [(1,)]
+        purged = rows(store, "SELECT purged_at IS NOT NULL FROM completions WHERE completion_id = 'old'")
+        assert purged in ([(1,)], [(True,)])
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-        await store.close()
 
 
 def test_a_pass_health_without_a_registry_still_counts() -> None:

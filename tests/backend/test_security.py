@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -11,12 +10,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import raw_store
 from backend_traffic import upload
 from conftest import backend_env, free_port, make_adapter, start_backend, stop_backend
 
 from backend.auth import Authenticator, hash_token
 from backend.retention import retain_once
-from backend.store.sqlite import SqliteStore
+from backend.store import Store
 from core.config import Settings
 
 
@@ -83,69 +83,62 @@ def test_client_and_admin_tokens_guard_their_routes(tiny_model_dir: Path, tmp_pa
         stop_backend(server)
 
 
-async def test_authenticator_knows_each_tokens_role_and_person(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite3")
-    try:
-        await store.add_token("t", "client", hash_token("fw_abc"))
-        auth = Authenticator(store, "configured")
-        client = await auth.identify("fw_abc")
-        assert client is not None and client.role == "client" and not client.may("admin")
-        operator = await auth.identify("configured")
-        assert operator is not None and operator.role == "admin" and operator.may("client")
-        assert client.person != operator.person
-        assert await auth.identify("fw_abd") is None and await auth.identify(None) is None
-    finally:
-        await store.close()
+async def test_authenticator_knows_each_tokens_role_and_person(store: Store) -> None:
+    await store.add_token("t", "client", hash_token("fw_abc"))
+    auth = Authenticator(store, "configured")
+    client = await auth.identify("fw_abc")
+    assert client is not None and client.role == "client" and not client.may("admin")
+    operator = await auth.identify("configured")
+    assert operator is not None and operator.role == "admin" and operator.may("client")
+    assert client.person != operator.person
+    assert await auth.identify("fw_abd") is None and await auth.identify(None) is None
 
 
-async def test_retention_deletes_old_events_and_contexts_but_keeps_aggregates(tmp_path: Path) -> None:
+async def test_retention_deletes_old_events_and_contexts_but_keeps_aggregates(
+    store: Store, tmp_path: Path
+) -> None:
     settings = Settings(data_dir=tmp_path)
     settings.backend.retention_days = 30
-    store = await SqliteStore.open(settings.database_path)
     now = time.time()
-    try:
-        for age_days, cid in ((40, "old"), (1, "new")):
-            created = now - age_days * 86400
-            await store.record_completion(
-                completion_id=cid,
-                user_id="u",
-                model_version="base",
-                context={"prefix": "secret = 1"},
-                prompt_ids=[1, 2],
-                completion_ids=[3],
-                token_logprobs=[-0.5],
-                temperature=0.7,
-                text="x + 1",
-                created_at=created,
-                latency_ms=12.0,
-            )
-            events = [
-                {
-                    "event_id": uuid.uuid4().hex,
-                    "completion_id": cid,
-                    "kind": "shown",
-                    "client_ts": created,
-                    "visible_ms": 900,
-                },
-                {
-                    "event_id": uuid.uuid4().hex,
-                    "completion_id": cid,
-                    "kind": "accepted",
-                    "client_ts": created,
-                    "visible_ms": 900,
-                    "final": True,
-                },
-            ]
-            assert (await store.add_events(events, received_at=created)).stored == 2
-        await store.finalize_due(now, 660, settings.rewards, 250)
-        before = await store.stats()
-        assert await retain_once(store, settings, now) == {"events": 2, "completions": 1}
-        assert await retain_once(store, settings, now) == {"events": 0, "completions": 0}
-        assert await store.stats() == before  # the figures survive
-    finally:
-        await store.close()
-    db = sqlite3.connect(settings.database_path)
-    rows = dict(db.execute("SELECT completion_id, context FROM completions").fetchall())
-    assert rows == {"old": "{}", "new": '{"prefix": "secret = 1"}'}
-    assert [r[0] for r in db.execute("SELECT DISTINCT completion_id FROM events")] == ["new"]
-    assert db.execute("SELECT COUNT(*) FROM episodes").fetchone()[0] == 2
+    for age_days, cid in ((40, "old"), (1, "new")):
+        created = now - age_days * 86400
+        await store.record_completion(
+            completion_id=cid,
+            user_id="u",
+            model_version="base",
+            context={"prefix": "secret = 1"},
+            prompt_ids=[1, 2],
+            completion_ids=[3],
+            token_logprobs=[-0.5],
+            temperature=0.7,
+            text="x + 1",
+            created_at=created,
+            latency_ms=12.0,
+        )
+        events = [
+            {
+                "event_id": uuid.uuid4().hex,
+                "completion_id": cid,
+                "kind": "shown",
+                "client_ts": created,
+                "visible_ms": 900,
+            },
+            {
+                "event_id": uuid.uuid4().hex,
+                "completion_id": cid,
+                "kind": "accepted",
+                "client_ts": created,
+                "visible_ms": 900,
+                "final": True,
+            },
+        ]
+        assert (await store.add_events(events, received_at=created)).stored == 2
+    await store.finalize_due(now, 660, settings.rewards, 250)
+    before = await store.stats()
+    assert await retain_once(store, settings, now) == {"events": 2, "completions": 1}
+    assert await retain_once(store, settings, now) == {"events": 0, "completions": 0}
+    assert await store.stats() == before  # the figures survive
+    contexts = dict(raw_store.rows(store, "SELECT completion_id, context FROM completions"))
+    assert contexts == {"old": "{}", "new": '{"prefix": "secret = 1"}'}
+    assert raw_store.rows(store, "SELECT DISTINCT completion_id FROM events") == [("new",)]
+    assert raw_store.rows(store, "SELECT COUNT(*) FROM episodes") == [(2,)]

@@ -1,4 +1,6 @@
-"""The store on a real SQLite file: schema, event ingest, finalizing, the trainer's feed, checkpoints."""
+"""The store on a real SQLite file and a real PostgreSQL server (tests/backend/conftest.py runs each
+test that takes `store` on both): event ingest, finalizing, the trainer's feed, checkpoints; SQLite's
+schema here, PostgreSQL's migrations in test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -8,14 +10,16 @@ import inspect
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from raw_store import OpenStore, edit, is_sqlite, rows
 
 from backend.finalize import run_finalizer
 from backend.store import Store, UnknownCheckpoint
+from backend.store.postgres import PostgresStore
 from backend.store.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore
 from core.config import RewardConfig, Settings
 
@@ -25,15 +29,8 @@ REWARDS = RewardConfig()
 T0 = 1_000_000.0
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "nested" / "dir" / "flywheel.sqlite3")
-    yield opened
-    await opened.close()
-
-
 async def completion(
-    store: SqliteStore,
+    store: Store,
     cid: str,
     text: str = "return x",
     *,
@@ -68,13 +65,7 @@ def event(cid: str, kind: str, **fields: Any) -> dict[str, Any]:
     return {"event_id": f"event-{_n:06d}", "completion_id": cid, "kind": kind, "client_ts": T0 + _n, **fields}
 
 
-def rows(store: SqliteStore, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read the file with plain sqlite3: what is really on disk, not what the store says."""
-    with sqlite3.connect(store.path) as db:
-        return db.execute(sql, params).fetchall()
-
-
-async def finalize(store: SqliteStore, now: float, rewards: RewardConfig = REWARDS) -> int:
+async def finalize(store: Store, now: float, rewards: RewardConfig = REWARDS) -> int:
     return await store.finalize_due(now, WINDOW, rewards, MIN_VISIBLE)
 
 
@@ -106,16 +97,16 @@ async def test_refuses_a_database_from_newer_code(tmp_path: Path) -> None:
         await SqliteStore.open(path)
 
 
-async def test_a_completion_id_is_recorded_once(store: SqliteStore) -> None:
+async def test_a_completion_id_is_recorded_once(store: Store) -> None:
     await completion(store, "c1")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         await completion(store, "c1")
 
 
 # --- events ---------------------------------------------------------------------------------
 
 
-async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store: SqliteStore) -> None:
+async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store: Store) -> None:
     await completion(store, "c1")
     shown = event("c1", "shown", visible_ms=0)
     accepted = event("c1", "accepted", visible_ms=700)
@@ -138,7 +129,7 @@ async def test_mixed_batch_stores_the_valid_refuses_the_rest_with_reasons(store:
     assert stored == [(shown["event_id"], "shown", T0 + 5), (accepted["event_id"], "accepted", T0 + 5)]
 
 
-async def test_resending_a_batch_stores_nothing_new(store: SqliteStore) -> None:
+async def test_resending_a_batch_stores_nothing_new(store: Store) -> None:
     await completion(store, "c1")
     batch = [event("c1", "shown"), event("c1", "rejected", visible_ms=900)]
     first = await store.add_events(batch, T0)
@@ -148,7 +139,7 @@ async def test_resending_a_batch_stores_nothing_new(store: SqliteStore) -> None:
     assert rows(store, "SELECT COUNT(*) FROM events") == [(2,)]
 
 
-async def test_concurrent_writers_do_not_interleave_transactions(store: SqliteStore) -> None:
+async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -> None:
     await asyncio.gather(*(completion(store, f"c{i}") for i in range(10)))
     batches = [[event(f"c{i}", "shown"), event(f"c{i}", "rejected", visible_ms=900)] for i in range(10)]
     results = await asyncio.gather(
@@ -158,7 +149,7 @@ async def test_concurrent_writers_do_not_interleave_transactions(store: SqliteSt
     assert rows(store, "SELECT COUNT(*) FROM events") == [(20,)]
 
 
-async def test_batches_committed_together_are_answered_each_on_its_own(store: SqliteStore) -> None:
+async def test_batches_committed_together_are_answered_each_on_its_own(store: Store) -> None:
     """Concurrent batches share one transaction; duplicates and unknown completions are still
     attributed to the batch they came in, and each event id is stored once."""
     await completion(store, "c1")
@@ -177,14 +168,18 @@ async def test_batches_committed_together_are_answered_each_on_its_own(store: Sq
     assert rows(store, "SELECT COUNT(*) FROM events") == [(5,)]
 
 
-async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store: SqliteStore) -> None:
+async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store: Store) -> None:
     await completion(store, "c1")
-    with sqlite3.connect(store.path) as db:  # a write that SQLite refuses, whatever the path
-        db.execute(
+    # A write that the database refuses, whatever the path.
+    if is_sqlite(store):
+        edit(
+            store,
             "CREATE TRIGGER no_rewrites BEFORE INSERT ON events WHEN NEW.kind = 'rewrite'"
-            " BEGIN SELECT RAISE(ABORT, 'rewrites refused here'); END"
+            " BEGIN SELECT RAISE(ABORT, 'rewrites refused here'); END",
         )
-    with pytest.raises(sqlite3.IntegrityError, match="rewrites refused here"):
+    else:
+        edit(store, "ALTER TABLE events ADD CONSTRAINT rewrites_refused_here CHECK (kind != 'rewrite')")
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError), match=r"rewrites.refused.here"):
         await store.add_events([event("c1", "shown"), event("c1", "rewrite", text="x")], T0)
     assert rows(store, "SELECT COUNT(*) FROM events") == [(0,)]
     assert (await store.add_events([event("c1", "shown")], T0)).stored == 1
@@ -193,7 +188,7 @@ async def test_a_group_that_fails_tells_its_senders_and_the_writer_goes_on(store
 # --- finalizing -----------------------------------------------------------------------------
 
 
-async def test_a_final_event_closes_the_episode_before_its_window(store: SqliteStore) -> None:
+async def test_a_final_event_closes_the_episode_before_its_window(store: Store) -> None:
     await completion(store, "c1", at=T0)
     await completion(store, "c2", at=T0)
     await store.add_events(
@@ -214,7 +209,7 @@ async def test_a_final_event_closes_the_episode_before_its_window(store: SqliteS
     assert rows(store, "SELECT completion_id FROM completions WHERE finalized_at IS NULL") == [("c2",)]
 
 
-async def test_the_window_closes_at_created_at_plus_window(store: SqliteStore) -> None:
+async def test_the_window_closes_at_created_at_plus_window(store: Store) -> None:
     await completion(store, "c1", at=T0)
     await store.add_events([event("c1", "shown")], T0 + 1)
     assert await finalize(store, T0 + WINDOW - 0.5) == 0
@@ -223,7 +218,7 @@ async def test_the_window_closes_at_created_at_plus_window(store: SqliteStore) -
     assert rows(store, "SELECT outcome, reward FROM episodes") == [("ignored", -0.25)]
 
 
-async def test_abstentions_close_at_once_with_reward_zero(store: SqliteStore) -> None:
+async def test_abstentions_close_at_once_with_reward_zero(store: Store) -> None:
     await completion(store, "quiet", text="", at=T0)
     assert await finalize(store, T0) == 1
     page = await store.episodes_after(0, 10)
@@ -232,7 +227,7 @@ async def test_abstentions_close_at_once_with_reward_zero(store: SqliteStore) ->
     ]
 
 
-async def test_finalizer_loop_runs_until_stopped(store: SqliteStore, tmp_path: Path) -> None:
+async def test_finalizer_loop_runs_until_stopped(store: Store, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, backend={"finalize_interval_s": 0.01})
     stop = asyncio.Event()
     task = asyncio.create_task(run_finalizer(store, settings, stop))
@@ -249,7 +244,7 @@ async def test_finalizer_loop_runs_until_stopped(store: SqliteStore, tmp_path: P
 # --- the trainer's feed ---------------------------------------------------------------------
 
 
-async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: SqliteStore) -> None:
+async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: Store) -> None:
     # Created one second apart so finalize assigns seqs in this order.
     plan = [
         ("a", [event("a", "accepted", visible_ms=400)]),  # 0.75
@@ -292,7 +287,7 @@ async def test_episode_pages_follow_seq_and_skip_untrainable_rows(store: SqliteS
     assert [e.completion_id for e in later.episodes] == ["h"]
 
 
-async def test_evaluation_episodes_stay_out_of_the_trainers_pages(store: SqliteStore) -> None:
+async def test_evaluation_episodes_stay_out_of_the_trainers_pages(store: Store) -> None:
     await completion(store, "eval-1", evaluation=True)
     await completion(store, "train-1")
     await store.add_events([event(cid, "rejected", final=True) for cid in ("eval-1", "train-1")], T0 + 1)
@@ -312,7 +307,7 @@ async def test_evaluation_episodes_stay_out_of_the_trainers_pages(store: SqliteS
     assert (await store.episodes_after(0, 1)).episodes[0].completion_id == "train-1"
 
 
-async def test_episodes_carry_what_the_user_wrote_instead(store: SqliteStore) -> None:
+async def test_episodes_carry_what_the_user_wrote_instead(store: Store) -> None:
     plan = {
         # Rejected, then the user wrote something else at the spot (two captures: the later counts).
         "rewritten": [
@@ -346,7 +341,7 @@ async def test_episodes_carry_what_the_user_wrote_instead(store: SqliteStore) ->
     }
 
 
-async def test_an_empty_store_keeps_the_cursor(store: SqliteStore) -> None:
+async def test_an_empty_store_keeps_the_cursor(store: Store) -> None:
     page = await store.episodes_after(7, 100)
     assert (page.episodes, page.next_cursor) == ([], 7)
 
@@ -354,7 +349,7 @@ async def test_an_empty_store_keeps_the_cursor(store: SqliteStore) -> None:
 # --- re-scoring -----------------------------------------------------------------------------
 
 
-async def test_rescore_recomputes_stored_rewards_from_raw_events(store: SqliteStore) -> None:
+async def test_rescore_recomputes_stored_rewards_from_raw_events(store: Store) -> None:
     await completion(store, "fast", at=T0)
     await completion(store, "kept", at=T0)
     await store.add_events(
@@ -378,26 +373,21 @@ async def test_rescore_recomputes_stored_rewards_from_raw_events(store: SqliteSt
 # --- rows that cannot be read ---------------------------------------------------------------
 
 
-def raw_event(store: SqliteStore, event_id: str, cid: str, kind: str, **fields: Any) -> None:
+def raw_event(store: Store, event_id: str, cid: str, kind: str, **fields: Any) -> None:
     """An event row written straight into the file, as an older version, a manual edit or a bug
     might leave it: nothing checks it on the way in."""
     received_at = fields.pop("received_at", T0)
     payload = {"event_id": event_id, "completion_id": cid, "kind": kind, "client_ts": T0, **fields}
-    with sqlite3.connect(store.path) as db:
-        db.execute(
-            "INSERT INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            # json.dumps writes float("nan") as NaN, which is not JSON.
-            (event_id, cid, kind, json.dumps(payload), T0, received_at),
-        )
+    edit(
+        store,
+        "INSERT INTO events (event_id, completion_id, kind, payload, client_ts, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        # json.dumps writes float("nan") as NaN, which is not JSON.
+        (event_id, cid, kind, json.dumps(payload), T0, received_at),
+    )
 
 
-def edit(store: SqliteStore, sql: str, params: tuple[Any, ...] = ()) -> None:
-    with sqlite3.connect(store.path) as db:
-        db.execute(sql, params)
-
-
-async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(store: SqliteStore) -> None:
+async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(store: Store) -> None:
     plan = {
         "good": [
             event("good", "accepted", visible_ms=900),
@@ -420,19 +410,24 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
     raw_event(store, "unknown-kind", "partly", "teleported", received_at=float("inf"))
     raw_event(store, "long-text-01", "partly", "rewrite", similarity=0.5, text="x" * 30_000)
     # Completions: a NaN log-prob, a context cut short, a time that is no number, bytes for text.
-    for column, value, cid in [
+    # PostgreSQL's types hold no text in a float column and no bytes in a text one: there, the time
+    # is minus infinity (a float may be), and the text stays text (scored like any other).
+    bad = [
         ("token_logprobs", "'[NaN, -0.25, -0.1]'", "nan-logprobs"),
         ("context", '\'{"prefix": "def\'', "bad-context"),
-        ("created_at", "'yesterday'", "bad-time"),
-        ("text", "X'00ff'", "blob-text"),
-    ]:
+        ("created_at", "'yesterday'" if is_sqlite(store) else "'-Infinity'", "bad-time"),
+    ]
+    blob = is_sqlite(store)
+    if blob:
+        bad.append(("text", "X'00ff'", "blob-text"))
+    for column, value, cid in bad:
         edit(store, f"UPDATE completions SET {column} = {value} WHERE completion_id = ?", (cid,))
 
     await finalize(store, T0 + 10 * WINDOW)
     # Every completion left the open set; the one that could not be scored has no episode.
     assert rows(store, "SELECT COUNT(*) FROM completions WHERE finalized_at IS NULL") == [(0,)]
     outcomes = dict(rows(store, "SELECT completion_id, outcome FROM episodes"))
-    assert "blob-text" not in outcomes
+    assert ("blob-text" in outcomes) != blob
     # Scored on its good event: the unreadable acceptances are not evidence of anything.
     assert outcomes["partly"] == "rejected"
     assert outcomes["good"] == "accepted"
@@ -446,7 +441,7 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
             break
         pages.append([e.completion_id for e in page.episodes])
         cursor = page.next_cursor
-    assert pages == [["good", "partly"], ["late"]]
+    assert pages == [["good", "partly"], ["late"]] if blob else [["good", "partly"], ["blob-text", "late"]]
 
     set_aside = {(q["table"], q["key"]): q["reason"] for q in await store.quarantined()}
     assert set(set_aside) == {
@@ -457,8 +452,7 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
         ("completions", "nan-logprobs"),
         ("completions", "bad-context"),
         ("completions", "bad-time"),
-        ("completions", "blob-text"),
-    }
+    } | ({("completions", "blob-text")} if blob else set())
     assert "client_ts" in set_aside[("events", "null-ts-0001")]
     assert "client_ts" in set_aside[("events", "nan-ts-00001")]
     assert "kind" in set_aside[("events", "unknown-kind")]
@@ -467,7 +461,7 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
     assert "context" in set_aside[("completions", "bad-context")]
     assert "created_at" in set_aside[("completions", "bad-time")]
     assert "x" * 100 not in "".join(set_aside.values())  # reasons never carry what was typed
-    assert await store.quarantine_counts() == {"completions": 4, "events": 4}
+    assert await store.quarantine_counts() == {"completions": 3 + blob, "events": 4}
     # Bad events leave the events table (no later pass trips on them) with their row kept aside.
     assert rows(store, "SELECT COUNT(*) FROM events WHERE completion_id = 'partly'") == [(1,)]
     [(kept,)] = rows(store, "SELECT content FROM quarantine WHERE row_key = 'unknown-kind'")
@@ -479,17 +473,19 @@ async def test_bad_rows_are_set_aside_and_the_good_episodes_reach_the_trainer(st
     await store.rescore(REWARDS, MIN_VISIBLE)
     assert (await store.quarantine_counts())["events"] == 5
     again = await store.episodes_after(0, 10)
-    assert [e.completion_id for e in again.episodes] == ["good", "partly", "late"]
+    assert [e.completion_id for e in again.episodes] == ["good", "partly"] + ["blob-text"] * (not blob) + [
+        "late"
+    ]
 
     # Retention reaches what was set aside: the rows' contents go, the record of them stays.
     await store.purge_older_than(T0 + 100 * WINDOW)
-    assert rows(store, "SELECT COUNT(*), COUNT(content) FROM quarantine") == [(9, 0)]
+    assert rows(store, "SELECT COUNT(*), COUNT(content) FROM quarantine") == [(8 + blob, 0)]
 
 
 # --- checkpoints ----------------------------------------------------------------------------
 
 
-async def test_going_live_retires_the_previous_live_version(store: SqliteStore) -> None:
+async def test_going_live_retires_the_previous_live_version(store: Store) -> None:
     assert await store.live_version() == "base"
     await store.add_checkpoint("v1", "base", "/ckpt/v1", {"loss": 1.0})
     for state in ("gated", "canary", "live"):
@@ -526,7 +522,7 @@ async def test_going_live_retires_the_previous_live_version(store: SqliteStore) 
     ]
 
 
-async def test_checkpoint_errors(store: SqliteStore) -> None:
+async def test_checkpoint_errors(store: Store) -> None:
     assert await store.checkpoint("v9") is None
     with pytest.raises(UnknownCheckpoint):
         await store.transition("v9", "live", reason="no such version")
@@ -536,14 +532,13 @@ async def test_checkpoint_errors(store: SqliteStore) -> None:
     assert (await store.checkpoint("v1")).state == "candidate"  # type: ignore[union-attr]
 
 
-async def test_version_names_are_monotonic_and_never_reused(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite3"
-    store = await SqliteStore.open(path)
+async def test_version_names_are_monotonic_and_never_reused(open_store_here: OpenStore) -> None:
+    store = await open_store_here()
     assert [await store.next_version() for _ in range(2)] == ["v1", "v2"]
     await store.add_checkpoint("v3", "v2", "/ckpt/v3", {})  # named by hand
     assert await store.next_version() == "v4"
     await store.close()
-    store = await SqliteStore.open(path)
+    store = await open_store_here()
     try:
         assert await store.next_version() == "v5"
     finally:
@@ -553,7 +548,7 @@ async def test_version_names_are_monotonic_and_never_reused(tmp_path: Path) -> N
 # --- admin figures --------------------------------------------------------------------------
 
 
-async def test_stats_overall_and_per_model(store: SqliteStore) -> None:
+async def test_stats_overall_and_per_model(store: Store) -> None:
     await completion(store, "a", model="base")
     await completion(store, "b", model="base")
     await completion(store, "q", text="", model="base")
@@ -590,7 +585,7 @@ async def test_stats_overall_and_per_model(store: SqliteStore) -> None:
     assert v1["mean_reward"] == pytest.approx(0.35)
 
 
-async def test_stats_of_an_empty_store(store: SqliteStore) -> None:
+async def test_stats_of_an_empty_store(store: Store) -> None:
     stats = await store.stats()
     assert (stats["served"], stats["accept_rate"], stats["mean_reward"], stats["per_version"]) == (
         0,
@@ -600,13 +595,16 @@ async def test_stats_of_an_empty_store(store: SqliteStore) -> None:
     )
 
 
-def test_the_sqlite_store_implements_the_interface() -> None:
-    """Every method of backend/store/interface.py's Store, with its parameters: what a PostgreSQL
-    store implements too."""
-    methods = [name for name, _ in inspect.getmembers(Store, inspect.iscoroutinefunction)]
+@pytest.mark.parametrize("implementation", [SqliteStore, PostgresStore])
+def test_each_store_implements_the_interface(implementation: type) -> None:
+    """Every method of backend/store/interface.py's Store, with its parameters."""
+    methods = [name for name, _ in inspect.getmembers(Store, inspect.isfunction) if not name.startswith("_")]
     assert len(methods) > 25
     for name in methods:
-        ours, theirs = inspect.signature(getattr(SqliteStore, name)), inspect.signature(getattr(Store, name))
+        ours, theirs = (
+            inspect.signature(getattr(implementation, name)),
+            inspect.signature(getattr(Store, name)),
+        )
         assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
             (p.name, p.kind, p.default) for p in theirs.parameters.values()
         ], name

@@ -11,11 +11,10 @@ Definitions (each per model version and in total):
 
 from __future__ import annotations
 
-from backend.store.interface import Stats, VersionStats
+from backend.store.interface import Stats
 from backend.store.sqlite.database import Database
+from backend.store.tally import Tally
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
-
-_COUNTS = ("served", "shown", "abstained", "finalized", "trainable", "rated", "accepted")
 
 
 class StatsMixin:
@@ -33,38 +32,9 @@ class StatsMixin:
             " GROUP BY c.model_version, e.outcome",
             (ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED),
         )
-        total = _Tally()
-        per_version: dict[str, _Tally] = {}
+        total = Tally()
+        per_version: dict[str, Tally] = {}
         for model_version, *counts, reward_sum, outcome, episodes in rows:
-            for tally in (total, per_version.setdefault(model_version, _Tally())):
+            for tally in (total, per_version.setdefault(model_version, Tally())):
                 tally.add(counts, reward_sum, outcome, episodes)
         return Stats(**total.report(), per_version={v: t.report() for v, t in sorted(per_version.items())})
-
-
-class _Tally:
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(_COUNTS, 0)
-        self.reward_sum = 0.0
-        self.outcomes: dict[str, int] = {}
-
-    def add(self, counts: list[int], reward_sum: float, outcome: str | None, episodes: int) -> None:
-        for key, value in zip(_COUNTS, counts, strict=True):
-            self.counts[key] += value or 0
-        self.reward_sum += reward_sum
-        if outcome is not None:
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + episodes
-
-    def report(self) -> VersionStats:
-        c = self.counts
-        return VersionStats(
-            served=c["served"],
-            shown=c["shown"],
-            abstained=c["abstained"],
-            finalized=c["finalized"],
-            trainable=c["trainable"],
-            rated=c["rated"],
-            accepted=c["accepted"],
-            accept_rate=c["accepted"] / c["rated"] if c["rated"] else None,
-            mean_reward=self.reward_sum / c["trainable"] if c["trainable"] else None,
-            outcomes=dict(sorted(self.outcomes.items())),
-        )
