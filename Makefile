@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium postgresql simulate vscode
+.PHONY: install up test lint clean chromium postgresql simulate vscode tabby-agent
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,12 +57,18 @@ postgresql:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
 		|| echo "postgresql missing (needs root to install): the PostgreSQL store tests will be skipped"
 
+# Tabby's own agent from npm (pinned in tests/editors/tabby_agent/package-lock.json), for
+# tests/editors/test_tabby_agent.py: Tabby's client pointed at a Flywheel backend. Its install
+# scripts are not run (the agent needs none on Linux).
+tabby-agent:
+	cd tests/editors/tabby_agent && npm ci --no-audit --no-fund --ignore-scripts
+
 # The VS Code extension from a clean install: build, unit tests, editor_clients/vscode/*.vsix.
 vscode:
 	cd editor_clients/vscode && npm ci --no-audit --no-fund && npm run build && npm test && npm run package
 
 # Tests build their own tiny models; nothing may be downloaded.
-test: install lint chromium postgresql vscode
+test: install lint chromium postgresql vscode tabby-agent
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q
 
 clean:

@@ -43,7 +43,19 @@ PUBLIC = frozenset(
 )
 # What an editor's client token may do; everything else needs an admin token.
 CLIENT_ROUTES = frozenset(
-    {("POST", "/v1/complete"), ("POST", "/v1/events"), ("GET", "/v1/model"), ("GET", "/v1/checkpoints")}
+    {
+        ("POST", "/v1/complete"),
+        ("POST", "/v1/events"),
+        ("GET", "/v1/model"),
+        ("GET", "/v1/checkpoints"),
+        # Other clients' protocols (backend/compat_routes.py): Tabby's and OpenAI's completions,
+        # Tabby's health check and server settings, OpenAI's model list.
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/health"),
+        ("POST", "/v1/health"),
+        ("GET", "/v1beta/server_setting"),
+        ("GET", "/v1/models"),
+    }
 )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from backend import admin_routes, checkpoints
+from backend import admin_routes, checkpoints, compat_routes, tabby
 from backend.access import AccessControl, allowed_hosts
 from backend.auth import Authenticator, ensure_tokens
 from backend.completing import serve
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.include_router(router)
     app.include_router(admin_routes.router)
+    app.include_router(compat_routes.router)
     return app
 
 
@@ -121,6 +123,13 @@ def _json(model: BaseModel) -> Response:
     """The model serialized once: returned as a model, FastAPI would validate it again first (the
     two hot routes answer hundreds of times a second)."""
     return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -168,9 +177,13 @@ async def complete(body: CompleteRequest, request: Request, state: State, caller
     openapi_extra={"requestBody": _json_body(EventsRequest)},
 )
 async def events(request: Request, state: State) -> Response:
+    raw = await request.body()
     try:
-        valid, refused = parse_events(await request.body())
+        valid, refused = parse_events(raw)
     except ValidationError as error:
+        # Tabby's clients post their events one at a time here (backend/compat_routes.py).
+        if tabby.is_event(body := _json_or_none(raw)):
+            return await compat_routes.tabby_event(body, request, state)
         raise RequestValidationError(error.errors(include_url=False)) from None
     result = await state.store.store_events(valid, refused, received_at=time.time())
     state.metrics.events(result)
