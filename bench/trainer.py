@@ -3,6 +3,8 @@
 throughput   training tokens/s of the PG update against a raw forward+backward of the same
              model (same batches, same run), on episodes cut from the held-out code set
 cycle        one run_cycle on N episodes served by a real backend process (real prompts)
+parallel     the PG update's tokens/s on one process and on `--processes` under torchrun, same
+             episodes (bench/trainer_parallel.py); only when asked for (`--only parallel`)
 turnaround   from the last of 16 episodes finalizing to its checkpoint serving (canary) and then
              live, with a backend and a continuous trainer at `flywheel up`'s defaults; canary
              traffic is simulated, accepting what the canary serves and rejecting what live does,
@@ -311,10 +313,11 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--canary-budget", type=int, default=4000, help="most completions for the canary")
     parser.add_argument(
         "--only",
-        choices=["throughput", "cycle", "turnaround"],
+        choices=["throughput", "cycle", "turnaround", "parallel"],
         action="append",
-        help="run only this part (repeatable; default: all)",
+        help="run only this part (repeatable; default: all but parallel)",
     )
+    parser.add_argument("--processes", type=int, default=2, help="processes of the parallel part")
     args = parser.parse_args(argv)
     model_dir = args.model or local_model(settings)
     parts = args.only or ["throughput", "cycle", "turnaround"]
@@ -330,6 +333,10 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
             figures["cycle"] = cycle(model_dir, args.episodes, Path(tmp))
         if "turnaround" in parts:
             figures["turnaround"] = turnaround(model_dir, Path(tmp), args.canary_budget)
+        if "parallel" in parts:
+            from bench.trainer_parallel import run_parallel
+
+            figures["parallel"] = run_parallel(model_dir, args.throughput_episodes, args.processes)
     return figures
 
 
@@ -346,6 +353,11 @@ def summary(f: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(row("trainer", f"one cycle on {n:,} episodes", f["cycle"]["cycle_s"], "s", target))
     if "turnaround" in f:
         rows += _turnaround_rows(f["turnaround"])
+    if "parallel" in f:
+        one = Reference("one process, same episodes", f["parallel"]["1"]["tokens_per_s"], "tokens/s")
+        many = next(k for k in f["parallel"] if k not in ("1", "speedup"))
+        figure = f"pg update on {many} processes (torchrun)"
+        rows.append(row("trainer", figure, f["parallel"][many]["tokens_per_s"], "tokens/s", reference=one))
     return rows
 
 
