@@ -92,6 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         os.environ["FLYWHEEL_BACKEND__HOST"] = args.host
     if args.port:
         os.environ["FLYWHEEL_BACKEND__PORT"] = str(args.port)
+    if args.engine:
+        os.environ["FLYWHEEL_SERVING__ENGINE"] = args.engine
     return up(_settings(), bootstrap_budget_s=args.bootstrap_minutes * 60, allow_fallback=args.allow_fallback)
 
 
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve the bootstrapped model when the configured model.name cannot be had (demos only:"
         " without it such a model stops `up` with the reason)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["inprocess", "vllm"],
+        help="what decodes completions (default: serving.engine, inprocess): vllm starts a vLLM server"
+        " from serving.vllm_python (make .venv-vllm), or uses serving.vllm_urls",
     )
     p.set_defaults(func=cmd_up)
 

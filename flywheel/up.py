@@ -11,7 +11,12 @@ import time
 from core.config import Settings
 from core.local_tokens import ADMIN, CLIENT, tokens_dir
 from core.processes import wait_healthy
-from flywheel.model_check import StderrTail, model_unavailable_reason
+from flywheel.model_check import (
+    StderrTail,
+    engine_unavailable_reason,
+    model_unavailable_reason,
+    vllm_root_cause,
+)
 
 HEALTH_TIMEOUT_S = 600.0
 
@@ -78,8 +83,31 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def why(settings: Settings, backend_log: StderrTail) -> str:
+    """Why the backend stopped while starting: its last error, and where it started a vLLM server,
+    the server's first (its root cause: the backend's error only reports that the server failed)."""
+    reason = backend_log.reason()
+    if settings.serving.engine == "vllm" and not settings.serving.vllm_urls:
+        server_log = settings.state_dir / "vllm-server.log"
+        if root := vllm_root_cause(server_log):
+            return f"its vLLM server failed: {root} (log: {server_log})"
+    return reason
+
+
+def engine_line(settings: Settings) -> str:
+    """Which engine decodes, and where: `up`'s banner."""
+    serving = settings.serving
+    if serving.engine != "vllm":
+        return "in-process (transformers, continuous batching)"
+    if serving.vllm_urls:
+        return f"vLLM at {', '.join(serving.vllm_urls)}"
+    return f"vLLM, a server of the backend's (log: {settings.state_dir / 'vllm-server.log'})"
+
+
 def up(settings: Settings, bootstrap_budget_s: float, allow_fallback: bool = False) -> int:
     model = resolve_model(settings, bootstrap_budget_s, allow_fallback)
+    if reason := engine_unavailable_reason(settings.serving):
+        raise SystemExit(cannot_serve(model, reason))
     env = dict(os.environ, FLYWHEEL_MODEL__NAME=model, FLYWHEEL_DATA_DIR=str(settings.state_dir))
     url = settings.backend.base_url
     processes: list[subprocess.Popen[bytes]] = []
@@ -94,16 +122,19 @@ def up(settings: Settings, bootstrap_budget_s: float, allow_fallback: bool = Fal
         # Its log still reaches the terminal; kept too, to say why it stopped while loading the model.
         log = StderrTail(backend)
         try:
-            wait_healthy(url, backend, None, HEALTH_TIMEOUT_S)
+            # A vLLM server of the backend's may take its own start timeout to load the model.
+            vllm_start_s = settings.serving.vllm_start_timeout_s if settings.serving.engine == "vllm" else 0
+            wait_healthy(url, backend, None, HEALTH_TIMEOUT_S + vllm_start_s)
         except RuntimeError as error:
             # Killed by wait_healthy (never answered), or exited on its own (its log says why).
             timed_out = backend.wait() == -signal.SIGKILL
-            raise SystemExit(cannot_serve(model, str(error) if timed_out else log.reason())) from None
+            raise SystemExit(cannot_serve(model, str(error) if timed_out else why(settings, log))) from None
         processes.append(_spawn("trainer", env))
         tokens = tokens_dir(settings.state_dir)
         print(
             f"\nFlywheel is up.\n  dashboard: {url}/admin (log in with the admin token: "
             f"cat {tokens / ADMIN})\n  model:     {model}\n"
+            f"  engine:    {engine_line(settings)}\n"
             f"  data:      {settings.state_dir}\n"
             f"  editors:   start `flywheel lsp` (stdio); on this machine it finds {tokens / CLIENT},\n"
             "             elsewhere give it a token of its own: flywheel token create --name NAME\n"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import backend_env, free_port
 
 from core.local_tokens import ADMIN, CLIENT, authorization, read_token, token_path
@@ -140,3 +141,77 @@ def test_up_stops_with_the_reason_when_the_backend_cannot_load_the_model(
     except httpx.TransportError:
         answered = False
     assert not answered
+
+
+def vllm_python() -> Path:
+    """The vLLM environment the backend would start a server from (`make .venv-vllm`)."""
+    from backend.vllm_server import vllm_python as configured
+    from core.config import load_settings
+
+    return configured(load_settings().serving)
+
+
+def test_up_on_vllm_refuses_without_the_vllm_environment(tiny_model_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    data_dir = tmp_path / "state"
+    env = backend_env(tiny_model_dir, data_dir, free_port(), FLYWHEEL_SERVING__VLLM_PYTHON=str(missing))
+    up = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "up", "--engine", "vllm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert up.returncode != 0
+    line = last_line(up.stderr)
+    assert line.startswith(f"flywheel: model '{tiny_model_dir}' cannot be served: "), line
+    assert "no vLLM environment at" in line, line
+    assert str(missing) in line
+
+
+def test_up_on_vllm_stops_when_its_server_is_never_healthy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A real vLLM server that is not healthy in time: `up` names the model and why, and leaves no
+    server behind."""
+    if not vllm_python().exists():
+        pytest.skip(f"no vLLM environment at {vllm_python()} (make .venv-vllm)")
+    model = tmp_path / "model"  # a path of this test's own, to find its server among processes
+    shutil.copytree(tiny_model_dir, model)
+    data_dir = tmp_path / "state"
+    env = backend_env(model, data_dir, free_port(), FLYWHEEL_SERVING__VLLM_START_TIMEOUT_S="3")
+    up = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "up", "--engine", "vllm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert up.returncode != 0
+    line = last_line(up.stderr)
+    assert line.startswith(f"flywheel: model '{model}' cannot be served: "), line
+    assert "not healthy within 3 s" in line, line
+    time.sleep(1)
+    servers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert not [s for s in servers.splitlines() if "vllm" in s and str(model) in s]
+
+
+def test_vllm_root_cause_is_the_first_error_of_the_servers_last_run(tmp_path: Path) -> None:
+    """What `up` says when the vLLM server it started failed: the root cause, not the error that
+    only reports it ("see root cause above"), and nothing from an earlier run in the same log."""
+    from flywheel.model_check import vllm_root_cause
+
+    log = tmp_path / "vllm-server.log"
+    log.write_text(
+        "(APIServer pid=1) INFO 12-04 18:00:00 [api_utils.py:286] non-default args: {'port': 1}\n"
+        "(APIServer pid=1) ERROR 12-04 18:00:05 [x.py:1] KeyError: 'from an earlier run'\n"
+        "(APIServer pid=2) INFO 12-04 18:49:50 [api_utils.py:286] non-default args: {'port': 2}\n"
+        "(VllmWorker-0 pid=3) ERROR 12-04 18:50:52 [executor.py:953] Traceback (most recent call last):\n"
+        "(VllmWorker-0 pid=3) ERROR 12-04 18:50:52 [executor.py:953]     raise ValueError(\n"
+        "(VllmWorker-0 pid=3) ERROR 12-04 18:50:52 [executor.py:953] ValueError: Available memory"
+        " on node 0 (19.48/23.54 GiB) on startup is less than desired CPU memory utilization\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n"
+    )
+    assert vllm_root_cause(log) == (
+        "ValueError: Available memory on node 0 (19.48/23.54 GiB) on startup is less than desired CPU"
+        " memory utilization"
+    )
+    assert vllm_root_cause(tmp_path / "absent.log") is None
