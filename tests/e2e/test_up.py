@@ -39,7 +39,8 @@ def test_up_with_allow_fallback_serves_the_default_model_when_the_configured_one
     # The bootstrapped default is already there, so `up` must not train a new one.
     shutil.copytree(tiny_model_dir, data_dir / "models" / "bootstrap")
     port = free_port()
-    env = backend_env(tmp_path / "no-such-model", data_dir, port)
+    # The trainer polls the backend every 0.2 s here (10 s by default), for the quiet check below.
+    env = backend_env(tmp_path / "no-such-model", data_dir, port, FLYWHEEL_TRAINER__POLL_S="0.2")
     process = subprocess.Popen(
         [sys.executable, "-m", "flywheel.cli", "up", "--allow-fallback"],
         env=env,
@@ -65,6 +66,9 @@ def test_up_with_allow_fallback_serves_the_default_model_when_the_configured_one
         client = authorization(read_token(data_dir, CLIENT))
         model = httpx.get(f"{url}/v1/model", headers=client, timeout=10).raise_for_status().json()
         assert model["base_model"] == str(data_dir / "models" / "bootstrap")
+        # Once the trainer is up (it imports torch first), some ten polls.
+        lines += read_until(process, "trainer polling", timeout_s=180)
+        time.sleep(2)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -74,6 +78,9 @@ def test_up_with_allow_fallback_serves_the_default_model_when_the_configured_one
             process.communicate(timeout=60)
             raise
     assert process.returncode == 0, output
+    # The trainer's routine polls printed nothing (httpx logs every request at INFO).
+    printed = "\n".join([*lines, output])
+    assert "HTTP Request:" not in printed and '"GET /v1/' not in printed, printed
     # Both children are gone: nothing answers on the port any more.
     try:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
