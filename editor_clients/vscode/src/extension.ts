@@ -9,6 +9,10 @@
  *   keys and send flywheel/didPartiallyAcceptCompletion with the growing total;
  * - dismissed (Escape): flywheel/didRejectCompletion, then the built-in hide.
  *
+ * It asks only where the model serves the language and the user has not switched it off
+ * (languages.ts), never for excluded files (whose text is not even sent to the server), and in
+ * manual mode only on Alt+\. The token lives in SecretStorage (token.ts).
+ *
  * Stable API only. Logic that needs no editor lives in the plain modules next to this one.
  */
 
@@ -21,8 +25,10 @@ import {
   ErrorAction,
   LanguageClient,
   type LanguageClientOptions,
+  MessageType,
   RevealOutputChannelOn,
   type ServerOptions,
+  ShowMessageNotification,
   State,
   TransportKind,
 } from "vscode-languageclient/node";
@@ -30,7 +36,8 @@ import {
 import { SuggestionMemory, completionIdOf, type Suggestion } from "./memory";
 import { matchPrefix, predictAccepted, type PartKind } from "./partial";
 import { Backoff, Problems, type ProblemKind } from "./problems";
-import { DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, STATUS_REQUEST } from "./protocol";
+import { isExcluded, shouldAsk, userChoice, withLanguage } from "./languages";
+import { DID_CHANGE_STATUS, DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, STATUS_REQUEST } from "./protocol";
 import {
   SECTION,
   configurationSettings,
@@ -41,7 +48,15 @@ import {
   resolveExecutable,
   type FlywheelSettings,
 } from "./settings";
-import { formatStatus, parseStatus, type Phase, type ServerStatus } from "./status";
+import { formatStatus, parseStatus, parseStatusChange, type Phase, type ServerStatus } from "./status";
+import {
+  LEGACY_TOKEN_SETTING,
+  TOKEN_SECRET,
+  planTokenMigration,
+  tokenInput,
+  validateToken,
+  type Scope,
+} from "./token";
 
 
 const BUILTIN_NEXT_WORD = "editor.action.inlineSuggest.acceptNextWord";
@@ -57,9 +72,9 @@ const EDIT_WAIT_MS = 300;
 
 let flywheel: Flywheel | undefined;
 
-export function activate(context: vscode.ExtensionContext): void {
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
   flywheel = new Flywheel(context);
-  flywheel.activate();
+  await flywheel.activate();
 }
 
 export async function deactivate(): Promise<void> {
@@ -82,6 +97,8 @@ class Flywheel {
   private readonly problems = new Problems();
   private readonly backoff = new Backoff();
   private settings: FlywheelSettings;
+  // SecretStorage is asynchronous: the last token read from it.
+  private token = "";
   private client: QuietLanguageClient | undefined;
   private phase: Phase = "off";
   private serverStatus: ServerStatus | undefined;
@@ -103,12 +120,16 @@ class Flywheel {
     this.settings = this.readSettings();
   }
 
-  activate(): void {
+  async activate(): Promise<void> {
     const register = (id: string, run: (...args: unknown[]) => unknown): void => {
       this.context.subscriptions.push(vscode.commands.registerCommand(id, run));
     };
     register("flywheel.menu", () => this.showMenu());
     register("flywheel.toggle", () => this.toggle());
+    register("flywheel.toggleLanguage", (languageId?: unknown) =>
+      this.toggleLanguage(typeof languageId === "string" ? languageId : undefined),
+    );
+    register("flywheel.setToken", () => this.setToken());
     register("flywheel.openDashboard", () => this.openDashboard());
     register("flywheel.showOutput", () => this.log.show(true));
     register("flywheel.restart", () => this.restart(true));
@@ -123,9 +144,24 @@ class Flywheel {
           this.onSettingsChanged();
         }
       }),
+      // telemetry.telemetryLevel "off" stops outcome events as flywheel.telemetry false does.
+      vscode.env.onDidChangeTelemetryEnabled(() => this.onSettingsChanged()),
+      this.context.secrets.onDidChange((e) => {
+        if (e.key === TOKEN_SECRET) {
+          void this.reloadToken();
+        }
+      }),
+      vscode.window.onDidChangeActiveTextEditor(() => this.render()),
     );
     this.statusItem.show();
     this.render();
+    try {
+      await this.migrateToken();
+      this.token = (await this.context.secrets.get(TOKEN_SECRET)) ?? "";
+    } catch (error) {
+      this.log.error(`could not read the token from the secret storage: ${String(error)}`);
+    }
+    this.settings = this.readSettings();
     if (this.settings.enable) {
       this.start();
     }
@@ -141,7 +177,70 @@ class Flywheel {
 
   private readSettings(): FlywheelSettings {
     const config = vscode.workspace.getConfiguration(SECTION);
-    return readSettings((key) => config.get(key));
+    return readSettings((key) => config.get(key), {
+      token: this.token,
+      editorTelemetry: vscode.env.isTelemetryEnabled,
+    });
+  }
+
+  // -- the token ----------------------------------------------------------------------------
+
+  /** A token an older version kept in settings.json moves to SecretStorage, once; the setting is
+   * removed. A workspace's own settings count only in a trusted workspace. */
+  private async migrateToken(): Promise<void> {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const inspected = config.inspect<string>(LEGACY_TOKEN_SETTING);
+    const trusted = vscode.workspace.isTrusted;
+    const plan = planTokenMigration(
+      inspected && {
+        globalValue: inspected.globalValue,
+        workspaceValue: trusted ? inspected.workspaceValue : undefined,
+        workspaceFolderValue: trusted ? inspected.workspaceFolderValue : undefined,
+      },
+      await this.context.secrets.get(TOKEN_SECRET),
+    );
+    if (plan.store !== undefined) {
+      await this.context.secrets.store(TOKEN_SECRET, plan.store);
+      this.log.info("moved the token from settings.json to the secret storage");
+    }
+    const targets: Record<Scope, vscode.ConfigurationTarget> = {
+      global: vscode.ConfigurationTarget.Global,
+      workspace: vscode.ConfigurationTarget.Workspace,
+      workspaceFolder: vscode.ConfigurationTarget.WorkspaceFolder,
+    };
+    for (const scope of plan.clear) {
+      try {
+        await config.update(LEGACY_TOKEN_SETTING, undefined, targets[scope]);
+      } catch (error) {
+        this.log.warn(`could not remove flywheel.token from the ${scope} settings: ${String(error)}`);
+      }
+    }
+  }
+
+  private async reloadToken(): Promise<void> {
+    this.token = (await this.context.secrets.get(TOKEN_SECRET)) ?? "";
+    this.onSettingsChanged();
+  }
+
+  private async setToken(): Promise<void> {
+    const answer = await vscode.window.showInputBox({
+      title: "Flywheel: Set Token",
+      prompt: "The client token of your Flywheel backend (flywheel token create). Empty removes it.",
+      password: true,
+      ignoreFocusOut: true,
+      validateInput: validateToken,
+    });
+    const input = tokenInput(answer);
+    if (input.kind === "set") {
+      await this.context.secrets.store(TOKEN_SECRET, input.token);
+    } else if (input.kind === "delete") {
+      await this.context.secrets.delete(TOKEN_SECRET);
+    } else {
+      return;
+    }
+    // onDidChange follows, but the problem is cleared at once: the next status says again.
+    this.problems.clear("unauthorized");
+    await this.reloadToken();
   }
 
   private onSettingsChanged(): void {
@@ -200,6 +299,7 @@ class Flywheel {
       this.problems.clear("notFound");
       this.problems.clear("crashed");
       this.problems.clear("backend");
+      this.problems.clear("unauthorized");
       this.phase = "off";
       this.render();
     });
@@ -271,10 +371,20 @@ class Flywheel {
       },
       middleware: {
         provideInlineCompletionItems: async (document, position, context, token, next) => {
+          if (!this.wanted(document, context.triggerKind)) {
+            return null;
+          }
           const result = await next(document, position, context, token);
           this.onItemsReturned(document, position, result);
           return result;
         },
+        // An excluded file's text never reaches the language server.
+        didOpen: (document, next) => (this.excluded(document) ? Promise.resolve() : next(document)),
+        didChange: (event, next) => (this.excluded(event.document) ? Promise.resolve() : next(event)),
+        didSave: (document, next) => (this.excluded(document) ? Promise.resolve() : next(document)),
+        didClose: (document, next) => (this.excluded(document) ? Promise.resolve() : next(document)),
+        willSave: (event, next) => (this.excluded(event.document) ? Promise.resolve() : next(event)),
+        willSaveWaitUntil: (event, next) => (this.excluded(event.document) ? Promise.resolve([]) : next(event)),
         workspace: {
           // The server pulls its section only when a push carries no settings; answer with the
           // same filtered options (empty settings left out), never the raw settings.
@@ -292,6 +402,26 @@ class Flywheel {
     this.memory.clear();
     const didNotStart = `Flywheel: the language server (${command} lsp) did not start. See the Flywheel output.`;
     let reachedRunning = false;
+    client.onNotification(DID_CHANGE_STATUS, (params: unknown) => {
+      if (client === this.client) {
+        this.onStatusChange(params);
+      }
+    });
+    // The server says a refused token once in words for clients that do not read its status;
+    // this one says it itself, with a Set Token action (showBackendState).
+    client.onNotification(ShowMessageNotification.type, (message) => {
+      this.log.info(`language server: ${message.message}`);
+      if (/unauthori[sz]ed|refused the token/i.test(message.message)) {
+        return;
+      }
+      const show =
+        message.type === MessageType.Error
+          ? vscode.window.showErrorMessage
+          : message.type === MessageType.Warning
+            ? vscode.window.showWarningMessage
+            : vscode.window.showInformationMessage;
+      void show(message.message);
+    });
     client.onDidChangeState((e) => {
       if (e.newState === State.Running) {
         reachedRunning = true;
@@ -434,15 +564,43 @@ class Flywheel {
       return;
     }
     this.serverStatus = status;
-    if (status.backend_ok === false) {
-      const url = status.backend_url ?? "the backend";
-      const reason = status.last_backend_error ? ` (${status.last_backend_error})` : "";
+    this.showBackendState();
+  }
+
+  /** flywheel/didChangeStatus: the backend's state or the served languages changed. */
+  private onStatusChange(params: unknown): void {
+    const change = parseStatusChange(params);
+    if (change === undefined) {
+      return;
+    }
+    this.log.info(`status: backend ${change.backend ?? "?"}, languages ${change.languages?.join(", ") ?? "?"}`);
+    this.serverStatus = { ...(this.serverStatus ?? {}), ...change };
+    this.showBackendState();
+  }
+
+  private showBackendState(): void {
+    const status = this.serverStatus;
+    const url = status?.backend_url || this.settings.backendUrl || "the backend";
+    const reason = status?.last_backend_error ? ` (${status.last_backend_error})` : "";
+    if (status?.backend === "unauthorized") {
+      this.problems.clear("backend");
+      const how = this.settings.token ? "refuses the token" : "needs a token";
+      this.trouble(
+        "unauthorized",
+        `Flywheel: unauthorized: the backend at ${url} ${how}${reason}. Set the client token (flywheel token create).`,
+      );
+    } else if (status?.backend === "unreachable") {
+      this.problems.clear("unauthorized");
       this.trouble(
         "backend",
         `Flywheel: the backend at ${url} is unreachable${reason}. No completions until it is back; the editor is unaffected.`,
       );
-    } else if (status.backend_ok === true && this.problems.clear("backend")) {
-      this.log.info("the backend is reachable again");
+    } else if (status?.backend === "ok") {
+      const wasDown = this.problems.clear("backend");
+      const wasRefused = this.problems.clear("unauthorized");
+      if (wasDown || wasRefused) {
+        this.log.info("the backend answers again");
+      }
     }
     this.render();
   }
@@ -453,9 +611,16 @@ class Flywheel {
       this.log.warn(message); // once per episode, not on every poll
     }
     if (this.problems.raise(kind, message)) {
-      const actions = kind === "notFound" ? ["Open Settings", "Show Output"] : ["Show Output"];
+      const actions =
+        kind === "notFound"
+          ? ["Open Settings", "Show Output"]
+          : kind === "unauthorized"
+            ? ["Set Token", "Show Output"]
+            : ["Show Output"];
       void vscode.window.showWarningMessage(message, ...actions).then((choice) => {
-        if (choice === "Open Settings") {
+        if (choice === "Set Token") {
+          void this.setToken();
+        } else if (choice === "Open Settings") {
           void vscode.commands.executeCommand("workbench.action.openSettings", "flywheel.serverPath");
         } else if (choice === "Show Output") {
           this.log.show(true);
@@ -467,7 +632,23 @@ class Flywheel {
 
   private render(): void {
     const phase: Phase = this.settings.enable ? this.phase : "off";
-    const view = formatStatus({ phase, status: this.serverStatus, problem: this.problems.current() });
+    const document = vscode.window.activeTextEditor?.document;
+    const here =
+      document === undefined
+        ? undefined
+        : {
+            languageId: document.languageId,
+            asked: !this.excluded(document) && this.languageOn(document.languageId),
+            excluded: this.excluded(document),
+            switchedOff: userChoice(this.settings.languages, document.languageId) === false,
+          };
+    const view = formatStatus({
+      phase,
+      status: this.serverStatus,
+      problem: this.problems.current(),
+      here,
+      manual: this.settings.trigger === "manual",
+    });
     this.statusItem.text = view.text;
     this.statusItem.tooltip = view.tooltip;
     this.statusItem.backgroundColor = view.warning ? new vscode.ThemeColor("statusBarItem.warningBackground") : undefined;
@@ -477,11 +658,23 @@ class Flywheel {
 
   private async showMenu(): Promise<void> {
     type Entry = vscode.QuickPickItem & { run: () => unknown };
+    const languageId = vscode.window.activeTextEditor?.document.languageId;
     const entries: Entry[] = [
       {
         label: this.settings.enable ? "$(circle-slash) Disable completions" : "$(check) Enable completions",
-        run: () => this.toggle(),
+        run: () => this.toggleGlobally(),
       },
+      ...(languageId === undefined || !this.settings.enable
+        ? []
+        : [
+            {
+              label: this.languageOn(languageId)
+                ? `$(circle-slash) Disable for ${languageId}`
+                : `$(check) Enable for ${languageId}`,
+              run: () => this.toggleLanguage(languageId),
+            },
+          ]),
+      { label: "$(key) Set token", run: () => this.setToken() },
       { label: "$(dashboard) Open dashboard", detail: this.dashboard(), run: () => this.openDashboard() },
       { label: "$(output) Show output", run: () => this.log.show(true) },
       { label: "$(debug-restart) Restart language server", run: () => this.restart(true) },
@@ -494,17 +687,60 @@ class Flywheel {
     await choice?.run();
   }
 
+  /** "Flywheel: Toggle": everywhere, or for the language of the file in front. */
   private async toggle(): Promise<void> {
+    const languageId = vscode.window.activeTextEditor?.document.languageId;
+    if (languageId === undefined || !this.settings.enable) {
+      await this.toggleGlobally();
+      return;
+    }
+    type Entry = vscode.QuickPickItem & { run: () => Promise<void> };
+    const on = this.languageOn(languageId);
+    const entries: Entry[] = [
+      { label: `${on ? "Disable" : "Enable"} for ${languageId}`, run: () => this.toggleLanguage(languageId) },
+      { label: "Disable everywhere", run: () => this.toggleGlobally() },
+    ];
+    const choice = await vscode.window.showQuickPick(entries, { title: "Flywheel: Toggle" });
+    await choice?.run();
+  }
+
+  private async toggleGlobally(): Promise<void> {
     const config = vscode.workspace.getConfiguration(SECTION);
-    // Where the value is set decides what to change; by default the user's settings.
-    const inspected = config.inspect<boolean>("enable");
-    const target =
-      inspected?.workspaceFolderValue !== undefined
-        ? vscode.ConfigurationTarget.WorkspaceFolder
-        : inspected?.workspaceValue !== undefined
-          ? vscode.ConfigurationTarget.Workspace
-          : vscode.ConfigurationTarget.Global;
-    await config.update("enable", !this.settings.enable, target);
+    await config.update("enable", !this.settings.enable, settingTarget(config.inspect("enable")));
+  }
+
+  /** Switches one language in flywheel.languages (the file in front's by default). */
+  private async toggleLanguage(languageId = vscode.window.activeTextEditor?.document.languageId): Promise<void> {
+    if (languageId === undefined) {
+      return;
+    }
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const on = !this.languageOn(languageId);
+    await config.update("languages", withLanguage(this.settings.languages, languageId, on), settingTarget(config.inspect("languages")));
+    this.log.info(`suggestions for ${languageId}: ${on ? "on" : "off"}`);
+  }
+
+  private languageOn(languageId: string): boolean {
+    return shouldAsk(languageId, this.settings.languages, this.serverStatus?.languages);
+  }
+
+  /** Whether to ask the server for a suggestion here. */
+  private wanted(document: vscode.TextDocument, trigger: vscode.InlineCompletionTriggerKind): boolean {
+    if (this.excluded(document) || !this.languageOn(document.languageId)) {
+      return false;
+    }
+    if (this.settings.trigger === "manual" && trigger === vscode.InlineCompletionTriggerKind.Automatic) {
+      // VS Code asks again on every keystroke; typing into a suggestion that was asked for keeps it.
+      const editor = vscode.window.activeTextEditor;
+      const live = editor?.document === document ? this.liveSuggestion(editor) : undefined;
+      return live !== undefined && live.units < live.suggestion.text.length;
+    }
+    return true;
+  }
+
+  private excluded(document: vscode.TextDocument): boolean {
+    const roots = (vscode.workspace.workspaceFolders ?? []).map((folder) => folder.uri.fsPath);
+    return document.uri.scheme === "file" && isExcluded(document.uri.fsPath, this.settings.exclude, roots);
   }
 
   private dashboard(): string {
@@ -610,6 +846,15 @@ class Flywheel {
       this.log.debug(`${method} not sent: ${String(error)}`);
     });
   }
+}
+
+/** Where a setting is set decides what to change; by default the user's settings. */
+function settingTarget(inspected: { workspaceFolderValue?: unknown; workspaceValue?: unknown } | undefined): vscode.ConfigurationTarget {
+  return inspected?.workspaceFolderValue !== undefined
+    ? vscode.ConfigurationTarget.WorkspaceFolder
+    : inspected?.workspaceValue !== undefined
+      ? vscode.ConfigurationTarget.Workspace
+      : vscode.ConfigurationTarget.Global;
 }
 
 function isFile(candidate: string): boolean {

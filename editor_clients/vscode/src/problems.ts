@@ -3,7 +3,9 @@
  * clocks and randomness are injected so that tests drive them.
  */
 
-export type ProblemKind = "notFound" | "crashed" | "backend";
+/** "unauthorized": the backend refuses the token, kept apart from "backend" (not answering): the
+ * remedy differs (Set Token, not waiting). */
+export type ProblemKind = "notFound" | "crashed" | "unauthorized" | "backend";
 
 export interface Problem {
   kind: ProblemKind;
@@ -47,7 +49,7 @@ export class Problems {
 
   /** The one to show in the status bar: the server's own trouble before the backend's. */
   current(): Problem | undefined {
-    for (const kind of ["notFound", "crashed", "backend"] as const) {
+    for (const kind of ["notFound", "crashed", "unauthorized", "backend"] as const) {
       const message = this.active.get(kind);
       if (message !== undefined) {
         return { kind, message };

@@ -11,6 +11,10 @@ export const DID_SHOW = "flywheel/didShowCompletion"; // {completionId}
 export const DID_PARTIALLY_ACCEPT = "flywheel/didPartiallyAcceptCompletion"; // {completionId, acceptedLength}
 export const DID_REJECT = "flywheel/didRejectCompletion"; // {completionId}
 
+/** Server → client notification: {backend: "ok" | "unauthorized" | "unreachable", languages: [...]},
+ * sent whenever either changes. */
+export const DID_CHANGE_STATUS = "flywheel/didChangeStatus";
+
 /** Client → server requests. */
 export const STATUS_REQUEST = "flywheel/status";
 export const FLUSH_REQUEST = "flywheel/flush";

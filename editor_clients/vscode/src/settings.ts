@@ -4,6 +4,14 @@
  */
 
 import * as path from "node:path";
+import {
+  DEFAULT_LANGUAGES,
+  readExcludes,
+  readLanguageMap,
+  readTriggerMode,
+  type LanguageMap,
+  type TriggerMode,
+} from "./languages";
 import { REPORTS_SHOWN_OPTION } from "./protocol";
 
 export const SECTION = "flywheel";
@@ -13,8 +21,23 @@ export interface FlywheelSettings {
   enable: boolean;
   serverPath: string;
   backendUrl: string;
+  /** From SecretStorage ("Flywheel: Set Token"), never from settings.json. */
   token: string;
+  /** flywheel.telemetry, and VS Code's own telemetry.telemetryLevel allows it. */
   telemetry: boolean;
+  languages: LanguageMap;
+  exclude: string[];
+  trigger: TriggerMode;
+}
+
+/** What the settings getter keys are (settings.json, under "flywheel."). */
+export type SettingKey = "enable" | "serverPath" | "backendUrl" | "telemetry" | "languages" | "exclude" | "trigger";
+
+/** What comes from elsewhere than settings.json. */
+export interface Outside {
+  token: string;
+  /** vscode.env.isTelemetryEnabled: off when the user set telemetry.telemetryLevel to "off". */
+  editorTelemetry: boolean;
 }
 
 export const DEFAULTS: Readonly<FlywheelSettings> = Object.freeze({
@@ -23,16 +46,22 @@ export const DEFAULTS: Readonly<FlywheelSettings> = Object.freeze({
   backendUrl: "",
   token: "",
   telemetry: true,
+  languages: DEFAULT_LANGUAGES,
+  exclude: [],
+  trigger: "automatic" as TriggerMode,
 });
 
 /** Settings from a getter (VS Code's `WorkspaceConfiguration.get`); a value of the wrong type
  * (hand-edited settings.json) falls back to the default. */
-export function readSettings(get: (key: keyof FlywheelSettings) => unknown): FlywheelSettings {
+export function readSettings(
+  get: (key: SettingKey) => unknown,
+  outside: Outside = { token: "", editorTelemetry: true },
+): FlywheelSettings {
   const flag = (key: "enable" | "telemetry"): boolean => {
     const v = get(key);
     return typeof v === "boolean" ? v : DEFAULTS[key];
   };
-  const text = (key: "serverPath" | "backendUrl" | "token"): string => {
+  const text = (key: "serverPath" | "backendUrl"): string => {
     const v = get(key);
     return typeof v === "string" ? v.trim() : DEFAULTS[key];
   };
@@ -40,8 +69,11 @@ export function readSettings(get: (key: keyof FlywheelSettings) => unknown): Fly
     enable: flag("enable"),
     serverPath: text("serverPath") || DEFAULTS.serverPath,
     backendUrl: text("backendUrl").replace(/\/+$/, ""),
-    token: text("token"),
-    telemetry: flag("telemetry"),
+    token: outside.token.trim(),
+    telemetry: flag("telemetry") && outside.editorTelemetry,
+    languages: readLanguageMap(get("languages")),
+    exclude: readExcludes(get("exclude")),
+    trigger: readTriggerMode(get("trigger")),
   };
 }
 
@@ -56,6 +88,11 @@ export function initializationOptions(s: FlywheelSettings): Record<string, unkno
     options.token = s.token;
   }
   options.telemetry = s.telemetry;
+  // The server enforces these as well: it never sends such a document to the backend.
+  options.languages = { ...s.languages };
+  if (s.exclude.length) {
+    options.exclude = [...s.exclude];
+  }
   // This client sends flywheel/didShowCompletion.
   options[REPORTS_SHOWN_OPTION] = true;
   return options;
@@ -82,18 +119,31 @@ export function planChange(before: FlywheelSettings, after: FlywheelSettings): C
     return "restart";
   }
   const cleared =
-    (before.backendUrl !== "" && after.backendUrl === "") || (before.token !== "" && after.token === "");
-  if (cleared) {
+    (before.backendUrl !== "" && after.backendUrl === "") ||
+    (before.token !== "" && after.token === "");
+  // Documents already opened on the server are not taken back by a notification: a new
+  // exclusion starts it afresh, without them.
+  if (cleared || !sameList(before.exclude, after.exclude)) {
     return "restart";
   }
   if (
     before.backendUrl !== after.backendUrl ||
     before.token !== after.token ||
-    before.telemetry !== after.telemetry
+    before.telemetry !== after.telemetry ||
+    !sameMap(before.languages, after.languages)
   ) {
     return "notify";
   }
   return "none";
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+function sameMap(a: LanguageMap, b: LanguageMap): boolean {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }
 
 /** The admin dashboard: the configured backend, else the one the server reports, else the

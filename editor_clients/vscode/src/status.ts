@@ -4,11 +4,19 @@
 
 import type { Problem } from "./problems";
 
+/** What the language server says of its backend: answering, refusing our token (401/403), or
+ * not answering at all. */
+export type BackendState = "ok" | "unauthorized" | "unreachable";
+
 /** The fields of the `flywheel/status` answer the extension reads (lsp_server/session.py). */
 export interface ServerStatus {
   ready?: boolean;
   backend_url?: string;
   backend_ok?: boolean | null;
+  /** Undefined while not known (not asked yet, or a server that predates the field). */
+  backend?: BackendState;
+  /** The languages the server completes: the backend's, less those the user switched off. */
+  languages?: string[];
   last_backend_error?: string | null;
   model_version?: string | null;
   telemetry?: boolean;
@@ -19,10 +27,23 @@ export interface ServerStatus {
 
 export type Phase = "off" | "starting" | "running" | "retrying";
 
+/** The file in front. */
+export interface Here {
+  languageId: string;
+  /** Suggestions are asked for here. */
+  asked: boolean;
+  excluded: boolean;
+  /** The user switched its language off. */
+  switchedOff: boolean;
+}
+
 export interface StatusInput {
   phase: Phase;
   status?: ServerStatus;
   problem?: Problem;
+  here?: Here;
+  /** Suggestions only on Alt+\ (flywheel.trigger "manual"). */
+  manual?: boolean;
 }
 
 export interface StatusView {
@@ -57,12 +78,54 @@ export function parseStatus(raw: unknown): ServerStatus | undefined {
     backend_url: str(r.backend_url),
     backend_ok: typeof r.backend_ok === "boolean" ? r.backend_ok : null,
     last_backend_error: str(r.last_backend_error) ?? null,
+    backend: backendState(r.backend, r.backend_ok, r.last_backend_error),
+    languages: languageList(r.languages),
     model_version: str(r.model_version) ?? null,
     telemetry: typeof r.telemetry === "boolean" ? r.telemetry : undefined,
     outbox_pending: num(r.outbox_pending),
     outbox_dropped: num(r.outbox_dropped),
     events_delivered: num(r.events_delivered),
   };
+}
+
+function isBackendState(v: unknown): v is BackendState {
+  return v === "ok" || v === "unauthorized" || v === "unreachable";
+}
+
+/** The server's `backend` field; from a server without it, derived from backend_ok and its error
+ * text (BackendError says "HTTP 401"). */
+function backendState(backend: unknown, ok: unknown, error: unknown): BackendState | undefined {
+  if (isBackendState(backend)) {
+    return backend;
+  }
+  if (ok === true) {
+    return "ok";
+  }
+  if (ok !== false) {
+    return undefined;
+  }
+  return typeof error === "string" && /\b(401|403)\b|unauthori[sz]ed/i.test(error) ? "unauthorized" : "unreachable";
+}
+
+function languageList(v: unknown): string[] | undefined {
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : undefined;
+}
+
+/** The params of `flywheel/didChangeStatus` ({backend, languages}); fields it lacks are left out. */
+export function parseStatusChange(raw: unknown): Pick<ServerStatus, "backend" | "languages"> | undefined {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    return undefined;
+  }
+  const r = raw as Record<string, unknown>;
+  const change: Pick<ServerStatus, "backend" | "languages"> = {};
+  if (isBackendState(r.backend)) {
+    change.backend = r.backend;
+  }
+  const languages = languageList(r.languages);
+  if (languages !== undefined) {
+    change.languages = languages;
+  }
+  return change;
 }
 
 export function formatStatus(input: StatusInput): StatusView {
@@ -74,9 +137,16 @@ export function formatStatus(input: StatusInput): StatusView {
       warning: false,
     };
   }
+  if (problem?.kind === "unauthorized") {
+    return {
+      text: "$(lock) Flywheel: unauthorized",
+      tooltip: `${plain(problem.message)}\nFlywheel: Set Token fixes it. Click for the menu.`,
+      warning: true,
+    };
+  }
   if (problem !== undefined) {
     return {
-      text: "$(warning) Flywheel",
+      text: problem.kind === "backend" ? "$(warning) Flywheel: unreachable" : "$(warning) Flywheel",
       tooltip: `${plain(problem.message)}\nRetrying quietly. Click for the menu.`,
       warning: true,
     };
@@ -92,10 +162,20 @@ export function formatStatus(input: StatusInput): StatusView {
       : "Model: not known yet (shown after the first completion)",
   );
   if (status.backend_url) {
-    const state = status.backend_ok === true ? "reachable" : status.backend_ok === false ? "unreachable" : "not asked yet";
+    const state =
+      status.backend === "ok"
+        ? "reachable"
+        : status.backend === "unauthorized"
+          ? "unauthorized: the token is missing or wrong"
+          : status.backend === "unreachable"
+            ? "unreachable"
+            : "not asked yet";
     lines.push(`Backend: ${plain(status.backend_url)} (${state})`);
   }
-  if (status.backend_ok === false && status.last_backend_error) {
+  if (status.languages !== undefined) {
+    lines.push(`Languages: ${status.languages.length ? plain(status.languages.join(", ")) : "none"}`);
+  }
+  if (status.backend !== undefined && status.backend !== "ok" && status.last_backend_error) {
     lines.push(`Last error: ${plain(status.last_backend_error)}`);
   }
   if (status.telemetry === false) {
@@ -103,9 +183,25 @@ export function formatStatus(input: StatusInput): StatusView {
   } else if (status.outbox_pending !== undefined) {
     lines.push(`Events: ${status.events_delivered ?? 0} delivered, ${status.outbox_pending} waiting`);
   }
+  const here = input.here;
+  const idle = here !== undefined && !here.asked;
+  if (here !== undefined) {
+    const language = plain(here.languageId);
+    lines.unshift(
+      here.excluded
+        ? "No suggestions in this file: it is excluded (flywheel.exclude, or a secrets file)."
+        : here.switchedOff
+          ? `No suggestions for ${language}: switched off (flywheel.languages).`
+          : !here.asked
+            ? `No suggestions for ${language}: the backend's model does not serve it.`
+            : input.manual
+              ? `Suggestions for ${language} on Alt+\\ (manual mode).`
+              : `Suggestions for ${language} as you type.`,
+    );
+  }
   lines.push("Click for the menu.");
-  const warning = status.backend_ok === false;
-  const icon = warning ? "$(warning)" : "$(sparkle)";
+  const warning = status.backend === "unauthorized" || status.backend === "unreachable";
+  const icon = warning ? "$(warning)" : idle ? "$(circle-slash)" : "$(sparkle)";
   return {
     text: version ? `${icon} Flywheel ${version}` : `${icon} Flywheel`,
     tooltip: lines.join("\n"),

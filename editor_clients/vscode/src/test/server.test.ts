@@ -18,7 +18,8 @@ import { after, before, describe, it } from "node:test";
 import { completionIdOf } from "../memory";
 import { matchPrefix, predictAccepted } from "../partial";
 import { DEFAULTS, initializationOptions } from "../settings";
-import { parseStatus } from "../status";
+import { DID_CHANGE_STATUS } from "../protocol";
+import { parseStatus, parseStatusChange } from "../status";
 
 function flywheelExecutable(): string | undefined {
   const candidates = [
@@ -33,6 +34,8 @@ class Rpc {
   private buffer = Buffer.alloc(0);
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  /** Notifications from the server, in order. */
+  readonly heard: Array<{ method: string; params: unknown }> = [];
 
   constructor(private readonly child: ChildProcessWithoutNullStreams) {
     child.stdout.on("data", (chunk: Buffer) => this.onData(chunk));
@@ -73,8 +76,16 @@ class Rpc {
       }
       const body = this.buffer.subarray(headerEnd + 4, headerEnd + 4 + length).toString("utf8");
       this.buffer = this.buffer.subarray(headerEnd + 4 + length);
-      const message = JSON.parse(body) as { id?: number; method?: string; result?: unknown; error?: { message: string } };
-      if (message.id !== undefined && message.method !== undefined) {
+      const message = JSON.parse(body) as {
+        id?: number;
+        method?: string;
+        params?: unknown;
+        result?: unknown;
+        error?: { message: string };
+      };
+      if (message.id === undefined && message.method !== undefined) {
+        this.heard.push({ method: message.method, params: message.params });
+      } else if (message.id !== undefined && message.method !== undefined) {
         // A request from the server (e.g. workspace/configuration): answer with nothing.
         this.write({ jsonrpc: "2.0", id: message.id, result: null });
       } else if (message.id !== undefined) {
@@ -93,6 +104,52 @@ class Rpc {
 const executable = flywheelExecutable();
 const SUGGESTION = "alpha beta(gamma)";
 
+/** The language server on stdio, initialized with this extension's options for `backendUrl`. */
+async function startServer(
+  backendUrl: string,
+  stateDir: string,
+  over: Partial<typeof DEFAULTS> = {},
+): Promise<{ child: ChildProcessWithoutNullStreams; rpc: Rpc; initializeResult: { capabilities: Record<string, unknown> } }> {
+  const child = spawn(executable as string, ["lsp"], { stdio: "pipe", env: { ...process.env, HF_HUB_OFFLINE: "1" } });
+  child.stderr.resume();
+  const rpc = new Rpc(child);
+  const options = {
+    ...initializationOptions({ ...DEFAULTS, backendUrl, ...over }),
+    stateDir,
+    debounceMs: 0,
+    survivalDelaysS: [],
+  };
+  const initializeResult = (await rpc.request("initialize", {
+    processId: process.pid,
+    rootUri: null,
+    capabilities: { textDocument: { inlineCompletion: { dynamicRegistration: false } } },
+    initializationOptions: options,
+  })) as { capabilities: Record<string, unknown> };
+  rpc.notify("initialized", {});
+  return { child, rpc, initializeResult };
+}
+
+async function stopServer(rpc: Rpc, child: ChildProcessWithoutNullStreams): Promise<void> {
+  try {
+    await rpc.request("shutdown", null);
+    rpc.notify("exit", null);
+  } catch {
+    // already gone
+  }
+  child.kill();
+}
+
+async function heardStatus(rpc: Rpc, want: (change: ReturnType<typeof parseStatusChange>) => boolean): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    if (rpc.heard.some((n) => n.method === DID_CHANGE_STATUS && want(parseStatusChange(n.params)))) {
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.fail(`no such ${DID_CHANGE_STATUS}; heard ${JSON.stringify(rpc.heard)}`);
+}
+
 describe("the language server, as this extension talks to it", { skip: executable ? false : "no flywheel executable" }, () => {
   let child: ChildProcessWithoutNullStreams;
   let rpc: Rpc;
@@ -101,6 +158,7 @@ describe("the language server, as this extension talks to it", { skip: executabl
   const events: Array<Record<string, unknown>> = [];
   let initializeResult: { capabilities: Record<string, unknown> };
   let served = 0;
+  const asked: string[] = [];
 
   before(async () => {
     backend = http.createServer((req, res) => {
@@ -108,7 +166,16 @@ describe("the language server, as this extension talks to it", { skip: executabl
       req.on("data", (c: Buffer) => (body += c.toString("utf8")));
       req.on("end", () => {
         res.setHeader("Content-Type", "application/json");
-        if (req.url === "/v1/complete") {
+        asked.push(`${req.method} ${req.url}`);
+        if (req.url === "/v1/model") {
+          res.end(JSON.stringify({
+            base_model: "tiny",
+            live_version: "v-test-7",
+            fim: "none",
+            temperature: 0.2,
+            languages: ["python"],
+          }));
+        } else if (req.url === "/v1/complete") {
           res.end(JSON.stringify({
             completion_id: `cmp-000${++served}`,
             text: SUGGESTION,
@@ -129,32 +196,14 @@ describe("the language server, as this extension talks to it", { skip: executabl
     await new Promise<void>((resolve) => backend.listen(0, "127.0.0.1", resolve));
     const port = (backend.address() as AddressInfo).port;
     stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "flywheel-vscode-test-"));
-    child = spawn(executable as string, ["lsp"], { stdio: "pipe", env: { ...process.env, HF_HUB_OFFLINE: "1" } });
-    child.stderr.resume();
-    rpc = new Rpc(child);
-    const options = {
-      ...initializationOptions({ ...DEFAULTS, backendUrl: `http://127.0.0.1:${port}` }),
-      stateDir,
-      debounceMs: 0,
-      survivalDelaysS: [],
-    };
-    initializeResult = (await rpc.request("initialize", {
-      processId: process.pid,
-      rootUri: null,
-      capabilities: { textDocument: { inlineCompletion: { dynamicRegistration: false } } },
-      initializationOptions: options,
-    })) as { capabilities: Record<string, unknown> };
-    rpc.notify("initialized", {});
+    ({ child, rpc, initializeResult } = await startServer(`http://127.0.0.1:${port}`, stateDir, {
+      languages: { markdown: false, go: true },
+      exclude: ["**/private/**"],
+    }));
   });
 
   after(async () => {
-    try {
-      await rpc.request("shutdown", null);
-      rpc.notify("exit", null);
-    } catch {
-      // already gone
-    }
-    child.kill();
+    await stopServer(rpc, child);
     backend.close();
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
@@ -248,9 +297,68 @@ describe("the language server, as this extension talks to it", { skip: executabl
     assert.equal(partial.accepted_chars, 5);
   });
 
+  it("says which languages it completes: the backend's, with this extension's choices applied", async () => {
+    await heardStatus(rpc, (c) => c?.backend === "ok" && JSON.stringify(c.languages) === JSON.stringify(["go", "python"]));
+    const status = parseStatus(await rpc.request("flywheel/status", null));
+    assert.equal(status?.backend, "ok");
+    assert.deepEqual(status?.languages, ["go", "python"]);
+  });
+
+  it("never sends a switched-off language or an excluded file to the backend", async () => {
+    const before = asked.filter((a) => a === "POST /v1/complete").length;
+    for (const [uri, languageId] of [
+      ["file:///tmp/notes.md", "markdown"],
+      ["file:///tmp/proj/private/app.py", "python"],
+      ["file:///tmp/proj/.env", "python"],
+    ]) {
+      rpc.notify("textDocument/didOpen", { textDocument: { uri, languageId, version: 1, text: "API_KEY = " } });
+      const answer = (await rpc.request("textDocument/inlineCompletion", {
+        textDocument: { uri },
+        position: { line: 0, character: 10 },
+        context: { triggerKind: 1 },
+      })) as { items: unknown[] } | null;
+      assert.equal(answer?.items?.length ?? 0, 0, uri);
+    }
+    assert.equal(asked.filter((a) => a === "POST /v1/complete").length, before);
+  });
+
   it("answers a dismissal without error", async () => {
     rpc.notify("flywheel/didRejectCompletion", { completionId: "unknown-id" });
     const status = parseStatus(await rpc.request("flywheel/status", null));
     assert.equal(status?.ready, true);
+  });
+});
+
+describe("the language server with a backend that refuses the token", { skip: executable ? false : "no flywheel executable" }, () => {
+  let child: ChildProcessWithoutNullStreams;
+  let rpc: Rpc;
+  let backend: http.Server;
+  let stateDir: string;
+
+  before(async () => {
+    backend = http.createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        res.statusCode = 401;
+        res.setHeader("Content-Type", "application/json");
+        res.end(JSON.stringify({ detail: "invalid or missing token" }));
+      });
+    });
+    await new Promise<void>((resolve) => backend.listen(0, "127.0.0.1", resolve));
+    const port = (backend.address() as AddressInfo).port;
+    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "flywheel-vscode-test-"));
+    ({ child, rpc } = await startServer(`http://127.0.0.1:${port}`, stateDir, { token: "wrong" }));
+  });
+
+  after(async () => {
+    await stopServer(rpc, child);
+    backend.close();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it("says unauthorized, which the extension shows as such (not unreachable)", async () => {
+    const status = parseStatus(await rpc.request("flywheel/status", null));
+    assert.equal(status?.backend, "unauthorized");
+    await heardStatus(rpc, (c) => c?.backend === "unauthorized");
   });
 });

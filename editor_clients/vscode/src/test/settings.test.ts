@@ -20,32 +20,67 @@ describe("readSettings", () => {
       enable: "yes",
       serverPath: "  ",
       backendUrl: " http://host:9000/ ",
-      token: " t0k ",
+      token: "from-settings-json",
       telemetry: false,
+      languages: { markdown: false, python: "yes" },
+      exclude: ["**/secrets/**", 3, " "],
+      trigger: "sometimes",
     };
-    assert.deepEqual(readSettings((k) => values[k]), {
+    assert.deepEqual(readSettings((k) => values[k], { token: " t0k ", editorTelemetry: true }), {
       enable: true,
       serverPath: "flywheel",
       backendUrl: "http://host:9000",
       token: "t0k",
       telemetry: false,
+      languages: { markdown: false },
+      exclude: ["**/secrets/**"],
+      trigger: "automatic",
     });
+  });
+  it("takes the token from the secret storage only, never from settings.json", () => {
+    const values: Record<string, unknown> = { token: "plain-text" };
+    assert.equal(readSettings((k) => values[k]).token, "");
+    assert.equal(readSettings((k) => values[k], { token: "s3cret", editorTelemetry: true }).token, "s3cret");
+  });
+  it("sends no outcome events when VS Code's telemetry is off, whatever flywheel.telemetry says", () => {
+    const values: Record<string, unknown> = { telemetry: true };
+    assert.equal(readSettings((k) => values[k], { token: "", editorTelemetry: true }).telemetry, true);
+    assert.equal(readSettings((k) => values[k], { token: "", editorTelemetry: false }).telemetry, false);
+    assert.equal(initializationOptions(readSettings((k) => values[k], { token: "", editorTelemetry: false })).telemetry, false);
+  });
+  it("reads the manual trigger mode", () => {
+    assert.equal(readSettings((k) => (k === "trigger" ? "manual" : undefined)).trigger, "manual");
   });
 });
 
 describe("initializationOptions", () => {
   it("says that this client reports shown suggestions, and leaves empty settings out", () => {
-    assert.deepEqual(initializationOptions(settings()), { telemetry: true, reportsShown: true });
+    assert.deepEqual(initializationOptions(settings()), { telemetry: true, languages: {}, reportsShown: true });
   });
   it("passes the backend, token and telemetry under the server's keys", () => {
-    const options = initializationOptions(settings({ backendUrl: "http://b:1", token: "secret", telemetry: false }));
-    assert.deepEqual(options, { backendUrl: "http://b:1", token: "secret", telemetry: false, reportsShown: true });
+    const options = initializationOptions(
+      settings({
+        backendUrl: "http://b:1",
+        token: "secret",
+        telemetry: false,
+        languages: { markdown: false },
+        exclude: ["*.sql"],
+      }),
+    );
+    assert.deepEqual(options, {
+      backendUrl: "http://b:1",
+      token: "secret",
+      telemetry: false,
+      languages: { markdown: false },
+      exclude: ["*.sql"],
+      reportsShown: true,
+    });
     assert.equal("serverPath" in options, false);
     assert.equal("enable" in options, false);
   });
   it("nests didChangeConfiguration settings under flywheel", () => {
     assert.deepEqual(configurationSettings(settings({ token: "t" })), {
-      flywheel: { token: "t", telemetry: true, reportsShown: true },
+      flywheel: { token: "t", telemetry: true, languages: {}, reportsShown: true },
     });
   });
 });
@@ -60,6 +95,15 @@ describe("planChange", () => {
     assert.equal(planChange(settings(), settings({ telemetry: false })), "notify");
     assert.equal(planChange(settings(), settings({ backendUrl: "http://b" })), "notify");
     assert.equal(planChange(settings({ token: "a" }), settings({ token: "b" })), "notify");
+    assert.equal(planChange(settings(), settings({ languages: { markdown: false } })), "notify");
+    assert.equal(planChange(settings({ languages: { go: true } }), settings({ languages: { go: false } })), "notify");
+  });
+  it("restarts without the documents of a newly excluded path", () => {
+    assert.equal(planChange(settings(), settings({ exclude: ["*.sql"] })), "restart");
+    assert.equal(planChange(settings({ exclude: ["*.sql"] }), settings()), "restart");
+  });
+  it("leaves the server alone for the trigger mode (the extension applies it)", () => {
+    assert.equal(planChange(settings(), settings({ trigger: "manual" })), "none");
   });
   it("restarts for a new executable, or a value cleared back to the server's own", () => {
     assert.equal(planChange(settings(), settings({ serverPath: "/opt/flywheel" })), "restart");

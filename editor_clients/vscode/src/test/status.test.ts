@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { formatStatus, parseStatus, shortVersion } from "../status";
+import { formatStatus, parseStatus, parseStatusChange, shortVersion } from "../status";
 
 describe("parseStatus", () => {
   it("reads the fields of flywheel/status", () => {
@@ -30,11 +30,63 @@ describe("parseStatus", () => {
   });
 });
 
+describe("the backend's state", () => {
+  it("is the server's backend field when it sends one", () => {
+    assert.equal(parseStatus({ backend: "unauthorized", backend_ok: false })?.backend, "unauthorized");
+    assert.equal(parseStatus({ backend: "ok" })?.backend, "ok");
+    assert.equal(parseStatus({ backend: "fine" })?.backend, undefined);
+  });
+  it("tells a refused token from an outage with an older server", () => {
+    const refused = parseStatus({ backend_ok: false, last_backend_error: "HTTP 401 from /v1/complete: bad token" });
+    assert.equal(refused?.backend, "unauthorized");
+    const down = parseStatus({ backend_ok: false, last_backend_error: "ConnectError: connection refused" });
+    assert.equal(down?.backend, "unreachable");
+    assert.equal(parseStatus({ backend_ok: null })?.backend, undefined);
+  });
+  it("reads flywheel/didChangeStatus", () => {
+    assert.deepEqual(parseStatusChange({ backend: "unauthorized", languages: ["python", 3] }), {
+      backend: "unauthorized",
+      languages: ["python"],
+    });
+    assert.deepEqual(parseStatusChange({ languages: [] }), { languages: [] });
+    assert.equal(parseStatusChange("ok"), undefined);
+  });
+});
+
 describe("formatStatus", () => {
+  it("says unauthorized, not unreachable, when the backend refuses the token", () => {
+    const problem = { kind: "unauthorized" as const, message: "Flywheel: unauthorized: the backend refuses the token" };
+    const view = formatStatus({ phase: "running", problem, status: { backend: "unauthorized" } });
+    assert.equal(view.text, "$(lock) Flywheel: unauthorized");
+    assert.equal(view.warning, true);
+    assert.match(view.tooltip, /Set Token/);
+    assert.doesNotMatch(view.tooltip, /unreachable/);
+    const tooltip = formatStatus({ phase: "running", status: { backend_url: "http://b", backend: "unauthorized" } }).tooltip;
+    assert.match(tooltip, /Backend: http:\/\/b \(unauthorized/);
+  });
+  it("says unreachable when the backend does not answer", () => {
+    const problem = { kind: "backend" as const, message: "the backend at http://b is unreachable" };
+    assert.equal(formatStatus({ phase: "running", problem }).text, "$(warning) Flywheel: unreachable");
+  });
+  it("says why the file in front gets no suggestions", () => {
+    const status = { backend: "ok" as const, languages: ["python"], model_version: "v1" };
+    const view = (here: { languageId: string; asked: boolean; excluded: boolean; switchedOff: boolean }, manual = false) =>
+      formatStatus({ phase: "running", status, here, manual });
+    const python = view({ languageId: "python", asked: true, excluded: false, switchedOff: false });
+    assert.equal(python.text, "$(sparkle) Flywheel v1");
+    assert.match(python.tooltip, /as you type/);
+    assert.match(python.tooltip, /Languages: python/);
+    assert.match(view({ languageId: "python", asked: true, excluded: false, switchedOff: false }, true).tooltip, /Alt\+\\/);
+    const markdown = view({ languageId: "markdown", asked: false, excluded: false, switchedOff: false });
+    assert.equal(markdown.text, "$(circle-slash) Flywheel v1");
+    assert.match(markdown.tooltip, /does not serve it/);
+    assert.match(view({ languageId: "python", asked: false, excluded: false, switchedOff: true }).tooltip, /switched off/);
+    assert.match(view({ languageId: "dotenv", asked: false, excluded: true, switchedOff: false }).tooltip, /excluded/);
+  });
   it("shows the model version when running", () => {
     const view = formatStatus({
       phase: "running",
-      status: { backend_url: "http://b", backend_ok: true, model_version: "v12", telemetry: true, outbox_pending: 0, events_delivered: 5 },
+      status: { backend_url: "http://b", backend: "ok", model_version: "v12", telemetry: true, outbox_pending: 0, events_delivered: 5 },
     });
     assert.equal(view.text, "$(sparkle) Flywheel v12");
     assert.equal(view.warning, false);
@@ -50,7 +102,7 @@ describe("formatStatus", () => {
   it("warns when the backend is unreachable", () => {
     const view = formatStatus({
       phase: "running",
-      status: { backend_url: "http://b", backend_ok: false, last_backend_error: "connection refused", model_version: "v3" },
+      status: { backend_url: "http://b", backend: "unreachable", last_backend_error: "connection refused", model_version: "v3" },
     });
     assert.equal(view.warning, true);
     assert.equal(view.text, "$(warning) Flywheel v3");
