@@ -237,3 +237,16 @@ def make_adapter(model_dir: Path, output: Path, seed: int = 0, scale: float = 0.
                 parameter.normal_(0, scale)
     model.save_pretrained(output)
     return output
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real vLLM server serving the tiny model with Flywheel's flags (tests/vllm_support.py),
+    shared by the session: one start costs about 35 s. Skipped without a vLLM environment."""
+    import vllm_support
+
+    if vllm_support.vllm_python_path() is None:
+        pytest.skip(vllm_support.NO_VLLM)
+    server = vllm_support.start_server(tiny_model_dir, tmp_path_factory.mktemp("vllm") / "server.log")
+    yield server
+    asyncio.run(server.stop())
