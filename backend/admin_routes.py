@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import plotly
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi import Path as InPath
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from backend import dashboard
+from backend import dashboard, dashboard_clients
 from backend.auth import ADMIN, hash_token, new_token, person_of
 from backend.deps import State, admin_only, principal_of, session_of
 from backend.lifecycle import PINNED, LifecycleError
@@ -35,15 +37,25 @@ ACTIONS = ("promote", "rollback", "pin", "unpin")
 SIMULATION = "simulation_report"
 
 
-async def dashboard_data(state: BackendState) -> dict[str, Any]:
-    """Everything the dashboard shows, as plain data (also served as /admin/data.json)."""
+async def dashboard_data(
+    state: BackendState, since: float | None = None, until: float | None = None, refresh_s: int = 0
+) -> dict[str, Any]:
+    """Everything the dashboard shows, as plain data (also served as /admin/data.json). The charts
+    and the tables per client kind and language cover [since, until) by serving time (default: the
+    last 7 days, from the first completion when that is later); the cards are all time."""
     store = state.store
     now = time.time()
-    first = await store.series(0.0, 10**9)
-    start = min((row["at"] for row in first), default=now)
-    span = max(now - max(start, now - 7 * 86400), 60.0)
+    end = now if until is None else until
+    if since is None:
+        first = await store.series(0.0, 10**9, until)
+        since = max(min((row["at"] for row in first), default=end), end - 7 * 86400)
+        asked = None
+    else:
+        asked = since
+    span = max(end - since, 60.0)
     bucket = max(10.0, round(span / 40))
     latencies = await store.latencies(now - 3600)
+    slices = await store.breakdown(end - span, until)
     policy = state.completions.policy
     return {
         "base_model": state.base_model,
@@ -55,9 +67,13 @@ async def dashboard_data(state: BackendState) -> dict[str, Any]:
         "trainer": await store.get_setting("trainer_status"),
         "simulation": await store.get_setting(SIMULATION),
         "stats": await store.stats(),
-        "series": await store.series(now - span, bucket),
-        "reward_histogram": await store.reward_histogram(now - span),
-        "events_per_minute": await store.events_per_minute(now - span),
+        "series": await store.series(end - span, bucket, until),
+        "reward_histogram": await store.reward_histogram(end - span, until=until),
+        "events_per_minute": await store.events_per_minute(end - span, until),
+        # Per client kind (lsp, tabby, openai) and per language, over the range (dashboard_clients.py).
+        "clients": dashboard_clients.summarize(slices, "client"),
+        "languages": dashboard_clients.summarize(slices, "language"),
+        "range": dashboard_clients.describe(asked, until, refresh_s),
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
         "checkpoints": await store.checkpoints(),
@@ -95,12 +111,30 @@ def is_admin(request: Request) -> bool:
     return principal is not None and principal.role == ADMIN
 
 
+# The dashboard's range, whole local days (the form's date inputs; empty: open), and auto-refresh.
+Day = Annotated[str, Query(max_length=10, pattern=r"^(\d{4}-\d{2}-\d{2})?$")]
+Refresh = Annotated[int, Query(ge=0, le=3600)]
+
+
+def _days(since: str, until: str) -> tuple[float | None, float | None]:
+    try:
+        first, last = (date.fromisoformat(day) if day else None for day in (since, until))
+    except ValueError as error:
+        raise RequestValidationError(
+            [{"type": "date_parsing", "loc": ("query", "since/until"), "msg": str(error)}]
+        ) from None
+    return dashboard_clients.day_range(first, last)
+
+
 @router.get("/admin", response_class=HTMLResponse, response_model=None)
-async def admin_page(request: Request, state: State) -> HTMLResponse | RedirectResponse:
+async def admin_page(
+    request: Request, state: State, since: Day = "", until: Day = "", refresh: Refresh = 0
+) -> HTMLResponse | RedirectResponse:
     session = session_of(request)
     if not is_admin(request) or session is None:
         return RedirectResponse("/admin/login", status_code=303)
-    return HTMLResponse(dashboard.render(await dashboard_data(state), session.csrf))
+    data = await dashboard_data(state, *_days(since, until), refresh)
+    return HTMLResponse(dashboard.render(data, session.csrf))
 
 
 @router.get("/admin/login", response_class=HTMLResponse)
@@ -156,8 +190,8 @@ async def plotly_js() -> FileResponse:
 
 
 @router.get("/admin/data.json", dependencies=admin_only)
-async def data(state: State) -> dict[str, Any]:
-    return await dashboard_data(state)
+async def data(state: State, since: Day = "", until: Day = "") -> dict[str, Any]:
+    return await dashboard_data(state, *_days(since, until))
 
 
 @router.post(

@@ -10,6 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from backend import dashboard_clients
 from core.confidence import FLOOR_METRIC_PREFIX
 
 STYLE = """
@@ -330,15 +331,17 @@ def render(data: dict[str, Any], csrf: str) -> str:
     unpin = _form("unpin", "-", "Unpin", "unpin", csrf) if data["pinned"] else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Flywheel admin</title><style>{STYLE}</style>
-<script src="/admin/static/plotly.min.js"></script></head>
+<script src="/admin/static/plotly.min.js"></script>{dashboard_clients.refresh_meta(data)}</head>
 <body>
 <h1>Flywheel</h1><p class="sub">base model {escape(data["base_model"])}
  · {_form_to("/admin/logout", "Log out", "logout", csrf)}</p>
 {loop_health(data)}
+{dashboard_clients.range_form(data)}
 <div class="cards">{"".join(cards)}</div>
 <p id="trainer-status"><b>Trainer:</b> {escape(trainer_text)}</p>
 <p id="canary-verdict"><b>Canary test:</b> {escape(_compact(verdict) if verdict else "no canary")}</p>
 {charts(data)}
+{dashboard_clients.section(data, _chart)}
 {simulation(data.get("simulation"))}
 <h2>Checkpoints {unpin}</h2>
 {timeline(data["checkpoints"], data["transitions"], data["pinned"], csrf)}

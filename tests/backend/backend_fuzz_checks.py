@@ -27,7 +27,18 @@ PUBLIC = frozenset(
     }
 )
 EDITOR = frozenset(
-    {("POST", "/v1/complete"), ("POST", "/v1/events"), ("GET", "/v1/model"), ("GET", "/v1/checkpoints")}
+    {
+        ("POST", "/v1/complete"),
+        ("POST", "/v1/events"),
+        ("GET", "/v1/model"),
+        ("GET", "/v1/checkpoints"),
+        # Tabby's and OpenAI's clients (backend/compat_routes.py).
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/health"),
+        ("POST", "/v1/health"),
+        ("GET", "/v1beta/server_setting"),
+        ("GET", "/v1/models"),
+    }
 )
 # The login form answers a wrong token in its body with 401 whoever asks.
 LOGIN = ("POST", "/admin/login")
