@@ -34,6 +34,9 @@ from lsp_server.tracker import Tracker
 logger = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
+# Until the backend has said which languages it serves, it is asked again after these waits (the
+# last repeating): an editor opened before `flywheel up` gets suggestions once it is up.
+MODEL_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Session:
         self._announced: dict[str, Any] | None = None
         self._excluded: dict[str, bool] = {}
         self.gated_requests = 0
+        self._model_retry: asyncio.TimerHandle | None = None
+        self._model_retries = 0
         self.model_version: str | None = None
         self.outbox = _open_outbox(options.state_dir / OUTBOX_FILE)
         self.sender = OutboxSender(
@@ -289,15 +294,31 @@ class Session:
             info = await self.backend.model_info()
         except BackendError as exc:
             self._backend_failed(exc)
+            self._retry_model_later()
             return
+        self._model_retries = 0
         if self.model_version is None:
             self.model_version = info.live_version
         self.served = list(info.languages)
         self._backend_reached()
 
     def _refresh_soon(self) -> None:
+        if self._closed:
+            return
         task = asyncio.get_running_loop().create_task(self.refresh_model())
         task.add_done_callback(_log_refresh_failure)
+
+    def _retry_model_later(self) -> None:
+        if self._model_retry is not None or self._closed or self.served is not None:
+            return
+        delay = MODEL_RETRY_S[min(self._model_retries, len(MODEL_RETRY_S) - 1)]
+        self._model_retries += 1
+        self._model_retry = asyncio.get_running_loop().call_later(delay, self._retry_model_now)
+
+    def _retry_model_now(self) -> None:
+        self._model_retry = None
+        if self.served is None:
+            self._refresh_soon()
 
     def _backend_reached(self) -> None:
         if self.backend_state in (BACKEND_UNREACHABLE, BACKEND_UNAUTHORIZED):
@@ -372,6 +393,9 @@ class Session:
             previous = self.backend
             self.backend = BackendClient(new.backend_url, new.token, new.request_timeout_s)
             self.backend_state, self.served = None, None
+            if self._model_retry is not None:
+                self._model_retry.cancel()
+                self._model_retry, self._model_retries = None, 0
             asyncio.get_running_loop().create_task(previous.aclose())
             self.sender.wake()  # a fixed token or URL need not wait out the backoff
             self._refresh_soon()
@@ -494,6 +518,8 @@ class Session:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._model_retry is not None:
+            self._model_retry.cancel()
         if self._inflight is not None:
             self._inflight.cancel()
         await self.sender.stop(flush_timeout_s)

@@ -152,6 +152,21 @@ async def test_an_unreachable_backend_is_said_so(client: LanguageClient, tmp_pat
     assert client.messages == []  # an outage is no popup
 
 
+async def test_a_backend_that_comes_up_later_is_found_without_a_keystroke(
+    client: LanguageClient, tmp_path: Path, wire_backend: WireBackend
+) -> None:
+    # An editor opened before `flywheel up`: nothing is attached until the languages are known, so
+    # no completion request would ever ask again; the server does, on its own.
+    wire_backend.down = True
+    seen = collect_status(client)
+    await start(client, tmp_path / "ws", backendUrl=wire_backend.url)
+    await wait_for(lambda: seen, "flywheel/didChangeStatus")
+    assert seen == [{"backend": "unreachable", "languages": []}]
+    wire_backend.down = False
+    await wait_for(lambda: len(seen) == 2, "the backend to be found", 10)
+    assert seen[1] == {"backend": "ok", "languages": ["python"]}
+
+
 @pytest.fixture
 def real_backend(tiny_model_dir: Path, tmp_path: Path) -> Any:
     running = start_backend(

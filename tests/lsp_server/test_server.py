@@ -40,10 +40,13 @@ class WireBackend:
         self.events: dict[str, dict[str, Any]] = {}
         self.authorizations: list[str | None] = []
         self.languages = ["python"]
+        self.down = False
         self.http = LoopbackHTTP(self.answer)
         self.url = self.http.url
 
     def answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        if self.down:
+            return None  # the connection closes without an answer
         if method == "GET":
             if path == "/v1/model":
                 self.authorizations.append(headers.get("Authorization"))
