@@ -318,20 +318,19 @@ class VllmEngine:
         if healed:
             body["vllm_xargs"] = {HEALED_ARG: healed}
         tried: set[str] = set()
-        reloaded = False
+        lost: _Server | None = None
         while True:
             server = self._pick(request.version, tried)
             row = _Row(self, request, healed, cap)
             try:
+                if lost is server:
+                    await self._reinstall(server, request.version)
                 await self._stream(server, body, row)
                 break
             except _VersionLost:
-                if reloaded:
-                    raise VllmUnavailable(
-                        f"vLLM at {server.url} keeps losing version {request.version}"
-                    ) from None
-                reloaded = True
-                await self._reinstall(server, request.version)
+                if lost is server:
+                    raise VllmUnavailable(f"vLLM at {server.url} keeps losing {request.version}") from None
+                lost = server
             except httpx.TransportError as error:
                 # Down (or restarting): the request goes to another server, if one is up.
                 self._lost(server, error)
@@ -442,10 +441,15 @@ class VllmEngine:
             return
         async with server.lock:
             listed = {entry["id"] for entry in await self._models(server)}
+            loaded = set()
             for version, path in list(self._adapters.items()):
-                if version != BASE_VERSION and version not in listed:
-                    await self._load(server, version, path)
-            server.installed = set(self._adapters) - {BASE_VERSION}
+                try:
+                    if version not in listed:
+                        await self._load(server, version, path)
+                    loaded.add(version)
+                except ValueError:  # its files are gone: it cannot serve anywhere, nor block the rest
+                    log.exception("vLLM at %s could not load version %s again", server.url, version)
+            server.installed = loaded
         server.routable = True
         server.trouble = ""
         log.info("vLLM server %s is back with versions %s", server.url, sorted(server.installed) or "none")
