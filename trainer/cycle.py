@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections import Counter
@@ -50,6 +51,7 @@ from trainer.distributed import ALONE, Job, World, to_cpu
 from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
 from trainer.objectives import objective_config
 from trainer.objectives.pg import PGConfig
+from trainer.progress import Progress
 from trainer.replay import load_replay
 from trainer.report import (
     CANDIDATE,
@@ -285,7 +287,11 @@ def update_policy(
             weights, optimizer_state = policy.snapshot()
             lora = policy.model.peft_config["default"]
             world.send(Job(policy.base_model, lora, to_cpu(weights), to_cpu(optimizer_state), job))
-        figures = train_on_episodes(policy.model, optimizer=policy.optimizer, world=world, **job)
+        steps = cfg.epochs * math.ceil(len(episodes) / cfg.batch_size)
+        with Progress(f"update on {len(episodes)} episodes", steps) as progress:
+            figures = train_on_episodes(
+                policy.model, optimizer=policy.optimizer, world=world, progress=progress, **job
+            )
     elif world.size > 1:
         raise ValueError(f"trainer.objective {cfg.objective!r} runs on one process; under torchrun only pg")
     elif cfg.objective == "kto":

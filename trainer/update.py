@@ -14,6 +14,7 @@ from core.wire import Episode
 from trainer.distributed import ALONE, World
 from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
 from trainer.objectives.pg import PGConfig, compute_advantages, pg_loss
+from trainer.progress import Progress
 from trainer.replay import ReplayText, replay_loss
 
 
@@ -75,8 +76,10 @@ def train_on_episodes(
     wanted: Sequence[list[int] | None] | None = None,
     replay: ReplayText | None = None,
     world: World = ALONE,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """Updates the adapter in place; returns the update's figures (step means, KL after).
+    `progress` advances by one each step (at most epochs × minibatches; fewer if the KL budget stops it).
 
     `wanted[i]`: the tokens the user wanted instead of episode i's completion (trainer/corrections.py),
     imitated with weight `config.correction_coef`; None where there are none. `replay`: general code
@@ -151,6 +154,8 @@ def train_on_episodes(
             for key, value in stats.items():
                 sums[key] += value
             steps += 1
+            if progress is not None:
+                progress.advance()
         if kl_stopped:
             break
 
