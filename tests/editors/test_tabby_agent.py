@@ -11,6 +11,7 @@ configuration is read from ~/.tabby-client/agent/config.toml, as a user writes i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -53,10 +54,12 @@ def backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 def agent_env(backend: RunningBackend, tmp_path: Path) -> dict[str, str]:
     """A home whose Tabby configuration names the backend and a Flywheel client token."""
-    home = tmp_path / "home"
+    return tabby_home(backend, tmp_path / "home", read_token(backend.data_dir, CLIENT))
+
+
+def tabby_home(backend: RunningBackend, home: Path, token: str) -> dict[str, str]:
     config = home / ".tabby-client" / "agent" / "config.toml"
     config.parent.mkdir(parents=True)
-    token = read_token(backend.data_dir, CLIENT)
     config.write_text(
         f'[server]\nendpoint = "{backend.url}"\ntoken = "{token}"\n\n'
         "[anonymousUsageTracking]\ndisable = true\n"
@@ -157,17 +160,29 @@ class JsonLines:
                 return result
 
 
-@pytest.fixture
-async def agent(agent_env: dict[str, str]) -> AsyncIterator[JsonLines]:
+@contextlib.asynccontextmanager
+async def json_lines_agent(env: dict[str, str]) -> AsyncIterator[JsonLines]:
     assert NODE is not None
     process = await asyncio.create_subprocess_exec(
-        NODE, str(AGENT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=agent_env
+        NODE, str(AGENT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
     )
     try:
         yield JsonLines(process)
     finally:
         process.terminate()
         await process.wait()
+
+
+@pytest.fixture
+async def agent(agent_env: dict[str, str]) -> AsyncIterator[JsonLines]:
+    async with json_lines_agent(agent_env) as running:
+        yield running
+
+
+async def test_a_wrong_token_is_unauthorized_not_unreachable(backend: RunningBackend, tmp_path: Path) -> None:
+    async with json_lines_agent(tabby_home(backend, tmp_path / "home", "fw_not-a-token")) as wrong:
+        assert await wrong.call("initialize", {"clientProperties": {"session": {"client": "flywheel-test"}}})
+        assert await wrong.call("getStatus") == "unauthorized"
 
 
 async def shown_completion(agent: JsonLines, first: int = 0) -> tuple[str, str]:
