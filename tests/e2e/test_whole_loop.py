@@ -3,7 +3,10 @@
 A real LSP client over stdio (pytest-lsp) drives `python -m lsp_server`, which calls a real backend
 process on loopback (real SQLite file, a tiny model trained by this test session). The suggestion
 is accepted and then edited; the episode finalizes with a reward; `flywheel trainer --once` trains
-and uploads a new adapter; the next completion is served by the new version.
+and uploads a new adapter; the next completion is served by the new version. The same journey runs
+on both serving engines: the in-process one (the new version live on upload), and vLLM, a real
+server on this CPU that the backend starts (the new version loaded into it, tried as a canary on
+real traffic and promoted) in tests/e2e/test_vllm_loop.py.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -89,7 +93,24 @@ async def wait_for_episode(backend: RunningBackend, completion_id: str, timeout_
     raise AssertionError(f"episode {completion_id} did not finalize")
 
 
+def live_version(backend: RunningBackend) -> str:
+    return httpx.get(f"{backend.url}/v1/model", headers=backend.client).json()["live_version"]
+
+
+def promoted_on_upload(backend: RunningBackend, trainer_output: str) -> None:
+    """With no canary (the tests' share 0), the upload goes live at once."""
+    assert live_version(backend) == "v1", trainer_output
+
+
 async def test_completion_travels_editor_to_trainer_and_back(backend: RunningBackend, tmp_path: Path) -> None:
+    await travel(backend, tmp_path, promoted_on_upload)
+
+
+async def travel(
+    backend: RunningBackend, tmp_path: Path, goes_live: Callable[[RunningBackend, str], None]
+) -> None:
+    """Editor -> backend -> episode -> trainer -> new version -> editor; `goes_live` takes the
+    trainer's upload (v1) to live, or checks it went live, given the trainer's output."""
     client, initialized = await start_client(backend, tmp_path / "lsp-state")
     try:
         assert initialized.capabilities.inline_completion_provider
@@ -139,8 +160,7 @@ async def test_completion_travels_editor_to_trainer_and_back(backend: RunningBac
             timeout=300,
         )
         assert trainer.returncode == 0, trainer.stdout + trainer.stderr
-        model = httpx.get(f"{backend.url}/v1/model", headers=backend.client).json()
-        assert model["live_version"] == "v1", trainer.stdout + trainer.stderr
+        await asyncio.to_thread(goes_live, backend, trainer.stdout + trainer.stderr)
 
         # The next completion comes from the new version.
         cursor_after = types.Position(
