@@ -197,12 +197,11 @@ def start(editor: Editor, backend: RunningBackend, tmp_path: Path) -> Path:
     editor.setup(
         cmd=server_cmd(),
         backend_url=backend.url,
-        debounce_ms=20,
+        debounce_ms=0,
         init_options={
             "stateDir": str(tmp_path / "lsp-state"),
             "token": read_token(backend.data_dir, CLIENT),
             "userId": "nvim-e2e",
-            "debounceMs": 0,
             "requestTimeoutS": 10,
             "flushIntervalS": 0.2,
             # First check soon after acceptance, the second once the test has edited the text.
@@ -371,24 +370,22 @@ def test_an_unreachable_backend_is_reported_once(editor: Editor, tmp_path: Path)
         backend_url=url,
         debounce_ms=0,
         health_check_interval_s=0,
-        init_options={"stateDir": str(tmp_path / "lsp-state"), "debounceMs": 0},
+        init_options={"stateDir": str(tmp_path / "lsp-state")},
     )
     editor.nvim.command(f"edit {path}")
-    editor.wait_for_server()
-    editor.nvim.api.win_set_cursor(0, [LAST_LINE, 0])
-    editor.type("A")
-    for key in "abc":  # each keystroke asks, and gets nothing
-        before = editor.answers()
-        editor.type(key)
-        wait_until(lambda before=before: editor.answers() > before, 15, "an answer")
+    # The server starts, but with no word from the backend on which languages it serves, the
+    # buffer is not handed to it: nothing is asked.
+    wait_until(lambda: editor.lua("return #vim.lsp.get_clients({ name = 'flywheel' })") == 1, 30, "the server")
     notes = wait_until(
-        lambda: [n for n in editor.lua("return _G.notes") if n.startswith("flywheel:")], 10, "the warning"
+        lambda: [n for n in editor.lua("return _G.notes") if n.startswith("flywheel:")], 15, "the warning"
     )
+    editor.nvim.api.win_set_cursor(0, [LAST_LINE, 0])
+    editor.type("Aabc")
     time.sleep(0.5)
     notes = [n for n in editor.lua("return _G.notes") if n.startswith("flywheel:")]
     assert len(notes) == 1 and f"the backend at {url} is unreachable" in notes[0]
     assert editor.ghost() is None
     assert editor.line(LAST_LINE) == "        data = abc"
-    assert f"Backend: {url}, unreachable" in "\n".join(
-        editor.lua("return require('flywheel').status_lines(2000)")
-    )
+    assert editor.lua("return require('flywheel').statusline()") == "Flywheel: unreachable"
+    lines = "\n".join(editor.lua("return require('flywheel').status_lines(2000)"))
+    assert f"Backend: {url}, unreachable" in lines

@@ -32,43 +32,45 @@ function M.check()
   end
 
   local clients = flywheel.clients()
-  local backend_url = config.backend_url or (config.init_options or {}).backendUrl
+  local status = nil
   if #clients == 0 then
     health.warn("language server not running", {
-      "Open a file of a configured filetype, then run this again.",
+      "Open a file of a language the backend serves (or one turned on in setup()'s languages), then run this again.",
     })
   else
     for _, client in ipairs(clients) do
       local root = tostring(client.root_dir)
       health.ok(string.format("language server running (client %d, root %s)", client.id, root))
-      local status, err = require("flywheel.protocol").status_sync(client, 3000)
-      if not status then
+      local answer, err = require("flywheel.protocol").status_sync(client, 3000)
+      if not answer then
         health.error("the language server does not answer flywheel/status: " .. tostring(err))
-      elseif status.ready ~= false then
-        backend_url = status.backend_url or backend_url
-        health.info("telemetry " .. (status.telemetry and "on" or "off"))
-        if status.model_version then
-          health.info("model version " .. tostring(status.model_version))
-        end
-        if (status.outbox_dropped or 0) > 0 then
-          health.warn(tostring(status.outbox_dropped) .. " events dropped from a full outbox")
+      elseif answer.ready ~= false then
+        status = status or answer
+        health.info("telemetry " .. (answer.telemetry and "on" or "off"))
+        health.info("languages asked about: " .. table.concat(answer.languages or {}, ", "))
+        if (answer.outbox_dropped or 0) > 0 then
+          health.warn(tostring(answer.outbox_dropped) .. " events dropped from a full outbox")
         end
       end
     end
   end
 
-  backend_url = backend_url or "http://127.0.0.1:8765"
-  local ok, detail = util.probe_backend_sync(backend_url, 3000)
-  if ok then
-    local body = util.decode(detail)
-    local serving = body.live_version and (", serving " .. body.live_version) or ""
-    health.ok(string.format("backend reachable at %s%s", backend_url, serving))
-  elseif ok == false then
-    health.error(string.format("backend unreachable at %s: %s", backend_url, tostring(detail)), {
+  -- With the server running, its word (it calls the backend with the token it was given);
+  -- otherwise the plugin's own GET /v1/model with the token from setup().
+  local state, url, detail = flywheel.backend_check(status, 3000)
+  if state == "ok" then
+    health.ok(string.format("backend reachable at %s, %s", url, detail))
+  elseif state == "unauthorized" then
+    health.error(string.format("backend at %s: unauthorized, %s", url, tostring(detail)), {
+      "Set a client token: token = '...' in setup() (make one with `flywheel token` on the backend),",
+      "or [backend] token in flywheel.toml for the language server.",
+    })
+  elseif state == "unreachable" then
+    health.error(string.format("backend unreachable at %s: %s", url, tostring(detail)), {
       "Start it with `make up` (or `flywheel up`), or set backend_url in setup().",
     })
   else
-    health.info("backend at " .. backend_url .. " not probed: " .. tostring(detail))
+    health.info("backend at " .. url .. " not probed: " .. tostring(detail))
   end
 end
 

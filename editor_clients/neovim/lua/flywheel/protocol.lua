@@ -12,6 +12,9 @@ M.DID_PARTIALLY_ACCEPT = "flywheel/didPartiallyAcceptCompletion"
 M.DID_REJECT = "flywheel/didRejectCompletion"
 M.STATUS = "flywheel/status"
 M.FLUSH = "flywheel/flush"
+-- Server → client: {backend = "ok" | "unauthorized" | "unreachable", languages = {...}}, whenever
+-- either changes.
+M.DID_CHANGE_STATUS = "flywheel/didChangeStatus"
 
 -- InlineCompletionTriggerKind
 M.TRIGGER_INVOKED, M.TRIGGER_AUTOMATIC = 1, 2

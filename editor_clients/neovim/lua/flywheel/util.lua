@@ -108,10 +108,12 @@ function M.request_sync(client, method, params, timeout_ms, bufnr)
   return result, nil
 end
 
---- GET <url>/healthz over plain HTTP with libuv (no curl needed). Calls
---- `callback(ok, detail)` on the main loop: ok is true with the decoded JSON body, false with
---- a reason, or nil when the URL can't be probed this way (https).
-function M.probe_backend(url, timeout_ms, callback)
+--- GET <url>/v1/model over plain HTTP with libuv (no curl needed), with `token` as the bearer
+--- token when given: a client route, so a wrong token shows (where /healthz answers anyone). Calls
+--- `callback(ok, detail, status)` on the main loop: ok is true with the JSON body, false with a
+--- reason (status is the HTTP status when there was an answer: 401 and 403 mean the token was
+--- refused), or nil when the URL can't be probed this way (https).
+function M.probe_backend(url, timeout_ms, callback, token)
   local host, port, base = tostring(url or ""):match("^http://([^/:]+):?(%d*)(.*)$")
   if not host then
     vim.schedule(function()
@@ -123,7 +125,7 @@ function M.probe_backend(url, timeout_ms, callback)
   base = (base or ""):gsub("/+$", "")
   local finished = false
   local tcp, timer
-  local function finish(ok, detail)
+  local function finish(ok, detail, status)
     if finished then
       return
     end
@@ -136,7 +138,7 @@ function M.probe_backend(url, timeout_ms, callback)
       tcp:close()
     end
     vim.schedule(function()
-      callback(ok, detail)
+      callback(ok, detail, status)
     end)
   end
   timer = uv.new_timer()
@@ -169,13 +171,20 @@ function M.probe_backend(url, timeout_ms, callback)
         local status = tonumber(response:match("^HTTP/%d[%.%d]* (%d+)"))
         local body = response:match("\r\n\r\n(.*)$") or ""
         if status == 200 then
-          finish(true, body)
+          finish(true, body, status)
         else
-          finish(false, "HTTP " .. tostring(status or "?") .. " from " .. base .. "/healthz")
+          finish(false, "HTTP " .. tostring(status or "?") .. " from " .. base .. "/v1/model", status)
         end
       end)
+      local auth = (token and token ~= "") and ("Authorization: Bearer " .. token .. "\r\n") or ""
       tcp:write(
-        "GET " .. base .. "/healthz HTTP/1.0\r\nHost: " .. host .. "\r\nConnection: close\r\n\r\n"
+        "GET "
+          .. base
+          .. "/v1/model HTTP/1.0\r\nHost: "
+          .. host
+          .. "\r\n"
+          .. auth
+          .. "Connection: close\r\n\r\n"
       )
     end)
   end)
@@ -190,15 +199,20 @@ function M.decode(body)
   return {}
 end
 
-function M.probe_backend_sync(url, timeout_ms)
-  local done, ok, detail = false, nil, nil
-  M.probe_backend(url, timeout_ms, function(o, d)
-    done, ok, detail = true, o, d
-  end)
+function M.probe_backend_sync(url, timeout_ms, token)
+  local done, ok, detail, status = false, nil, nil, nil
+  M.probe_backend(url, timeout_ms, function(o, d, s)
+    done, ok, detail, status = true, o, d, s
+  end, token)
   vim.wait((timeout_ms or 2000) + 500, function()
     return done
   end, 10)
-  return ok, detail
+  return ok, detail, status
+end
+
+--- 401 and 403: the backend refused the token.
+function M.unauthorized(status)
+  return status == 401 or status == 403
 end
 
 return M

@@ -20,12 +20,24 @@ M.ns = preview.ns
 M.answers = 0
 
 local config = {
-  debounce_ms = 75,
+  -- 0: ask on the next turn of the event loop (one request for the TextChangedI and CursorMovedI of
+  -- one keystroke); the debounce itself is the language server's (debounceMs).
+  debounce_ms = 0,
+  -- false: ask only when the user does (the `suggest` key); typing never asks.
+  auto_trigger = true,
   hl_group = "FlywheelSuggestion",
   reject_on_insert_leave = true,
   client_name = "flywheel",
   on_answer = nil, -- function(client, had_item): the plugin's backend-health check
+  menu_visible = function() -- a completion menu is open: no ghost text, no asking
+    return false
+  end,
 }
+
+-- ours(buf): the buffer has the server attached and suggestions are on for it.
+local ours = function()
+  return false
+end
 
 -- buffers[buf] = {
 --   seq: the latest request; older answers are dropped,
@@ -194,6 +206,9 @@ local function on_answer(buf, request_seq, client, row, col, tick, err, result)
   if err or not api.nvim_buf_is_valid(buf) or api.nvim_get_current_buf() ~= buf or not in_insert_mode() then
     return
   end
+  if config.menu_visible() then
+    return -- a menu opened meanwhile; a fresh suggestion is asked for when it closes
+  end
   local now_row, now_col = cursor()
   if now_row ~= row or now_col ~= col or api.nvim_buf_get_changedtick(buf) ~= tick then
     return -- the answer is for text that is gone
@@ -227,7 +242,7 @@ function M.request(invoked)
     return
   end
   local client = client_for(buf)
-  if not client then
+  if not client or config.menu_visible() then
     return
   end
   local s = state(buf)
@@ -280,7 +295,31 @@ function M.on_change()
     M.clear(buf)
   end
   cancel_pending(s)
-  M.schedule()
+  if config.auto_trigger and not config.menu_visible() then
+    M.schedule()
+  end
+end
+
+--- A completion menu opened over `buf`: the suggestion goes, nothing is asked while it is open.
+function M.hide(buf)
+  timer.stop(buf)
+  if buffers[buf] then
+    cancel_pending(buffers[buf])
+  end
+  M.clear(buf)
+end
+
+--- The menu closed: ask afresh for what is now at the cursor.
+function M.on_menu_closed(buf)
+  if
+    buf == api.nvim_get_current_buf()
+    and config.auto_trigger
+    and in_insert_mode()
+    and ours(buf)
+    and not config.menu_visible()
+  then
+    M.schedule()
+  end
 end
 
 -- Insert `text` at the suggestion's spot (replacing up to `replace_to`); moves the cursor after it.
@@ -429,7 +468,8 @@ function M.on_buf_wipeout(buf)
 end
 
 --- Follow typing in insert mode (in `group`); `ours(buf)`: the buffer has the server attached.
-function M.autocmds(group, ours)
+function M.autocmds(group, is_ours)
+  ours = is_ours
   api.nvim_create_autocmd({ "TextChangedI", "TextChangedP", "CursorMovedI" }, {
     group = group,
     callback = function(args)
@@ -441,7 +481,7 @@ function M.autocmds(group, ours)
   api.nvim_create_autocmd("InsertEnter", {
     group = group,
     callback = function(args)
-      if ours(args.buf) then
+      if config.auto_trigger and ours(args.buf) then
         M.schedule()
       end
     end,
