@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from backend.auth import ADMIN, CLIENT
+from backend.auth import ADMIN, CLIENT, METRICS
 from backend.sessions import COOKIE
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -59,11 +59,17 @@ CLIENT_ROUTES = frozenset(
 )
 
 
+# What a metrics token may do (an admin may too).
+METRICS_ROUTES = frozenset({("GET", "/metrics")})
+
+
 def needed_role(method: str, path: str) -> str | None:
     """The role a request needs; None for the public routes."""
     key = ("GET" if method == "HEAD" else method, path.rstrip("/") or "/")
     if key in PUBLIC:
         return None
+    if key in METRICS_ROUTES:
+        return METRICS
     return CLIENT if key in CLIENT_ROUTES else ADMIN
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Red
 
 from backend import dashboard, dashboard_clients
 from backend.auth import ADMIN, hash_token, new_token, person_of
-from backend.deps import State, admin_only, principal_of, session_of
+from backend.deps import State, admin_only, metrics_readers, principal_of, session_of
 from backend.lifecycle import PINNED, LifecycleError
 from backend.sessions import COOKIE, LIFETIME_S
 from backend.state import BackendState
@@ -258,10 +258,9 @@ async def revoke_token(
     return {"status": "revoked"}
 
 
-@router.get("/metrics", dependencies=admin_only, response_class=PlainTextResponse)
+@router.get("/metrics", dependencies=metrics_readers, response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
-    quarantined = await state.store.quarantine_counts()
-    return Response(state.metrics.render(quarantined), media_type="text/plain; version=0.0.4")
+    return Response(await state.metrics.scrape(state.store), media_type="text/plain; version=0.0.4")
 
 
 def _token_info(row: TokenRecord) -> TokenInfo:

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
             await completions.start()
             lifecycle = Lifecycle(settings, store, completions)
             await lifecycle.apply_routing()
-            auth = Authenticator(store, settings.backend.token)
+            auth = Authenticator(store, settings.backend.token, settings.backend.metrics_token)
             passes = Passes(settings.backend.stuck_after_failures)
             metrics = Metrics(completions, passes)
             app.state.backend = BackendState(

@@ -1,4 +1,5 @@
-"""Who is calling: tokens for people (client) and operators (admin), and the person behind each.
+"""Who is calling: tokens for people (client), operators (admin) and scrapers (metrics), and the
+person behind each.
 
 Tokens are random (`flywheel token create`), stored as their sha256 (a high-entropy secret needs
 no slow hash) and looked up by that digest: the caller controls the token, not its digest, so the
@@ -9,6 +10,9 @@ The backend is closed: without a valid token nothing but /healthz answers, and r
 token closes it further, never opens it. A loopback backend with no token at all makes an admin
 and a client token on start and leaves them in its data directory for the local language server
 and trainer (core/local_tokens.py); one bound elsewhere refuses to start without tokens.
+
+A metrics token may read /metrics and nothing else (a Prometheus scraper's): it can neither complete,
+nor read episodes, the dashboard or the model's files.
 
 The person a request is from derives from its token on the server (`person_of`): per-user caps,
 the minimum number of users and canary assignment count people, whatever a client claims.
@@ -32,7 +36,8 @@ log = logging.getLogger(__name__)
 
 CLIENT = local_tokens.CLIENT
 ADMIN = local_tokens.ADMIN
-ROLES = (CLIENT, ADMIN)
+METRICS = "metrics"
+ROLES = (CLIENT, ADMIN, METRICS)
 # New and revoked tokens take effect within this many seconds in a running backend.
 _REFRESH_S = 1.0
 
@@ -46,7 +51,8 @@ class Principal:
     token_hash: str
 
     def may(self, needed: str) -> bool:
-        return self.role == ADMIN or needed == CLIENT
+        """Admin may do anything; client and metrics only what needs their own role."""
+        return self.role == ADMIN or needed == self.role
 
 
 class NoTokens(RuntimeError):
@@ -76,18 +82,19 @@ def is_loopback(host: str) -> bool:
 
 
 class Authenticator:
-    def __init__(self, store: Store, configured_token: str) -> None:
+    def __init__(self, store: Store, configured_token: str, metrics_token: str = "") -> None:
         self.store = store
         self._by_hash: dict[str, str] = {}
-        self._configured = hash_token(configured_token) if configured_token else None
+        # The tokens in the configuration (backend.token, backend.metrics_token), by hash.
+        self._configured = {
+            hash_token(t): role for t, role in ((metrics_token, METRICS), (configured_token, ADMIN)) if t
+        }
         self._loaded_at = -_REFRESH_S
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._loaded_at >= _REFRESH_S:
             active = {t["hash"]: t["role"] for t in await self.store.tokens()}
-            if self._configured is not None:
-                active[self._configured] = ADMIN
-            self._by_hash = active
+            self._by_hash = {**active, **self._configured}
             self._loaded_at = time.monotonic()
 
     def reload(self) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -50,6 +52,10 @@ class _Job:
     request: EngineRequest
     future: asyncio.Future[Generation]
     gone: Gone | None
+    # time.monotonic() when asked, and when sent to the model process: the wait here, which the
+    # model process's time to first token does not see.
+    asked: float = field(default_factory=time.monotonic)
+    sent: float = 0.0
 
 
 class InProcessEngine:
@@ -162,6 +168,7 @@ class InProcessEngine:
         match message:
             case Done(generations):
                 for key, generation in generations:
+                    generation = self._queued_too(key, generation)
                     self._finish(key, lambda future, generation=generation: future.set_result(generation))
             case Failed(keys, text):
                 for key in keys:
@@ -181,6 +188,18 @@ class InProcessEngine:
                 assert self._started is not None
                 name = self.config.model_name
                 self._started.set_exception(ModelProcessError(f"the model {name} failed to load:\n{trace}"))
+
+    def _queued_too(self, key: int, generation: Generation) -> Generation:
+        """The generation's time to first token counted from when it was asked for here."""
+        job = self._running.get(key)
+        if job is None or generation.first_token_s is None:
+            return generation
+        return dataclasses.replace(generation, first_token_s=generation.first_token_s + job.sent - job.asked)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a place in the batch (/metrics' queue depth)."""
+        return self._queue.qsize()
 
     def _finish(self, key: int, settle: Callable[[asyncio.Future[Generation]], None]) -> None:
         job = self._running.pop(key)
@@ -250,6 +269,7 @@ class InProcessEngine:
             if not self._running:
                 self.batches += 1
             self._running[key] = job
+            job.sent = time.monotonic()
             self._send(Job(key, job.request))
 
     async def _call(self, message: Callable[[int], ToModel]) -> None:

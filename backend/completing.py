@@ -26,7 +26,8 @@ async def serve(
     started = time.perf_counter()
     job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, person)
     try:
-        sample = await state.completions.complete(job, gone=gone)
+        with state.metrics.in_flight.track_inprogress():
+            sample = await state.completions.complete(job, gone=gone)
     except EngineUnavailable as error:
         # The editor may simply ask again: a new model process is starting.
         raise HTTPException(503, f"model unavailable: {error}") from error
@@ -36,7 +37,7 @@ async def serve(
     completion_id = uuid7().hex
     if body.telemetry:
         await _record(state, body, person, completion_id, sample, latency_ms)
-    state.metrics.completed(sample.model_version, bool(sample.text), latency_ms)
+    state.metrics.completed(sample.model_version, bool(sample.text), latency_ms, sample.first_token_s)
     return CompleteResponse(
         completion_id=completion_id,
         text=sample.text,

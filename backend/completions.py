@@ -42,6 +42,8 @@ class Sample:
     completion_ids: list[int]
     token_logprobs: list[float]
     model_version: str
+    # The engine's time to first token (Generation.first_token_s), for /metrics.
+    first_token_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def finish(request: EngineRequest, generation: Generation) -> Sample:
     if withheld(generation.token_logprobs, request.min_confidence):
         # An abstention, recorded as one: no tokens, so nothing for the policy gradient to credit
         # (what was sampled and not shown has no outcome).
-        return Sample("", generation.prompt_ids, [], [], generation.version)
+        return Sample("", generation.prompt_ids, [], [], generation.version, generation.first_token_s)
     healed = generation.healed
     shown = stops.finish(generation.text, request.stop.mid_line, request.stop.line_prefix(healed))
     return Sample(
@@ -108,6 +110,7 @@ def finish(request: EngineRequest, generation: Generation) -> Sample:
         completion_ids=generation.completion_ids,
         token_logprobs=generation.token_logprobs,
         model_version=generation.version,
+        first_token_s=generation.first_token_s,
     )
 
 
@@ -157,6 +160,12 @@ class Completions:
     @property
     def dropped(self) -> int:
         return self.engine.dropped
+
+    @property
+    def waiting(self) -> int | None:
+        """Requests the engine holds waiting for a place in its batch; None where it cannot say
+        (an engine in front of a server whose queue is the server's)."""
+        return getattr(self.engine, "waiting", None)
 
     async def install(self, version: str, path: Path) -> None:
         """Install a version (a no-op when it is installed); it serves once routed to."""

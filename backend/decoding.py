@@ -18,7 +18,8 @@ applied above the engine, backend/completions.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,9 @@ class Row:
     min_confidence: float | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    # time.monotonic() when the model process took the request, and when its first token was drawn.
+    received_at: float = 0.0
+    first_token_at: float | None = None
 
     def healing_left(self) -> str:
         """What of the healed text is still to be written ("" once it is)."""
@@ -131,11 +135,17 @@ class Decoding:
         return _spliceable(self._batch.cache)
 
     @torch.inference_mode()
-    def join(self, keyed: Sequence[tuple[Any, EngineRequest]]) -> list[tuple[Any, Generation]]:
+    def join(
+        self, keyed: Sequence[tuple[Any, EngineRequest]], received: Mapping[Any, float] | None = None
+    ) -> list[tuple[Any, Generation]]:
         """Prefill `keyed` requests and add them to the loop; those complete after their first
-        token are returned at once."""
+        token are returned at once. `received`: when each key arrived (time.monotonic(); now if
+        absent), from which its time to first token counts."""
         policy = self.policy
         rows = [self._row(key, request) for key, request in keyed]
+        now = time.monotonic()
+        for row in rows:
+            row.received_at = (received or {}).get(row.key, now)
         for row in rows:
             policy.hold(row.version)
         width = max(len(row.prompt) for row in rows)
@@ -211,12 +221,15 @@ class Decoding:
         logprobs = torch.log_softmax(out.logits[:, -1].float() / policy.temperature, dim=-1)
         chosen = sample_rows(self._healing_mask(rows, logprobs))
         chosen_logprobs = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
+        drawn_at = time.monotonic()
         done: list[tuple[Any, Generation]] = []
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
             # A token the version's cut rejects is not taken: the row ends before it (with
             # nothing to show when it was the first).
             cut = row.cut_before(chosen_logprobs[i])
+            if row.first_token_at is None:
+                row.first_token_at = drawn_at
             if not cut:
                 row.tokens.append(token)
                 row.logprobs.append(chosen_logprobs[i])
@@ -261,6 +274,7 @@ class Decoding:
             token_logprobs=row.logprobs,
             text=self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True),
             healed=row.healed,
+            first_token_s=None if row.first_token_at is None else row.first_token_at - row.received_at,
         )
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from backend.auth import ADMIN, CLIENT, Principal
+from backend.auth import ADMIN, CLIENT, METRICS, Principal
 from backend.sessions import Session
 from backend.state import BackendState
 
@@ -56,3 +56,4 @@ State = Annotated[BackendState, Depends(_state)]
 Caller = Annotated[Principal, Depends(_caller)]
 client_only = [Depends(requires(CLIENT))]
 admin_only = [Depends(requires(ADMIN))]
+metrics_readers = [Depends(requires(METRICS))]

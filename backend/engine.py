@@ -88,6 +88,11 @@ class Generation:
     text: str
     # The healed text the first tokens were held to: the request's, or "" where it stayed in the prompt.
     healed: str = ""
+    # Seconds from `complete` being called to the first token decoded, queueing included; None where
+    # the engine cannot tell. /metrics' flywheel_time_to_first_token_seconds observes it: an engine
+    # in front of an inference server sets it from its stream's first chunk (or from the server's
+    # own figure), the in-process one from its model process's clock.
+    first_token_s: float | None = None
 
 
 @dataclass(frozen=True)

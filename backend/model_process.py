@@ -98,6 +98,7 @@ class ModelLoop:
             log.info("model process: %d CPU threads", use_cpu_threads(model.threads))
         self.decoding = Decoding(self.policy)
         self.inbox: deque[tuple[int, EngineRequest]] = deque()
+        self.received: dict[int, float] = {}  # when each waiting request arrived, for its first token
         self.window_ends = 0.0  # when an idle loop stops waiting for company and starts
         self.waited = 0  # steps run while a request waited to join
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-reader")
@@ -137,6 +138,7 @@ class ModelLoop:
                 if not self.inbox and not self.decoding.size:
                     self.window_ends = time.monotonic() + self.config.window_ms / 1000
                 self.inbox.append((key, request))
+                self.received[key] = time.monotonic()
             case Install(call, version, path):
                 if self.policy.keep(version):
                     self.reply(call)
@@ -178,8 +180,9 @@ class ModelLoop:
         room = self.config.max_batch - self.decoding.size
         joining = [self.inbox.popleft() for _ in range(min(room, len(self.inbox)))]
         self.waited = 0
+        received = {key: self.received.pop(key) for key, _ in joining}
         try:
-            self.deliver(self.decoding.join(joining))
+            self.deliver(self.decoding.join(joining, received))
         except Exception as error:  # a failed prefill fails its requests, not the loop
             self.fail(self.decoding.abandon() + [key for key, _ in joining], error)
         self.prune()

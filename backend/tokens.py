@@ -17,7 +17,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create a token and print it once")
     create.add_argument(
-        "--role", choices=ROLES, default="client", help="client: an editor's; admin: dashboard and trainer"
+        "--role",
+        choices=ROLES,
+        default="client",
+        help="client: an editor's; admin: dashboard and trainer; metrics: may scrape /metrics only",
     )
     create.add_argument(
         "--admin", action="store_const", const="admin", dest="role", help="same as --role admin"
