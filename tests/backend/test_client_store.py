@@ -1,29 +1,24 @@
-"""The store's figures per client kind and language (issue 21), on a real SQLite file."""
+"""The store's figures per client kind and language (issue 21), on SQLite and PostgreSQL (the `store`
+fixture, tests/conftest.py), and SQLite's migration of older rows."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from backend.store import Store
 from backend.store.sqlite import SqliteStore
 from backend.store.sqlite.schema import MIGRATIONS
+from core import wire
 from core.config import RewardConfig
 
 T0 = 1_000_000.0
 REWARDS = RewardConfig()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "flywheel.sqlite3")
-    yield opened
-    await opened.close()
-
-
-async def served(store: SqliteStore, cid: str, client: str, language: str, text: str, at: float) -> None:
+async def served(store: Store, cid: str, client: str, language: str, text: str, at: float) -> None:
     await store.record_completion(
         completion_id=cid,
         user_id="u1",
@@ -45,21 +40,22 @@ def event(n: int, cid: str, kind: str, **fields: object) -> dict[str, object]:
     return {"event_id": f"event-{n:06d}", "completion_id": cid, "kind": kind, "client_ts": T0, **fields}
 
 
-async def test_breakdown_by_client_and_language_within_a_range(store: SqliteStore) -> None:
+async def test_breakdown_by_client_and_language_within_a_range(store: Store) -> None:
     await served(store, "t1", "tabby", "python", "return 1", T0)
     await served(store, "t2", "tabby", "python", "pass", T0 + 1)
     await served(store, "t3", "tabby", "rust", "", T0 + 2)
     await served(store, "o1", "openai", "python", "x", T0 + 3)
     await served(store, "late", "tabby", "python", "y", T0 + 100)
-    await store.add_events(
+    valid, refused = wire.judge_events(
         [
             event(1, "t1", "shown"),
             event(2, "t1", "accepted", final=True),
             event(3, "t2", "shown"),
             event(4, "t2", "rejected", final=True),
-        ],
-        received_at=T0 + 5,
+        ]
     )
+    assert not refused
+    await store.store_events(valid, [], received_at=T0 + 5)
     await store.finalize_due(T0 + 10_000, 660.0, REWARDS, 250.0)
 
     slices = await store.breakdown(T0, T0 + 50)
