@@ -54,6 +54,7 @@ from simulate.services import (
     trainer_config,
 )
 from trainer.gate import heldout_code_parts
+from trainer.progress import Progress
 from trainer.report import CheckpointFigures
 from trainer.state import load_state
 
@@ -134,6 +135,9 @@ class Simulation:
         self.started_at = time.time()
         # Read in this process with the simulation's environment: the reward scale the backend uses.
         self.rewards: RewardConfig = load_settings().rewards
+        # Files written over the whole run, with the time left (set up once the corpus is read).
+        self.progress: Progress | None = None
+        self.phase = ""
 
     async def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +191,8 @@ class Simulation:
         return await Editor.start(self.env, self.out / f"lsp-{name}.log", options)
 
     async def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
         editors = [d.editor for d in self.developers] + (self.attacker.editors if self.attacker else [])
         await asyncio.gather(*(editor.stop() for editor in editors), return_exceptions=True)
         await asyncio.to_thread(self.backend.stop)
@@ -214,6 +220,8 @@ class Simulation:
                         uri, source.text, rng, source.header, pace.other if pace is not None else None
                     )
                 )
+                if self.progress is not None:
+                    self.progress.advance(status=self.phase)
             await sim.editor.drain()
             return stats
 
@@ -264,6 +272,8 @@ class Simulation:
         cursor = load_state(self.data_dir / "trainer").cursor
         live = await asyncio.to_thread(self.backend.live_version)
         started = time.monotonic()
+        if self.progress is not None:
+            self.progress.advance(0, status=f"cycle {cycle}: trainer")
         code = await asyncio.to_thread(run_trainer_cycle, self.env, self.out / "trainer.log")
         if code != 0:
             raise RuntimeError(
@@ -352,10 +362,14 @@ class Simulation:
             raise SystemExit(f"flywheel simulate: no Python files under {self.config.corpus}")
         evaluation, training = split_eval(files, self.config.eval_files)
         log.info("evaluation files: %s", ", ".join(f.name for f in evaluation))
+        self.progress = Progress("simulate", self.files_to_write(evaluation, training), unit="files")
+        self.phase = "cycle 0: evaluation"
         rows = [await self.evaluate(0, evaluation)]
         self.write(rows)
         for cycle in range(1, self.config.cycles + 1):
+            self.phase = f"cycle {cycle}: training"
             trained = await self.train(cycle, training)
+            self.phase = f"cycle {cycle}: evaluation"
             row = await self.evaluate(cycle, evaluation)
             for name, value in trained.items():
                 setattr(row, name, value)
@@ -364,6 +378,18 @@ class Simulation:
         await self.write_users()
         self.write_summary(rows)
         return rows
+
+    def files_to_write(self, evaluation: list[SourceFile], training: list[SourceFile]) -> int:
+        """The honest developers write the evaluation files every cycle and cycle 0; everyone the
+        training files of cycles 1..N (the attacker keeps pace beside them, uncounted). The trainer's
+        cycles take no files: their time is in the pace, so the time left includes them."""
+        honest = sum(d.profile.honest for d in self.developers)
+        cycles = self.config.cycles
+        writes = len(evaluation) * honest * (cycles + 1)
+        for cycle in range(1, cycles + 1):
+            batch = training_batch(training, cycle - 1, self.config.files_per_round)
+            writes += len(batch) * len(self.developers)
+        return writes
 
     def write_summary(self, rows: list[CycleRow]) -> None:
         """summary.json: the learning ratios with bootstrap intervals, also logged; with an

@@ -87,7 +87,8 @@ class Progress:
         report = self.report()
         if self._bar is not None:
             if status is not None:
-                self._bar.set_postfix_str(status, refresh=False)
+                # A new phase without a step (a trainer cycle) is drawn at once.
+                self._bar.set_postfix_str(status, refresh=steps == 0)
             self._bar.update(steps)
         elif self.done >= self.total or self._clock() - self._last_line >= self._every_s:
             self._last_line = self._clock()

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -85,6 +86,12 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         "--time-scale": 200,
     }
     done = simulate(options, env)
+    # Progress, plain lines off a terminal: files written of the run's 11 (the honest developer's
+    # evaluation file in cycles 0-2, both developers' 2 training files in cycles 1-2), time left.
+    line = r"simulate: (\d+)/11 files \(\d+%\) \(cycle \d: \w+\), [\d:]+ elapsed, about [\d:]+ left"
+    progress = re.findall(line, done.stderr)
+    assert progress and progress[-1] == "11", done.stderr[-3000:]
+    assert [int(n) for n in progress] == sorted(int(n) for n in progress)
 
     with open(out / "cycles.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
