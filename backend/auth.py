@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 CLIENT = local_tokens.CLIENT
 ADMIN = local_tokens.ADMIN
 METRICS = "metrics"
-ROLES = (CLIENT, ADMIN, METRICS)
+# The roles a stored token (`flywheel token create`, POST /v1/admin/tokens) may have. The stores'
+# tokens table accepts client and admin only (a CHECK in their schema): a metrics token is the
+# configured `backend.metrics_token` until a store migration adds the role there.
+ROLES = (CLIENT, ADMIN)
 # New and revoked tokens take effect within this many seconds in a running backend.
 _REFRESH_S = 1.0
 

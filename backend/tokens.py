@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
         "--role",
         choices=ROLES,
         default="client",
-        help="client: an editor's; admin: dashboard and trainer; metrics: may scrape /metrics only",
+        help="client: an editor's; admin: dashboard and trainer (a scraper's: backend.metrics_token)",
     )
     create.add_argument(
         "--admin", action="store_const", const="admin", dest="role", help="same as --role admin"

@@ -38,8 +38,7 @@ class BackendConfig(BaseModel):
     # admin token. Empty: the token a local backend left in the data directory (tokens/), which
     # it makes on first start (core/local_tokens.py).
     token: str = ""
-    # On the backend: a token that may scrape /metrics and nothing else (Prometheus's), beside the
-    # metrics-role tokens `flywheel token create --role metrics` makes. Empty: none configured.
+    # On the backend: a token that may scrape /metrics and nothing else (Prometheus's). Empty: none.
     metrics_token: str = ""
     # Names the backend answers to in the Host header (DNS rebinding defence); empty: the loopback
     # names and the bound host. Behind a reverse proxy, its public name ("flywheel.example.com").
