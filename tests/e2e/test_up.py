@@ -40,9 +40,10 @@ def test_up_with_allow_fallback_serves_the_default_model_when_the_configured_one
     shutil.copytree(tiny_model_dir, data_dir / "models" / "bootstrap")
     port = free_port()
     # The trainer polls the backend every 0.2 s here (10 s by default), for the quiet check below.
-    env = backend_env(tmp_path / "no-such-model", data_dir, port, FLYWHEEL_TRAINER__POLL_S="0.2")
+    # The environment names another port: --port wins, for the backend and the trainer alike.
+    env = backend_env(tmp_path / "no-such-model", data_dir, free_port(), FLYWHEEL_TRAINER__POLL_S="0.2")
     process = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "up", "--allow-fallback"],
+        [sys.executable, "-m", "flywheel.cli", "up", "--allow-fallback", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
