@@ -58,6 +58,7 @@ def agent_env(backend: RunningBackend, tmp_path: Path) -> dict[str, str]:
 
 
 def tabby_home(backend: RunningBackend, home: Path, token: str) -> dict[str, str]:
+    # The agent's own usage reports stay off from its first moment: a test sends nothing out.
     config = home / ".tabby-client" / "agent" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text(
@@ -204,12 +205,28 @@ async def shown_completion(agent: JsonLines, first: int = 0) -> tuple[str, str]:
     raise AssertionError("no completion shown in fifteen tries")
 
 
+async def server_config(home: Path, endpoint: str, timeout_s: float = 10) -> Any:
+    """What the agent keeps of the server's own settings (its data.json), once it has asked."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            kept = json.loads((home / ".tabby-client" / "agent" / "data.json").read_text())
+            if endpoint in kept.get("serverConfig", {}):
+                return kept["serverConfig"][endpoint]
+        await asyncio.sleep(0.1)
+    raise AssertionError("the agent never asked for the server's settings")
+
+
 async def test_events_of_tabbys_plugins_become_episodes_with_rewards(
-    backend: RunningBackend, agent: JsonLines
+    backend: RunningBackend, agent: JsonLines, agent_env: dict[str, str]
 ) -> None:
     assert await agent.call("initialize", {"clientProperties": {"session": {"client": "flywheel-test"}}})
     # Connected: /v1/health answered with the client token.
     assert await agent.call("getStatus") == "ready"
+    # It then asked /v1beta/server_setting and keeps the answer (whatever its own config says):
+    # send TabbyML no usage data.
+    kept = await server_config(Path(agent_env["HOME"]), backend.url)
+    assert kept == {"anonymousUsageTracking": {"disable": True}}
 
     accepted, _ = await shown_completion(agent)
     assert rows(backend, "SELECT client FROM completions WHERE completion_id = ?", accepted) == [("tabby",)]
