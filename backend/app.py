@@ -91,6 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(lifecycle.run(stop, passes[CANARY])),
                 asyncio.create_task(run_retention(store, settings, stop, passes[RETENTION])),
             ]
+            if settings.store.url:  # a shared store: other backends move versions too
+                tasks.append(asyncio.create_task(lifecycle.follow(stop)))
             log.info("backend ready: model %s, live version %s", settings.base_model, completions.policy.live)
             try:
                 yield

@@ -11,12 +11,17 @@ from core.config import Settings
 
 
 async def finalize_once(store: Store, settings: Settings) -> int:
-    return await store.finalize_due(
-        time.time(),
-        settings.episodes.window_s,
-        settings.rewards,
-        settings.episodes.min_visible_ms,
-    )
+    """One pass, unless another backend on the same store is running one (it closes the same
+    windows; each closes once either way)."""
+    async with store.exclusive(FINALIZE) as mine:
+        if not mine:
+            return 0
+        return await store.finalize_due(
+            time.time(),
+            settings.episodes.window_s,
+            settings.rewards,
+            settings.episodes.min_visible_ms,
+        )
 
 
 async def run_finalizer(

@@ -1,14 +1,19 @@
 """The checkpoint lifecycle: candidate → gated → canary → live → retired, or rejected / rolled back.
 
-Every change of state goes through here, under one lock, and is recorded in the store with its
-reason and figures before the serving routes follow it. Routing changes install adapters first,
-and a version routed away is removed once no request uses it (backend/completions.py), so no
-request fails or waits on a swap.
+Every change of state goes through here, under one lock (this process's, and the store's for the
+backends that share it), and is recorded in the store with its reason and figures before the
+serving routes follow it. Backends that share a store each follow the registry (`follow`): a
+transition made through one is served by all within `checkpoints.poll_s`. Routing changes install
+adapters first, and a version routed away is removed once no request uses it
+(backend/completions.py), so no request fails or waits on a swap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from backend import canary, checkpoints
@@ -18,7 +23,11 @@ from backend.store import Store
 from core.config import Settings
 from core.wire import BASE_VERSION, CheckpointMetadata
 
+log = logging.getLogger(__name__)
+
 PINNED = "pinned_version"
+# The store's lock for changes of state: one backend moves versions at a time.
+CHANGES = "lifecycle"
 
 
 class LifecycleError(ValueError):
@@ -32,6 +41,12 @@ class Lifecycle:
         self.completions = completions
         self.lock = asyncio.Lock()
         self.last_verdict: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """One change of state at a time: in this process, then among the backends on the store."""
+        async with self.lock, self.store.exclusive(CHANGES, wait=True):
+            yield
 
     async def canary_version(self) -> str | None:
         canaries = await self.store.versions_in("canary")
@@ -51,7 +66,7 @@ class Lifecycle:
         await self.completions.route(live, candidate, self.settings.canary.share if candidate else 0.0)
 
     async def take_upload(self, meta: CheckpointMetadata, files: dict[str, bytes], base_model: str) -> str:
-        async with self.lock:
+        async with self._turn():
             checkpoints.validate_upload(files, meta, base_model)
             version = await self.store.next_version()
             path = await asyncio.to_thread(
@@ -89,7 +104,7 @@ class Lifecycle:
             return version
 
     async def promote(self, version: str, reason: str, figures: dict[str, Any] | None = None) -> None:
-        async with self.lock:
+        async with self._turn():
             info = await self.store.checkpoint(version)
             if info is None or info.state != "canary":
                 raise LifecycleError(f"{version} is not the canary")
@@ -98,7 +113,7 @@ class Lifecycle:
 
     async def roll_back(self, version: str, reason: str, figures: dict[str, Any] | None = None) -> str:
         """Roll back the canary, or the live version (its predecessor goes live again). Returns live."""
-        async with self.lock:
+        async with self._turn():
             info = await self.store.checkpoint(version)
             if info is None or info.state not in ("canary", "live"):
                 raise LifecycleError(f"{version} is neither the canary nor live")
@@ -115,7 +130,7 @@ class Lifecycle:
 
     async def pin(self, version: str | None) -> None:
         """Pin `version` live (automatic verdicts pause until unpinned), or unpin with None."""
-        async with self.lock:
+        async with self._turn():
             if version is not None and version != await self.store.live_version():
                 info = await self.store.checkpoint(version)
                 if info is None or info.state in ("candidate", "rejected"):
@@ -165,5 +180,28 @@ class Lifecycle:
         if verdict.action == "roll_back":
             await self.roll_back(live, verdict.reason, verdict.figures)
 
+    async def evaluate_once(self) -> None:
+        """`evaluate`, unless another backend on the same store is judging: one verdict, once."""
+        async with self.store.exclusive(CANARY) as mine:
+            if mine:
+                await self.evaluate()
+
     async def run(self, stop: asyncio.Event, health: PassHealth | None = None) -> None:
-        await repeat(self.evaluate, health or PassHealth(CANARY), self.settings.canary.interval_s, stop)
+        await repeat(self.evaluate_once, health or PassHealth(CANARY), self.settings.canary.interval_s, stop)
+
+    async def follow_registry(self) -> bool:
+        """Serve the live and canary versions the store names, if another backend moved them.
+        Returns whether routing changed."""
+        async with self.lock:
+            live = await self.store.live_version()
+            candidate = await self.canary_version()
+            serving = self.completions.policy
+            if (live, candidate) == (serving.live, serving.canary):
+                return False
+            log.info("registry moved: live %s, canary %s", live, candidate)
+            await self.apply_routing()
+            return True
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Read the registry every `checkpoints.poll_s` until `stop` (backends sharing a store)."""
+        await repeat(self.follow_registry, PassHealth("registry"), self.settings.checkpoints.poll_s, stop)
