@@ -22,6 +22,7 @@ from backend import openai_compat, tabby
 from backend.completing import serve
 from backend.deps import Caller, State, client_only
 from backend.state import BackendState
+from core.wire import EventsResponse
 
 log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=BaseModel)
@@ -90,15 +91,17 @@ async def _openai_completion(
 async def tabby_event(body: dict[str, Any], request: Request, state: BackendState) -> Response:
     """One of Tabby's events, stored as the Flywheel event it stands for. Answered 200 whenever it
     is well formed, as Tabby's server does: one about a completion this backend did not record
-    (telemetry off, or the agent's own empty answers) is left out, and logged."""
+    (telemetry off, or the agent's own empty answers) is left out, and logged. The body is the
+    route's own EventsResponse (Tabby's agent reads none), so the route answers as documented."""
     parsed = _parsed(tabby.LogEventRequest, body)
     event = tabby.to_event(parsed, request.query_params.get("select_kind"), _tabby_texts)
-    if event is not None:
-        result = await state.store.store_events([(0, event)], [], received_at=event.client_ts)
-        state.metrics.events(result)
-        for refused in result.refused:
-            log.debug("Tabby event about %s not stored: %s", event.completion_id, refused.reason)
-    return Response(status_code=200)
+    if event is None:
+        return _json(EventsResponse(stored=0, duplicates=0, refused=[]))
+    result = await state.store.store_events([(0, event)], [], received_at=event.client_ts)
+    state.metrics.events(result)
+    for refused in result.refused:
+        log.debug("Tabby event about %s not stored: %s", event.completion_id, refused.reason)
+    return _json(result)
 
 
 @router.get("/v1/health", dependencies=client_only)

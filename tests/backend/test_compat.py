@@ -131,6 +131,8 @@ def tabby_event(backend: RunningBackend, kind: str, completion_id: str, **query:
         f"{backend.url}/v1/events", params=query, json=body, headers=backend.client, timeout=10
     )
     assert answer.status_code == 200, answer.text
+    # The route's documented answer: stored here, as the Flywheel event it stands for.
+    assert answer.json() == {"stored": 1, "duplicates": 0, "refused": []}
 
 
 def served_with_text(backend: RunningBackend) -> tuple[str, str]:
