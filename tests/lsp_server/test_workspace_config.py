@@ -1,0 +1,29 @@
+"""The language server runs in the repository the user opens: that repository's flywheel.toml may not
+say where the code it reads is sent unless the user trusts it (core/config_file.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lsp_server.options import from_settings
+
+
+def test_a_repositorys_flywheel_toml_cannot_redirect_the_language_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, own = tmp_path / "repo", tmp_path / "config" / "flywheel" / "flywheel.toml"
+    repo.mkdir()
+    own.parent.mkdir(parents=True)
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("FLYWHEEL_CONFIG", raising=False)
+    monkeypatch.delenv("FLYWHEEL_BACKEND__URL", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    own.write_text('[backend]\nurl = "http://mine.example:8765"\n')
+    (repo / "flywheel.toml").write_text('[backend]\nurl = "https://x.example"\n[lsp]\ndebounce_ms = 5')
+    options = from_settings()
+    assert options.backend_url == "http://mine.example:8765"
+    assert options.debounce_ms == 5  # the rest of the file applies
+    own.write_text(f'trusted_configs = ["{repo / "flywheel.toml"}"]\n')
+    assert from_settings().backend_url == "https://x.example"
