@@ -30,7 +30,6 @@ import {
   type ServerOptions,
   ShowMessageNotification,
   State,
-  TransportKind,
 } from "vscode-languageclient/node";
 
 import { SuggestionMemory, completionIdOf, type Suggestion } from "./memory";
@@ -352,8 +351,9 @@ class Flywheel {
 
     const serverOptions: ServerOptions = {
       command,
+      // No transport: TransportKind.stdio would append --stdio, which `flywheel lsp` refuses;
+      // without one the client still talks over the process's stdin and stdout.
       args: ["lsp"],
-      transport: TransportKind.stdio,
       options: workspaceFolder ? { cwd: workspaceFolder } : undefined,
     };
     const clientOptions: LanguageClientOptions = {
