@@ -20,10 +20,14 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
-from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    # Not at run time: the command line imports ConfigError, and `flywheel lsp` answers the
+    # editor's `initialize` before it reads any settings.
+    from pydantic import BaseModel, ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,8 @@ def read(path: Path, model: type[BaseModel]) -> dict[str, Any]:
 def check_keys(data: dict[str, Any], model: type[BaseModel], path: Path, prefix: str = "") -> None:
     """Refuses the first key `model` has no field for, with the nearest known key as a suggestion:
     a misspelt key silently left at its default is a setting that never applied."""
+    from pydantic import BaseModel
+
     fields = model.model_fields
     for key, value in data.items():
         name = f"{prefix}{key}"
