@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium postgresql simulate vscode tabby-agent vllm-env gpu-check
+.PHONY: install up test lint clean chromium postgresql simulate vscode code-server tabby-agent vllm-env gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,18 +90,34 @@ postgresql:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
 		|| echo "postgresql missing (needs root to install): the PostgreSQL store tests will be skipped"
 
-# Tabby's own agent from npm (pinned in tests/editors/tabby_agent/package-lock.json), for
-# tests/editors/test_tabby_agent.py: Tabby's client pointed at a Flywheel backend. Its install
-# scripts are not run (the agent needs none on Linux).
+# Tabby's own agent from npm, for tests/editors/test_tabby_agent.py (Tabby's client pointed at a
+# Flywheel backend). Its dist/cli.js is one bundled file that needs only Node's own modules, so the
+# package alone is fetched (npm pack: 0.9 MB; an install would add 132 dependencies), checked
+# against the pinned sha512 (npm's integrity) and unpacked; nothing of it runs at install.
+TABBY_AGENT := tests/editors/tabby_agent/node_modules/tabby-agent
+TABBY_AGENT_VERSION := 1.5.0
+TABBY_AGENT_SHA512 := A502A5KUU8nO8T5J+Z6nq5hwXqG8/Yzh1dPcqwgm7W7Umm/f36OBUY5y22WQgySXOmTRyD0LKM59BdWXasxDEg==
 tabby-agent:
-	cd tests/editors/tabby_agent && npm ci --no-audit --no-fund --ignore-scripts
+	@test -f $(TABBY_AGENT)/dist/cli.js || { set -e; tmp=$$(mktemp -d); \
+		(cd $$tmp && npm pack --silent tabby-agent@$(TABBY_AGENT_VERSION) >/dev/null); \
+		tgz=$$tmp/tabby-agent-$(TABBY_AGENT_VERSION).tgz; \
+		sum=$$(node -e "process.stdout.write(require('crypto').createHash('sha512').update(require('fs').readFileSync(process.argv[1])).digest('base64'))" $$tgz); \
+		[ "$$sum" = "$(TABBY_AGENT_SHA512)" ] || { echo "tabby-agent: sha512 mismatch" >&2; rm -rf $$tmp; exit 1; }; \
+		mkdir -p $(TABBY_AGENT) && tar xzf $$tgz -C $(TABBY_AGENT) --strip-components=1; rm -rf $$tmp; }
 
 # The VS Code extension from a clean install: build, unit tests, editor_clients/vscode/*.vsix.
 vscode:
 	cd editor_clients/vscode && npm ci --no-audit --no-fund && npm run build && npm test && npm run package
 
+# A real VS Code for tests/editors/test_vscode.py: code-server from npm, installed once into
+# editor_clients/vscode/.code-server (2.5 minutes: its native modules are built from source).
+CODE_SERVER := editor_clients/vscode/.code-server
+code-server: $(CODE_SERVER)/.installed
+$(CODE_SERVER)/.installed: editor_clients/vscode/scripts/install-code-server.sh
+	sh $< $(CODE_SERVER)
+
 # Tests build their own tiny models; nothing may be downloaded.
-test: install lint chromium postgresql vscode tabby-agent vllm-env
+test: install lint chromium postgresql vscode code-server tabby-agent vllm-env
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q
 
 clean:
