@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["inprocess", "vllm"],
         help="what decodes completions (default: serving.engine, inprocess): vllm starts a vLLM server"
-        " from serving.vllm_python (make .venv-vllm), or uses serving.vllm_urls",
+        " from serving.vllm_python (make vllm-env), or uses serving.vllm_urls",
     )
     p.set_defaults(func=cmd_up)
 

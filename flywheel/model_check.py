@@ -2,8 +2,8 @@
 
 A model that cannot be had stops `flywheel up` (flywheel/up.py) rather than being replaced by the
 bootstrapped one: a team would be served junk and the trainer would learn from it. Two checks:
-before anything starts (the directory or the Hub id), and while the backend loads it (its log's
-last error, when it exits while starting).
+before anything starts (the directory or the Hub id, the vLLM environment), and while the backend
+loads it (the exception it exits with, or the root cause in the log of the vLLM server it started).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def engine_unavailable_reason(serving: ServingConfig) -> str | None:
 
     python = vllm_python(serving)
     if not python.exists():
-        return f"no vLLM environment at {python} (make .venv-vllm, or set serving.vllm_python)"
+        return f"no vLLM environment at {python} (make vllm-env, or set serving.vllm_python)"
     return None
 
 

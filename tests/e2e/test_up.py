@@ -152,7 +152,7 @@ def test_up_stops_with_the_reason_when_the_backend_cannot_load_the_model(
 
 
 def vllm_python() -> Path:
-    """The vLLM environment the backend would start a server from (`make .venv-vllm`)."""
+    """The vLLM environment the backend would start a server from (`make vllm-env`)."""
     from backend.vllm_server import vllm_python as configured
     from core.config import load_settings
 
@@ -181,7 +181,7 @@ def test_up_on_vllm_stops_when_its_server_is_never_healthy(tiny_model_dir: Path,
     """A real vLLM server that is not healthy in time: `up` names the model and why, and leaves no
     server behind."""
     if not vllm_python().exists():
-        pytest.skip(f"no vLLM environment at {vllm_python()} (make .venv-vllm)")
+        pytest.skip(f"no vLLM environment at {vllm_python()} (make vllm-env)")
     model = tmp_path / "model"  # a path of this test's own, to find its server among processes
     shutil.copytree(tiny_model_dir, model)
     data_dir = tmp_path / "state"
