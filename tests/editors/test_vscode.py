@@ -41,7 +41,7 @@ CHROMIUM_ARGS = [
 ]
 FLYWHEEL = Path(sys.executable).parent / "flywheel"
 # Where the screenshot goes when asked (README's docs/screenshots/); otherwise the test's tmp dir.
-SCREENSHOT_DIR = os.environ.get("FLYWHEEL_SCREENSHOT_DIR")
+SCREENSHOT_DIR = os.environ.get("FLYWHEEL_SCREENSHOTS")
 
 pytestmark = [
     pytest.mark.skipif(not CODE_SERVER.exists(), reason="code-server is not installed (make code-server)"),
