@@ -3,6 +3,8 @@ objective configuration from the settings."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,9 @@ def margin(policy, good: Episode, bad: Episode) -> float:
     return float(logps[0] - logps[1])
 
 
-def test_kto_learns_desirable_over_undesirable(policy_and_tokenizer, tmp_path: Path) -> None:
+def test_kto_learns_desirable_over_undesirable(
+    policy_and_tokenizer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     policy, tokenizer = policy_and_tokenizer
     prompt = tokenizer.encode(PROMPT, add_special_tokens=False)
     good = completion(tokenizer, prompt, "'a', 'b')", 1, 0.75)
@@ -54,10 +58,13 @@ def test_kto_learns_desirable_over_undesirable(policy_and_tokenizer, tmp_path: P
     assert len(rows) == 16 and sum(r["label"] for r in rows) == 8  # the abstention has no text to label
     assert rows[0]["prompt"] == PROMPT and rows[0]["completion"] == "'a', 'b')"
     before = margin(policy, good, bad)
-    metrics = train_kto(
-        policy, tokenizer, episodes, KTOConfig(), learning_rate=1e-2, batch_size=8, epochs=3
-    )
+    with caplog.at_level(logging.INFO, "flywheel.progress"):
+        metrics = train_kto(
+            policy, tokenizer, episodes, KTOConfig(), learning_rate=1e-2, batch_size=8, epochs=3
+        )
     assert metrics["trained_rows"] == 16
+    # TRL's steps advanced the trainer's progress (trainer/progress.py; plain lines off a terminal).
+    assert re.search(r"update on 16 rows: ([1-9]\d*)/\1 steps \(100%\)", caplog.text), caplog.text
     assert margin(policy, good, bad) > before + 0.5
     # TRL's reference copy of the adapter is gone: what is saved is the trained adapter alone.
     assert list(policy.peft_config) == ["default"]

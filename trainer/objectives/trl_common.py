@@ -16,14 +16,35 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import PeftModel
+from transformers import TrainerCallback
 
 from core.wire import Episode
+from trainer.progress import Progress
 
 REF_ADAPTER = "ref"
 
 
 def prompt_text(tokenizer: Any, episode: Episode) -> str:
     return tokenizer.decode(episode.prompt_ids, skip_special_tokens=False)
+
+
+class ProgressCallback(TrainerCallback):
+    """TRL's own bar is off (disable_tqdm): its steps advance ours, which is plain lines off a terminal."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress = Progress(self.description, state.max_steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None:
+            self.progress.advance()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None:
+            self.progress.close()
 
 
 def run_trl(
@@ -45,7 +66,11 @@ def run_trl(
         # datasets logs a progress bar per map(); the trainer's own figures are what we keep.
         logging.getLogger("datasets").setLevel(logging.WARNING)
         trainer = trainer_cls(
-            model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[ProgressCallback(f"update on {len(rows)} rows")],
         )
         try:
             metrics = trainer.train().metrics
