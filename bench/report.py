@@ -24,7 +24,7 @@ from typing import Any, Protocol
 # and runs only by name; so does serving, which compares the engines on a 0.5B-shaped model.
 ALL_SUITES = ("lsp", "backend", "trainer")
 # The suites that serve or train a model, and so take `--model`.
-MODEL_SUITES = {"backend", "trainer", "faults", "serving"}
+MODEL_SUITES = {"backend", "trainer", "faults", "serving", "store"}
 # What the bench extra (pyproject.toml) adds to the product's dependencies.
 BENCH_EXTRA = {"aiohttp"}
 REPORT_NAME = "bench-report.json"
@@ -53,6 +53,8 @@ def load_suite(name: str) -> Suite:
                 from bench import trainer as module
             case "serving":
                 from bench import serving as module
+            case "store":
+                from bench import store as module
             case "faults":
                 from bench.faults import suite as module
             case _:

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "suite",
-        choices=["lsp", "backend", "trainer", "faults", "serving", "all", "build-model"],
+        choices=["lsp", "backend", "trainer", "faults", "serving", "store", "all", "build-model"],
         help="a suite to run, or build-model: a random model of a real one's shape (--shape, --out DIR)",
     )
     p.add_argument(
