@@ -125,6 +125,13 @@ class VsCode:
     def user_settings(self) -> dict[str, Any]:
         return json.loads((self.user_dir / "User" / "settings.json").read_text())
 
+    def pick(self, label: str) -> None:
+        """The entry of an open quick pick that starts with `label`."""
+        self.page.locator(".quick-input-list .monaco-list-row", has_text=label).first.click()
+
+    def extension_log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.user_dir.glob("logs/**/Flywheel.log"))
+
 
 @contextlib.contextmanager
 def vscode(tmp_path: Path, backend: RunningBackend, settings: dict[str, Any]) -> Iterator[VsCode]:
@@ -296,3 +303,30 @@ def test_set_token_ghost_text_accept_word_accept_and_dismiss_in_vscode(
         wait_until(lambda: not editor.ghost(), 5, "the ghost text to go")
         found = wait_for_events(backend.data_dir, other, ["shown", "rejected"])
         assert not of_kind(found, "accepted") and not of_kind(found, "partially_accepted")
+
+        # Markdown, a language the model does not serve: typing asks for nothing.
+        editor.open("notes.md")
+        editor.go_to_line_end(3)
+        served = len(completions(backend.data_dir))
+        editor.page.keyboard.type("fro", delay=100)
+        time.sleep(2)
+        assert len(completions(backend.data_dir)) == served and not editor.ghost()
+
+        # Manual mode (an entry of Flywheel: Toggle): typing asks for nothing; Alt+\ does.
+        seen = editor.extension_log().count("settings changed")
+        editor.command("Flywheel: Toggle")
+        editor.pick("Suggest only when asked")
+        wait_until(lambda: editor.extension_log().count("settings changed") > seen, 15, "the new settings")
+        assert editor.user_settings()["flywheel.trigger"] == "manual"
+        editor.open("config.py")
+        editor.go_to_line_end(LAST_LINE)
+        editor.page.keyboard.type("ab", delay=100)
+        time.sleep(2)
+        assert len(completions(backend.data_dir)) == served and not editor.ghost()
+        for _ in range(5):
+            editor.press("Alt+Backslash")
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: editor.ghost().strip(), 10, "ghost text on Alt+\\")
+                break
+            editor.page.keyboard.type("c")
+        assert editor.ghost().strip() and len(completions(backend.data_dir)) > served

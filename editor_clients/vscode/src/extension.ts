@@ -35,7 +35,7 @@ import {
 import { SuggestionMemory, completionIdOf, type Suggestion } from "./memory";
 import { matchPrefix, predictAccepted, type PartKind } from "./partial";
 import { Backoff, Problems, type ProblemKind } from "./problems";
-import { isExcluded, shouldAsk, userChoice, withLanguage } from "./languages";
+import { isExcluded, shouldAsk, userChoice, withLanguage, type TriggerMode } from "./languages";
 import { DID_CHANGE_STATUS, DID_PARTIALLY_ACCEPT, DID_REJECT, DID_SHOW, STATUS_REQUEST } from "./protocol";
 import {
   SECTION,
@@ -687,21 +687,35 @@ class Flywheel {
     await choice?.run();
   }
 
-  /** "Flywheel: Toggle": everywhere, or for the language of the file in front. */
+  /** "Flywheel: Toggle": for the language of the file in front, everywhere, or as you type. */
   private async toggle(): Promise<void> {
-    const languageId = vscode.window.activeTextEditor?.document.languageId;
-    if (languageId === undefined || !this.settings.enable) {
+    if (!this.settings.enable) {
       await this.toggleGlobally();
       return;
     }
     type Entry = vscode.QuickPickItem & { run: () => Promise<void> };
-    const on = this.languageOn(languageId);
+    const languageId = vscode.window.activeTextEditor?.document.languageId;
     const entries: Entry[] = [
-      { label: `${on ? "Disable" : "Enable"} for ${languageId}`, run: () => this.toggleLanguage(languageId) },
+      ...(languageId === undefined
+        ? []
+        : [
+            {
+              label: `${this.languageOn(languageId) ? "Disable" : "Enable"} for ${languageId}`,
+              run: () => this.toggleLanguage(languageId),
+            },
+          ]),
       { label: "Disable everywhere", run: () => this.toggleGlobally() },
+      this.settings.trigger === "manual"
+        ? { label: "Suggest as you type", run: () => this.setTrigger("automatic") }
+        : { label: "Suggest only when asked (Alt+\\)", run: () => this.setTrigger("manual") },
     ];
     const choice = await vscode.window.showQuickPick(entries, { title: "Flywheel: Toggle" });
     await choice?.run();
+  }
+
+  private async setTrigger(mode: TriggerMode): Promise<void> {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    await config.update("trigger", mode, settingTarget(config.inspect("trigger")));
   }
 
   private async toggleGlobally(): Promise<void> {
