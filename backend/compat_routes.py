@@ -30,15 +30,31 @@ router = APIRouter()
 # Texts of the completions served to Tabby's clients, for their line accepts.
 _tabby_texts = tabby.Texts()
 
+
+def _inlined(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its definitions written in place: an OpenAPI body cannot point
+    into a `$defs` of its own (schemathesis skipped the body as an unresolvable reference)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
+
+
 _EITHER = {
     "required": True,
     "content": {
         "application/json": {
             "schema": {
-                "oneOf": [
-                    tabby.CompletionRequest.model_json_schema(),
-                    openai_compat.CompletionRequest.model_json_schema(),
-                ]
+                "oneOf": [_inlined(tabby.CompletionRequest), _inlined(openai_compat.CompletionRequest)]
             }
         }
     },
@@ -49,7 +65,29 @@ _EITHER = {
     "/v1/completions",
     dependencies=client_only,
     openapi_extra={"requestBody": _EITHER},
-    responses={200: {"description": "Tabby's CompletionResponse, or OpenAI's (a stream when asked)"}},
+    responses={
+        200: {
+            "description": "Tabby's CompletionResponse, or OpenAI's (events when asked to stream)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            _inlined(tabby.CompletionResponse),
+                            _inlined(openai_compat.CompletionResponse),
+                        ]
+                    }
+                },
+                # Each event: a chunk of OpenAI's CompletionResponse as JSON, the last one [DONE].
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"data": {"type": "string"}},
+                        "required": ["data"],
+                    }
+                },
+            },
+        }
+    },
 )
 async def completions(request: Request, state: State, caller: Caller) -> Response:
     body = _json_of(await request.body())
