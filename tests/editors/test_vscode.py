@@ -143,6 +143,7 @@ def vscode(tmp_path: Path, backend: RunningBackend, settings: dict[str, Any]) ->
     workspace.mkdir()
     (workspace / "config.py").write_text(DOCUMENT)
     (workspace / "notes.md").write_text("# Notes\n\nThe config is read \n")
+    (workspace / ".env").write_text("DATABASE_URL=postgres://app@db/app\nAPI_KEY=\n")
     user_dir, extensions_dir = tmp_path / "vscode-user", tmp_path / "vscode-extensions"
     (user_dir / "User").mkdir(parents=True)
     (user_dir / "User" / "settings.json").write_text(
@@ -304,13 +305,18 @@ def test_set_token_ghost_text_accept_word_accept_and_dismiss_in_vscode(
         found = wait_for_events(backend.data_dir, other, ["shown", "rejected"])
         assert not of_kind(found, "accepted") and not of_kind(found, "partially_accepted")
 
-        # Markdown, a language the model does not serve: typing asks for nothing.
-        editor.open("notes.md")
-        editor.go_to_line_end(3)
+        # Markdown, a language the model does not serve, and a .env file: typing asks for
+        # nothing, and the status bar says so.
         served = len(completions(backend.data_dir))
-        editor.page.keyboard.type("fro", delay=100)
-        time.sleep(2)
-        assert len(completions(backend.data_dir)) == served and not editor.ghost()
+        for name, line in (("notes.md", 3), (".env", 2)):
+            editor.open(name)
+            editor.go_to_line_end(line)
+            editor.page.keyboard.type("fro", delay=100)
+            time.sleep(2)
+            assert len(completions(backend.data_dir)) == served and not editor.ghost(), name
+            assert (
+                editor.page.locator('.statusbar-item:has-text("Flywheel") .codicon-circle-slash').count() == 1
+            )
 
         # Manual mode (an entry of Flywheel: Toggle): typing asks for nothing; Alt+\ does.
         seen = editor.extension_log().count("settings changed")
