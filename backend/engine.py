@@ -7,14 +7,14 @@ reaches the engine with its version chosen, and with the rules that must act whi
 given as data (`Stop`, the healed text, the cut, the confidence floor), so any engine can apply
 them (one in process, or one in front of an inference server).
 
-Today's engine runs the model in a process of its own with continuous batching
-(backend/batching.py, model_process.py, decoding.py). An engine in front of vLLM's OpenAI server
-would map `install`/`remove` to its runtime LoRA loading (/v1/load_lora_adapter,
-/v1/unload_lora_adapter), `complete` to /v1/completions with `model` set to the version and
-`logprobs` asked for; the rules given as data become its request's fields where it has them (the
-token cap, a stop at the newline for a mid-line row), and what it cannot apply while decoding it
-may apply to what comes back: a cut is a truncation at the first token below it, and `finish`
-above the engine applies the stops and the floor to any engine's `Generation`.
+Two engines implement it (`serving.engine`). The in-process one runs the model in a process of
+its own with continuous batching (backend/batching.py, model_process.py, decoding.py). The vLLM
+one (backend/vllm_engine.py) maps `install`/`remove` to vLLM's runtime LoRA loading
+(/v1/load_lora_adapter, /v1/unload_lora_adapter) and `complete` to a streamed /v1/completions with
+`model` set to the version; the rules given as data become its request's fields where it has them
+(the token cap, a stop at the newline for a mid-line row, the healed text for a logits processor)
+and act on the stream as it comes where it has not (a cut ends the row before the first token
+below it). `finish` above the engine applies the stops and the floor to any engine's `Generation`.
 
 This module imports nothing heavy: the HTTP process never loads torch.
 """

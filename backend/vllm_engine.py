@@ -49,8 +49,12 @@ from core.wire import BASE_VERSION
 
 log = logging.getLogger(__name__)
 
-# vllm_plugin/flywheel_vllm/__init__.py: the per-request argument naming the healed text.
+# vllm_plugin/flywheel_vllm/__init__.py: the per-request arguments naming the healed text, and
+# the temperature the server must temper its logits at (it refuses the request otherwise).
 HEALED_ARG = "flywheel_healed"
+TEMPERATURE_ARG = "flywheel_temperature"
+# What a probe asks a server to heal: a first token that does not spell it means no healing.
+PROBE_HEALED = "Zq"
 # How long a request may wait on a server's answer (a stream's next token included).
 REQUEST_TIMEOUT_S = 120.0
 
@@ -73,6 +77,7 @@ class _Server:
     # Loads and the watchdog's re-installs one at a time, so neither sees the other half done.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     in_flight: int = 0
+    sent: int = 0  # requests sent to it, ever
     # Why it is not routable, for `failure` and the logs.
     trouble: str = ""
 
@@ -81,7 +86,9 @@ class _Row:
     """One request's tokens as they stream in, and where it ends: backend/decoding.py's rules
     (RowStop, Row.cut_before, Row.withheld_whatever_follows), applied to tokens vLLM sampled."""
 
-    def __init__(self, engine: VllmEngine, request: EngineRequest, healed: str, cap: int) -> None:
+    def __init__(
+        self, engine: VllmEngine, request: EngineRequest, healed: str, cap: int, asked: float
+    ) -> None:
         self.texts = engine.token_texts
         self.eos = engine.eos_token_id
         self.request = request
@@ -90,10 +97,14 @@ class _Row:
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.text = ""
+        self.asked = asked  # time.perf_counter() when `complete` was called
+        self.first_token_s: float | None = None
 
     def take(self, token: int, logprob: float) -> bool:
         """The next sampled token; True when the row is complete (with it, or before it: the cut)."""
         request = self.request
+        if self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.asked
         if request.stop_logprob is not None and logprob < request.stop_logprob:
             return True
         self.tokens.append(token)
@@ -170,8 +181,11 @@ class VllmEngine:
         try:
             if self.owned is not None:
                 await self.owned.start()
-            await asyncio.gather(*(self._await_ready(server) for server in self.servers))
+            await self._first_ready()
             fim = await tokenizer
+            for server in self.servers:
+                if server.routable:
+                    await self._probe(server)
         except BaseException:
             tokenizer.cancel()
             await self.close()
@@ -179,6 +193,24 @@ class VllmEngine:
         self.info = EngineInfo(self.model.temperature, fim)
         self._watchdog = asyncio.create_task(self._watch(), name="vllm-watchdog")
         return self.info
+
+    async def _first_ready(self) -> None:
+        """Until one server is ready; the others join when the watchdog finds them up. None ready
+        within `vllm_start_timeout_s`: the first one's reason."""
+        waiting = [asyncio.create_task(self._await_ready(server)) for server in self.servers]
+        pending = set(waiting)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if any(task.exception() is None for task in done):
+                    return
+            error = waiting[0].exception()
+            assert error is not None
+            raise error
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _load_tokenizer(self) -> str:
         from transformers import AutoTokenizer
@@ -295,6 +327,7 @@ class VllmEngine:
     # Requests.
 
     async def complete(self, request: EngineRequest, gone: Gone | None = None) -> Generation:
+        asked = time.perf_counter()
         if gone is not None and await _gone(gone):
             self.dropped += 1
             raise ClientGone("the client has gone")
@@ -315,13 +348,14 @@ class VllmEngine:
         }
         if request.stop.mid_line:
             body["stop"] = ["\n"]
+        body["vllm_xargs"] = {TEMPERATURE_ARG: self.model.temperature}
         if healed:
-            body["vllm_xargs"] = {HEALED_ARG: healed}
+            body["vllm_xargs"][HEALED_ARG] = healed
         tried: set[str] = set()
         lost: _Server | None = None
         while True:
             server = self._pick(request.version, tried)
-            row = _Row(self, request, healed, cap)
+            row = _Row(self, request, healed, cap, asked)
             try:
                 if lost is server:
                     await self._reinstall(server, request.version)
@@ -342,6 +376,7 @@ class VllmEngine:
             token_logprobs=row.logprobs,
             text=self.tokenizer.decode(row.tokens, skip_special_tokens=True),
             healed=healed,
+            first_token_s=row.first_token_s,
         )
 
     def _prompt(self, request: EngineRequest) -> tuple[str, list[int]]:
@@ -370,6 +405,7 @@ class VllmEngine:
             self.batches += 1
         self._in_flight += 1
         server.in_flight += 1
+        server.sent += 1
         try:
             async with server.client.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code != 200:
@@ -440,7 +476,12 @@ class VllmEngine:
         if server.routable:
             return
         async with server.lock:
-            listed = {entry["id"] for entry in await self._models(server)}
+            models = await self._models(server)
+            base = [entry["id"] for entry in models if not entry.get("parent")]
+            if base != [self._base]:
+                server.trouble = f"serves {base}, not {self._base}"
+                return
+            listed = {entry["id"] for entry in models}
             loaded = set()
             for version, path in list(self._adapters.items()):
                 try:
@@ -450,6 +491,12 @@ class VllmEngine:
                 except ValueError:  # its files are gone: it cannot serve anywhere, nor block the rest
                     log.exception("vLLM at %s could not load version %s again", server.url, version)
             server.installed = loaded
+        try:
+            await self._probe(server)
+        except VllmUnavailable as error:
+            log.error("%s", error)
+            server.trouble = str(error)
+            return
         server.routable = True
         server.trouble = ""
         log.info("vLLM server %s is back with versions %s", server.url, sorted(server.installed) or "none")
@@ -466,6 +513,39 @@ class VllmEngine:
                 server.trouble = str(error)
         finally:
             self._restarting = None
+
+    async def _probe(self, server: _Server) -> None:
+        """One token, asked to heal PROBE_HEALED at the serving temperature: a server that tempers
+        its logits otherwise refuses it, and one whose first token does not spell the text has no
+        healing processor (a server run elsewhere without Flywheel's flags, server_command). Either
+        would record log-probs that are not the model's own: VllmUnavailable."""
+        if not len(self.token_texts.allowed(PROBE_HEALED, may_end=False)):
+            return
+        body = {
+            "model": self._base,
+            "prompt": [self.eos_token_id],
+            "max_tokens": 1,
+            "temperature": 1.0,
+            "return_token_ids": True,
+            "vllm_xargs": {TEMPERATURE_ARG: self.model.temperature, HEALED_ARG: PROBE_HEALED},
+        }
+        for _ in range(3):
+            response = await server.client.post("/v1/completions", json=body)
+            if response.status_code != 200:
+                raise VllmUnavailable(
+                    f"the vLLM server at {server.url} cannot serve {self.model_name} as Flywheel records it: "
+                    f"{_message(response)}"
+                )
+            first = response.json()["choices"][0]["token_ids"][0]
+            if first == self.eos_token_id:
+                continue  # ending at once is allowed: ask again
+            text = self.token_texts.text(first)
+            if text and (PROBE_HEALED.startswith(text) or text.startswith(PROBE_HEALED)):
+                return
+            raise VllmUnavailable(
+                f"the vLLM server at {server.url} does not heal prompts: start it with Flywheel's flags "
+                "(backend.vllm_server.server_command) and its plugin (vllm_plugin/) installed"
+            )
 
     async def _models(self, server: _Server) -> list[dict[str, Any]]:
         response = await server.client.get("/v1/models", timeout=5)

@@ -1,13 +1,15 @@
 """A vLLM OpenAI server that the backend starts and owns (serving.engine = "vllm", no vllm_urls).
 
-It runs from the vLLM environment (`serving.vllm_python`, made by `make .venv-vllm`), with the flags
+It runs from the vLLM environment (`serving.vllm_python`, made by `make vllm-env`), with the flags
 that make its log-probs Flywheel's (backend/vllm_engine.py): raw log-probs of logits already divided
 by the temperature (vllm_plugin/, loaded through the environment variable set here), prompt healing
 as a logits processor read from this repository (on its PYTHONPATH), the V1 model runner (one
 logits-processor interface on CPU and GPU), runtime LoRA loading, and sampling defaults of vLLM's
 own rather than the model's generation_config (which may bring top-k/top-p and a token cap).
 
-Servers run elsewhere (`serving.vllm_urls`) need the same: `server_command` prints it.
+Servers run elsewhere (`serving.vllm_urls`) need the same flags and environment, and the repository
+and vllm_plugin/ where they run: `python -m backend.vllm_server` prints them for the configured
+model. The engine refuses a server that tempers at another temperature or does not heal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ctypes
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -72,20 +75,22 @@ def server_command(
     return command + list(serving.vllm_args)
 
 
+def flywheel_env(temperature: float, api_key: str, pythonpath: str = "") -> dict[str, str]:
+    """What a Flywheel vLLM server's environment must hold (the rest is the machine's)."""
+    return {
+        TEMPERATURE_ENV: repr(temperature),
+        # core/healing.py, which the healing processor applies, is read from the repository.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), pythonpath])),
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_USE_V2_MODEL_RUNNER": "0",
+        # Not on the command line, where `ps` shows it to every user of the machine.
+        "VLLM_API_KEY": api_key,
+    }
+
+
 def server_env(temperature: float, api_key: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    path = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env.update(
-        {
-            TEMPERATURE_ENV: repr(temperature),
-            "PYTHONPATH": os.pathsep.join(path),
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-            "VLLM_USE_V2_MODEL_RUNNER": "0",
-            # Not on the command line, where `ps` shows it to every user of the machine.
-            "VLLM_API_KEY": api_key,
-        }
-    )
-    return env
+    return env | flywheel_env(temperature, api_key, env.get("PYTHONPATH", ""))
 
 
 def lora_rank(serving: ServingConfig, trainer_rank: int) -> int:
@@ -190,3 +195,23 @@ class OwnedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await asyncio.to_thread(process.wait)
+
+
+def main() -> None:
+    """`python -m backend.vllm_server`: the environment and command of a vLLM server for the
+    configured model, to run one elsewhere (then list it in serving.vllm_urls)."""
+    from core.config import load_settings
+
+    settings = load_settings()
+    serving = settings.serving
+    rank = lora_rank(serving, settings.trainer.lora_r)
+    command = server_command(
+        vllm_python(serving), settings.base_model, serving.vllm_port or 8000, serving, rank
+    )
+    env = flywheel_env(settings.model.temperature, "$VLLM_API_KEY")
+    env.pop("VLLM_API_KEY")  # the same key as serving.vllm_api_key, from a secret file
+    print(" ".join(f"{name}={shlex.quote(value)}" for name, value in env.items()), shlex.join(command))
+
+
+if __name__ == "__main__":
+    main()

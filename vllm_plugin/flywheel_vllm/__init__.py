@@ -11,3 +11,6 @@
 TEMPERATURE_ENV = "FLYWHEEL_VLLM_TEMPERATURE"
 # The per-request argument (`vllm_xargs`) that names the text a row's first tokens must spell.
 HEALED_ARG = "flywheel_healed"
+# The per-request argument naming the temperature the backend samples at: a server that tempers
+# its logits otherwise refuses the request (a 400), rather than record other log-probs.
+TEMPERATURE_ARG = "flywheel_temperature"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from flywheel_vllm import HEALED_ARG, TEMPERATURE_ENV
+from flywheel_vllm import HEALED_ARG, TEMPERATURE_ARG, TEMPERATURE_ENV
 
 
 class HealingLogitsProcessor(LogitsProcessor):
@@ -35,6 +35,13 @@ class HealingLogitsProcessor(LogitsProcessor):
                 "process: install vllm_plugin/ into this environment"
             )
         config = vllm_config.model_config
+        # Processed log-probs would be healing's masked ones, and the model's generation_config may
+        # bring sampling rules (top-k, penalties) the recorded distribution does not have.
+        if config.logprobs_mode != "raw_logprobs" or config.generation_config != "vllm":
+            raise RuntimeError(
+                "Flywheel's vLLM server needs --logprobs-mode raw_logprobs and --generation-config vllm "
+                f"(has {config.logprobs_mode} and {config.generation_config})"
+            )
         tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer, revision=config.tokenizer_revision, trust_remote_code=config.trust_remote_code
         )
@@ -45,9 +52,19 @@ class HealingLogitsProcessor(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        healed = (sampling_params.extra_args or {}).get(HEALED_ARG)
+        """At admission, in the API server's process (where the plugin is loaded too)."""
+        from flywheel_vllm.temperature import active
+
+        extra = sampling_params.extra_args or {}
+        healed = extra.get(HEALED_ARG)
         if healed is not None and not isinstance(healed, str):
             raise ValueError(f"{HEALED_ARG} must be a string")
+        asked = extra.get(TEMPERATURE_ARG)
+        if asked is not None and active() != float(asked):
+            raise ValueError(
+                f"this vLLM server tempers its logits at {active()} ({TEMPERATURE_ENV} and Flywheel's vLLM "
+                f"plugin), not at the {asked} the request is sampled at"
+            )
 
     def is_argmax_invariant(self) -> bool:
         return False

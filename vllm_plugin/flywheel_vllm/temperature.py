@@ -34,10 +34,11 @@ def register() -> None:
 
     @PluggableLayer.register_oot(name=_NAME)
     class TemperedLogitsProcessor(LogitsProcessor):
+        flywheel_temperature = temperature
+
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
             self.scale = self.scale / temperature
-            self.flywheel_temperature = temperature
 
 
 def active() -> float | None:
@@ -45,4 +46,4 @@ def active() -> float | None:
     from vllm.model_executor.custom_op import op_registry_oot
 
     layer = op_registry_oot.get(_NAME)
-    return None if layer is None else float(os.environ[TEMPERATURE_ENV])
+    return getattr(layer, "flywheel_temperature", None)
