@@ -46,11 +46,7 @@ def load_policy(
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
         )
-        # A fixed draw for the fresh adapter's A matrices: the same base and configuration give the
-        # same starting policy in every run (and every rank), and the caller's RNG is left as it was.
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = get_peft_model(base, lora)
+        model = get_peft_model(base, lora)
     else:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     # Eval mode for the same reason as no dropout: on-policy episodes must score a ratio of 1.
