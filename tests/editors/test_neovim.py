@@ -375,7 +375,9 @@ def test_an_unreachable_backend_is_reported_once(editor: Editor, tmp_path: Path)
     editor.nvim.command(f"edit {path}")
     # The server starts, but with no word from the backend on which languages it serves, the
     # buffer is not handed to it: nothing is asked.
-    wait_until(lambda: editor.lua("return #vim.lsp.get_clients({ name = 'flywheel' })") == 1, 30, "the server")
+    wait_until(
+        lambda: editor.lua("return #vim.lsp.get_clients({ name = 'flywheel' })") == 1, 30, "the server"
+    )
     notes = wait_until(
         lambda: [n for n in editor.lua("return _G.notes") if n.startswith("flywheel:")], 15, "the warning"
     )
