@@ -117,9 +117,12 @@ class VsCode:
         return "".join(parts).replace("\u00a0", " ")
 
     def saved_line(self, name: str, line: int) -> str:
-        self.press("Control+S")
+        """The line as the editor holds it, read from the file once saved."""
         path = self.workspace / name
-        time.sleep(0.5)
+        before = path.stat().st_mtime_ns
+        self.press("Control+S")
+        wait_until(lambda: path.stat().st_mtime_ns != before, 10, "the file to be saved")
+        time.sleep(0.2)  # written in one go, but let the writer finish
         return path.read_text().splitlines()[line - 1]
 
     def user_settings(self) -> dict[str, Any]:
