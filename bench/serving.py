@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from bench.backend_load import ClientRun, completion_clients
+from bench.backend_load import ClientRun
 from bench.backend_requests import PREFIXES
 from bench.rows import Reference, Target, row
 from bench.tokens import NO_CONFIGURED_TOKEN, local_headers
@@ -71,6 +71,36 @@ def make_adapter(model: str, output: Path, settings: Settings) -> Path:
                 parameter.normal_(0, 0.01)
     peft_model.save_pretrained(output)
     return output
+
+
+# A 0.5B model on a busy CPU takes minutes to answer 16 clients at once: no request gives up sooner.
+REQUEST_TIMEOUT_S = 900
+
+
+async def completion_clients(url: str, client: dict[str, str], clients: int, per_client: int) -> ClientRun:
+    """bench/backend_load.py's clients (the same prompts, one after another per client), with room
+    for a large model on a CPU."""
+    run = ClientRun()
+
+    async def one(number: int, http: aiohttp.ClientSession) -> None:
+        for turn in range(per_client):
+            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}}
+            started = time.perf_counter()
+            async with http.post(f"{url}/v1/complete", json=body) as response:
+                response.raise_for_status()
+                answer = await response.json()
+            run.latencies.append((time.perf_counter() - started) * 1000)
+            run.ends.append(time.perf_counter() - begin)
+            run.tokens.append(len(answer["token_logprobs"]))
+        if not run.all_busy_s:
+            run.all_busy_s = time.perf_counter() - begin
+
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=clients + 2)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=client) as http:
+        begin = time.perf_counter()
+        await asyncio.gather(*(one(n, http) for n in range(clients)))
+    return run
 
 
 def _clients(run: ClientRun) -> dict[str, Any]:
@@ -116,7 +146,7 @@ async def swap_under_load(
 
     files = {name: (adapter / name).read_bytes() for name in ADAPTER_FILES}
     swapped: list[dict[str, Any]] = []
-    timeout = aiohttp.ClientTimeout(total=300)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20), timeout=timeout) as http:
         traffic = [asyncio.create_task(one(n, http)) for n in range(16)]
         for _ in range(swaps):
@@ -155,6 +185,20 @@ async def swap_under_load(
     }
 
 
+def _vllm_on_cpu() -> dict[str, str]:
+    """Without CUDA, vLLM's CPU build as the in-process engine runs there: float32 (the weights are
+    stored in bfloat16), and a KV cache of a fixed size (by default it reserves most of the
+    machine's memory, and refuses to start when others use it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    return {
+        "FLYWHEEL_SERVING__VLLM_DTYPE": os.environ.get("FLYWHEEL_SERVING__VLLM_DTYPE", "float32"),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+    }
+
+
 def measure_engine(
     engine: str, model: str, adapter: Path, args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
@@ -165,7 +209,9 @@ def measure_engine(
         model,
         state,
         timeout_s=900,
+        **(_vllm_on_cpu() if engine == "vllm" else {}),
         FLYWHEEL_SERVING__ENGINE=engine,
+        FLYWHEEL_MODEL__MAX_NEW_TOKENS=str(args.max_new_tokens),
         FLYWHEEL_CANARY__SHARE="0",  # an upload goes live at once: the swap is the figure
         HF_HUB_OFFLINE="1",
         **NO_CONFIGURED_TOKEN,
@@ -217,7 +263,18 @@ def print_side_by_side(figures: dict[str, Any]) -> None:
 
 
 # A smoke run: every part runs once, with few requests.
-QUICK = ["--sequential", "4", "--per-client", "1", "--swaps", "1", "--train-episodes", "8"]
+QUICK = [
+    "--sequential",
+    "4",
+    "--per-client",
+    "1",
+    "--swaps",
+    "1",
+    "--train-episodes",
+    "8",
+    "--max-new-tokens",
+    "16",
+]
 
 
 def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
@@ -227,6 +284,7 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     parser.add_argument("--sequential", type=int, default=32, help="requests sent by the single client")
     parser.add_argument("--per-client", type=int, default=4, help="requests per client at 16 clients")
     parser.add_argument("--swaps", type=int, default=3, help="hot swaps timed under load")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="each completion's token cap")
     parser.add_argument(
         "--train-episodes", type=int, default=32, help="episodes of the trainer's update (0: none)"
     )
@@ -235,8 +293,17 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     if unknown := set(engines) - set(ENGINES):
         parser.error(f"unknown engine(s) {sorted(unknown)}; choose from {list(ENGINES)}")
     model = args.model or str(default_model(settings))
-    print(f"model {model}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    figures: dict[str, Any] = {"model": model, "load_average": list(os.getloadavg()), "engines": {}}
+    print(
+        f"model {model}; at most {args.max_new_tokens} new tokens a completion;"
+        f" load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    figures: dict[str, Any] = {
+        "model": model,
+        "max_new_tokens": args.max_new_tokens,
+        "load_average": list(os.getloadavg()),
+        "engines": {},
+    }
     with tempfile.TemporaryDirectory(prefix="fw-bench-serving-") as tmp:
         work = Path(tmp)
         adapter = make_adapter(model, work / "adapter", settings)
