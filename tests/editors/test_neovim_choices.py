@@ -2,17 +2,19 @@
 buffers it hands to the server (served languages, never excluded files), the toggle and the manual
 trigger, stepping aside for a completion menu (Neovim's own; nvim-cmp and blink.cmp are not
 installable here and are coded against their documented APIs), a wrong token said as
-"unauthorized", and the help page.
+"unauthorized", the help page; and a screenshot of the ghost text.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 
 import test_neovim
 from conftest import RunningBackend
+from nvim_screen import capture
 from test_neovim import DOCUMENT, LAST_LINE, NVIM, PLUGIN, Editor, one_line, server_cmd, start, wait_until
 
 from core.local_tokens import CLIENT, read_token
@@ -142,14 +144,34 @@ def test_served_languages_only_never_excluded_files_toggle_and_manual_trigger(
     assert editor.ghost() is not None
 
 
+def screenshot(editor: Editor, ghost: str, tmp_path: Path) -> None:
+    """The screen as a UI gets it (tests/editors/nvim_screen.py), as a picture: FLYWHEEL_SCREENSHOTS=DIR
+    keeps it as DIR/neovim-ghost-text.png (the README's, in docs/screenshots, is taken so)."""
+    screen = capture(editor.nvim, 72, 10)
+    rows = screen.text()
+    typed = editor.line(LAST_LINE)
+    # The suggestion is drawn after what is typed, in the ghost text's own colour.
+    assert any((typed + ghost).strip() in row for row in rows), rows
+    ghost_rgb = editor.lua("return vim.api.nvim_get_hl(0, { name = 'FlywheelSuggestion', link = false }).fg")
+    assert screen.cells_in(ghost_rgb) >= len(ghost.replace(" ", ""))
+    assert any(row.rstrip().endswith("Flywheel") for row in rows)  # the statusline component
+    path = Path(os.environ.get("FLYWHEEL_SCREENSHOTS") or tmp_path) / "neovim-ghost-text.png"
+    screen.save_png(path)
+    assert path.stat().st_size > 1000
+
+
 def test_a_completion_menu_hides_the_suggestion_and_tab_goes_to_the_menu(
     editor: Editor, backend: RunningBackend, tmp_path: Path
 ) -> None:
     # The user's own Tab (a common one): next item in a menu, else a Tab. Mapped before the plugin.
     editor.nvim.command(r'inoremap <expr> <Tab> pumvisible() ? "\<C-n>" : "\<Tab>"')
+    editor.nvim.command("set number laststatus=2 noshowmode")
+    editor.nvim.command(r"set statusline=\ %t%=%{v:lua.require'flywheel'.statusline()}\ ")
+    editor.nvim.command("syntax on")
     start(editor, backend, tmp_path)
-    editor.suggestion(one_line)
+    ghost = editor.suggestion(one_line)
     line = editor.line(LAST_LINE)
+    screenshot(editor, ghost["text"], tmp_path)
 
     # Neovim's own menu opens: the ghost text goes and nothing is asked while it is open.
     editor.type("<Cmd>call complete(col('.'), ['alpha', 'beta', 'gamma'])<CR>")
