@@ -54,3 +54,13 @@ def test_the_pseudonym_is_random_and_kept(tmp_path: Path) -> None:
     assert len(first) == 32 and first == pseudonym(tmp_path / "state")
     assert pseudonym(tmp_path / "elsewhere") != first
     assert list((tmp_path / "state").iterdir()) == [tmp_path / "state" / "user_id"]
+
+
+def test_languages_and_exclude_are_checked_each_on_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    chosen = with_client_options(
+        Options(), {"languages": {"markdown": True, "*": False}, "exclude": ["*.md"]}
+    )
+    assert (chosen.languages, chosen.exclude) == ({"markdown": True, "*": False}, ("*.md",))
+    bad = with_client_options(Options(), {"languages": ["python"], "exclude": "*.md"})
+    assert (bad.languages, bad.exclude) == ({}, ())
+    assert "languages" in caplog.text and "exclude" in caplog.text
