@@ -99,13 +99,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """A real PostgreSQL server for the session (bench/postgres_server.py, on loopback), with a
-    database `flywheel_template` already migrated: a test copies it (CREATE DATABASE … TEMPLATE)."""
+    database `flywheel_template` already migrated (a test may copy it: CREATE DATABASE … TEMPLATE)
+    and `flywheel_tests`, where each test that takes `store` gets a schema of its own."""
     from bench import postgres_server
 
     if postgres_server.binaries() is None:
         pytest.skip("PostgreSQL is not installed: `make test` installs Debian's postgresql")
     with postgres_server.running() as server:
-        server.execute("CREATE DATABASE flywheel_template")
+        server.execute("CREATE DATABASE flywheel_template", "CREATE DATABASE flywheel_tests")
         # In a thread of its own: a test's event loop may be running in this one.
         with concurrent.futures.ThreadPoolExecutor(1) as thread:
             thread.submit(asyncio.run, _migrate(server.url("flywheel_template"))).result()
@@ -124,7 +125,7 @@ _databases = itertools.count(1)
 @pytest.fixture(params=["sqlite", "postgres"])
 def open_store_here(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Any]]:
     """Opens this test's store, again and again on the same file or database: a SQLite file, or a
-    fresh database on the session's PostgreSQL server. A test that takes it (or `store`) runs on both."""
+    fresh schema on the session's PostgreSQL server. A test that takes it (or `store`) runs on both."""
     if request.param == "sqlite":
         from backend.store.sqlite import SqliteStore
 
@@ -133,10 +134,12 @@ def open_store_here(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[
     from backend.store.postgres import PostgresStore
 
     server = request.getfixturevalue("postgres_server")
+    # A schema per test, named first in the search path: a new database (even from a template)
+    # cost a second a test, a schema and the migrations a fifth of that.
     name = f"test_{next(_databases)}"
-    server.execute(f"CREATE DATABASE {name} TEMPLATE flywheel_template")
-    request.addfinalizer(lambda: server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    return lambda: PostgresStore.open(server.url(name))
+    server.execute(f"CREATE SCHEMA {name}", database="flywheel_tests")
+    request.addfinalizer(lambda: server.execute(f"DROP SCHEMA {name} CASCADE", database="flywheel_tests"))
+    return lambda: PostgresStore.open(f"{server.url('flywheel_tests')}?options=-csearch_path%3D{name}")
 
 
 @pytest.fixture
