@@ -1,4 +1,5 @@
--- The debounce: one libuv timer per buffer, restarted by each keystroke.
+-- One libuv timer per buffer, restarted by each keystroke. Its delay is 0 by default: the text
+-- and cursor events of one keystroke make one request; the debounce itself is the server's.
 local uv = vim.uv or vim.loop
 
 local M = {}
