@@ -260,9 +260,11 @@ def test_set_token_ghost_text_accept_word_accept_and_dismiss_in_vscode(
         assert "unreachable" not in editor.status()
         assert "flywheel.token" not in editor.user_settings()
 
-        # The message's Set Token action asks for the token (a password box) and keeps it.
+        # The one message's Set Token action asks for the token (a password box) and keeps it.
         toast = editor.page.locator(".notifications-toasts .notification-toast", has_text="unauthorized")
         toast.wait_for(state="visible", timeout=10_000)
+        time.sleep(1)  # the language server's own words on it come right after: said once, not twice
+        assert toast.count() == 1
         toast.locator(".monaco-button", has_text="Set Token").click()
         box = editor.page.locator(".quick-input-widget input.input")
         box.wait_for(state="visible")
