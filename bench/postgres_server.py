@@ -94,7 +94,7 @@ def start(fast: bool = True) -> PostgresServer:
     root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
     run_as = None
     if os.geteuid() == 0:
-        account = pwd.getpwnam("postgres")
+        account = _unprivileged()
         run_as = (account.pw_uid, account.pw_gid)
         os.chown(root, *run_as)
     password = secrets.token_urlsafe(18)
@@ -128,6 +128,16 @@ def start(fast: bool = True) -> PostgresServer:
         conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
     server.start()
     return server
+
+
+def _unprivileged() -> pwd.struct_passwd:
+    """The account the server runs as under root: Debian's `postgres`, else `nobody`."""
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("PostgreSQL refuses to run as root, and there is no postgres or nobody account")
 
 
 @contextlib.contextmanager
