@@ -9,9 +9,9 @@ advisory lock inside its transaction (locks.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +23,8 @@ from backend.store.postgres.schema import migrate
 # that conflict); the loser may simply run again.
 _RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _TRIES = 3
+
+T = TypeVar("T")
 
 
 class Database:
@@ -60,7 +62,7 @@ class Database:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(lock))
             yield conn
 
-    async def retrying(self, work: Any) -> Any:
+    async def retrying(self, work: Callable[[], Awaitable[T]]) -> T:
         """`work()` (which opens its own transaction), run again when PostgreSQL chose it as the
         loser of a deadlock: each try is whole or absent."""
         for attempt in range(_TRIES):
