@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("lsp", help="run the language server on stdio (editors start this)")
+    # Many LSP clients (vscode-languageclient's stdio transport among them) pass --stdio.
+    p.add_argument("--stdio", action="store_true", help="accepted and ignored: stdio is the only transport")
     p.set_defaults(func=cmd_lsp)
 
     p = sub.add_parser("backend", help="run the backend service")

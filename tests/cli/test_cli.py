@@ -104,3 +104,9 @@ def test_a_wrong_configuration_is_one_line_naming_the_key(tmp_path: Path, toml: 
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith(line.format(path=path)), done.stderr
+
+
+def test_lsp_takes_the_stdio_flag_clients_pass() -> None:
+    # vscode-languageclient's stdio transport and many other clients start the server with --stdio.
+    args = cli.build_parser().parse_args(["lsp", "--stdio"])
+    assert args.func is cli.cmd_lsp
