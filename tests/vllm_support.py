@@ -37,14 +37,14 @@ needs_vllm = pytest.mark.skipif(vllm_python_path() is None, reason=NO_VLLM)
 def serving(**overrides: Any) -> ServingConfig:
     """Settings for test servers: float32 (exact log-probs), room for a few small adapters."""
     python = vllm_python_path()
-    return ServingConfig(
-        vllm_python=str(python or ".venv-vllm/bin/python"),
-        vllm_dtype="float32",
-        vllm_max_loras=4,
-        vllm_start_timeout_s=400,
-        vllm_health_interval_s=0.2,
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "vllm_python": str(python or ".venv-vllm/bin/python"),
+        "vllm_dtype": "float32",
+        "vllm_max_loras": 4,
+        "vllm_start_timeout_s": 400,
+        "vllm_health_interval_s": 0.2,
+    }
+    return ServingConfig(**{**settings, **overrides})
 
 
 def small_cache_env() -> dict[str, str]:

@@ -34,6 +34,7 @@ from backend.vllm_engine import VllmEngine
 from core.confidence import IN_WORD, LEADING_TOKENS, LINE_START
 from core.config import ModelConfig
 from core.healing import TokenTexts, healed_text
+from core.processes import free_port
 from core.prompts import build_prompt_ids, detect_fim_format
 from core.wire import BASE_VERSION
 
@@ -84,10 +85,7 @@ def engine(
 ) -> Iterator[Any]:
     """Each engine serving the tiny Llama, with version v1 installed."""
     if request.param == "vllm":
-        server = request.getfixturevalue("vllm_server")
-        made: Any = VllmEngine(
-            str(tiny_model_dir), MODEL, serving(vllm_urls=[server.url], vllm_api_key=server.api_key)
-        )
+        made: Any = vllm_engine_for(request.getfixturevalue("vllm_server"), tiny_model_dir)
     else:
         made = InProcessEngine(LoopConfig(str(tiny_model_dir), MODEL, max_batch=8))
     loop.run(made.start())
@@ -152,6 +150,8 @@ def test_fim_prompt_ids_are_built_alike(engine: Any, loop: LoopThread, tiny_mode
         expected = build_prompt_ids(tokenizer, fim, prefix, SUFFIX, MODEL.context_tokens)
         assert generation.prompt_ids == expected
         assert expected[0] == tokenizer.convert_tokens_to_ids(fim.prefix)  # a FIM prompt
+        # For /metrics: the time to the first token, queueing included.
+        assert generation.first_token_s is not None and 0 < generation.first_token_s < 60
 
 
 def test_the_first_tokens_spell_the_healed_text(engine: Any, loop: LoopThread, texts: TokenTexts) -> None:
@@ -213,6 +213,43 @@ def test_a_confidence_floor_withholds_a_row_once_its_first_tokens_decide_it(
     assert max(len(g.completion_ids) for g in shown) > LEADING_TOKENS
 
 
+@needs_vllm
+def test_a_row_ended_early_is_no_longer_decoded_by_vllm(
+    vllm_server: Any, loop: LoopThread, tiny_model_dir: Path
+) -> None:
+    """Closing a row's stream (here: withheld by its floor after LEADING_TOKENS tokens, with room
+    for 400) makes vLLM abort it. Measured on this model: 8 such rows cost vLLM 60-240 tokens in
+    all; read to their end they cost about 3000."""
+    engine = vllm_engine_for(vllm_server, tiny_model_dir)
+    loop.run(engine.start())
+    never = Cut(min_confidence={LINE_START: 0.0})
+    requests = [plan(Request("import os\nimport sys\n", "", 400, "someone"), BASE_VERSION, never)] * 8
+    try:
+        before = generated_tokens(vllm_server)
+        generations = complete_all(loop, engine, requests)
+        time.sleep(1)  # an aborted row's last steps settle
+        decoded = generated_tokens(vllm_server) - before
+    finally:
+        loop.run(engine.close())
+    assert all(len(g.completion_ids) <= LEADING_TOKENS for g in generations)
+    assert decoded < 8 * 100, decoded
+
+
+def generated_tokens(server: Any) -> float:
+    """vLLM's count of the tokens it has decoded (its Prometheus /metrics)."""
+    metrics = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {server.api_key}"}).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:generation_tokens_total")
+    )
+
+
+def vllm_engine_for(server: Any, model_dir: Path) -> VllmEngine:
+    """An engine in front of the session's server, as in front of a server run elsewhere."""
+    return VllmEngine(str(model_dir), MODEL, serving(vllm_urls=[server.url], vllm_api_key=server.api_key))
+
+
 def test_a_learned_cut_ends_rows_before_their_first_unlikely_token(engine: Any, loop: LoopThread) -> None:
     cut = -2.0
     requests = [ask(prefix, cut=Cut(stop_logprob=cut)) for prefix in PREFIXES[1:] * 3]
@@ -254,9 +291,7 @@ def exactness() -> Iterator[dict[str, float]]:
 def test_versions_are_loaded_and_unloaded_by_name(
     vllm_server: Any, loop: LoopThread, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    engine = VllmEngine(
-        str(tiny_model_dir), MODEL, serving(vllm_urls=[vllm_server.url], vllm_api_key=vllm_server.api_key)
-    )
+    engine = vllm_engine_for(vllm_server, tiny_model_dir)
     loop.run(engine.start())
     try:
         adapter = make_adapter(tiny_model_dir, tmp_path / "v9", seed=9, scale=0.3)
@@ -284,15 +319,55 @@ def test_versions_are_loaded_and_unloaded_by_name(
 
 
 @needs_vllm
+def test_requests_spread_over_the_servers_that_are_up(
+    vllm_server: Any, loop: LoopThread, tiny_model_dir: Path, adapter: Path
+) -> None:
+    """Three URLs: two names of the session's server (two servers, as far as the engine knows) and
+    one where nothing listens. The engine starts on those up, sends requests to both, and counts
+    the third out until it answers."""
+    port = vllm_server.port
+    urls = [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{free_port()}"]
+    settings = serving(vllm_urls=urls, vllm_api_key=vllm_server.api_key, vllm_start_timeout_s=60)
+    engine = VllmEngine(str(tiny_model_dir), MODEL, settings)
+    loop.run(engine.start())
+    try:
+        loop.run(engine.install("v1", adapter))
+        assert engine.failure is None
+        first, second, dead = engine.servers
+        deadline = time.monotonic() + 30
+        while not (first.routable and second.routable):  # the slower one joins through the watchdog
+            assert time.monotonic() < deadline, engine.servers
+            time.sleep(0.1)
+        assert not dead.routable and {"v1"} == first.installed == second.installed
+        generations = complete_all(
+            loop, engine, [ask(p, v) for p in PREFIXES for v in ("v1", BASE_VERSION)] * 2
+        )
+        assert all(g.completion_ids for g in generations)
+        assert first.sent and second.sent and not dead.sent
+    finally:
+        loop.run(engine.close())
+
+
+@needs_vllm
+def test_a_server_tempering_at_another_temperature_is_refused(
+    vllm_server: Any, loop: LoopThread, tiny_model_dir: Path
+) -> None:
+    """The session's server divides logits by 0.7; a backend sampling at 1.0 would record other
+    log-probs than the trainer computes, so its engine does not start, and says why."""
+    settings = serving(vllm_urls=[vllm_server.url], vllm_api_key=vllm_server.api_key)
+    engine = VllmEngine(str(tiny_model_dir), ModelConfig(temperature=1.0), settings)
+    with pytest.raises(EngineUnavailable, match=r"tempers its logits at 0\.7"):
+        loop.run(engine.start())
+
+
+@needs_vllm
 def test_hot_swaps_under_load_fail_no_request(
     vllm_server: Any, loop: LoopThread, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """Completions (routing, installs, removal once unused) over vLLM: 12 clients ask without pause
     while the live version is swapped 4 times; every request is answered."""
     adapters = [make_adapter(tiny_model_dir, tmp_path / f"s{i}", seed=20 + i, scale=0.3) for i in range(4)]
-    engine = VllmEngine(
-        str(tiny_model_dir), MODEL, serving(vllm_urls=[vllm_server.url], vllm_api_key=vllm_server.api_key)
-    )
+    engine = vllm_engine_for(vllm_server, tiny_model_dir)
     completions = Completions(engine)
 
     async def scenario() -> tuple[int, list[BaseException], set[str]]:
