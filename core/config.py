@@ -79,8 +79,10 @@ class CanaryConfig(BaseModel):
     alpha: float = 0.05
     # Scale of the mixture prior on the difference, in standard deviations of the metric.
     effect_size: float = 0.2
-    # No verdict before each arm has this many finalized episodes.
+    # No verdict before each arm has this many finalized episodes, and this many people (the test's
+    # unit: each person's mean outcome is one observation).
     min_episodes: int = 50
+    min_people: int = 5
     # Promote once both arms have this many episodes and no metric is significantly worse.
     max_episodes: int = 2000
     # After promotion, compare the new live version with its predecessor for this many episodes.

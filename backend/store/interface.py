@@ -11,7 +11,7 @@ ids, version names, token ids), so nothing of one engine's row identity crosses 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,18 +75,51 @@ class Moments:
 
 
 @dataclass(frozen=True)
+class PersonMeans:
+    """Each person's mean of each metric over their episodes in an arm: the moments are over people
+    (n people, sum and sum of squares of their means), so every person weighs the same."""
+
+    reward: Moments
+    accepted: Moments
+    arc: Moments
+
+
+@dataclass(frozen=True)
 class ArmFigures:
     """One version's episodes over a period, for the canary's test (backend/canary.py).
 
     reward: over trainable episodes (reward not None, abstentions included); accepted (0/1): over
     rated ones (trainable and shown); arc, accepted-and-retained characters (similarity × length of
-    the text for accepted outcomes, 0 otherwise): over every finalized episode.
+    the text for accepted outcomes, 0 otherwise): over every finalized episode. `people`: the same
+    metrics as each person's mean (a person counts under a metric once they have one such episode).
     """
 
     version: str
     reward: Moments
     accepted: Moments
     arc: Moments
+    people: PersonMeans
+
+    @classmethod
+    def of_people(cls, version: str, rows: Iterable[Sequence[float]]) -> ArmFigures:
+        """From one row per person: (reward n, sum, squares, rated n, accepted n, episodes, arc sum,
+        arc squares), as the stores' `arm` query groups them."""
+        rows = [[float(value or 0) for value in row] for row in rows]
+
+        def moments(n: int, total: int, squares: int) -> tuple[Moments, Moments]:
+            episodes = Moments(
+                int(sum(r[n] for r in rows)), sum(r[total] for r in rows), sum(r[squares] for r in rows)
+            )
+            means = [r[total] / r[n] for r in rows if r[n]]
+            return episodes, Moments(len(means), sum(means), sum(m * m for m in means))
+
+        # An accepted count is its own sum of squares (0/1 outcomes).
+        (reward, reward_people), (accepted, accepted_people), (arc, arc_people) = (
+            moments(0, 1, 2),
+            moments(3, 4, 4),
+            moments(5, 6, 7),
+        )
+        return cls(version, reward, accepted, arc, PersonMeans(reward_people, accepted_people, arc_people))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -94,6 +127,10 @@ class ArmFigures:
             "mean_reward": self.reward.mean,
             "accept_rate": self.accepted.mean,
             "arc_per_100": None if self.arc.mean is None else 100 * self.arc.mean,
+            "people": self.people.reward.n,
+            "person_mean_reward": self.people.reward.mean,
+            "person_accept_rate": self.people.accepted.mean,
+            "person_arc_per_100": None if self.people.arc.mean is None else 100 * self.people.arc.mean,
         }
 
 

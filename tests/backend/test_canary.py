@@ -106,7 +106,7 @@ def test_canary_promotes_the_better_and_rolls_back_the_worse(
     v2 = upload(server.url, worse, str(tiny_model_dir), gate=PASSED, **server.admin).json()["version"]
     assert drive_until(server, crowd, v2, {"canary"}, {v2: 0.05, "base": 0.85}) == "rolled_back"
     rollback = transitions(server, v2)[-1]
-    assert "significantly worse than base" in rollback["reason"]
+    assert "significantly worse per person than base" in rollback["reason"]
     assert (
         rollback["metrics"]["rollback"]["candidate"]["mean_reward"]
         < rollback["metrics"]["rollback"]["reference"]["mean_reward"]

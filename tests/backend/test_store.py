@@ -15,12 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from old_tokens import OLD_TOKENS, assert_tokens_kept_and_metrics_allowed
 from raw_store import OpenStore, edit, is_sqlite, rows
 
 from backend.finalize import run_finalizer
 from backend.store import Store, UnknownCheckpoint
 from backend.store.postgres import PostgresStore
 from backend.store.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore
+from backend.store.sqlite.schema import MIGRATIONS
 from core.config import RewardConfig, Settings
 
 WINDOW = 660.0
@@ -95,6 +97,37 @@ async def test_refuses_a_database_from_newer_code(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaTooNew):
         await SqliteStore.open(path)
+
+
+async def test_a_database_before_the_metrics_role_keeps_its_tokens(tmp_path: Path) -> None:
+    """A database at step 5 with tokens in it (one revoked, an id skipped, its counter past them):
+    step 6 rebuilds the tokens table with the role metrics allowed and every row as it was."""
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as db:
+        for step in MIGRATIONS[:5]:
+            for statement in step:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 5")
+        db.executemany("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)", OLD_TOKENS)
+        db.execute("UPDATE sqlite_sequence SET seq = 9 WHERE name = 'tokens'")
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute("INSERT INTO tokens (name, role, hash, created_at) VALUES ('p', 'metrics', 'd', 0)")
+    store = await SqliteStore.open(path)
+    try:
+        await assert_tokens_kept_and_metrics_allowed(store)
+        # AUTOINCREMENT's counter came along: id 5..9 may have been handed out once, never again.
+        assert [t["id"] for t in await store.tokens()][-1] == 10
+    finally:
+        await store.close()
+    assert rows(store, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert rows(store, "SELECT name FROM sqlite_master WHERE name LIKE 'tokens%'") == [("tokens",)]
+
+
+async def test_a_metrics_token_is_stored_and_an_unknown_role_refused(store: Store) -> None:
+    scraper = await store.add_token("prometheus", "metrics", "d" * 64)
+    assert [(t["id"], t["role"], t["hash"]) for t in await store.tokens()] == [(scraper, "metrics", "d" * 64)]
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.CheckViolation)):
+        await store.add_token("x", "root", "e" * 64)
 
 
 async def test_a_completion_id_is_recorded_once(store: Store) -> None:
@@ -593,6 +626,35 @@ async def test_stats_of_an_empty_store(store: Store) -> None:
         None,
         {},
     )
+
+
+async def test_canary_arms_count_each_person_once(store: Store) -> None:
+    """The canary's arm: per episode as before, and per person (each person's mean is one value)."""
+    for n in range(8):  # one heavy user, all accepted
+        await completion(store, f"h{n}", user="heavy")
+    for user in ("p1", "p2"):  # two light users, each one rejection
+        await completion(store, user, user=user)
+    await completion(store, "other", user="p3", model="v1")  # another version: not in the arm
+    await store.add_events(
+        [event(f"h{n}", "accepted", visible_ms=900) for n in range(8)]
+        + [event(cid, "rejected", visible_ms=900) for cid in ("p1", "p2", "other")],
+        T0,
+    )
+    await finalize(store, T0 + WINDOW)
+
+    arm = await store.arm("base", T0)
+    assert (arm.reward.n, arm.accepted.n, arm.arc.n) == (10, 10, 10)
+    assert arm.accepted.mean == pytest.approx(0.8)
+    assert arm.reward.mean == pytest.approx((8 * 0.75 - 2 * 0.25) / 10)
+    people = arm.people
+    assert (people.reward.n, people.accepted.n, people.arc.n) == (3, 3, 3)
+    assert people.accepted.mean == pytest.approx(1 / 3)
+    assert people.reward.mean == pytest.approx((0.75 - 0.25 - 0.25) / 3)
+    assert people.reward.variance == pytest.approx(1 / 3)  # means 0.75, -0.25, -0.25
+    assert people.arc.mean == pytest.approx(len("return x") / 3)
+    assert arm.summary()["people"] == 3
+    # Outside the window, nobody.
+    assert (await store.arm("base", T0 + 1)).people.reward.n == 0
 
 
 @pytest.mark.parametrize("implementation", [SqliteStore, PostgresStore])

@@ -3,7 +3,7 @@ definitions of backend/store/sqlite/outcomes.py."""
 
 from __future__ import annotations
 
-from backend.store.interface import ArmFigures, Moments, SeriesPoint, Slice
+from backend.store.interface import ArmFigures, SeriesPoint, Slice
 from backend.store.postgres.database import Database
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
@@ -26,16 +26,11 @@ class OutcomesMixin:
             f" COUNT(*) FILTER (WHERE {_RATED}), COUNT(*) FILTER (WHERE {_RATED} AND {_ACCEPTED}),"
             f" COUNT(*), COALESCE(SUM({_ARC}), 0), COALESCE(SUM({_ARC} * {_ARC}), 0)"
             " FROM completions c JOIN episodes e ON e.completion_id = c.completion_id"
-            " WHERE c.model_version = %s AND c.created_at >= %s AND c.created_at < %s",
+            " WHERE c.model_version = %s AND c.created_at >= %s AND c.created_at < %s"
+            " GROUP BY c.user_id",
             (version, since, until if until is not None else float("inf")),
         )
-        r = rows[0]
-        return ArmFigures(
-            version,
-            reward=Moments(int(r[0]), float(r[1]), float(r[2])),
-            accepted=Moments(int(r[3]), float(r[4]), float(r[4])),
-            arc=Moments(int(r[5]), float(r[6]), float(r[7])),
-        )
+        return ArmFigures.of_people(version, rows)
 
     async def series(self, since: float, bucket_s: float, until: float | None = None) -> list[SeriesPoint]:
         rows = await self._db.fetch(

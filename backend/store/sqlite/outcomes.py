@@ -9,7 +9,7 @@ Per finalized episode of a model version:
 
 from __future__ import annotations
 
-from backend.store.interface import ArmFigures, Moments, SeriesPoint, Slice
+from backend.store.interface import ArmFigures, SeriesPoint, Slice
 from backend.store.sqlite.database import Database
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
@@ -28,22 +28,17 @@ class OutcomesMixin:
     _db: Database
 
     async def arm(self, version: str, since: float, until: float | None = None) -> ArmFigures:
-        """Figures of `version`'s episodes for completions served in [since, until)."""
+        """Figures of `version`'s episodes for completions served in [since, until), by person."""
         rows = await self._db.reader.execute_fetchall(
             f"SELECT SUM(e.reward IS NOT NULL), TOTAL(e.reward), TOTAL(e.reward * e.reward),"
             f" SUM({_RATED}), SUM({_RATED} AND {_ACCEPTED}),"
             f" COUNT(*), TOTAL({_ARC}), TOTAL({_ARC} * {_ARC})"
             " FROM completions c JOIN episodes e ON e.completion_id = c.completion_id"
-            " WHERE c.model_version = ? AND c.created_at >= ? AND c.created_at < ?",
+            " WHERE c.model_version = ? AND c.created_at >= ? AND c.created_at < ?"
+            " GROUP BY c.user_id",
             (version, since, until if until is not None else float("inf")),
         )
-        r = [value or 0 for value in rows[0]]
-        return ArmFigures(
-            version,
-            reward=Moments(int(r[0]), r[1], r[2]),
-            accepted=Moments(int(r[3]), r[4], r[4]),
-            arc=Moments(int(r[5]), r[6], r[7]),
-        )
+        return ArmFigures.of_people(version, rows)
 
     async def series(self, since: float, bucket_s: float, until: float | None = None) -> list[SeriesPoint]:
         """Per version and time bucket (by serving time): served, mean reward, accept rate, ARC/100."""
