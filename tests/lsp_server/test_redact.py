@@ -302,11 +302,19 @@ async def session(recorder: Recorder, tmp_path: Path) -> AsyncIterator[Session]:
         flush_interval_s=0.05,
         survival_delays_s=(600.0,),
         rewrite_window_s=600.0,
+        # Redaction is what is measured here: every language is asked about, whatever is served.
+        languages={"*": True},
     )
     s = Session(options, root_path=str(tmp_path / "ws"))
     s.start_background()
     yield s
     await s.shutdown(flush_timeout_s=1.0)
+
+
+def sent_uri(tmp_path: Path, name: str) -> str:
+    """A URI the server sends from: a file the corpus names like one never sent (staging.env) is
+    opened under a name of its own, as redaction is what these tests measure."""
+    return (tmp_path / "ws" / f"{name}.txt").as_uri()
 
 
 # Real code around each file, long enough that the context window can start or end anywhere in it.
@@ -325,7 +333,7 @@ async def test_no_planted_secret_leaves_in_a_completion_context(
     """The cursor inside each secret, then the window's start, then its end: nothing of it is sent."""
     for name in FILES:
         text = PAD + (CORPUS / name).read_text() + PAD
-        uri = (tmp_path / "ws" / name).as_uri()
+        uri = sent_uri(tmp_path, name)
         session.open(uri, text, "plaintext", 1)
         planted = [p for p in PLANTED if p["file"] == name]
         for p in planted:
@@ -368,7 +376,7 @@ async def test_no_planted_secret_leaves_in_an_event_text(
         recorder.suggestion = placeholder
 
         # Accepted, then the placeholder replaced by the secret: the survival text holds it.
-        uri = (tmp_path / "ws" / f"{n}-kept-{p['file']}").as_uri()
+        uri = sent_uri(tmp_path, f"{n}-kept-{p['file']}")
         session.open(uri, document, "plaintext", version := version + 1)
         served = await session.complete(uri, line, character, invoked=True)
         assert served is not None
@@ -381,7 +389,7 @@ async def test_no_planted_secret_leaves_in_an_event_text(
         session.close(uri)
 
         # Rejected, then the user's own text written at its spot: the rewrite text holds it.
-        uri = (tmp_path / "ws" / f"{n}-rewritten-{p['file']}").as_uri()
+        uri = sent_uri(tmp_path, f"{n}-rewritten-{p['file']}")
         session.open(uri, document, "plaintext", version := version + 1)
         served = await session.complete(uri, line, character, invoked=True)
         assert served is not None
