@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from old_tokens import LAST_ID_HANDED_OUT, OLD_TOKENS, assert_tokens_kept_and_metrics_allowed
 
 from backend.store.postgres import SCHEMA_VERSION, PostgresStore, SchemaTooNew
 from backend.store.postgres.schema import MIGRATIONS_DIR, migrate, steps
@@ -122,6 +123,33 @@ async def test_an_older_database_is_brought_forward_with_its_rows(
     finally:
         await store.close()
     assert [(s["client"], s["language"], s["served"]) for s in slices] == [("lsp", "", 1), ("lsp", "go", 1)]
+
+
+async def test_a_database_before_the_metrics_role_keeps_its_tokens(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """A database of steps 1 and 2 with tokens in it: 0003 allows the role metrics and keeps every
+    row and the id sequence."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for step in steps()[:2]:
+        shutil.copy(MIGRATIONS_DIR / f"{step.number:04d}_{step.name}.sql", before)
+    async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
+        assert await migrate(conn, before) == 2
+    with psycopg.connect(empty_database) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO tokens OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s)", OLD_TOKENS
+        )
+    with pytest.raises(psycopg.errors.CheckViolation), psycopg.connect(empty_database) as conn:
+        conn.execute("INSERT INTO tokens (name, role, hash, created_at) VALUES ('p', 'metrics', 'd', 0)")
+    with psycopg.connect(empty_database) as conn:
+        # After the refused insert above, which took an id from the sequence too.
+        conn.execute("SELECT setval(pg_get_serial_sequence('tokens', 'id'), %s)", (LAST_ID_HANDED_OUT,))
+    store = await PostgresStore.open(empty_database)
+    try:
+        await assert_tokens_kept_and_metrics_allowed(store)
+    finally:
+        await store.close()
 
 
 async def test_refuses_a_database_from_newer_code(empty_database: str) -> None:

@@ -132,6 +132,32 @@ MIGRATIONS: list[list[str]] = [
         WHERE json_valid(context) AND json_type(context, '$.language') = 'text'
         """,
     ],
+    # 6: tokens may have the role metrics (a scraper's: /metrics and nothing else). SQLite cannot
+    # change a CHECK in place: the table is rebuilt with the same ids, hashes and times, and its
+    # AUTOINCREMENT counter carried over so that no id is handed out twice.
+    [
+        """
+        CREATE TABLE tokens_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('client', 'admin', 'metrics')),
+            hash TEXT NOT NULL UNIQUE,      -- sha256 of the token; the token itself is never stored
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """,
+        """
+        INSERT INTO tokens_new (id, name, role, hash, created_at, revoked_at)
+        SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY id
+        """,
+        "DELETE FROM sqlite_sequence WHERE name = 'tokens_new'",
+        """
+        INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'tokens_new', seq FROM sqlite_sequence WHERE name = 'tokens'
+        """,
+        "DROP TABLE tokens",
+        "ALTER TABLE tokens_new RENAME TO tokens",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
