@@ -252,6 +252,21 @@ local function root_of(buf)
   return vim.fs.root(buf, M.config.root_markers) or vim.fn.getcwd()
 end
 
+-- buf -> { name, excluded }: asked on every statusline redraw, so kept until the name changes.
+local exclusions = {}
+
+local function excluded(buf)
+  local name = api.nvim_buf_get_name(buf)
+  local known = exclusions[buf]
+  if known and known.name == name then
+    return known.excluded
+  end
+  local path = name ~= "" and vim.fs.normalize(name) or nil
+  known = { name = name, excluded = gate.excluded(path, M.config.exclude, root_of(buf)) }
+  exclusions[buf] = known
+  return known.excluded
+end
+
 --- Why `buf` gets no suggestions, or nil when it may: "excluded", "language" (not served, or
 --- turned off), "unknown" (the server has not said yet which languages are served), "other" (not
 --- a file buffer).
@@ -264,8 +279,7 @@ function M.refusal(buf)
   if filetype == "" then
     return "other"
   end
-  local path = api.nvim_buf_get_name(buf)
-  if gate.excluded(path ~= "" and vim.fs.normalize(path) or nil, M.config.exclude, root_of(buf)) then
+  if excluded(buf) then
     return "excluded"
   end
   local choice = gate.choice(filetype, gate.languages_option(M.config.languages, M.config.filetypes))
@@ -604,6 +618,7 @@ end
 
 function M.setup(opts)
   M.config = merge(M.defaults, opts)
+  exclusions = {}
   -- A new configuration starts afresh: nothing said yet, no restart pending.
   warned = {}
   if restart.timer then
@@ -653,6 +668,7 @@ function M.setup(opts)
     group = group,
     callback = function(args)
       keymaps.forget(args.buf)
+      exclusions[args.buf] = nil
     end,
   })
   attach_all()

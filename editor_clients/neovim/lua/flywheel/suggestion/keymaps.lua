@@ -23,7 +23,8 @@ local function run_previous(prev, lhs)
   if prev.callback then
     local result = prev.callback()
     if prev.expr == 1 and type(result) == "string" and result ~= "" then
-      if prev.replace_keycodes == 1 then
+      -- vim.keymap.set's expr mappings replace keycodes unless told not to.
+      if prev.replace_keycodes ~= 0 then
         result = api.nvim_replace_termcodes(result, true, false, true)
       end
       feed(result, remap)
