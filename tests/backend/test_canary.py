@@ -5,13 +5,14 @@ a candidate that failed its eval gate is never served."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from backend_traffic import drive, upload
+from backend_traffic import drive, editor_round, upload
 from conftest import RunningBackend, make_adapter, start_backend, stop_backend
 
 from bench.tokens import people
@@ -113,6 +114,84 @@ def test_canary_promotes_the_better_and_rolls_back_the_worse(
     )
     health = httpx.get(f"{server.url}/healthz").json()
     assert (health["live_version"], health["canary_version"]) == ("base", None)
+
+
+# A person's chance of accepting what a version shows them.
+Rate = Callable[[str], float]
+
+
+async def drive_people(url: str, rounds: int, traffic: list[tuple[dict[str, str], Rate]], seed: int) -> None:
+    """`rounds` completions, each by a person drawn from `traffic` (a person listed k times makes k
+    times the requests), who accepts at their own rate."""
+    rng = random.Random(seed)
+    remaining = rounds
+
+    async def editor(http: httpx.AsyncClient) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            person, rate = rng.choice(traffic)
+            await editor_round(http, url, person, rate, rng)
+
+    async with httpx.AsyncClient(timeout=120) as http:
+        await asyncio.gather(*(editor(http) for _ in range(16)))
+
+
+def sides(server: RunningBackend, crowd: list[dict[str, str]], canary: str) -> tuple[list, list]:
+    """The people the canary serves, and those live serves (routing is sticky per person)."""
+    context = {"context": {"prefix": "def f(x):\n    ", "path": "a.py"}}
+    served = [
+        httpx.post(f"{server.url}/v1/complete", json=context, headers=p, timeout=120).json()["model_version"]
+        for p in crowd
+    ]
+    pairs = list(zip(crowd, served, strict=True))
+    return [p for p, v in pairs if v == canary], [p for p, v in pairs if v != canary]
+
+
+def heavy_user_canary(
+    server: RunningBackend, crowd: list[dict[str, str]], adapter: Path, model: str, heavy: float, rest: float
+) -> dict:
+    """A canary whose heaviest user (two thirds of its requests) accepts at `heavy` and whose other
+    users accept at `rest`, against live's users at 0.5; the transition that ends it."""
+    version = upload(server.url, adapter, model, gate=PASSED, **server.admin).json()["version"]
+    canary, live = sides(server, crowd, version)
+    assert len(canary) >= 10 and len(live) >= 10
+    traffic = (
+        [(canary[0], lambda v: heavy if v == version else 0.5)] * (2 * len(canary))
+        + [(p, lambda v: rest if v == version else 0.5) for p in canary[1:]]
+        + [(p, lambda v: 0.5) for p in live]
+    )
+    deadline, seed = time.monotonic() + 240, 0
+    while state_of(server, version) == "canary":
+        assert time.monotonic() < deadline, f"{version} still the canary after 240 s"
+        asyncio.run(drive_people(server.url, 32, traffic, seed))
+        seed += 1
+        time.sleep(0.6)  # finalizer and canary ticks
+    return transitions(server, version)[-1]
+
+
+def test_one_heavy_user_cannot_decide_the_canary(
+    server: RunningBackend, crowd: list[dict[str, str]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # One heavy user loves the candidate while everyone else under it accepts less than under live:
+    # per request the candidate looks better; per person it is worse, and it is rolled back.
+    adapter = make_adapter(tiny_model_dir, tmp_path / "h", seed=6, scale=0.02)
+    ended = heavy_user_canary(server, crowd, adapter, str(tiny_model_dir), heavy=0.95, rest=0.15)
+    assert ended["to_state"] == "rolled_back", ended
+    assert "significantly worse per person" in ended["reason"]
+    arms = ended["metrics"]["rollback"]
+    assert arms["candidate"]["accept_rate"] > arms["reference"]["accept_rate"]  # per request: better
+    assert arms["candidate"]["person_accept_rate"] < arms["reference"]["person_accept_rate"]
+
+    # The mirror image: most people do better under the candidate, its heavy user worse: promoted.
+    adapter = make_adapter(tiny_model_dir, tmp_path / "m", seed=7, scale=0.02)
+    ended = heavy_user_canary(server, crowd, adapter, str(tiny_model_dir), heavy=0.05, rest=0.9)
+    assert ended["to_state"] == "live", ended
+    assert "per person significantly above" in ended["reason"]
+    arms = ended["metrics"]["canary"]
+    assert arms["candidate"]["mean_reward"] < arms["reference"]["mean_reward"]  # per request: worse
+    assert arms["candidate"]["person_mean_reward"] > arms["reference"]["person_mean_reward"]
+    assert [t["to_state"] for t in transitions(server, ended["version"])].count("live") == 1
 
 
 def test_candidate_failing_its_gate_is_rejected_and_never_served(
