@@ -365,6 +365,9 @@ class VllmEngine:
                 if lost is server:
                     raise VllmUnavailable(f"vLLM at {server.url} keeps losing {request.version}") from None
                 lost = server
+            except httpx.ReadTimeout as error:
+                # Slow (a long queue), not down: the server keeps its place.
+                raise VllmUnavailable(f"vLLM at {server.url} did not answer in time") from error
             except httpx.TransportError as error:
                 # Down (or restarting): the request goes to another server, if one is up.
                 self._lost(server, error)

@@ -291,6 +291,8 @@ def exactness() -> Iterator[dict[str, float]]:
 def test_versions_are_loaded_and_unloaded_by_name(
     vllm_server: Any, loop: LoopThread, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    """Installed on the server by name (twice: a no-op), served, lost and loaded again on demand,
+    unloaded (twice: a no-op); an adapter that cannot be loaded is refused."""
     engine = vllm_engine_for(vllm_server, tiny_model_dir)
     loop.run(engine.start())
     try:
@@ -307,6 +309,15 @@ def test_versions_are_loaded_and_unloaded_by_name(
         assert "v9" in listed()
         served = loop.run(engine.complete(ask(PREFIXES[0], "v9")))
         assert served.version == "v9" and served.completion_ids
+        # The server loses it behind the engine's back (as a restart between two health checks
+        # would): the request that finds it missing loads it again and is served.
+        headers = {"authorization": f"Bearer {vllm_server.api_key}"}
+        lost = httpx.post(
+            f"{vllm_server.url}/v1/unload_lora_adapter", json={"lora_name": "v9"}, headers=headers
+        )
+        assert lost.status_code == 200 and "v9" not in listed()
+        served = loop.run(engine.complete(ask(PREFIXES[0], "v9")))
+        assert served.version == "v9" and served.completion_ids and "v9" in listed()
         loop.run(engine.remove("v9"))
         assert "v9" not in listed()
         loop.run(engine.remove("v9"))  # gone already
