@@ -18,6 +18,9 @@ logits by the temperature inside the model (vllm_plugin/, flywheel_vllm.temperat
 raw log-probs (taken before any logits processor) and sample at temperature 1, so the distribution
 sampled from is softmax(logits / T), the in-process engine's. Healing holds the first tokens through
 a logits processor of core/healing.py's rule (flywheel_vllm.healing), after the raw log-probs.
+Every request names the temperature, which a server tempering otherwise refuses, and each server is
+probed (asked to heal a text) before it takes traffic: one without Flywheel's flags and plugin is
+refused rather than record other log-probs.
 
 The rules vLLM cannot apply while decoding are applied to the stream as it comes (one token per
 server-sent event) and end it early by closing it, which makes vLLM abort the row: the end of a
@@ -123,6 +126,10 @@ class _Row:
 
 
 class VllmEngine:
+    """The engine over vLLM servers. `dropped`: requests whose client had gone before they were
+    sent. `batches`: requests sent while none was in flight (vLLM's own scheduler steps are not
+    visible over HTTP; its /metrics has them). `failure`: set while no server can take requests."""
+
     # Known once started.
     info: EngineInfo
 
