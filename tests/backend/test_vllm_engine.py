@@ -172,7 +172,7 @@ def test_the_first_tokens_spell_the_healed_text(engine: Any, loop: LoopThread, t
                 generation.text,
             )
             written += not ended_at_once
-    assert written >= len(requests) // 6  # not every healed row ended at once: healing was exercised
+    assert written >= len(requests) // 4  # not every healed row ended at once: healing was exercised
 
 
 def test_rows_end_at_their_line_or_block(engine: Any, loop: LoopThread, texts: TokenTexts) -> None:
