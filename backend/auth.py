@@ -37,10 +37,9 @@ log = logging.getLogger(__name__)
 CLIENT = local_tokens.CLIENT
 ADMIN = local_tokens.ADMIN
 METRICS = "metrics"
-# The roles a stored token (`flywheel token create`, POST /v1/admin/tokens) may have. The stores'
-# tokens table accepts client and admin only (a CHECK in their schema): a metrics token is the
-# configured `backend.metrics_token` until a store migration adds the role there.
-ROLES = (CLIENT, ADMIN)
+# The roles a stored token (`flywheel token create`, POST /v1/admin/tokens) may have; the stores'
+# tokens table checks the same (SQLite's schema step 6, PostgreSQL's 0003_metrics_role.sql).
+ROLES = (CLIENT, ADMIN, METRICS)
 # New and revoked tokens take effect within this many seconds in a running backend.
 _REFRESH_S = 1.0
 
@@ -120,9 +119,10 @@ async def ensure_tokens(store: Store, settings: Settings) -> list[Path]:
     """Make sure somebody can use this backend and nobody else can; the token files written.
 
     With an active or configured token there is nothing to do. Otherwise a loopback backend makes
-    an admin and a client token for its own machine, and any other refuses to start.
+    an admin and a client token for its own machine, and any other refuses to start. A metrics
+    token, stored or configured, counts for nothing here: with it alone nobody could use the backend.
     """
-    if settings.backend.token or await store.tokens():
+    if settings.backend.token or any(t["role"] != METRICS for t in await store.tokens()):
         return []
     host = settings.backend.host
     if not is_loopback(host):

@@ -1,4 +1,4 @@
-"""`flywheel token create|list|revoke`: access tokens for clients and admins, stored hashed."""
+"""`flywheel token create|list|revoke`: access tokens for clients, admins and scrapers, stored hashed."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
         "--role",
         choices=ROLES,
         default="client",
-        help="client: an editor's; admin: dashboard and trainer (a scraper's: backend.metrics_token)",
+        help="client: an editor's; admin: dashboard and trainer; metrics: a scraper's (/metrics only)",
     )
     create.add_argument(
         "--admin", action="store_const", const="admin", dest="role", help="same as --role admin"
@@ -46,7 +46,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 state = "revoked" if t["revoked_at"] else "active"
                 created = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_at"]))
                 person = person_of(t["hash"])
-                print(f"{t['id']:>4}  {t['role']:<6}  {state:<7}  {created}  {person}  {t['name']}")
+                print(f"{t['id']:>4}  {t['role']:<7}  {state:<7}  {created}  {person}  {t['name']}")
         elif not await store.revoke_token(args.id):
             print(f"no active token with id {args.id}")
             return 1

@@ -324,7 +324,8 @@ TOKENS_PATH = "/v1/admin/tokens"
 class TokenRequest(BaseModel):
     # Who or what the token is for ("alice", "ci"): shown to admins only, never used as an identity.
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    role: Literal["client", "admin"] = "client"
+    # metrics: a Prometheus scraper's, which may read /metrics and nothing else.
+    role: Literal["client", "admin", "metrics"] = "client"
 
 
 class TokenInfo(BaseModel):

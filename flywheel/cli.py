@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the developers' choices")
     p.add_argument("--files-per-round", type=int, default=2, help="files each developer writes per round")
     p.add_argument("--eval-files", type=int, default=0, help="held-out files (default: files per round)")
+    p.add_argument(
+        "--eval-rounds", type=int, default=1, help="evaluation rounds a cycle, same files, other seeds"
+    )
     p.add_argument("--max-lines", type=int, default=120, help="cut each file to this many lines (0: all)")
     p.add_argument(
         "--requests-per-file", type=int, default=40, help="most suggestions one developer asks for in a file"
@@ -219,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
-        help="create [--role client|admin] [--name NAME], list, or revoke ID (flywheel token create --help)",
+        help="create [--role client|admin|metrics] [--name NAME], list, or revoke ID"
+        " (flywheel token create --help)",
     )
     p.set_defaults(func=cmd_token)
 

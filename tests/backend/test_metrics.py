@@ -1,12 +1,16 @@
 """/metrics for operators against a real backend: the metrics role may scrape and do nothing else,
-the figures an operator watches are there (counters `*_total`, histograms in seconds, time to first
-token from the in-process engine, queue depth, trainer and canary state), and every metric the
-Grafana dashboard (deploy/grafana/flywheel.json) queries exists in a real scrape."""
+whether its token is configured (backend.metrics_token) or stored (`flywheel token create --role
+metrics`, POST /v1/admin/tokens); the figures an operator watches are there (counters `*_total`,
+histograms in seconds, time to first token from the in-process engine, queue depth, trainer and
+canary state), and every metric the Grafana dashboard (deploy/grafana/flywheel.json) queries
+exists in a real scrape."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +20,10 @@ import httpx
 import pytest
 from conftest import RunningBackend, bearer, start_backend, stop_backend
 from prometheus_client.parser import text_string_to_metric_families
+
+from backend.auth import METRICS, NoTokens, ensure_tokens, hash_token, person_of
+from backend.store import Store
+from core.config import Settings
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "flywheel.json"
 SCRAPER = "fw_metrics-only-" + uuid.uuid4().hex
@@ -66,8 +74,35 @@ def serve_one(server: RunningBackend) -> None:
         http.post("/v1/trainer/status", json=report, headers=server.admin).raise_for_status()
 
 
-def test_the_metrics_role_scrapes_and_does_nothing_else(server: RunningBackend) -> None:
-    scraper = bearer(SCRAPER)
+def stored_scraper(server: RunningBackend, how: str) -> str:
+    """A metrics token made the way an admin would: over the API with the admin token, or by the
+    command line on the backend's machine (its database, while it runs)."""
+    if how == "api":
+        body = {"name": "prometheus", "role": "metrics"}
+        made = httpx.post(f"{server.url}/v1/admin/tokens", json=body, headers=server.admin)
+        assert made.status_code == 200, made.text
+        assert made.json()["role"] == "metrics"
+        return str(made.json()["token"])
+    out = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "token", "create", "--role", "metrics", "--name", "prom"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "(metrics, person" in out
+    return out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("how", ["configured", "api", "cli"])
+def test_the_metrics_role_scrapes_and_does_nothing_else(server: RunningBackend, how: str) -> None:
+    token = SCRAPER if how == "configured" else stored_scraper(server, how)
+    scraper = bearer(token)
+    # A new stored token counts within a second (the backend reads its tokens again).
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/metrics", headers=scraper).status_code == 401:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     assert "flywheel_completions_total" in httpx.get(f"{server.url}/metrics", headers=scraper).text
     refused = [
         ("POST", "/v1/complete"),
@@ -83,12 +118,32 @@ def test_the_metrics_role_scrapes_and_does_nothing_else(server: RunningBackend) 
         answer = httpx.request(method, f"{server.url}{path}", json={}, headers=scraper)
         assert answer.status_code == 403, (method, path, answer.status_code)
     # No dashboard session for it: the login refuses it, and /admin sends it to the login page.
-    login = httpx.post(f"{server.url}/admin/login", data={"token": SCRAPER}, follow_redirects=False)
+    login = httpx.post(f"{server.url}/admin/login", data={"token": token}, follow_redirects=False)
     assert login.status_code != 303 and "set-cookie" not in login.headers
     assert httpx.get(f"{server.url}/admin", headers=scraper, follow_redirects=False).status_code in (303, 307)
     # And the other way: a client token may not scrape; an admin still may.
     assert httpx.get(f"{server.url}/metrics", headers=server.client).status_code == 403
     assert httpx.get(f"{server.url}/metrics", headers=server.admin).status_code == 200
+    if how != "configured":
+        # A stored one is revoked like any other, and then scrapes no more.
+        listed = httpx.get(f"{server.url}/v1/admin/tokens", headers=server.admin).json()
+        (mine,) = [t for t in listed if t["person"] == person_of(hash_token(token))]
+        assert mine["role"] == "metrics"
+        revoke = httpx.post(f"{server.url}/v1/admin/tokens/{mine['id']}/revoke", headers=server.admin)
+        assert revoke.status_code == 200
+        assert httpx.get(f"{server.url}/metrics", headers=scraper).status_code == 401
+
+
+async def test_a_metrics_token_alone_lets_nobody_use_the_backend(store: Store, tmp_path: Path) -> None:
+    """Only a scraper's token stored: beyond loopback the backend still refuses to start, and on
+    loopback it still makes the local admin and client tokens."""
+    await store.add_token("prometheus", METRICS, hash_token(SCRAPER))
+    settings = Settings(data_dir=tmp_path)
+    settings.backend.host = "0.0.0.0"
+    with pytest.raises(NoTokens):
+        await ensure_tokens(store, settings)
+    settings.backend.host = "127.0.0.1"
+    assert len(await ensure_tokens(store, settings)) == 2
 
 
 def test_the_figures_an_operator_watches(server: RunningBackend) -> None:
