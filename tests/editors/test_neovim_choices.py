@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 import test_neovim
 from conftest import RunningBackend
 from nvim_screen import capture
@@ -198,6 +199,52 @@ def test_a_completion_menu_hides_the_suggestion_and_tab_goes_to_the_menu(
     editor.lua("require('flywheel').set_enabled(false)")
     editor.type("<Tab>")
     assert editor.line(LAST_LINE) == text + "\t"
+
+
+# A checkout of nvim-cmp (not on PyPI or npm, so not installed by `make test`): the test runs
+# where one is given, e.g. FLYWHEEL_NVIM_CMP=/path/to/nvim-cmp.
+NVIM_CMP = os.environ.get("FLYWHEEL_NVIM_CMP")
+
+CMP_SETUP = """
+local cmp = require('cmp')
+cmp.register_source('words', { complete = function(self, params, callback)
+  local word = params.context.cursor_before_line:match('[%w_]*$')  -- what cmp filters by
+  callback({ { label = word .. 'alpha' }, { label = word .. 'beta' }, { label = word .. 'gamma' } })
+end })
+cmp.setup({
+  completion = { autocomplete = false },
+  mapping = {
+    ['<Tab>'] = cmp.mapping(function(fallback)
+      if cmp.visible() then cmp.select_next_item() else fallback() end
+    end, { 'i' }),
+    ['<C-e>'] = cmp.mapping.abort(),
+  },
+  sources = { { name = 'words' } },
+})
+"""
+
+
+@pytest.mark.skipif(not NVIM_CMP, reason="no nvim-cmp checkout (FLYWHEEL_NVIM_CMP)")
+def test_nvim_cmps_menu_hides_the_suggestion_and_gets_tab(
+    editor: Editor, backend: RunningBackend, tmp_path: Path
+) -> None:
+    editor.nvim.command(f"set rtp^={NVIM_CMP}")
+    editor.nvim.command("runtime plugin/cmp.lua")
+    editor.lua(CMP_SETUP)
+    start(editor, backend, tmp_path)
+    editor.suggestion(one_line)
+    line = editor.line(LAST_LINE)
+    editor.type("<Cmd>lua require('cmp').complete()<CR>")
+    wait_until(lambda: editor.lua("return require('cmp').visible()"), 10, "nvim-cmp's menu")
+    assert editor.ghost() is None and editor.extmarks() == []
+    before = editor.answers()
+    editor.type("<Tab>")  # cmp's: the next item, not the suggestion
+    selected = "local e = require('cmp').get_selected_entry(); return e and e:get_completion_item().label"
+    assert editor.lua(selected).endswith(("alpha", "beta")) and editor.line(LAST_LINE) != line
+    assert editor.ghost() is None
+    editor.type("<C-e>")
+    wait_until(lambda: not editor.lua("return require('cmp').visible()"), 10, "the menu to close")
+    wait_until(lambda: editor.answers() > before, 15, "a request after the menu closed")
 
 
 def test_a_wrong_token_is_unauthorized_not_an_outage(
