@@ -77,8 +77,10 @@ class CanaryConfig(BaseModel):
     share: float = 0.1
     # Error level of the always-valid sequential test (mSPRT), per metric.
     alpha: float = 0.05
-    # Scale of the mixture prior on the difference, in standard deviations of the metric.
-    effect_size: float = 0.2
+    # Scale of the mixture prior on the difference, in standard deviations of the metric's per-person
+    # means: a person's mean averages many episodes, so a change worth acting on is a larger share of
+    # that spread than of one episode's (0.5: near the quickest for a 10% change in reward; README).
+    effect_size: float = 0.5
     # No verdict before each arm has this many finalized episodes, and this many people (the test's
     # unit: each person's mean outcome is one observation).
     min_episodes: int = 50
