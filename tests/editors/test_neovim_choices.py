@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -201,15 +202,34 @@ def test_a_completion_menu_hides_the_suggestion_and_tab_goes_to_the_menu(
     assert editor.line(LAST_LINE) == text + "\t"
 
 
-# A checkout of nvim-cmp (not on PyPI or npm, so not installed by `make test`): the test runs
-# where one is given, e.g. FLYWHEEL_NVIM_CMP=/path/to/nvim-cmp.
-NVIM_CMP = os.environ.get("FLYWHEEL_NVIM_CMP")
+# Checkouts of nvim-cmp and blink.cmp (on neither PyPI nor npm, so not installed by `make test`):
+# these tests run where one is given, e.g. FLYWHEEL_NVIM_CMP=/path/to/nvim-cmp.
+@dataclass(frozen=True)
+class MenuPlugin:
+    checkout: str | None
+    plugin_file: str
+    setup: str
+    show: str
+    visible: str
+    selected: str
 
-CMP_SETUP = """
+
+# Items that start with what the menu filters by, so that it always shows them.
+WORDS = "local word = %s:match('[%%w_]*$'); local items = {}; " + (
+    "for _, w in ipairs({ 'alpha', 'beta', 'gamma' }) do "
+    "items[#items + 1] = { label = word .. w, insertText = word .. w, kind = 1 } end"
+)
+
+NVIM_CMP = MenuPlugin(
+    os.environ.get("FLYWHEEL_NVIM_CMP"),
+    "plugin/cmp.lua",
+    """
 local cmp = require('cmp')
 cmp.register_source('words', { complete = function(self, params, callback)
-  local word = params.context.cursor_before_line:match('[%w_]*$')  -- what cmp filters by
-  callback({ { label = word .. 'alpha' }, { label = word .. 'beta' }, { label = word .. 'gamma' } })
+  """
+    + WORDS % "params.context.cursor_before_line"
+    + """
+  callback(items)
 end })
 cmp.setup({
   completion = { autocomplete = false },
@@ -221,29 +241,80 @@ cmp.setup({
   },
   sources = { { name = 'words' } },
 })
-"""
+""",
+    "require('cmp').complete()",
+    "require('cmp').visible()",
+    "local e = require('cmp').get_selected_entry(); return e and e:get_completion_item().label",
+)
+
+BLINK_CMP = MenuPlugin(
+    os.environ.get("FLYWHEEL_BLINK_CMP"),
+    "plugin/blink-cmp.lua",
+    """
+package.preload['words'] = function()
+  local source = {}
+  function source.new() return setmetatable({}, { __index = source }) end
+  function source:get_completions(ctx, callback)
+    """
+    + WORDS % "ctx.line:sub(1, ctx.cursor[2])"
+    + """
+    callback({ items = items, is_incomplete_forward = false, is_incomplete_backward = false })
+  end
+  return source
+end
+require('blink.cmp').setup({
+  fuzzy = { implementation = 'lua' },
+  keymap = { preset = 'none', ['<Tab>'] = { 'select_next', 'fallback' }, ['<C-e>'] = { 'hide', 'fallback' } },
+  completion = {
+    trigger = { show_on_keyword = false, show_on_trigger_character = false },
+    ghost_text = { enabled = false },
+  },
+  sources = { default = { 'words' }, providers = { words = { name = 'words', module = 'words' } } },
+})
+""",
+    "require('blink.cmp').show()",
+    "require('blink.cmp').is_menu_visible()",
+    "local e = require('blink.cmp').get_selected_item(); return e and e.label",
+)
 
 
-@pytest.mark.skipif(not NVIM_CMP, reason="no nvim-cmp checkout (FLYWHEEL_NVIM_CMP)")
-def test_nvim_cmps_menu_hides_the_suggestion_and_gets_tab(
-    editor: Editor, backend: RunningBackend, tmp_path: Path
+@pytest.mark.parametrize(
+    "menu",
+    [
+        pytest.param(
+            NVIM_CMP,
+            id="nvim-cmp",
+            marks=pytest.mark.skipif(
+                not NVIM_CMP.checkout, reason="no nvim-cmp checkout (FLYWHEEL_NVIM_CMP)"
+            ),
+        ),
+        pytest.param(
+            BLINK_CMP,
+            id="blink.cmp",
+            marks=pytest.mark.skipif(
+                not BLINK_CMP.checkout, reason="no blink.cmp checkout (FLYWHEEL_BLINK_CMP)"
+            ),
+        ),
+    ],
+)
+def test_a_completion_plugins_menu_hides_the_suggestion_and_gets_tab(
+    menu: MenuPlugin, editor: Editor, backend: RunningBackend, tmp_path: Path
 ) -> None:
-    editor.nvim.command(f"set rtp^={NVIM_CMP}")
-    editor.nvim.command("runtime plugin/cmp.lua")
-    editor.lua(CMP_SETUP)
+    editor.nvim.command(f"set rtp^={menu.checkout}")
+    editor.nvim.command(f"runtime {menu.plugin_file}")
+    editor.lua(menu.setup)
     start(editor, backend, tmp_path)
     editor.suggestion(one_line)
     line = editor.line(LAST_LINE)
-    editor.type("<Cmd>lua require('cmp').complete()<CR>")
-    wait_until(lambda: editor.lua("return require('cmp').visible()"), 10, "nvim-cmp's menu")
+    editor.type(f"<Cmd>lua {menu.show}<CR>")
+    wait_until(lambda: editor.lua(f"return {menu.visible}"), 10, "the plugin's menu")
     assert editor.ghost() is None and editor.extmarks() == []
     before = editor.answers()
-    editor.type("<Tab>")  # cmp's: the next item, not the suggestion
-    selected = "local e = require('cmp').get_selected_entry(); return e and e:get_completion_item().label"
-    assert editor.lua(selected).endswith(("alpha", "beta")) and editor.line(LAST_LINE) != line
+    editor.type("<Tab>")  # the menu's: the next item, not the suggestion
+    assert editor.lua(menu.selected).endswith(("alpha", "beta")) and editor.line(LAST_LINE) != line
     assert editor.ghost() is None
     editor.type("<C-e>")
-    wait_until(lambda: not editor.lua("return require('cmp').visible()"), 10, "the menu to close")
+    wait_until(lambda: not editor.lua(f"return {menu.visible}"), 10, "the menu to close")
     wait_until(lambda: editor.answers() > before, 15, "a request after the menu closed")
 
 
