@@ -15,7 +15,10 @@ import pytest
 from backend_traffic import drive, editor_round, upload
 from conftest import RunningBackend, make_adapter, start_backend, stop_backend
 
+from backend.canary import judge_canary
+from backend.store import ArmFigures
 from bench.tokens import people
+from core.config import CanaryConfig
 
 CANARY_ENV = dict(
     FLYWHEEL_CANARY__SHARE="0.5",
@@ -206,3 +209,26 @@ def test_candidate_failing_its_gate_is_rejected_and_never_served(
     assert "held-out loss rose 12%" in history[-1]["reason"]
     assert history[-1]["metrics"]["gate"]["figures"]["loss_delta"] == 0.12
     assert info["version"] not in asyncio.run(drive(server.url, 8, lambda v: 0.5, crowd))
+
+
+def arm(version: str, people_: int, episodes: int, accepted: float) -> ArmFigures:
+    """`people_` people of `episodes` episodes each, each accepting `accepted` of them (reward 0.75
+    accepted, -0.25 rejected; 8 characters kept per acceptance), as a store's `arm` rows."""
+    kept = round(episodes * accepted)
+    reward = 0.75 * kept - 0.25 * (episodes - kept)
+    squares = 0.5625 * kept + 0.0625 * (episodes - kept)
+    row = (episodes, reward, squares, episodes, kept, episodes, 8.0 * kept, 64.0 * kept)
+    return ArmFigures.of_people(version, [row] * people_)
+
+
+def test_too_few_people_are_not_tested_and_the_horizon_says_so() -> None:
+    config = CanaryConfig(min_people=5, min_episodes=50, max_episodes=2000)
+    # Three people under the candidate, accepting everything: many episodes, too few people.
+    verdict = judge_canary(arm("v1", 3, 40, 1.0), arm("base", 30, 40, 0.5), config)
+    assert (verdict.action, verdict.reason) == ("wait", "too few people yet: 3 and 30 people")
+    assert verdict.figures["tests"] == {}
+    ended = judge_canary(arm("v1", 3, 700, 1.0), arm("base", 30, 700, 0.5), config)
+    assert ended.action == "promote" and "untested: 3 and 30 people, fewer than 5 on a side" in ended.reason
+    # With five, the same outcomes are tested, and promoted on the evidence.
+    tested = judge_canary(arm("v1", 5, 40, 1.0), arm("base", 30, 40, 0.5), config)
+    assert tested.action == "promote" and "per person significantly above base" in tested.reason
