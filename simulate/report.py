@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from core.config import RewardConfig
 from core.rewards import ACCEPTED_OUTCOMES, kept_characters
 from core.wire import SimulationCycle, SimulationReport
 from simulate.developer import TypingStats
+from simulate.intervals import Totals, cluster_ratio_interval, log_ratio_sd, power_figures
 
 
 @dataclass
@@ -84,10 +85,18 @@ class RoundSamples:
     places: dict[str, list[int]] = field(default_factory=dict)
     # Each episode's reward.
     rewards: list[float] = field(default_factory=list)
+    # Per evaluation file, every developer's and round's requests in it pooled:
+    # [accepted, rated, kept characters, requests] (simulate/intervals.py resamples these).
+    files: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def of(
-        cls, live: str, requests: int, episodes: Sequence[dict[str, Any]], rewards: RewardConfig
+        cls,
+        live: str,
+        requests: int,
+        episodes: Sequence[dict[str, Any]],
+        rewards: RewardConfig,
+        by_file: Mapping[str, TypingStats] | None = None,
     ) -> RoundSamples:
         rated = [e for e in episodes if e["outcome"] != "abstained"]
         kept = [kept_chars(e, rewards) for e in episodes]
@@ -103,6 +112,7 @@ class RoundSamples:
             kept + [0.0] * max(0, requests - len(kept)),
             places,
             [float(e["reward"]) for e in episodes],
+            {name: file_totals(stats, episodes, rewards) for name, stats in (by_file or {}).items()},
         )
 
     def place_figures(self) -> dict[str, dict[str, float | int | None]]:
@@ -115,6 +125,38 @@ class RoundSamples:
             }
             for place, (n, shown, accepted) in sorted(self.places.items())
         }
+
+
+def file_totals(stats: TypingStats, episodes: Sequence[dict[str, Any]], rewards: RewardConfig) -> list[float]:
+    """[accepted, rated, kept characters, requests] of one file, from the episodes of the
+    suggestions its writers were shown (withheld ones keep nothing and are rated by no one)."""
+    ids = set(stats.shown_ids)
+    mine = [e for e in episodes if e["completion_id"] in ids and e["outcome"] != "abstained"]
+    return [
+        float(sum(e["outcome"] in ACCEPTED_OUTCOMES for e in mine)),
+        float(len(mine)),
+        float(sum(kept_chars(e, rewards) for e in mine)),
+        float(stats.requests),
+    ]
+
+
+# A learning figure → the RoundSamples list it resamples by request, and its columns in `files`.
+FIGURES = {"accept_rate": ("accepted", 0, 1), "arc_per_request": ("kept_per_request", 2, 3)}
+
+
+def figure_totals(files: Mapping[str, list[float]], figure: str) -> Totals:
+    """Per file, the figure's numerator and denominator."""
+    _, top, bottom = FIGURES[figure]
+    return {name: (totals[top], totals[bottom]) for name, totals in files.items()}
+
+
+def pooled_files(rounds: Sequence[RoundSamples]) -> dict[str, list[float]]:
+    """Each file's totals summed over several rounds of it."""
+    pooled: dict[str, list[float]] = {}
+    for samples in rounds:
+        for name, totals in samples.files.items():
+            pooled[name] = [a + b for a, b in zip(pooled.get(name, [0.0] * 4), totals, strict=True)]
+    return pooled
 
 
 def ratio_interval(
@@ -151,21 +193,53 @@ def difference_interval(
 
 def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
     """Cycle 0 against the last cycle, and against every round the last live version served
-    pooled (one round's figures move by a tenth or more between rounds of the same model)."""
+    pooled (one round's figures move by a tenth or more between rounds of the same model); each
+    ratio with its 95% interval resampled by file (`ci95`) and, for comparison, by request; and
+    what the run could tell, planned from cycle 0's files and achieved in each comparison."""
     first, last = rounds[0], rounds[-1]
     pooled = [r for r in rounds[1:] if r.live_version == last.live_version] or [last]
     summary: dict[str, Any] = {"cycles": len(rounds) - 1, "live_version": last.live_version}
+    summary["power_at_cycle_0"] = {
+        figure: power_figures(log_ratio_sd(figure_totals(first.files, figure)), len(first.files))
+        for figure in FIGURES
+    }
     for name, after in (("last_cycle", [last]), (f"rounds_of_{last.live_version}", pooled)):
         figures: dict[str, Any] = {"rounds": len(after)}
-        for figure, field_name in (("accept_rate", "accepted"), ("arc_per_request", "kept_per_request")):
-            before_values = getattr(first, field_name)
-            after_values = [v for r in after for v in getattr(r, field_name)]
-            interval = ratio_interval(before_values, after_values)
-            figures[figure] = None if interval is None else {"ratio": interval[0], "ci95": list(interval[1:])}
+        for figure in FIGURES:
+            figures[figure] = ratio_figures(first, after, figure)
         summary[name] = figures
     # Where suggestions stopped being shown, and how those still shown fared there.
     summary["by_place"] = {"cycle_0": first.place_figures(), "last_cycle": last.place_figures()}
     return summary
+
+
+def ratio_figures(first: RoundSamples, after: Sequence[RoundSamples], figure: str) -> dict[str, Any] | None:
+    """One learning ratio: by file when there are files to resample, else by request alone."""
+    samples = FIGURES[figure][0]
+    by_request = ratio_interval(getattr(first, samples), [v for r in after for v in getattr(r, samples)])
+    if by_request is None:
+        return None
+    before, later = figure_totals(first.files, figure), figure_totals(pooled_files(after), figure)
+    by_file = cluster_ratio_interval(before, later)
+    return {
+        "ratio": by_request[0] if by_file is None else by_file[0],
+        # None with fewer than two evaluation files: nothing to resample.
+        "ci95": None if by_file is None else list(by_file[1:]),
+        "ci95_by_request": list(by_request[1:]),
+        "files": len(set(before) & set(later)),
+        "power": power_figures(log_ratio_sd(before, later), len(set(before) & set(later))),
+    }
+
+
+def describe_power(power: dict[str, Any] | None) -> str:
+    """One line of what a run can tell (intervals.power_figures), for the log."""
+    if power is None:
+        return "power unknown: fewer than 2 evaluation files, or nothing in cycle 0"
+    return (
+        "over {files} files a true ratio of {detectable_ratio:.2f}x or more clears {bound}x at the 95%"
+        " lower bound with {power:.0%} power; a true {planned}x gets a lower bound near"
+        " {lower_bound_if_planned:.2f} ({files_needed} files of this kind for it to clear {bound}x)"
+    ).format(**power)
 
 
 def attack_summary(

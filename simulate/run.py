@@ -41,6 +41,7 @@ from simulate.report import (
     CycleRow,
     RoundSamples,
     attack_summary,
+    describe_power,
     learning_summary,
     plot,
     round_figures,
@@ -76,6 +77,8 @@ class SimulationConfig:
     seed: int = 0
     files_per_round: int = 2
     eval_files: int = 2
+    # Evaluation rounds a cycle, each over the same files with its own seeds (the same every cycle).
+    eval_rounds: int = 1
     max_lines: int = 120
     # Each developer asks for at most this many suggestions in a file (the rest they type).
     requests_per_file: int = 40
@@ -103,6 +106,8 @@ class RoundResult:
     episodes: list[dict[str, Any]]
     # The attacker's part of `stats`, in a training round with one.
     attacker: TypingStats | None = None
+    # The honest developers' part of `stats` by file name, all of them pooled.
+    by_file: dict[str, TypingStats] = field(default_factory=dict)
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -210,16 +215,18 @@ class Simulation:
         pace = Pace(attacker.share) if attacker is not None else None
         workspace = self.out / "workspace"
 
+        by_file = {source.name: TypingStats() for source in files}
+
         async def write_all(sim: SimDeveloper) -> TypingStats:
             stats = TypingStats()
             for source in files:
                 rng = random.Random(f"{self.config.seed}:{tag}:{sim.user_id}:{source.name}")
                 uri = (workspace / sim.user_id / source.name).resolve().as_uri()
-                stats.add(
-                    await sim.developer.write(
-                        uri, source.text, rng, source.header, pace.other if pace is not None else None
-                    )
+                written = await sim.developer.write(
+                    uri, source.text, rng, source.header, pace.other if pace is not None else None
                 )
+                stats.add(written)
+                by_file[source.name].add(written)
                 if self.progress is not None:
                     self.progress.advance(status=self.phase)
             await sim.editor.drain()
@@ -247,23 +254,32 @@ class Simulation:
         episodes, self.cursor = await asyncio.to_thread(
             self.backend.wait_for_episodes, self.cursor, set(total.shown_ids), wait_s
         )
-        return RoundResult(total, episodes, attacked)
+        return RoundResult(total, episodes, attacked, by_file)
 
     async def evaluate(self, cycle: int, evaluation: list[SourceFile]) -> CycleRow:
         honest = [d for d in self.developers if d.profile.honest]
         # Marked as evaluation: scored like the rest, never in the trainer's episodes.
         for sim in honest:
             sim.editor.configure({"evaluation": True})
+        stats, episodes, by_file = TypingStats(), [], {source.name: TypingStats() for source in evaluation}
         try:
-            # Same tag every cycle: the same seeds, so cycles differ only by the model.
-            result = await self.round("eval", honest, evaluation)
+            # Same tags every cycle: the same seeds, so cycles differ only by the model.
+            for tag in evaluation_tags(self.config.eval_rounds):
+                result = await self.round(tag, honest, evaluation)
+                stats.add(result.stats)
+                episodes += result.episodes
+                for name, written in result.by_file.items():
+                    by_file[name].add(written)
         finally:
             for sim in honest:
                 sim.editor.configure({"evaluation": False})
         live = await asyncio.to_thread(self.backend.live_version)
-        samples = RoundSamples.of(live, result.stats.requests, result.episodes, self.rewards)
+        samples = RoundSamples.of(live, stats.requests, episodes, self.rewards, by_file)
         self.samples.append(samples)
-        return CycleRow(cycle, live, **round_figures(result.stats, result.episodes, samples))
+        if cycle == 0:
+            for figure, power in learning_summary([samples])["power_at_cycle_0"].items():
+                log.info("cycle 0, %s: %s", figure, describe_power(power))
+        return CycleRow(cycle, live, **round_figures(stats, episodes, samples))
 
     async def train(self, cycle: int, training: list[SourceFile]) -> dict[str, Any]:
         files = training_batch(training, cycle - 1, self.config.files_per_round)
@@ -385,7 +401,7 @@ class Simulation:
         cycles take no files: their time is in the pace, so the time left includes them."""
         honest = sum(d.profile.honest for d in self.developers)
         cycles = self.config.cycles
-        writes = len(evaluation) * honest * (cycles + 1)
+        writes = len(evaluation) * honest * (cycles + 1) * self.config.eval_rounds
         for cycle in range(1, cycles + 1):
             batch = training_batch(training, cycle - 1, self.config.files_per_round)
             writes += len(batch) * len(self.developers)
@@ -421,6 +437,9 @@ class Simulation:
                 _fmt_ratio(figures["accept_rate"]),
                 _fmt_ratio(figures["arc_per_request"]),
             )
+            for figure in ("accept_rate", "arc_per_request"):
+                if figures[figure] is not None:
+                    log.info("%s, %s: %s", name, figure, describe_power(figures[figure]["power"]))
 
     def write(self, rows: list[CycleRow]) -> None:
         self.fill_perplexity(rows, self.backend.checkpoints())
@@ -474,6 +493,7 @@ class Simulation:
             "seed": config.seed,
             "files per round": config.files_per_round,
             "eval files": config.eval_files,
+            "eval rounds": config.eval_rounds,
             "max lines": config.max_lines,
             "requests per file": config.requests_per_file,
             "time scale": config.time_scale,
@@ -517,8 +537,15 @@ def _fmt(value: float | None) -> str:
 def _fmt_ratio(figure: dict[str, Any] | None) -> str:
     if figure is None:
         return "- (nothing in cycle 0)"
-    low, high = figure["ci95"]
-    return f"{figure['ratio']:.2f}x (95% CI {low:.2f}-{high:.2f})"
+    by_file = "none (one file)" if figure["ci95"] is None else "{:.2f}-{:.2f}".format(*figure["ci95"])
+    return "{:.2f}x (95% CI by file {}; by request {:.2f}-{:.2f})".format(
+        figure["ratio"], by_file, *figure["ci95_by_request"]
+    )
+
+
+def evaluation_tags(rounds: int) -> list[str]:
+    """The seed tag of each evaluation round: the first keeps the one-round runs' seeds."""
+    return ["eval"] + [f"eval{n}" for n in range(1, rounds)]
 
 
 async def simulate(config: SimulationConfig) -> list[CycleRow]:
@@ -568,6 +595,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         files_per_round=args.files_per_round,
         eval_files=args.eval_files or args.files_per_round,
+        eval_rounds=max(1, args.eval_rounds),
         max_lines=args.max_lines,
         requests_per_file=args.requests_per_file,
         time_scale=args.time_scale,

@@ -27,19 +27,20 @@ from core.config import RewardConfig
 from core.rewards import ACCEPTED_OUTCOMES
 from core.wire import Episode, SimulationCycle
 from simulate.corpus import header_length, load_corpus
-from simulate.developer import right_words, trigger_points
+from simulate.developer import TypingStats, right_words, trigger_points
 from simulate.editor import word_steps
 from simulate.report import (
     CSV_ONLY,
     CycleRow,
     RoundSamples,
     attack_summary,
+    describe_power,
     kept_chars,
     learning_summary,
     ratio_interval,
     simulation_report,
 )
-from simulate.run import _clear_previous_run
+from simulate.run import _clear_previous_run, _fmt_ratio, evaluation_tags
 
 # Standard library modules the tiny model was not trained on (conftest's CORPUS_MODULES).
 SIM_MODULES = ["colorsys.py", "bisect.py", "keyword.py"]
@@ -123,11 +124,16 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         "live_version",
         "last_cycle",
         f"rounds_of_{rows[-1]['live_version']}",
+        "power_at_cycle_0",
         "by_place",
     }
     for figure in ("accept_rate", "arc_per_request"):
         last = summary["last_cycle"][figure]
-        assert last is None or last["ci95"][0] <= last["ratio"] <= last["ci95"][1]
+        assert last is None or last["ci95_by_request"][0] <= last["ratio"] <= last["ci95_by_request"][1]
+        # One evaluation file: nothing to resample by file, and no power to tell, said so.
+        assert last is None or (last["files"], last["ci95"], last["power"]) == (1, None, None)
+        assert summary["power_at_cycle_0"][figure] is None
+    assert "power unknown: fewer than 2 evaluation files" in done.stderr
 
     # Each cycle's figures went to the backend for its dashboard, announced at the start.
     assert "/admin" in done.stderr
@@ -351,8 +357,12 @@ async def stored_episodes(database: Path) -> tuple[list[Episode], list[Episode]]
 
 
 def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> None:
-    before = RoundSamples("base", [1.0, 0.0, 0.0, 0.0] * 50, [8.0, 0.0, 0.0, 0.0] * 100)
-    better = RoundSamples("v2", [1.0, 1.0, 0.0, 0.0] * 50, [8.0, 8.0, 0.0, 0.0] * 100)
+    # Ten files of 20 requests, 20 rated suggestions; per file [accepted, rated, kept, requests].
+    # Some files gain more than others.
+    before_files = {f"f{i}.py": [5.0 - (-1) ** i, 20.0, 40.0 - 8 * (-1) ** i, 20.0] for i in range(10)}
+    better_files = {f"f{i}.py": [10.0 + 2 * (-1) ** i, 20.0, 80.0 + 16 * (-1) ** i, 20.0] for i in range(10)}
+    before = RoundSamples("base", [1.0, 0.0, 0.0, 0.0] * 50, [8.0, 0.0, 0.0, 0.0] * 50, files=before_files)
+    better = RoundSamples("v2", [1.0, 1.0, 0.0, 0.0] * 50, [8.0, 8.0, 0.0, 0.0] * 50, files=better_files)
     ratio, low, high = ratio_interval(before.accepted, better.accepted)
     assert ratio == pytest.approx(2.0) and low < 2.0 < high and low > 1.0
     summary = learning_summary([before, better, better, better])
@@ -360,16 +370,49 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
     assert (single["rounds"], pooled["rounds"]) == (1, 3)
     for figure in ("accept_rate", "arc_per_request"):
         assert single[figure]["ratio"] == pytest.approx(pooled[figure]["ratio"]) == pytest.approx(2.0)
-        (pooled_low, pooled_high), (single_low, single_high) = pooled[figure]["ci95"], single[figure]["ci95"]
+        (pooled_low, pooled_high), (single_low, single_high) = (
+            pooled[figure]["ci95_by_request"],
+            single[figure]["ci95_by_request"],
+        )
         assert pooled_high - pooled_low < single_high - single_low
+        # By file: paired, each file's cycle 0 against its own later round (every file here gains
+        # about 2x, so it is narrower than by request, which has no pairing to cancel files out).
+        low, high = single[figure]["ci95"]
+        assert low < 2.0 < high and single[figure]["files"] == 10
+        assert high - low < single_high - single_low
+        assert single[figure]["power"]["files"] == 10 and single[figure]["power"]["detectable_ratio"] > 1.1
+        # What cycle 0's files say the run can tell, before any cycle is compared.
+        planned = summary["power_at_cycle_0"][figure]
+        assert planned["files"] == 10 and planned["detectable_ratio"] > 1.1
+    # ... printed in the log, one line per figure.
+    line = describe_power(summary["power_at_cycle_0"]["accept_rate"])
+    assert "over 10 files" in line and "clears 1.1x" in line and "a true 1.3x gets a lower bound near" in line
+    assert "fewer than 2 evaluation files" in describe_power(None)
+    shown = _fmt_ratio(single["accept_rate"])
+    assert "2.00x (95% CI by file 1." in shown and "by request 1." in shown
+    # Without files (one file) no interval by file; the one by request remains.
+    no_files = learning_summary(
+        [dataclasses.replace(before, files={}), dataclasses.replace(better, files={})]
+    )
+    assert no_files["last_cycle"]["accept_rate"]["ci95"] is None
+    assert no_files["power_at_cycle_0"]["accept_rate"] is None
+    assert "none (one file)" in _fmt_ratio(no_files["last_cycle"]["accept_rate"])
     # Per place, from the episodes: shown share and accept rate where the cursor stood.
     episodes = [
         {"outcome": "rejected", "place": "line_start", "reward": -0.25, "text": "x"},
         {"outcome": "abstained", "place": "line_start", "reward": 0.0, "text": ""},
         {"outcome": "accepted", "place": "in_word", "reward": 0.75, "text": "abc"},
     ]
-    samples = RoundSamples.of("v1", 4, episodes, RewardConfig())
+    for episode, completion_id in zip(episodes, ("c1", "c2", "c3"), strict=True):
+        episode["completion_id"] = completion_id
+    # Per file, from the suggestions its writers were shown; the withheld one is rated by no one.
+    by_file = {
+        "a.py": TypingStats(requests=3, shown_ids=["c1"]),
+        "b.py": TypingStats(requests=1, shown_ids=["c3"]),
+    }
+    samples = RoundSamples.of("v1", 4, episodes, RewardConfig(), by_file)
     assert samples.kept_per_request == [0.0, 0.0, 3.0, 0.0]
+    assert samples.files == {"a.py": [0.0, 1.0, 0.0, 3.0], "b.py": [1.0, 1.0, 3.0, 1.0]}
     assert samples.place_figures() == {
         "in_word": {"episodes": 1, "shown_rate": 1.0, "accept_rate": 1.0},
         "line_start": {"episodes": 2, "shown_rate": 0.5, "accept_rate": 0.0},
@@ -377,6 +420,12 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
     assert learning_summary([samples, samples])["by_place"]["last_cycle"] == samples.place_figures()
     # Nothing accepted in cycle 0: no ratio, rather than an infinite one.
     assert ratio_interval([0.0] * 10, [1.0] * 10) is None
+
+
+def test_each_evaluation_round_has_its_own_seeds_and_the_first_keeps_the_old_ones() -> None:
+    assert evaluation_tags(1) == ["eval"]
+    tags = evaluation_tags(3)
+    assert tags[0] == "eval" and len(set(tags)) == 3
 
 
 def test_the_attack_summary_judges_each_cycle_against_cycle_0_and_the_cap() -> None:
