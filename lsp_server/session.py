@@ -78,6 +78,8 @@ class Session:
         self._on_status = on_status
         self._announced: dict[str, Any] | None = None
         self._excluded: dict[str, bool] = {}
+        # Excluded documents the editor opened: their text is not kept (gate.py).
+        self._ignored: set[str] = set()
         self.gated_requests = 0
         self._model_retry: asyncio.TimerHandle | None = None
         self._model_retries = 0
@@ -125,6 +127,10 @@ class Session:
     def open(self, uri: str, text: str, language_id: str, version: int | None = None) -> None:
         if uri in self.documents:
             self.close(uri)  # opened again without a close: what was followed there is over
+        if self._is_excluded(uri):
+            # A secrets file's text is not even kept: nothing here could ever send it.
+            self._ignored.add(uri)
+            return
         self.documents[uri] = Document(text, language_id, self.encoding)
         self.documents[uri].version = version
 
@@ -136,7 +142,8 @@ class Session:
     ) -> None:
         document = self.documents.get(uri)
         if document is None:
-            logger.warning("change to a document that was never opened: %s", uri)
+            if uri not in self._ignored:
+                logger.warning("change to a document that was never opened: %s", uri)
             return
         if version is not None and document.version is not None and version <= document.version:
             # Replayed or reordered: applying it twice would corrupt the copy and every range in it.
@@ -152,6 +159,7 @@ class Session:
     def close(self, uri: str) -> None:
         self.tracker.closed(uri)
         self.documents.pop(uri, None)
+        self._ignored.discard(uri)
 
     # -- completions --------------------------------------------------------------------------
 
@@ -162,6 +170,7 @@ class Session:
         began = time.perf_counter()
         document = self.documents.get(uri)
         if document is None:
+            self.gated_requests += uri in self._ignored
             return None
         if not await self.may_ask(uri, document.language_id):
             self.gated_requests += 1
@@ -280,13 +289,16 @@ class Session:
     async def may_ask(self, uri: str, language_id: str) -> bool:
         """Never an excluded path; a language only once the backend has said it serves it (or the
         user turned it on)."""
-        if (hidden := self._excluded.get(uri)) is None:
-            hidden = self._excluded[uri] = excluded(uri, self.options.exclude, self.root_path)
-        if hidden:
+        if self._is_excluded(uri):
             return False
         if self.served is None and language_id not in self.options.languages:
             await self.refresh_model()
         return language_enabled(language_id, self.served or (), self.options.languages)
+
+    def _is_excluded(self, uri: str) -> bool:
+        if (hidden := self._excluded.get(uri)) is None:
+            hidden = self._excluded[uri] = excluded(uri, self.options.exclude, self.root_path)
+        return hidden
 
     async def refresh_model(self) -> None:
         """GET /v1/model: the languages served and whether the token is accepted."""
@@ -491,6 +503,8 @@ class Session:
             "served_languages": self.served,
             "exclude": [*DEFAULT_EXCLUDE, *self.options.exclude],
             "gated_requests": self.gated_requests,
+            "open_documents": len(self.documents),
+            "ignored_documents": len(self._ignored),
             "backend_ok": self.backend_ok,
             "last_backend_error": self.last_backend_error,
             "model_version": self.model_version,

@@ -110,6 +110,8 @@ async def test_only_served_or_enabled_languages_and_never_excluded_paths_reach_t
     )
     assert ".env" in status["exclude"] and "private/*" in status["exclude"]
     assert status["gated_requests"] == 3
+    # Of the excluded files not even the text is kept.
+    assert (status["open_documents"], status["ignored_documents"]) == (2, 2)
 
     # Per language, from the editor's settings: Markdown on, Python off.
     client.workspace_did_change_configuration(
