@@ -17,7 +17,8 @@ difference, the likelihood ratio is
 and rejecting "no difference" once Λ ≥ 1/α keeps the error below α however often it is looked at,
 so the backend may test after every finalized episode. τ is set in units of the pooled standard
 deviation (`effect_size`), so one setting fits metrics of different scales. The normal
-approximation wants a handful of people per arm: no verdict before `min_people` on each side.
+approximation wants a handful of people per arm: nothing is tested before `min_people` are on each
+side (until then only the horizon, `max_episodes`, decides, and says so).
 """
 
 from __future__ import annotations

@@ -104,13 +104,13 @@ class ArmFigures:
     def of_people(cls, version: str, rows: Iterable[Sequence[float]]) -> ArmFigures:
         """From one row per person: (reward n, sum, squares, rated n, accepted n, episodes, arc sum,
         arc squares), as the stores' `arm` query groups them."""
-        rows = [[float(value or 0) for value in row] for row in rows]
+        people = [[float(value or 0) for value in row] for row in rows]
 
         def moments(n: int, total: int, squares: int) -> tuple[Moments, Moments]:
             episodes = Moments(
-                int(sum(r[n] for r in rows)), sum(r[total] for r in rows), sum(r[squares] for r in rows)
+                int(sum(r[n] for r in people)), sum(r[total] for r in people), sum(r[squares] for r in people)
             )
-            means = [r[total] / r[n] for r in rows if r[n]]
+            means = [r[total] / r[n] for r in people if r[n]]
             return episodes, Moments(len(means), sum(means), sum(m * m for m in means))
 
         # An accepted count is its own sum of squares (0/1 outcomes).
