@@ -47,7 +47,7 @@ class VllmStartFailed(EngineUnavailable):
 
 
 def vllm_python(serving: ServingConfig) -> Path:
-    """The vLLM environment's Python; a relative path is the repository's (`make .venv-vllm`)."""
+    """The vLLM environment's Python; a relative path is the repository's (`make vllm-env`)."""
     path = Path(serving.vllm_python).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
 
@@ -88,8 +88,13 @@ def flywheel_env(temperature: float, api_key: str, pythonpath: str = "") -> dict
     }
 
 
+# vLLM's CPU build otherwise sizes its KV cache from --gpu-memory-utilization (0.92 of the RAM by
+# default), which fails on a machine doing anything else; its GPU build ignores this variable.
+CPU_KV_CACHE_GB = "4"
+
+
 def server_env(temperature: float, api_key: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+    env = {"VLLM_CPU_KVCACHE_SPACE": CPU_KV_CACHE_GB} | dict(os.environ if base is None else base)
     return env | flywheel_env(temperature, api_key, env.get("PYTHONPATH", ""))
 
 
@@ -124,7 +129,7 @@ class OwnedServer:
         if not python.exists():
             raise VllmStartFailed(
                 f"cannot serve {model} on vLLM: no vLLM environment at {python} "
-                "(make .venv-vllm, or set serving.vllm_python)"
+                "(make vllm-env, or set serving.vllm_python)"
             )
         self.command = server_command(python, model, self.port, serving, lora_rank(serving, trainer_rank))
         self.env = server_env(temperature, self.api_key)

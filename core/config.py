@@ -236,7 +236,7 @@ class ServingConfig(BaseModel):
     # vLLM servers already running, each serving the model with Flywheel's flags (see
     # `backend.vllm_server.server_command`); empty: the backend starts and owns one itself.
     vllm_urls: list[str] = Field(default_factory=list)
-    # The Python of the vLLM environment (vLLM and vllm_plugin/ installed; `make .venv-vllm`).
+    # The Python of the vLLM environment (vLLM and vllm_plugin/ installed; `make vllm-env`).
     vllm_python: str = ".venv-vllm/bin/python"
     # The bearer token the servers ask for (vLLM's --api-key). A server Flywheel starts gets a
     # random one of its own: its runtime adapter loading takes any path on the machine.

@@ -1,6 +1,6 @@
 """Real vLLM servers for the tests (backend/vllm_engine.py), on loopback, from the vLLM environment.
 
-The environment is `make .venv-vllm` (or FLYWHEEL_VLLM_PYTHON / FLYWHEEL_SERVING__VLLM_PYTHON naming
+The environment is `make vllm-env` (or FLYWHEEL_VLLM_PYTHON / FLYWHEEL_SERVING__VLLM_PYTHON naming
 its Python); without one, the tests that need vLLM are skipped with that reason. A server takes about
 35 s to start on a 2-core CPU, so a test session shares one per model.
 """
@@ -21,7 +21,7 @@ from core.config import ServingConfig
 
 T = TypeVar("T")
 TEMPERATURE = 0.7
-NO_VLLM = "no vLLM environment (make .venv-vllm, or FLYWHEEL_VLLM_PYTHON=path/to/its/python)"
+NO_VLLM = "no vLLM environment (make vllm-env, or FLYWHEEL_VLLM_PYTHON=path/to/its/python)"
 
 
 def vllm_python_path() -> Path | None:

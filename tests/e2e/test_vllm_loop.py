@@ -2,7 +2,7 @@
 
 The journey of tests/e2e/test_whole_loop.py (a real LSP client, the language server, the backend, a
 trainer cycle), on a backend that starts and owns a vLLM server (backend/vllm_server.py) from the
-vLLM environment (`make .venv-vllm`): the completion is decoded by vLLM; the trainer's adapter is
+vLLM environment (`make vllm-env`): the completion is decoded by vLLM; the trainer's adapter is
 loaded into the server at run time and tried as a canary on real traffic from several people
 (completions decoded by vLLM under both versions, in shared batches); the canary promotes it; the
 editor's next completion is served by it. Skipped without a vLLM environment.
