@@ -1,25 +1,34 @@
 """deploy/: what can be checked without a container daemon or systemd running. The compose file
 passes `docker compose config` (or docker-compose's) and holds the parts an admin expects with no
 secret inline; the systemd units pass `systemd-analyze verify` in a root that has their programs;
-with-secrets.sh turns secret files into the command's environment. Nothing here starts a container
-or a unit: there is no daemon on this machine."""
+with-secrets.sh turns secret files into the command's environment. The vLLM server of the compose
+file and of the unit is the one the backend starts for itself (backend/vllm_server.py's command
+and environment, for the settings in the deploy's env file), and the backends are pointed at it
+with its key. Nothing here starts a container or a unit: there is no daemon on this machine."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from backend.vllm_server import TEMPERATURE_ENV, flywheel_env, lora_rank, server_command
+from core.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 UNITS = ["flywheel-backend@.service", "flywheel-trainer.service", "flywheel-vllm.service"]
 # What a token looks like (backend/auth.py new_token): none may be written in a deploy file.
 TOKEN = re.compile(r"fw_[A-Za-z0-9_-]{20,}")
+# Where the checkout is in the image and on a systemd machine (PYTHONPATH: core/ for healing).
+CHECKOUT = "/opt/flywheel"
 
 
 def compose_command() -> list[str]:
@@ -130,3 +139,124 @@ def test_secrets_reach_the_command_from_files_only(tmp_path: Path) -> None:
     assert seen["FLYWHEEL_BACKEND__METRICS_TOKEN"] == "fw_metrics-from-a-file"
     # A secret without a file stays unset rather than empty.
     assert "PGPASSWORD" not in seen and "FLYWHEEL_SERVING__VLLM_API_KEY" not in seen
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as compose's env_file and systemd's EnvironmentFile= read these files."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def deploy_settings(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The settings a backend reads from `environment` alone (no flywheel.toml, no other FLYWHEEL_*)."""
+    for name in [name for name in os.environ if name.startswith("FLYWHEEL_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return load_settings()
+
+
+def backends_server(settings: Settings, python: str, host: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment (less the key) of the server the backend would start for these
+    settings, on the port its vllm_urls name, listening on `host`, the checkout at CHECKOUT."""
+    serving = settings.serving
+    assert serving.engine == "vllm" and len(serving.vllm_urls) == 1
+    port = urlsplit(serving.vllm_urls[0]).port
+    rank = lora_rank(serving, settings.trainer.lora_r)
+    command = server_command(python, settings.base_model, port or 80, serving, rank)
+    command[command.index("--host") + 1] = host
+    environment = flywheel_env(settings.model.temperature, "") | {"PYTHONPATH": CHECKOUT}
+    del environment["VLLM_API_KEY"]  # with-secrets.sh's, from the vllm_api_key secret
+    assert environment[TEMPERATURE_ENV] == repr(settings.model.temperature)
+    return command, environment
+
+
+def unit_settings(unit: Path) -> dict[str, list[str]]:
+    """A unit's [Service] settings, each key's values in order."""
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def unit_environment(unit: Path) -> dict[str, str]:
+    """What the unit's service runs with: its EnvironmentFile=, then its Environment= lines (a
+    template's instance, %i, as 8001)."""
+    found = unit_settings(unit)
+    environment: dict[str, str] = {}
+    for path in found.get("EnvironmentFile", []):
+        environment |= env_file(DEPLOY / "systemd" / Path(path).name)
+    for line in found.get("Environment", []):
+        environment |= dict(word.replace("%i", "8001").split("=", 1) for word in shlex.split(line))
+    return environment
+
+
+def credentials(unit: Path) -> set[str]:
+    return {value.split(":", 1)[0] for value in unit_settings(unit).get("LoadCredential", [])}
+
+
+def test_the_vllm_unit_starts_the_server_the_backend_would(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    unit = DEPLOY / "systemd" / "flywheel-vllm.service"
+    environment = unit_environment(unit)
+    backend = DEPLOY / "systemd" / "flywheel-backend@.service"
+    settings = deploy_settings(unit_environment(backend), monkeypatch, tmp_path)
+    command, wanted = backends_server(settings, f"{CHECKOUT}/.venv-vllm/bin/python", "127.0.0.1")
+    (exec_start,) = unit_settings(unit)["ExecStart"]
+    # systemd puts ${NAME} from the environment in as one word.
+    words = [re.sub(r"\$\{(\w+)\}", lambda m: environment[m[1]], w) for w in shlex.split(exec_start)]
+    assert words[0] == f"{CHECKOUT}/deploy/with-secrets.sh"
+    assert words[1:] == command
+    assert {name: environment.get(name) for name in wanted} == wanted
+    # The key: VLLM_API_KEY for the server, FLYWHEEL_SERVING__VLLM_API_KEY for the backends.
+    assert "vllm_api_key" in credentials(unit) and "vllm_api_key" in credentials(backend)
+    assert urlsplit(settings.serving.vllm_urls[0]).hostname == "127.0.0.1"
+
+
+def test_the_compose_vllm_service_is_the_server_the_backend_would_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [*compose_command(), "-f", str(DEPLOY / "compose.yaml"), "config"],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    vllm = services["vllm"]
+    backend = {name: str(value) for name, value in services["backend1"]["environment"].items()}
+    settings = deploy_settings(backend, monkeypatch, tmp_path)
+    command, wanted = backends_server(settings, "python3", "0.0.0.0")
+    assert vllm["command"] == command
+    assert {name: str(vllm["environment"].get(name)) for name in wanted} == wanted
+    # The backends reach the service by its name, with its key.
+    assert urlsplit(settings.serving.vllm_urls[0]).hostname == "vllm"
+    for name in ("backend1", "backend2"):
+        assert services[name]["environment"] == services["backend1"]["environment"]
+        assert "vllm_api_key" in {_secret_name(s) for s in services[name]["secrets"]}
+    assert "vllm_api_key" in {_secret_name(s) for s in vllm["secrets"]}
+    # Its image is ours: vLLM with the plugin installed and core/ beside it.
+    assert vllm["build"]["target"] == "vllm" and "entrypoint" not in vllm
+
+
+def test_the_vllm_image_is_the_release_the_plugin_is_built_for() -> None:
+    """deploy/Dockerfile's vllm stage: vLLM's image at the Makefile's pinned release, the plugin
+    installed (its entry point is what loads the temperature plugin), core/ at CHECKOUT."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    stage = dockerfile.split(" AS vllm", 1)[1].split("\nFROM ", 1)[0]
+    (image,) = re.findall(r"^FROM vllm/vllm-openai:v(\S+) AS vllm$", dockerfile, re.MULTILINE)
+    pinned = set(re.findall(r"VLLM_PACKAGE=vllm==(\d[\d.]*\d)", (REPO / "Makefile").read_text()))
+    assert pinned == {image}
+    assert f"COPY core {CHECKOUT}/core" in stage
+    assert re.search(rf"pip install .*{CHECKOUT}/vllm_plugin", stage)
+    assert f'ENTRYPOINT ["{CHECKOUT}/deploy/with-secrets.sh"]' in stage
+
+
+@pytest.mark.parametrize("path", ["flywheel.env", "systemd/flywheel.env"])
+def test_vllm_tempers_at_the_backends_temperature(path: str) -> None:
+    settings = env_file(DEPLOY / path)
+    assert float(settings[TEMPERATURE_ENV]) == float(settings["FLYWHEEL_MODEL__TEMPERATURE"])
