@@ -12,15 +12,21 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
+from vllm_support import LoopThread, needs_vllm, serving, small_cache_env, vllm_python_path
 
+from backend.vllm_engine import VllmEngine
 from backend.vllm_server import TEMPERATURE_ENV, flywheel_env, lora_rank, server_command
-from core.config import Settings, load_settings
+from core.config import ModelConfig, Settings, load_settings
+from core.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -260,3 +266,63 @@ def test_the_vllm_image_is_the_release_the_plugin_is_built_for() -> None:
 def test_vllm_tempers_at_the_backends_temperature(path: str) -> None:
     settings = env_file(DEPLOY / path)
     assert float(settings[TEMPERATURE_ENV]) == float(settings["FLYWHEEL_MODEL__TEMPERATURE"])
+
+
+@needs_vllm
+def test_the_vllm_unit_command_serves_what_the_backend_takes(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The unit's ExecStart and environment, run as systemd would from this checkout (its paths
+    for /opt/flywheel's, the tiny model, a free port, the key as a credential file): the server
+    starts, and a backend's engine pointed at it (vllm_urls, the key) probes it and takes it: it
+    tempers at the backend's temperature and heals (core.healing imported from PYTHONPATH)."""
+    unit = DEPLOY / "systemd" / "flywheel-vllm.service"
+    environment = unit_environment(unit)
+    port = free_port()
+    (exec_start,) = unit_settings(unit)["ExecStart"]
+    words = [re.sub(r"\$\{(\w+)\}", lambda m: environment[m[1]], w) for w in shlex.split(exec_start)]
+    words = [str(REPO) + w.removeprefix(CHECKOUT) if w.startswith(CHECKOUT) else w for w in words]
+    words[1] = str(vllm_python_path())
+    words[words.index("--model") + 1] = str(tiny_model_dir)
+    words[words.index("--port") + 1] = str(port)
+    key = "fw_vllm-key-from-a-credential-file"
+    (tmp_path / "vllm_api_key").write_text(key + "\n")
+    env = {name: value.replace(CHECKOUT, str(REPO)) for name, value in environment.items()}
+    env |= {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    env |= small_cache_env()
+    log = tmp_path / "vllm.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            words, env=env, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    loop = LoopThread()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"the unit's server exited:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        # The key came from the credential, through with-secrets.sh: without it, refused.
+        assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
+        temperature = float(environment["FLYWHEEL_MODEL__TEMPERATURE"])
+        engine = VllmEngine(
+            str(tiny_model_dir),
+            ModelConfig(temperature=temperature),
+            serving(vllm_urls=[url], vllm_api_key=key),
+        )
+        info = loop.run(engine.start())
+        assert info.temperature == temperature
+        loop.run(engine.close())
+    finally:
+        loop.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
