@@ -18,17 +18,22 @@ synthetic runs of 10 files whose gain differs by file (tests/simulate/test_inter
 
 Spread, for power: the delta method on log(ratio), whose influence of file f is
     z_f = y_f / Y − m_f / M − (x_f / X − n_f / N),    var(log ratio) ≈ F / (F − 1) · Σ z_f².
-Before a run has a cycle to compare, cycle 0 alone gives the planning figure: the cycle compared is
+Before a run has a cycle to compare, cycle 0 alone gives the planning figure. With two rounds or
+more (--eval-rounds), its even rounds against its odd ones, paired by file: what differs between
+them is the seeds alone, as between two cycles of one model, so this is the noise a comparison
+cannot avoid (scaled to N rounds against N, as seed noise falls with rounds); it leaves out a gain
+that lands differently on different files, so it errs low. With one round, the cycle compared is
 taken to vary file to file as cycle 0 does and independently of it, var ≈ 2 · F / (F − 1) · Σ u_f²
-with u_f = x_f / X − n_f / N. That leaves out what pairing by file removes, so it overstates the
-noise when the files' difficulty carries over from cycle to cycle (the achieved figure shows by how
-much). The variance falls as 1 / F with more files of the same kind, which sizes --eval-files.
+with u_f = x_f / X − n_f / N: that counts the files' own difficulty, which pairing cancels, so it
+errs high, by far when files differ in difficulty. Both fall as 1 / F with more files of the same
+kind, which sizes --eval-files. With few files either is rough (two files give it one degree of
+freedom).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -87,6 +92,27 @@ def log_ratio_sd(before: Totals, after: Totals | None = None) -> float | None:
         return None
     z = files[:, 2] / sums[2] - files[:, 3] / sums[3] - (files[:, 0] / sums[0] - files[:, 1] / sums[1])
     return math.sqrt(len(z) / (len(z) - 1) * float(np.sum(z**2)))
+
+
+def between_rounds_sd(rounds: Sequence[Totals]) -> float | None:
+    """The planning sd from cycle 0's rounds alone (see above); None with fewer than two rounds."""
+    if len(rounds) < 2:
+        return None
+    even, odd = rounds[0::2], rounds[1::2]
+    sd = log_ratio_sd(_pooled(even), _pooled(odd))
+    if sd is None:
+        return None
+    # Seed noise in log(ratio) has variance ∝ 1/rounds_before + 1/rounds_after.
+    return sd * math.sqrt((2 / len(rounds)) / (1 / len(even) + 1 / len(odd)))
+
+
+def _pooled(rounds: Sequence[Totals]) -> dict[str, tuple[float, float]]:
+    pooled: dict[str, tuple[float, float]] = {}
+    for totals in rounds:
+        for name, (top, bottom) in totals.items():
+            before = pooled.get(name, (0.0, 0.0))
+            pooled[name] = (before[0] + top, before[1] + bottom)
+    return pooled
 
 
 def detectable_ratio(sd: float, bound: float = BOUND, power: float = POWER) -> float:

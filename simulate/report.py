@@ -24,7 +24,13 @@ from core.config import RewardConfig
 from core.rewards import ACCEPTED_OUTCOMES, kept_characters
 from core.wire import SimulationCycle, SimulationReport
 from simulate.developer import TypingStats
-from simulate.intervals import Totals, cluster_ratio_interval, log_ratio_sd, power_figures
+from simulate.intervals import (
+    Totals,
+    between_rounds_sd,
+    cluster_ratio_interval,
+    log_ratio_sd,
+    power_figures,
+)
 
 
 @dataclass
@@ -88,6 +94,8 @@ class RoundSamples:
     # Per evaluation file, every developer's and round's requests in it pooled:
     # [accepted, rated, kept characters, requests] (simulate/intervals.py resamples these).
     files: dict[str, list[float]] = field(default_factory=dict)
+    # The same per evaluation round (--eval-rounds), for the planning power figure.
+    round_files: list[dict[str, list[float]]] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -96,7 +104,7 @@ class RoundSamples:
         requests: int,
         episodes: Sequence[dict[str, Any]],
         rewards: RewardConfig,
-        by_file: Mapping[str, TypingStats] | None = None,
+        rounds_by_file: Sequence[Mapping[str, TypingStats]] = (),
     ) -> RoundSamples:
         rated = [e for e in episodes if e["outcome"] != "abstained"]
         kept = [kept_chars(e, rewards) for e in episodes]
@@ -106,13 +114,19 @@ class RoundSamples:
             counts[0] += 1
             counts[1] += e["outcome"] != "abstained"
             counts[2] += e["outcome"] in ACCEPTED_OUTCOMES
+        # Per evaluation round, its files (by_file: the honest developers' writing of each, pooled).
+        per_round = [
+            {name: file_totals(stats, episodes, rewards) for name, stats in by_file.items()}
+            for by_file in rounds_by_file
+        ]
         return cls(
             live,
             [float(e["outcome"] in ACCEPTED_OUTCOMES) for e in rated],
             kept + [0.0] * max(0, requests - len(kept)),
             places,
             [float(e["reward"]) for e in episodes],
-            {name: file_totals(stats, episodes, rewards) for name, stats in (by_file or {}).items()},
+            pool(per_round),
+            per_round,
         )
 
     def place_figures(self) -> dict[str, dict[str, float | int | None]]:
@@ -150,13 +164,25 @@ def figure_totals(files: Mapping[str, list[float]], figure: str) -> Totals:
     return {name: (totals[top], totals[bottom]) for name, totals in files.items()}
 
 
-def pooled_files(rounds: Sequence[RoundSamples]) -> dict[str, list[float]]:
+def pool(rounds: Sequence[Mapping[str, list[float]]]) -> dict[str, list[float]]:
     """Each file's totals summed over several rounds of it."""
     pooled: dict[str, list[float]] = {}
-    for samples in rounds:
-        for name, totals in samples.files.items():
+    for files in rounds:
+        for name, totals in files.items():
             pooled[name] = [a + b for a, b in zip(pooled.get(name, [0.0] * 4), totals, strict=True)]
     return pooled
+
+
+def planned_power(first: RoundSamples, figure: str) -> dict[str, Any] | None:
+    """What cycle 0's files say the run can tell: paired from its rounds when it has two or more,
+    else from its files as fresh samples (intervals.py says which errs which way)."""
+    rounds = [figure_totals(files, figure) for files in first.round_files]
+    paired = between_rounds_sd(rounds)
+    sd = paired if paired is not None else log_ratio_sd(figure_totals(first.files, figure))
+    figures = power_figures(sd, len(first.files))
+    if figures is not None:
+        figures["from"] = "rounds, paired" if paired is not None else "one round, unpaired"
+    return figures
 
 
 def ratio_interval(
@@ -199,10 +225,7 @@ def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
     first, last = rounds[0], rounds[-1]
     pooled = [r for r in rounds[1:] if r.live_version == last.live_version] or [last]
     summary: dict[str, Any] = {"cycles": len(rounds) - 1, "live_version": last.live_version}
-    summary["power_at_cycle_0"] = {
-        figure: power_figures(log_ratio_sd(figure_totals(first.files, figure)), len(first.files))
-        for figure in FIGURES
-    }
+    summary["power_at_cycle_0"] = {figure: planned_power(first, figure) for figure in FIGURES}
     for name, after in (("last_cycle", [last]), (f"rounds_of_{last.live_version}", pooled)):
         figures: dict[str, Any] = {"rounds": len(after)}
         for figure in FIGURES:
@@ -219,7 +242,7 @@ def ratio_figures(first: RoundSamples, after: Sequence[RoundSamples], figure: st
     by_request = ratio_interval(getattr(first, samples), [v for r in after for v in getattr(r, samples)])
     if by_request is None:
         return None
-    before, later = figure_totals(first.files, figure), figure_totals(pooled_files(after), figure)
+    before, later = figure_totals(first.files, figure), figure_totals(pool([r.files for r in after]), figure)
     by_file = cluster_ratio_interval(before, later)
     return {
         "ratio": by_request[0] if by_file is None else by_file[0],
@@ -239,7 +262,7 @@ def describe_power(power: dict[str, Any] | None) -> str:
         "over {files} files a true ratio of {detectable_ratio:.2f}x or more clears {bound}x at the 95%"
         " lower bound with {power:.0%} power; a true {planned}x gets a lower bound near"
         " {lower_bound_if_planned:.2f} ({files_needed} files of this kind for it to clear {bound}x)"
-    ).format(**power)
+    ).format(**power) + (f"; planned from cycle 0's {power['from']}" if "from" in power else "")
 
 
 def attack_summary(

@@ -261,15 +261,14 @@ class Simulation:
         # Marked as evaluation: scored like the rest, never in the trainer's episodes.
         for sim in honest:
             sim.editor.configure({"evaluation": True})
-        stats, episodes, by_file = TypingStats(), [], {source.name: TypingStats() for source in evaluation}
+        stats, episodes, by_file = TypingStats(), [], []
         try:
             # Same tags every cycle: the same seeds, so cycles differ only by the model.
             for tag in evaluation_tags(self.config.eval_rounds):
                 result = await self.round(tag, honest, evaluation)
                 stats.add(result.stats)
                 episodes += result.episodes
-                for name, written in result.by_file.items():
-                    by_file[name].add(written)
+                by_file.append(result.by_file)
         finally:
             for sim in honest:
                 sim.editor.configure({"evaluation": False})

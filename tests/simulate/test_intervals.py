@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulate.intervals import cluster_ratio_interval, log_ratio_sd, power_figures
+from simulate.intervals import between_rounds_sd, cluster_ratio_interval, log_ratio_sd, power_figures
 from simulate.report import ratio_interval
 
 TRUE_RATIO = 1.3
@@ -73,3 +73,19 @@ def test_the_power_figure_improves_with_more_files_of_the_same_kind() -> None:
     planned = power_figures(log_ratio_sd(enough), len(enough))
     assert planned is not None and planned["lower_bound_if_planned"] > 1.1
     assert planned["detectable_ratio"] <= 1.3
+
+
+def test_cycle_0s_rounds_plan_from_seed_noise_alone() -> None:
+    """Rounds of one model over the same files differ by seeds only: paired by file, their noise is
+    far below what the files' own differences add, and falls with more rounds."""
+    rng = np.random.default_rng(3)
+    rates = rng.uniform(0.02, 0.4, size=12)
+
+    def round_of() -> dict[str, tuple[float, float]]:
+        return {f"f{f}.py": (float((rng.random(60) < rate).sum()), 60.0) for f, rate in enumerate(rates)}
+
+    rounds = [round_of() for _ in range(4)]
+    unpaired = log_ratio_sd(rounds[0])
+    two, four = between_rounds_sd(rounds[:2]), between_rounds_sd(rounds)
+    assert between_rounds_sd(rounds[:1]) is None and two is not None and four is not None
+    assert two < unpaired / 2 and four < two

@@ -388,6 +388,11 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
     line = describe_power(summary["power_at_cycle_0"]["accept_rate"])
     assert "over 10 files" in line and "clears 1.1x" in line and "a true 1.3x gets a lower bound near" in line
     assert "fewer than 2 evaluation files" in describe_power(None)
+    assert line.endswith("planned from cycle 0's one round, unpaired")
+    # Two rounds at cycle 0: planned from the one against the other, paired by file.
+    two_rounds = dataclasses.replace(before, round_files=[better_files, better_files])
+    planned = learning_summary([two_rounds, better])["power_at_cycle_0"]["accept_rate"]
+    assert planned["from"] == "rounds, paired" and planned["sd_log_ratio"] == 0.0
     shown = _fmt_ratio(single["accept_rate"])
     assert "2.00x (95% CI by file 1." in shown and "by request 1." in shown
     # Without files (one file) no interval by file; the one by request remains.
@@ -410,9 +415,10 @@ def test_learning_ratios_come_with_intervals_that_narrow_with_more_rounds() -> N
         "a.py": TypingStats(requests=3, shown_ids=["c1"]),
         "b.py": TypingStats(requests=1, shown_ids=["c3"]),
     }
-    samples = RoundSamples.of("v1", 4, episodes, RewardConfig(), by_file)
+    samples = RoundSamples.of("v1", 4, episodes, RewardConfig(), [by_file])
     assert samples.kept_per_request == [0.0, 0.0, 3.0, 0.0]
     assert samples.files == {"a.py": [0.0, 1.0, 0.0, 3.0], "b.py": [1.0, 1.0, 3.0, 1.0]}
+    assert samples.round_files == [samples.files]
     assert samples.place_figures() == {
         "in_word": {"episodes": 1, "shown_rate": 1.0, "accept_rate": 1.0},
         "line_start": {"episodes": 2, "shown_rate": 0.5, "accept_rate": 0.0},
