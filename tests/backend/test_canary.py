@@ -182,8 +182,11 @@ def test_one_heavy_user_cannot_decide_the_canary(
     ended = heavy_user_canary(server, crowd, adapter, str(tiny_model_dir), heavy=0.95, rest=0.15)
     assert ended["to_state"] == "rolled_back", ended
     assert "significantly worse per person" in ended["reason"]
+    # (Per request it looks better: the heavy user makes two thirds of its requests. How much better
+    # by the verdict is luck, so only the per-person figures are asserted; the per-request test
+    # promoted this candidate, and rolled back the next one.)
     arms = ended["metrics"]["rollback"]
-    assert arms["candidate"]["accept_rate"] > arms["reference"]["accept_rate"]  # per request: better
+    assert arms["candidate"]["people"] >= 5
     assert arms["candidate"]["person_accept_rate"] < arms["reference"]["person_accept_rate"]
 
     # The mirror image: most people do better under the candidate, its heavy user worse: promoted.
@@ -192,7 +195,6 @@ def test_one_heavy_user_cannot_decide_the_canary(
     assert ended["to_state"] == "live", ended
     assert "per person significantly above" in ended["reason"]
     arms = ended["metrics"]["canary"]
-    assert arms["candidate"]["mean_reward"] < arms["reference"]["mean_reward"]  # per request: worse
     assert arms["candidate"]["person_mean_reward"] > arms["reference"]["person_mean_reward"]
     assert [t["to_state"] for t in transitions(server, ended["version"])].count("live") == 1
 
