@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium postgresql simulate vscode code-server tabby-agent vllm-env gpu-check
+.PHONY: install up test lint clean chromium postgresql docker-compose simulate vscode code-server tabby-agent vllm-env gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,14 @@ postgresql:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
 		|| echo "postgresql missing (needs root to install): the PostgreSQL store tests will be skipped"
 
+# deploy/'s compose file is checked by `docker compose config` (tests/deploy); this machine's docker
+# CLI has no compose plugin and no daemon, so Debian's docker-compose is installed when missing and root.
+docker-compose:
+	@{ docker compose version || command -v docker-compose; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } \
+		|| echo "docker-compose missing (needs root to install): the compose file check will be skipped"
+
 # Tabby's own agent from npm, for tests/editors/test_tabby_agent.py (Tabby's client pointed at a
 # Flywheel backend). Its dist/cli.js is one bundled file that needs only Node's own modules, so the
 # package alone is fetched (npm pack: 0.9 MB; an install would add 132 dependencies), checked
@@ -117,8 +125,8 @@ $(CODE_SERVER)/.installed: editor_clients/vscode/scripts/install-code-server.sh
 	sh $< $(CODE_SERVER)
 
 # Tests build their own tiny models; nothing may be downloaded.
-test: install lint chromium postgresql vscode code-server tabby-agent vllm-env
+test: install lint chromium postgresql docker-compose vscode code-server tabby-agent vllm-env
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
