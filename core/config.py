@@ -138,6 +138,11 @@ class LspConfig(BaseModel):
     # Where the language server keeps its event outbox and pseudonymous user id;
     # empty means platformdirs' user_state_dir("flywheel").
     state_dir: str = ""
+    # The user's word per LSP languageId (true: ask even where the model does not serve it; false:
+    # never), "*" for every language not named; unnamed ones follow what the backend serves.
+    languages: dict[str, bool] = Field(default_factory=dict)
+    # Path globs never sent to the backend, besides lsp_server/gate.py's (.env, key files, ...).
+    exclude: list[str] = Field(default_factory=list)
 
 
 class GuardConfig(BaseModel):

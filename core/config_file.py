@@ -45,6 +45,9 @@ ROUTED_KEYS: tuple[tuple[str, ...], ...] = (
     ("lsp", "state_dir"),
     ("lsp", "telemetry"),
     ("lsp", "user_id"),
+    # Which files' code is sent: a language turned on, or the user's exclusions dropped.
+    ("lsp", "languages"),
+    ("lsp", "exclude"),
 )
 
 

@@ -135,6 +135,8 @@ def from_settings() -> Options:
         debounce_ms=max(lsp.debounce_ms, 0.0),
         flush_interval_s=lsp.flush_interval_s,
         state_dir=Path(lsp.state_dir).expanduser() if lsp.state_dir else default_state_dir(),
+        languages=dict(lsp.languages),
+        exclude=tuple(lsp.exclude),
     )
 
 
@@ -175,6 +177,8 @@ def with_client_options(options: Options, raw: Any) -> Options:
         name, parse = _CLIENT_KEYS[key]
         try:
             changes[name] = parse(value)
+            if name == "exclude":  # the client's globs add to flywheel.toml's: exclusion only ever sends less
+                changes[name] = tuple(dict.fromkeys(options.exclude + changes[name]))
         except (TypeError, ValueError) as exc:
             logger.warning("ignoring option %s=%r: expected %s", key, value, exc)
     return dataclasses.replace(options, **changes)
