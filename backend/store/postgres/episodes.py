@@ -7,22 +7,21 @@ inserts at a time, and seqs commit in the order they are drawn (the trainer's cu
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from pydantic import ConfigDict
 
 from backend.store.postgres.database import Database
 from backend.store.postgres.locks import EPISODES
 from backend.store.postgres.quarantine import COMPLETIONS, EVENTS, Unreadable, put_aside
+from backend.store.rows import episode_of, json_column, read_events, score_columns
 from core import wire
 from core.confidence import cursor_place
 from core.config import RewardConfig
-from core.rewards import Scored, score_episode, user_wrote
+from core.rewards import score_episode
 
 # Completions scored per transaction: bounds how long one finalize pass holds the lock.
 _FINALIZE_CHUNK = 500
@@ -38,12 +37,6 @@ _PAGE = (
     " AND q.row_key = e.completion_id)"
     " ORDER BY e.seq LIMIT %s"
 )
-
-
-class _StoredEpisode(wire.Episode):
-    """An episode as read back: no NaN or infinity anywhere (JSON has neither)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class EpisodesMixin:
@@ -82,7 +75,7 @@ class EpisodesMixin:
                         "INSERT INTO episodes (completion_id, outcome, reward, similarity, accept_visible_ms,"
                         " finalized_at) VALUES (%s, %s, %s, %s, %s, %s)"
                         " ON CONFLICT (completion_id) DO NOTHING",
-                        [(cid, *_columns(s), now) for cid, s in scored],
+                        [(cid, *score_columns(s), now) for cid, s in scored],
                     )
                 await conn.execute(
                     "UPDATE completions SET finalized_at = %s WHERE completion_id = ANY(%s)",
@@ -146,7 +139,7 @@ class EpisodesMixin:
                 updates = []
                 for seq, cid, text, *old in rows:
                     try:
-                        new = _columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
+                        new = score_columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
                     except Exception as error:  # the episode keeps its score; the row is set aside
                         unreadable.append(Unreadable.of(COMPLETIONS, cid, error))
                         continue
@@ -164,40 +157,11 @@ class EpisodesMixin:
             after = rows[-1][0]
 
 
-def _columns(scored: Scored) -> tuple[str, float | None, float | None, float | None]:
-    return scored.outcome, scored.reward, scored.similarity, scored.accept_visible_ms
-
-
 def _episode(r: Any, said: list[wire.Event]) -> wire.Episode:
     """One row of the trainer's page as an episode; ValueError (and kin) when it cannot be read."""
-    context = _json_column("context", r[14])
+    context = json_column("context", r[14])
     prefix = context.get("prefix") if isinstance(context, dict) else None
-    return _StoredEpisode(
-        seq=r[0],
-        completion_id=r[1],
-        user_id=r[2],
-        model_version=r[3],
-        prompt_ids=_json_column("prompt_ids", r[4]),
-        completion_ids=_json_column("completion_ids", r[5]),
-        token_logprobs=_json_column("token_logprobs", r[6]),
-        temperature=r[7],
-        text=r[8],
-        outcome=r[9],
-        reward=r[10],
-        created_at=r[11],
-        finalized_at=r[12],
-        accept_visible_ms=r[13],
-        rewrite=user_wrote(r[8], said),
-        place=cursor_place(prefix) if isinstance(prefix, str) else "",
-        evaluation=bool(r[15]),
-    )
-
-
-def _json_column(name: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{name}: not JSON ({error})") from None
+    return episode_of(r, said, cursor_place(prefix) if isinstance(prefix, str) else "", r[15])
 
 
 async def _events_of(
@@ -216,9 +180,6 @@ async def _events_of(
         f" WHERE completion_id = ANY(%s){only} ORDER BY client_ts, id",
         params,
     )
-    for cid, payload, event_id in await cursor.fetchall():
-        try:
-            events[cid].append(wire.Event.model_validate_json(payload))
-        except Exception as error:  # whatever is wrong with the row: it alone is set aside
-            unreadable.append(Unreadable.of(EVENTS, event_id, error))
+    rows = await cursor.fetchall()
+    read_events(rows, events, unreadable, lambda row, error: Unreadable.of(EVENTS, row[2], error))
     return events, unreadable

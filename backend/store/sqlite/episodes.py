@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
-from pydantic import ConfigDict
 
+from backend.store.rows import episode_of, read_events, score_columns
 from backend.store.sqlite.database import Database
 from backend.store.sqlite.quarantine import COMPLETIONS, EVENTS, Unreadable, put_aside
 from core import wire
 from core.confidence import cursor_place
 from core.config import RewardConfig
-from core.rewards import Scored, score_episode, user_wrote
+from core.rewards import score_episode
 
 # Completions scored per transaction: bounds how long one finalize pass holds the write lock.
 _FINALIZE_CHUNK = 500
@@ -38,13 +37,6 @@ _PAGE = (
     " AND q.row_key = e.completion_id)"
     " ORDER BY e.seq LIMIT ?"
 )
-
-
-class _StoredEpisode(wire.Episode):
-    """An episode as read back: no NaN or infinity anywhere, for JSON has neither and the trainer's
-    page would fail on it (a NaN log-prob, say, stored by an older version)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class EpisodesMixin:
@@ -96,7 +88,7 @@ class EpisodesMixin:
                 await db.executemany(
                     "INSERT INTO episodes (completion_id, outcome, reward, similarity, accept_visible_ms,"
                     " finalized_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (completion_id) DO NOTHING",
-                    [(cid, *_columns(s), now) for cid, s in scored],
+                    [(cid, *score_columns(s), now) for cid, s in scored],
                 )
                 await db.executemany(
                     "UPDATE completions SET finalized_at = ? WHERE rowid = ?", [(now, row[0]) for row in due]
@@ -166,7 +158,7 @@ class EpisodesMixin:
                 updates = []
                 for seq, cid, text, rowid, *old in rows:
                     try:
-                        new = _columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
+                        new = score_columns(score_episode(text, events.get(cid, []), rewards, min_visible_ms))
                     except Exception as error:  # the episode keeps its score; the row is set aside
                         unreadable.append(Unreadable.of(COMPLETIONS, cid, rowid, error))
                         continue
@@ -183,40 +175,11 @@ class EpisodesMixin:
             after = rows[-1][0]
 
 
-def _columns(scored: Scored) -> tuple[str, float | None, float | None, float | None]:
-    return scored.outcome, scored.reward, scored.similarity, scored.accept_visible_ms
-
-
 def _episode(r: Any, said: list[wire.Event]) -> wire.Episode:
     """One row of the trainer's page as an episode; ValueError (and kin) when it cannot be read."""
     if not r[15]:
         raise ValueError("context: not valid JSON")
-    return _StoredEpisode(
-        seq=r[0],
-        completion_id=r[1],
-        user_id=r[2],
-        model_version=r[3],
-        prompt_ids=_json_column("prompt_ids", r[4]),
-        completion_ids=_json_column("completion_ids", r[5]),
-        token_logprobs=_json_column("token_logprobs", r[6]),
-        temperature=r[7],
-        text=r[8],
-        outcome=r[9],
-        reward=r[10],
-        created_at=r[11],
-        finalized_at=r[12],
-        accept_visible_ms=r[13],
-        rewrite=user_wrote(r[8], said),
-        place=cursor_place(r[14]) if r[14] is not None else "",
-        evaluation=bool(r[17]),
-    )
-
-
-def _json_column(name: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{name}: not JSON ({error})") from None
+    return episode_of(r, said, cursor_place(r[14]) if r[14] is not None else "", r[17])
 
 
 async def _events_of(
@@ -235,11 +198,5 @@ async def _events_of(
             f" WHERE completion_id IN ({marks}){only} ORDER BY client_ts, rowid",
             [*chunk, *(kind.value for kind in kinds)],
         )
-        # One parse per row, each guarded: a try costs nothing until it catches, and pydantic's
-        # parse of the whole chunk as one JSON list measured slower than this, not faster.
-        for cid, payload, rowid, event_id in rows:
-            try:
-                events[cid].append(wire.Event.model_validate_json(payload))
-            except Exception as error:  # whatever is wrong with the row: it alone is set aside
-                unreadable.append(Unreadable.of(EVENTS, event_id, rowid, error))
+        read_events(rows, events, unreadable, lambda row, error: Unreadable.of(EVENTS, row[3], row[2], error))
     return events, unreadable
