@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from backend.store.interface import ArmFigures, SeriesPoint, Slice
 from backend.store.postgres.database import Database
+from backend.store.rows import series_points, slices_of
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 _ACCEPTED = f"(e.outcome IN ('{ACCEPTED}', '{PARTIALLY_ACCEPTED}'))"
@@ -42,17 +43,7 @@ class OutcomesMixin:
             " GROUP BY 1, 2 ORDER BY 2",
             (bucket_s, since, _end(until)),
         )
-        return [
-            SeriesPoint(
-                version=version,
-                at=bucket * bucket_s,
-                served=served,
-                mean_reward=reward_sum / trainable if trainable else None,
-                accept_rate=accepted / rated if rated else None,
-                arc_per_100=100 * arc / finalized if finalized else None,
-            )
-            for version, bucket, served, finalized, trainable, reward_sum, rated, accepted, arc in rows
-        ]
+        return series_points(rows, bucket_s)
 
     async def reward_histogram(
         self, since: float, width: float = 0.05, until: float | None = None
@@ -97,21 +88,7 @@ class OutcomesMixin:
             ' ORDER BY c.client COLLATE "C", c.language COLLATE "C"',
             (since, _end(until)),
         )
-        return [
-            Slice(
-                client=row[0],
-                language=row[1],
-                served=row[2],
-                shown=row[3],
-                finalized=row[4],
-                trainable=row[5],
-                rated=row[6],
-                accepted=row[7],
-                reward_sum=float(row[8]),
-                arc_sum=float(row[9]),
-            )
-            for row in rows
-        ]
+        return slices_of(rows)
 
 
 def _end(until: float | None) -> float:

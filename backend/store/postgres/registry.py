@@ -14,9 +14,10 @@ from typing import Any
 
 import psycopg
 
-from backend.store.interface import LIVE, RETIRED, STATES, Entered, Transition, UnknownCheckpoint
+from backend.store.interface import LIVE, RETIRED, Entered, Transition, UnknownCheckpoint
 from backend.store.postgres.database import Database
 from backend.store.postgres.locks import REGISTRY
+from backend.store.rows import check_state, checkpoint_info, entered_of, transitions_of
 from core import wire
 
 
@@ -46,7 +47,7 @@ class RegistryMixin:
         created_at: float | None = None,
     ) -> None:
         """Register a checkpoint and record its first transition (from nothing to `state`)."""
-        _check_state(state)
+        check_state(state)
         at = time.time() if created_at is None else created_at
         metrics_json = json.dumps(metrics or {})
         async with self._db.transaction(lock=REGISTRY) as conn:
@@ -64,7 +65,7 @@ class RegistryMixin:
     ) -> None:
         """Move a version to `to_state` and record why; going live retires the previous live one.
         `metrics` are recorded with the transition and merged into the checkpoint's own."""
-        _check_state(to_state)
+        check_state(to_state)
         at = time.time()
         async with self._db.transaction(lock=REGISTRY) as conn:
             cursor = await conn.execute(
@@ -101,14 +102,14 @@ class RegistryMixin:
         )
         if not rows:
             return None
-        return Entered(reason=rows[0][0], metrics=json.loads(rows[0][1]), at=rows[0][2])
+        return entered_of(rows[0])
 
     async def checkpoint(self, version: str) -> wire.CheckpointInfo | None:
         rows = await self._db.fetch(
             "SELECT version, state, parent_version, created_at, metrics FROM checkpoints WHERE version = %s",
             (version,),
         )
-        return _info(rows[0]) if rows else None
+        return checkpoint_info(rows[0]) if rows else None
 
     async def checkpoint_path(self, version: str) -> Path | None:
         rows = await self._db.fetch("SELECT path FROM checkpoints WHERE version = %s", (version,))
@@ -118,7 +119,7 @@ class RegistryMixin:
         rows = await self._db.fetch(
             "SELECT version, state, parent_version, created_at, metrics FROM checkpoints ORDER BY added"
         )
-        return [_info(row) for row in rows]
+        return [checkpoint_info(row) for row in rows]
 
     async def transitions(self, version: str | None = None) -> list[Transition]:
         sql = "SELECT id, version, from_state, to_state, reason, metrics, at FROM checkpoint_transitions"
@@ -127,17 +128,7 @@ class RegistryMixin:
             sql += " WHERE version = %s"
             params = (version,)
         rows = await self._db.fetch(sql + " ORDER BY id", params)
-        return [
-            Transition(
-                id=n, version=v, from_state=old, to_state=new, reason=why, metrics=json.loads(metrics), at=at
-            )
-            for n, v, old, new, why, metrics, at in rows
-        ]
-
-
-def _check_state(state: str) -> None:
-    if state not in STATES:
-        raise ValueError(f"unknown checkpoint state {state!r}; expected one of {sorted(STATES)}")
+        return transitions_of(rows)
 
 
 async def _retire_live(conn: psycopg.AsyncConnection, successor: str, at: float) -> None:
@@ -162,10 +153,4 @@ async def _record(
         "INSERT INTO checkpoint_transitions (version, from_state, to_state, reason, metrics, at)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
         (version, from_state, to_state, reason, metrics_json, at),
-    )
-
-
-def _info(row: Any) -> wire.CheckpointInfo:
-    return wire.CheckpointInfo(
-        version=row[0], state=row[1], parent_version=row[2], created_at=row[3], metrics=json.loads(row[4])
     )

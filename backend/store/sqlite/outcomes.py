@@ -10,6 +10,7 @@ Per finalized episode of a model version:
 from __future__ import annotations
 
 from backend.store.interface import ArmFigures, SeriesPoint, Slice
+from backend.store.rows import series_points, slices_of
 from backend.store.sqlite.database import Database
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
@@ -51,17 +52,7 @@ class OutcomesMixin:
             " GROUP BY 1, 2 ORDER BY 2",
             (bucket_s, since, _end(until)),
         )
-        return [
-            SeriesPoint(
-                version=version,
-                at=bucket * bucket_s,
-                served=served,
-                mean_reward=reward_sum / trainable if trainable else None,
-                accept_rate=accepted / rated if rated else None,
-                arc_per_100=100 * arc / finalized if finalized else None,
-            )
-            for version, bucket, served, finalized, trainable, reward_sum, rated, accepted, arc in rows
-        ]
+        return series_points(rows, bucket_s)
 
     async def reward_histogram(
         self, since: float, width: float = 0.05, until: float | None = None
@@ -100,21 +91,7 @@ class OutcomesMixin:
             " WHERE c.created_at >= ? AND c.created_at < ? GROUP BY 1, 2 ORDER BY 1, 2",
             (since, _end(until)),
         )
-        return [
-            Slice(
-                client=row[0],
-                language=row[1],
-                served=row[2],
-                shown=row[3] or 0,
-                finalized=row[4],
-                trainable=row[5] or 0,
-                rated=row[6] or 0,
-                accepted=row[7] or 0,
-                reward_sum=row[8],
-                arc_sum=row[9],
-            )
-            for row in rows
-        ]
+        return slices_of(rows)
 
 
 def _end(until: float | None) -> float:
