@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import ConfigDict
 
-from backend.store.interface import STATES, Entered, SeriesPoint, Slice, Transition
+from backend.store.interface import EVENTS, STATES, Entered, SeriesPoint, Slice, Transition
 from core import wire
 from core.rewards import Scored, user_wrote
 
@@ -81,13 +81,18 @@ def read_events(
             unreadable.append(set_aside(row, error))
 
 
-def set_aside_content(row: dict[str, Any]) -> str:
-    """A quarantined row's content: whatever the columns hold, bytes as hex, NaN and infinity as
-    Python writes them."""
+def set_aside_event(key: str, reason: str, content: dict[str, Any], now: float) -> tuple[Any, ...]:
+    """The quarantine row (tbl, row_key, reason, content, stored_at, at) of an events row moved there
+    whole, `content` its columns by name."""
+    return (EVENTS, key, reason, _content_json(content), _stored_at(content), now)
+
+
+def _content_json(row: dict[str, Any]) -> str:
+    # Whatever the columns hold: bytes as hex, NaN and infinity as Python writes them.
     return json.dumps(row, default=lambda value: value.hex() if isinstance(value, bytes) else str(value))
 
 
-def set_aside_time(row: dict[str, Any]) -> float | None:
+def _stored_at(row: dict[str, Any]) -> float | None:
     # A time that is no number, or infinite, leaves the record's own time to retention.
     at = row["received_at"]
     return float(at) if isinstance(at, int | float) and math.isfinite(at) else None

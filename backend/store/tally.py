@@ -3,7 +3,10 @@ grouped query: the same sums and rates whichever database counted (sqlite/stats.
 
 from __future__ import annotations
 
-from backend.store.interface import VersionStats
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from backend.store.interface import Stats, VersionStats
 
 _COUNTS = ("served", "shown", "abstained", "finalized", "trainable", "rated", "accepted")
 
@@ -35,3 +38,14 @@ class Tally:
             mean_reward=self.reward_sum / c["trainable"] if c["trainable"] else None,
             outcomes=dict(sorted(self.outcomes.items())),
         )
+
+
+def stats_of(rows: Iterable[Sequence[Any]]) -> Stats:
+    """The admin page's figures from rows of (model_version, the seven counts, reward_sum, outcome,
+    episodes), one per version and outcome."""
+    total = Tally()
+    per_version: dict[str, Tally] = {}
+    for model_version, *counts, reward_sum, outcome, episodes in rows:
+        for tally in (total, per_version.setdefault(model_version, Tally())):
+            tally.add(counts, reward_sum, outcome, episodes)
+    return Stats(**total.report(), per_version={v: t.report() for v, t in sorted(per_version.items())})

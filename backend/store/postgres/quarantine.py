@@ -9,19 +9,15 @@ anything there.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
 from backend.store.interface import COMPLETIONS, EVENTS, SetAside, reason_of
 from backend.store.postgres.database import Database
-
-_EVENT_COLUMNS = ("event_id", "completion_id", "kind", "payload", "client_ts", "received_at")
+from backend.store.rows import EVENT_COLUMNS, set_aside_event
 
 
 @dataclass(frozen=True)
@@ -43,19 +39,19 @@ async def put_aside(conn: psycopg.AsyncConnection, rows: Sequence[Unreadable], n
     events = [row for row in rows if row.table == EVENTS]
     if events:
         cursor = await conn.execute(
-            f"DELETE FROM events WHERE event_id = ANY(%s) RETURNING {', '.join(_EVENT_COLUMNS)}",
+            f"DELETE FROM events WHERE event_id = ANY(%s) RETURNING {', '.join(EVENT_COLUMNS)}",
             ([row.key for row in events],),
         )
         # Only the rows this transaction deleted: one moved aside meanwhile by another pass is gone.
         contents = {
-            values[0]: dict(zip(_EVENT_COLUMNS, values, strict=True)) for values in await cursor.fetchall()
+            values[0]: dict(zip(EVENT_COLUMNS, values, strict=True)) for values in await cursor.fetchall()
         }
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO quarantine (tbl, row_key, reason, content, stored_at, at)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tbl, row_key) DO NOTHING",
                 [
-                    (EVENTS, row.key, row.reason, _json(contents[row.key]), _time(contents[row.key]), now)
+                    set_aside_event(row.key, row.reason, contents[row.key], now)
                     for row in events
                     if row.key in contents
                 ],
@@ -69,17 +65,6 @@ async def put_aside(conn: psycopg.AsyncConnection, rows: Sequence[Unreadable], n
                 " FROM completions WHERE completion_id = %s ON CONFLICT (tbl, row_key) DO NOTHING",
                 [(COMPLETIONS, row.key, row.reason, now, row.key) for row in completions],
             )
-
-
-def _json(row: dict[str, Any]) -> str:
-    # NaN and infinity as Python writes them.
-    return json.dumps(row, default=str)
-
-
-def _time(row: dict[str, Any]) -> float | None:
-    # An infinite or NaN time leaves the record's own time to retention.
-    at = row["received_at"]
-    return float(at) if isinstance(at, int | float) and math.isfinite(at) else None
 
 
 class QuarantineMixin:

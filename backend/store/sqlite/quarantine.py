@@ -17,8 +17,6 @@ goes when retention reaches the row's own time, like the events it was one of.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +25,8 @@ from typing import Any
 import aiosqlite
 
 from backend.store.interface import COMPLETIONS, EVENTS, SetAside, reason_of
+from backend.store.rows import EVENT_COLUMNS, set_aside_event
 from backend.store.sqlite.database import Database
-
-_EVENT_COLUMNS = ("event_id", "completion_id", "kind", "payload", "client_ts", "received_at")
 
 
 @dataclass(frozen=True)
@@ -59,15 +56,15 @@ async def put_aside(db: aiosqlite.Connection, rows: Sequence[Unreadable], now: f
     if events:
         marks = ",".join("?" * len(events))
         found = await db.execute_fetchall(
-            f"SELECT rowid, {', '.join(_EVENT_COLUMNS)} FROM events WHERE rowid IN ({marks})",
+            f"SELECT rowid, {', '.join(EVENT_COLUMNS)} FROM events WHERE rowid IN ({marks})",
             [row.rowid for row in events],
         )
-        contents = {rowid: dict(zip(_EVENT_COLUMNS, values, strict=True)) for rowid, *values in found}
+        contents = {rowid: dict(zip(EVENT_COLUMNS, values, strict=True)) for rowid, *values in found}
         await db.executemany(
             "INSERT OR IGNORE INTO quarantine (tbl, row_key, reason, content, stored_at, at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (EVENTS, row.key, row.reason, _json(contents[row.rowid]), _time(contents[row.rowid]), now)
+                set_aside_event(row.key, row.reason, contents[row.rowid], now)
                 for row in events
                 if row.rowid in contents  # moved aside meanwhile by another pass
             ],
@@ -81,17 +78,6 @@ async def put_aside(db: aiosqlite.Connection, rows: Sequence[Unreadable], now: f
             " FROM completions WHERE rowid = ?",
             [(COMPLETIONS, row.key, row.reason, now, row.rowid) for row in completions],
         )
-
-
-def _json(row: dict[str, Any]) -> str:
-    # Whatever the columns hold: bytes as hex, NaN and infinity as Python writes them.
-    return json.dumps(row, default=lambda value: value.hex() if isinstance(value, bytes) else str(value))
-
-
-def _time(row: dict[str, Any]) -> float | None:
-    # A time that is no number, or infinite, leaves the record's own time to retention.
-    at = row["received_at"]
-    return float(at) if isinstance(at, int | float) and math.isfinite(at) else None
 
 
 class QuarantineMixin:

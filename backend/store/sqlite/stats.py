@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from backend.store.interface import Stats
 from backend.store.sqlite.database import Database
-from backend.store.tally import Tally
+from backend.store.tally import stats_of
 from core.rewards import ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED
 
 
@@ -32,9 +32,4 @@ class StatsMixin:
             " GROUP BY c.model_version, e.outcome",
             (ABSTAINED, ACCEPTED, PARTIALLY_ACCEPTED),
         )
-        total = Tally()
-        per_version: dict[str, Tally] = {}
-        for model_version, *counts, reward_sum, outcome, episodes in rows:
-            for tally in (total, per_version.setdefault(model_version, Tally())):
-                tally.add(counts, reward_sum, outcome, episodes)
-        return Stats(**total.report(), per_version={v: t.report() for v, t in sorted(per_version.items())})
+        return stats_of(rows)
