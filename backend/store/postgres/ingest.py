@@ -8,17 +8,14 @@ other valid event is a duplicate, or names a completion that does not exist.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from backend.store.group_commit import Batch, GroupCommit, event_row
 from backend.store.postgres.database import Database
+from backend.store.rows import EVENT_COLUMNS
 from core import wire
-
-# pydantic's serializer called directly: model_dump_json's Python wrapper costs a third of the call.
-_EVENT_JSON = wire.Event.__pydantic_serializer__
 
 # One statement for the whole group: the rows as one JSON parameter, unpacked by the server (psycopg
 # adapting six arrays element by element in Python cost more than the rest of the write together);
@@ -96,18 +93,10 @@ class IngestMixin:
         duplicate and stored once."""
         if not valid:
             return wire.EventsResponse(stored=0, duplicates=0, refused=refused)
-        return await self._event_writer.write(_Batch(valid, refused, received_at))
+        return await self._event_writer.write(Batch(valid, refused, received_at))
 
 
-@dataclass
-class _Batch:
-    valid: list[tuple[int, wire.Event]]
-    refused: list[wire.RefusedEvent]
-    received_at: float
-    done: asyncio.Future[wire.EventsResponse] = field(init=False)
-
-
-class EventWriter:
+class EventWriter(GroupCommit):
     """Group commit: the batches that arrive while a transaction runs share the next one.
 
     A commit waits for the WAL to reach the disk; one commit for many batches pays that wait
@@ -115,35 +104,13 @@ class EventWriter:
     """
 
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self._db = db
-        self._waiting: list[_Batch] = []
-        self._drainer: asyncio.Task[None] | None = None
 
-    async def write(self, batch: _Batch) -> wire.EventsResponse:
-        batch.done = asyncio.get_running_loop().create_future()
-        self._waiting.append(batch)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        # Shielded: a sender that hangs up does not unwrite a batch the group is committing.
-        return await asyncio.shield(batch.done)
+    async def _commit_group(self, group: list[Batch]) -> list[wire.EventsResponse]:
+        return await self._db.retrying(lambda: self._commit(group))
 
-    async def flush(self) -> None:
-        if self._drainer is not None:
-            await self._drainer
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting, []
-            try:
-                results = await self._db.retrying(lambda group=group: self._commit(group))
-            except Exception as error:  # the whole group failed: every sender hears why
-                for batch in group:
-                    batch.done.set_exception(error)
-            else:
-                for batch, result in zip(group, results, strict=True):
-                    batch.done.set_result(result)
-
-    async def _commit(self, group: list[_Batch]) -> list[wire.EventsResponse]:
+    async def _commit(self, group: list[Batch]) -> list[wire.EventsResponse]:
         # The first copy of an event id in the group is the one offered to the database.
         offered: dict[str, tuple[wire.Event, float]] = {}
         for batch in group:
@@ -151,17 +118,7 @@ class EventWriter:
                 offered.setdefault(event.event_id, (event, batch.received_at))
         events = [event for event, _ in offered.values()]
         async with self._db.transaction() as conn:
-            rows = [
-                {
-                    "event_id": e.event_id,
-                    "completion_id": e.completion_id,
-                    "kind": e.kind.value,
-                    "payload": _EVENT_JSON.to_json(e, exclude_none=True).decode(),
-                    "client_ts": e.client_ts,
-                    "received_at": received_at,
-                }
-                for e, received_at in offered.values()
-            ]
+            rows = [dict(zip(EVENT_COLUMNS, event_row(e, at), strict=True)) for e, at in offered.values()]
             cursor = await conn.execute(_INSERT_EVENTS, (json.dumps(rows),))
             inserted = {row[0] for row in await cursor.fetchall()}
             # Which of the left-over events' completions exist: those events are duplicates.
@@ -182,7 +139,7 @@ class EventWriter:
         return _responses(group, inserted, known)
 
 
-def _responses(group: list[_Batch], inserted: set[str], known: set[str]) -> list[wire.EventsResponse]:
+def _responses(group: list[Batch], inserted: set[str], known: set[str]) -> list[wire.EventsResponse]:
     """Each batch's answer: an event is stored by the first batch in the group that carried it,
     a duplicate when stored before (or by an earlier copy), refused when its completion is unknown."""
     results = []

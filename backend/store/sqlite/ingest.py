@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
 
+from backend.store.group_commit import Batch, GroupCommit, event_row
 from backend.store.sqlite.database import Database
 from core import wire
-
-# pydantic's serializer called directly: model_dump_json's Python wrapper costs a third of the call,
-# once per stored event.
-_EVENT_JSON = wire.Event.__pydantic_serializer__
 
 
 class IngestMixin:
@@ -83,18 +78,10 @@ class IngestMixin:
         """
         if not valid:
             return wire.EventsResponse(stored=0, duplicates=0, refused=refused)
-        return await self._event_writer.write(_Batch(valid, refused, received_at))
+        return await self._event_writer.write(Batch(valid, refused, received_at))
 
 
-@dataclass
-class _Batch:
-    valid: list[tuple[int, wire.Event]]
-    refused: list[wire.RefusedEvent]
-    received_at: float
-    done: asyncio.Future[wire.EventsResponse] = field(init=False)
-
-
-class EventWriter:
+class EventWriter(GroupCommit):
     """Group commit: the batches that arrive while a transaction runs share the next one.
 
     Every statement is a hand-off between the event loop's thread and aiosqlite's, and under load
@@ -103,35 +90,10 @@ class EventWriter:
     """
 
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self._db = db
-        self._waiting: list[_Batch] = []
-        self._drainer: asyncio.Task[None] | None = None
 
-    async def write(self, batch: _Batch) -> wire.EventsResponse:
-        batch.done = asyncio.get_running_loop().create_future()
-        self._waiting.append(batch)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        # Shielded: a sender that hangs up does not unwrite a batch the group is committing.
-        return await asyncio.shield(batch.done)
-
-    async def flush(self) -> None:
-        if self._drainer is not None:
-            await self._drainer
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting, []
-            try:
-                results = await self._commit(group)
-            except Exception as error:  # the whole group failed: every sender hears why
-                for batch in group:
-                    batch.done.set_exception(error)
-            else:
-                for batch, result in zip(group, results, strict=True):
-                    batch.done.set_result(result)
-
-    async def _commit(self, group: list[_Batch]) -> list[wire.EventsResponse]:
+    async def _commit_group(self, group: list[Batch]) -> list[wire.EventsResponse]:
         """Store the group's new events in one transaction; each batch's response.
 
         Almost always every event is new and names a known completion, so that is tried first:
@@ -163,17 +125,7 @@ class EventWriter:
                 "INSERT OR IGNORE INTO events"
                 " (event_id, completion_id, kind, payload, client_ts, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.event_id,
-                        e.completion_id,
-                        e.kind.value,
-                        _EVENT_JSON.to_json(e, exclude_none=True).decode(),
-                        e.client_ts,
-                        received_at,
-                    )
-                    for e, received_at in new.values()
-                ],
+                [event_row(e, received_at) for e, received_at in new.values()],
             )
             # executemany's rowcount sums the rows really inserted; ignored duplicates add 0.
             inserted = cursor.rowcount
@@ -194,7 +146,7 @@ class _NotAllNew(Exception):
 
 
 def _sort_out(
-    group: list[_Batch], known: set[str] | None, stored_before: set[str]
+    group: list[Batch], known: set[str] | None, stored_before: set[str]
 ) -> tuple[list[wire.EventsResponse], dict[str, tuple[wire.Event, float]]]:
     """Each batch's response, and the group's events to store by id (with when they came).
 
