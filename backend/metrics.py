@@ -176,18 +176,23 @@ class _StoredCollector(Collector):
                 "When the trainer last reported",
                 value=report["at"],
             )
-        cycle = report.get("cycle") or {}
-        figures = cycle.get("metrics") or {}
-        if cycle:
+        # The cycle's figures are free-form JSON from whoever holds an admin token: only numbers count.
+        cycle = report.get("cycle")
+        cycle = cycle if isinstance(cycle, dict) else {}
+        figures = cycle.get("metrics")
+        figures = figures if isinstance(figures, dict) else {}
+        if (episodes := _number(cycle.get("episodes"))) is not None:
             yield GaugeMetricFamily(
-                "flywheel_trainer_cycle_episodes",
-                "Episodes the last cycle pulled and kept",
-                value=cycle["episodes"],
+                "flywheel_trainer_cycle_episodes", "Episodes the last cycle pulled and kept", value=episodes
             )
-        if "duration_s" in figures:
+        if (duration := _number(figures.get("duration_s"))) is not None:
             yield GaugeMetricFamily(
-                "flywheel_trainer_cycle_seconds", "How long the last cycle took", value=figures["duration_s"]
+                "flywheel_trainer_cycle_seconds", "How long the last cycle took", value=duration
             )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class _PassCollector(Collector):

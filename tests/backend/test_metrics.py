@@ -193,3 +193,14 @@ def test_every_metric_the_dashboard_queries_exists(server: RunningBackend) -> No
         time.sleep(0.2)
     missing = dashboard_metrics() - set(found)
     assert not missing, f"the dashboard queries metrics /metrics does not have: {sorted(missing)}"
+
+
+def test_a_trainer_report_without_figures_still_scrapes(server: RunningBackend) -> None:
+    # The cycle is free-form JSON an admin token posts (found by the fuzzer: a 500 on /metrics).
+    cycles = ({"metrics": []}, {"episodes": "seven", "metrics": {"duration_s": None}}, {"episodes": True})
+    for cycle in cycles:
+        report = {"state": "idle", "at": time.time(), "cycle": cycle}
+        httpx.post(f"{server.url}/v1/trainer/status", json=report, headers=server.admin).raise_for_status()
+        found = scrape(server)
+        assert not {"flywheel_trainer_cycle_episodes", "flywheel_trainer_cycle_seconds"} & set(found)
+        assert {labels["state"]: v for labels, v in found["flywheel_trainer_state"]}["idle"] == 1
