@@ -45,9 +45,11 @@ class ClientRun:
         return sum(end <= self.all_busy_s for end in self.ends) / self.all_busy_s
 
 
-async def completion_clients(url: str, client: dict[str, str], clients: int, per_client: int) -> ClientRun:
+async def completion_clients(
+    url: str, client: dict[str, str], clients: int, per_client: int, timeout_s: float = 120
+) -> ClientRun:
     """`clients` clients each sending `per_client` completion requests, one after another, with the
-    `client` token's header.
+    `client` token's header; no request gives up before `timeout_s`.
 
     aiohttp, as for ingestion: the load generator shares the machine's cores with the backend, so
     its own cost per request is kept small (httpx parses in Python, aiohttp in C).
@@ -69,7 +71,7 @@ async def completion_clients(url: str, client: dict[str, str], clients: int, per
             run.all_busy_s = time.perf_counter() - begin
 
     connector = aiohttp.TCPConnector(limit=clients + 2)
-    timeout = aiohttp.ClientTimeout(total=120)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=client) as http:
         begin = time.perf_counter()
         await asyncio.gather(*(one(n, http) for n in range(clients)))

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from bench.backend_load import ClientRun
+from bench.backend_load import ClientRun, completion_clients
 from bench.backend_requests import PREFIXES
 from bench.rows import Reference, Target, row
 from bench.tokens import NO_CONFIGURED_TOKEN, local_headers
@@ -75,32 +75,6 @@ def make_adapter(model: str, output: Path, settings: Settings) -> Path:
 
 # A 0.5B model on a busy CPU takes minutes to answer 16 clients at once: no request gives up sooner.
 REQUEST_TIMEOUT_S = 900
-
-
-async def completion_clients(url: str, client: dict[str, str], clients: int, per_client: int) -> ClientRun:
-    """bench/backend_load.py's clients (the same prompts, one after another per client), with room
-    for a large model on a CPU."""
-    run = ClientRun()
-
-    async def one(number: int, http: aiohttp.ClientSession) -> None:
-        for turn in range(per_client):
-            body = {"context": {"prefix": PREFIXES[(number + turn) % len(PREFIXES)]}}
-            started = time.perf_counter()
-            async with http.post(f"{url}/v1/complete", json=body) as response:
-                response.raise_for_status()
-                answer = await response.json()
-            run.latencies.append((time.perf_counter() - started) * 1000)
-            run.ends.append(time.perf_counter() - begin)
-            run.tokens.append(len(answer["token_logprobs"]))
-        if not run.all_busy_s:
-            run.all_busy_s = time.perf_counter() - begin
-
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=clients + 2)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=client) as http:
-        begin = time.perf_counter()
-        await asyncio.gather(*(one(n, http) for n in range(clients)))
-    return run
 
 
 def _clients(run: ClientRun) -> dict[str, Any]:
@@ -219,9 +193,9 @@ def measure_engine(
     ready_s = time.perf_counter() - started
     try:
         client, admin = local_headers(state, CLIENT), local_headers(state, ADMIN)
-        asyncio.run(completion_clients(url, client, 4, 1))  # warm-up
-        one = _clients(asyncio.run(completion_clients(url, client, 1, args.sequential)))
-        many = _clients(asyncio.run(completion_clients(url, client, 16, args.per_client)))
+        asyncio.run(completion_clients(url, client, 4, 1, REQUEST_TIMEOUT_S))  # warm-up
+        one = _clients(asyncio.run(completion_clients(url, client, 1, args.sequential, REQUEST_TIMEOUT_S)))
+        many = _clients(asyncio.run(completion_clients(url, client, 16, args.per_client, REQUEST_TIMEOUT_S)))
         swap = asyncio.run(swap_under_load(url, client, admin, adapter, model, args.swaps))
     finally:
         stop_process(process)

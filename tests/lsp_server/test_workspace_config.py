@@ -10,9 +10,9 @@ import pytest
 from lsp_server.options import from_settings, with_client_options
 
 
-def test_a_repositorys_flywheel_toml_cannot_redirect_the_language_server(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A repository the editor opens (the working directory) and the user's own flywheel.toml."""
     repo, own = tmp_path / "repo", tmp_path / "config" / "flywheel" / "flywheel.toml"
     repo.mkdir()
     own.parent.mkdir(parents=True)
@@ -20,6 +20,11 @@ def test_a_repositorys_flywheel_toml_cannot_redirect_the_language_server(
     monkeypatch.delenv("FLYWHEEL_CONFIG", raising=False)
     monkeypatch.delenv("FLYWHEEL_BACKEND__URL", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return repo, own
+
+
+def test_a_repositorys_flywheel_toml_cannot_redirect_the_language_server(places: tuple[Path, Path]) -> None:
+    repo, own = places
     own.write_text('[backend]\nurl = "http://mine.example:8765"\n')
     (repo / "flywheel.toml").write_text('[backend]\nurl = "https://x.example"\n[lsp]\ndebounce_ms = 5')
     options = from_settings()
@@ -30,14 +35,9 @@ def test_a_repositorys_flywheel_toml_cannot_redirect_the_language_server(
 
 
 def test_languages_and_exclusions_come_from_the_users_flywheel_toml_never_a_repositorys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    places: tuple[Path, Path],
 ) -> None:
-    repo, own = tmp_path / "repo", tmp_path / "config" / "flywheel" / "flywheel.toml"
-    repo.mkdir()
-    own.parent.mkdir(parents=True)
-    monkeypatch.chdir(repo)
-    monkeypatch.delenv("FLYWHEEL_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    repo, own = places
     own.write_text('[lsp]\nlanguages = { go = true, markdown = false }\nexclude = ["secrets/**"]\n')
     # The repository's own file would turn every language on and drop the user's exclusions (its
     # code would be sent): ignored.
