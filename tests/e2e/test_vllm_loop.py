@@ -19,11 +19,13 @@ import httpx
 import pytest
 from conftest import RunningBackend, stop_backend
 from test_whole_loop import live_version, travel
-from vllm_support import NO_VLLM, small_cache_env, vllm_python_path
+from vllm_support import NO_VLLM, TEMPERATURE, small_cache_env, vllm_python_path
 
+from backend.engine import Generation
 from bench.tokens import people
 from core import processes
 from tests.backend.backend_traffic import drive
+from tests.backend.test_vllm_engine import TOLERANCE, Reference
 
 # Half the people get the candidate; it is promoted once both arms have a few finalized episodes
 # with nothing significantly worse (a horizon this short decides nothing statistically: it is the
@@ -85,8 +87,37 @@ def canary_promotes(backend: RunningBackend, trainer_output: str, timeout_s: flo
     assert live_version(backend) == "v1"
 
 
-async def test_completion_travels_the_loop_on_vllm(vllm_backend: RunningBackend, tmp_path: Path) -> None:
+def stored_episodes(backend: RunningBackend) -> list[dict]:
+    episodes: list[dict] = []
+    cursor = 0
+    while True:
+        params = {"cursor": cursor, "include_evaluation": "true"}
+        page = httpx.get(f"{backend.url}/v1/episodes", params=params, headers=backend.admin).json()
+        if not page["episodes"]:
+            return episodes
+        episodes += page["episodes"]
+        cursor = page["next_cursor"]
+
+
+def stored_logprobs_are_the_models_own(backend: RunningBackend, model_dir: Path) -> None:
+    """The trainer's episodes, as the store gives them, recomputed with transformers + peft: the
+    log-probs vLLM recorded under base and under v1 are log_softmax(logits / T) at each token."""
+    episodes = [e for e in stored_episodes(backend) if e["completion_ids"]]
+    assert {e["model_version"] for e in episodes} >= {"base", "v1"}
+    assert {e["temperature"] for e in episodes} == {TEMPERATURE}
+    generations = [
+        Generation(e["model_version"], e["prompt_ids"], e["completion_ids"], e["token_logprobs"], "")
+        for e in episodes
+    ]
+    reference = Reference(model_dir, {"v1": backend.data_dir / "checkpoints" / "v1"})
+    assert reference.worst(generations) < TOLERANCE
+
+
+async def test_completion_travels_the_loop_on_vllm(
+    vllm_backend: RunningBackend, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     await travel(vllm_backend, tmp_path, canary_promotes)
+    stored_logprobs_are_the_models_own(vllm_backend, tiny_model_dir)
     # Decoded by vLLM throughout: the backend's log names the server it started, and no model
     # process of the in-process engine ever ran.
     log = vllm_backend.log()
