@@ -29,9 +29,8 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from backend import stops
-from backend.engine import EngineRequest, Generation
+from backend.engine import EngineRequest, Generation, cut_before, withheld_whatever_follows
 from backend.serving import PEFT_BASE, Policy, returned_cache
-from core.confidence import LEADING_TOKENS, withheld
 from core.healing import TokenTexts
 from core.prompts import build_prompt_ids
 from core.wire import BASE_VERSION
@@ -86,13 +85,11 @@ class Row:
         return self.healed[len(self.stop.text) :]
 
     def cut_before(self, logprob: float) -> bool:
-        return self.stop_logprob is not None and logprob < self.stop_logprob
+        return cut_before(self.stop_logprob, logprob)
 
     def withheld_whatever_follows(self) -> bool:
-        """Whether the floor withholds this row already: its confidence is final once it has its
-        first LEADING_TOKENS tokens, and decoding the rest would only hold a slot of the batch.
-        Asked at every step, it looks once, at that token: a row not withheld then never is."""
-        return len(self.tokens) == LEADING_TOKENS and withheld(self.logprobs, self.min_confidence)
+        """backend/engine.py's rule: here, decoding the rest would only hold a slot of the batch."""
+        return withheld_whatever_follows(self.logprobs, self.min_confidence)
 
     @property
     def adapter(self) -> str:

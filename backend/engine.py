@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from core.confidence import LEADING_TOKENS, withheld
+
 
 class EngineUnavailable(RuntimeError):
     """Nothing can be served now (the model failed to load, or is being restarted): ask again."""
@@ -72,6 +74,18 @@ class EngineRequest:
     # completion is shown is decided above the engine from its log-probs; an engine may end a row
     # early once its first LEADING_TOKENS tokens fall below the floor, since nothing of it is shown.
     min_confidence: float | None = None
+
+
+def cut_before(stop_logprob: float | None, logprob: float) -> bool:
+    """Whether the learned cut ends a row before a token sampled at `logprob`."""
+    return stop_logprob is not None and logprob < stop_logprob
+
+
+def withheld_whatever_follows(logprobs: list[float], min_confidence: float | None) -> bool:
+    """Whether the floor withholds a row already: its confidence is final once it has its first
+    LEADING_TOKENS tokens, and decoding the rest would be wasted. Asked after every token, it looks
+    once, at that token: a row not withheld then never is."""
+    return len(logprobs) == LEADING_TOKENS and withheld(logprobs, min_confidence)
 
 
 @dataclass

@@ -43,9 +43,17 @@ from typing import Any
 import httpx
 
 from backend import stops
-from backend.engine import ClientGone, EngineInfo, EngineRequest, EngineUnavailable, Generation, Gone
+from backend.engine import (
+    ClientGone,
+    EngineInfo,
+    EngineRequest,
+    EngineUnavailable,
+    Generation,
+    Gone,
+    cut_before,
+    withheld_whatever_follows,
+)
 from backend.vllm_server import OwnedServer
-from core.confidence import LEADING_TOKENS, withheld
 from core.config import ModelConfig, ServingConfig
 from core.prompts import build_prompt_ids, detect_fim_format
 from core.wire import BASE_VERSION
@@ -108,7 +116,7 @@ class _Row:
         request = self.request
         if self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self.asked
-        if request.stop_logprob is not None and logprob < request.stop_logprob:
+        if cut_before(request.stop_logprob, logprob):
             return True
         self.tokens.append(token)
         self.logprobs.append(logprob)
@@ -121,7 +129,7 @@ class _Row:
                 "\n" in piece
                 and stops.stop_index(self.text, request.stop.mid_line, self.line_prefix) is not None
             )
-            or (len(self.tokens) == LEADING_TOKENS and withheld(self.logprobs, request.min_confidence))
+            or withheld_whatever_follows(self.logprobs, request.min_confidence)
         )
 
 
