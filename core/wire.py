@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.confidence import AFTER_SYMBOL, IN_WORD, LINE_START
+from core.show_policy import ShowPolicy, ShowSignals
 
 API_PREFIX = "/v1"
 # The trainer POSTs a TrainerReport here (admin token), for the dashboard's trainer status.
@@ -44,6 +45,12 @@ class CompleteRequest(BaseModel):
     # other, but never in the trainer's episodes. Any client may set it: it only takes its own
     # requests out of training, never puts anything in, so it hides nothing that could move a model.
     evaluation: bool = False
+    # What the client knows for the show policy (core/show_policy.py); None: nothing.
+    signals: ShowSignals | None = None
+    # "floors": serve this request under the version's confidence floors even where it has a learned
+    # show policy. Only with evaluation (a side-by-side of the two rules), so that every trained
+    # episode was served under its version's own rule.
+    show_rule: Literal["version", "floors"] = "version"
 
 
 class CompleteResponse(BaseModel):
@@ -167,6 +174,23 @@ ConfidenceFloors = dict[
 ]
 
 
+class ServingDecision(BaseModel):
+    """How serving decided whether a completion was shown (core/show_policy.py)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    # "floors": the version's confidence floors decided; "learned": its show policy.
+    rule: Literal["floors", "learned"]
+    # The features the rule could read: the filter's when the model was called, else the trigger's.
+    features: dict[str, float] = Field(default_factory=dict)
+    # False: the trigger skipped the model call (an abstention nobody waited for).
+    called: bool = True
+    shown: bool = True
+    # The chance, given its features, that this completion was shown (call chance × show chance):
+    # below 1 for what exploration showed; the fit weighs each shown episode by its inverse.
+    propensity: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
 class Episode(BaseModel):
     """A finalized completion with its reward, as the trainer receives it."""
 
@@ -195,6 +219,8 @@ class Episode(BaseModel):
     # Asked for as part of an evaluation (CompleteRequest.evaluation): only in a page that asks
     # for them (include_evaluation), never in the trainer's.
     evaluation: bool = False
+    # How serving decided whether to show it, for the show policy's next fit; None: not recorded.
+    decision: ServingDecision | None = None
 
 
 class EpisodesPage(BaseModel):
@@ -213,6 +239,8 @@ class ModelInfo(BaseModel):
     stop_logprob: float | None = None
     # The live version's confidence floors (CheckpointMetadata.min_confidence), likewise.
     min_confidence: ConfidenceFloors = Field(default_factory=dict)
+    # The live version's learned show policy (CheckpointMetadata.show_policy), likewise.
+    show_policy: ShowPolicy | None = None
     # LSP languageIds the model serves (config model.languages): clients ask for no others by default.
     languages: list[str] = Field(default_factory=lambda: ["python"])
 
@@ -248,6 +276,9 @@ class CheckpointMetadata(BaseModel):
     # place where the cursor stood (core/confidence.py): they are abstentions. Learned from
     # outcomes (trainer/withholding.py). A place without a floor shows everything.
     min_confidence: ConfidenceFloors = Field(default_factory=dict)
+    # Serving decides with this instead of the floors where it is set (core/show_policy.py; learned
+    # by trainer/show_policy_fit.py). None: the floors decide.
+    show_policy: ShowPolicy | None = None
 
 
 class TrainerReport(BaseModel):
