@@ -209,6 +209,17 @@ class TrainerConfig(BaseModel):
     # often do not show at all.
     floor_history: Annotated[int, Field(ge=1)] = 2000
     floor_min_shown: Annotated[int, Field(ge=1)] = 800
+    # Fit each candidate's learned show-or-abstain policy (a logistic filter and trigger over
+    # features known at request time, trainer/show_policy_fit.py) to shown outcomes; where a version
+    # has one, serving decides with it instead of the floors. Off: candidates carry none.
+    show_policy: bool = True
+    # Its evidence: the last this many episodes with a recorded serving decision; no policy until it
+    # holds this many shown suggestions (and ten accepted).
+    show_policy_history: Annotated[int, Field(ge=1)] = 4000
+    show_policy_min_shown: Annotated[int, Field(ge=1)] = 200
+    # Chance that a suggestion the policy would withhold (a call its trigger would skip) is shown
+    # (made) anyway, its propensity recorded: without it a threshold set too high never learns so.
+    show_policy_explore: Annotated[float, Field(ge=0, le=0.5)] = 0.03
     # At most this many episodes per cycle; the rest wait for the next one.
     max_episodes: int = 2000
     guards: GuardConfig = Field(default_factory=GuardConfig)
