@@ -271,12 +271,14 @@ class Store(Protocol):
         evaluation: bool = False,
         client: str = "lsp",
         language: str = "",
+        decision: wire.ServingDecision | None = None,
     ) -> None:
         """Store one served completion (abstentions too: they become episodes with reward 0).
         `evaluation`: asked for as part of an evaluation (CompleteRequest.evaluation): scored like
         any other, never in the trainer's feed. `client`: the kind of client that asked
         (CompleteRequest.client: "lsp", "tabby", "openai"); `language`: the context's language. Both
-        are kept beyond retention (the context itself is purged), for `breakdown`. Committed before
+        are kept beyond retention (the context itself is purged), for `breakdown`. `decision`: how
+        serving decided whether it was shown (numbers only), returned on its episode. Committed before
         it returns: its id may then be handed to a client."""
 
     async def store_events(

@@ -40,9 +40,17 @@ def json_column(name: str, text: str) -> Any:
         raise ValueError(f"{name}: not JSON ({error})") from None
 
 
-def episode_of(r: Sequence[Any], said: list[wire.Event], place: str, evaluation: Any) -> wire.Episode:
+def decision_column(decision: wire.ServingDecision | None) -> str | None:
+    """How serving decided a completion's showing, as the completions table's decision column."""
+    return None if decision is None else decision.model_dump_json()
+
+
+def episode_of(
+    r: Sequence[Any], said: list[wire.Event], place: str, evaluation: Any, decision: str | None = None
+) -> wire.Episode:
     """The first 14 columns of a row of the trainer's page (seq ... accept_visible_ms) as an episode;
-    ValueError (and kin) when it cannot be read. `place` and `evaluation` as each store reads them."""
+    ValueError (and kin) when it cannot be read. `place` and `evaluation` as each store reads them;
+    `decision` as its column holds it (NULL: not recorded, as before the column was)."""
     return StoredEpisode(
         seq=r[0],
         completion_id=r[1],
@@ -61,6 +69,7 @@ def episode_of(r: Sequence[Any], said: list[wire.Event], place: str, evaluation:
         rewrite=user_wrote(r[8], said),
         place=place,
         evaluation=bool(evaluation),
+        decision=None if decision is None else wire.ServingDecision.model_validate_json(decision),
     )
 
 

@@ -29,7 +29,7 @@ _FINALIZE_CHUNK = 500
 _PAGE = (
     "SELECT e.seq, e.completion_id, c.user_id, c.model_version, c.prompt_ids, c.completion_ids,"
     " c.token_logprobs, c.temperature, c.text, e.outcome, e.reward, c.created_at,"
-    " e.finalized_at, e.accept_visible_ms, c.context, c.evaluation"
+    " e.finalized_at, e.accept_visible_ms, c.context, c.evaluation, c.decision"
     " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
     " WHERE e.seq > %s AND e.seq <= %s AND e.reward IS NOT NULL AND c.purged_at IS NULL"
     " AND (NOT c.evaluation OR %s)"
@@ -161,7 +161,7 @@ def _episode(r: Any, said: list[wire.Event]) -> wire.Episode:
     """One row of the trainer's page as an episode; ValueError (and kin) when it cannot be read."""
     context = json_column("context", r[14])
     prefix = context.get("prefix") if isinstance(context, dict) else None
-    return episode_of(r, said, cursor_place(prefix) if isinstance(prefix, str) else "", r[15])
+    return episode_of(r, said, cursor_place(prefix) if isinstance(prefix, str) else "", r[15], r[16])
 
 
 async def _events_of(

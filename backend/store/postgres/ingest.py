@@ -14,7 +14,7 @@ from typing import Any
 
 from backend.store.group_commit import Batch, GroupCommit, event_row
 from backend.store.postgres.database import Database
-from backend.store.rows import EVENT_COLUMNS
+from backend.store.rows import EVENT_COLUMNS, decision_column
 from core import wire
 
 # One statement for the whole group: the rows as one JSON parameter, unpacked by the server (psycopg
@@ -52,13 +52,15 @@ class IngestMixin:
         evaluation: bool = False,
         client: str = "lsp",
         language: str = "",
+        decision: wire.ServingDecision | None = None,
     ) -> None:
         """Store one served completion (abstentions too: they are episodes with reward 0)."""
         async with self._db.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
                 " completion_ids, token_logprobs, temperature, text, created_at, latency_ms, evaluation,"
-                " client, language) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " client, language, decision)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     completion_id,
                     user_id,
@@ -74,6 +76,7 @@ class IngestMixin:
                     evaluation,
                     client,
                     language,
+                    decision_column(decision),
                 ),
             )
 

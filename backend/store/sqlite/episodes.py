@@ -29,7 +29,7 @@ _PAGE = (
     " e.finalized_at, e.accept_visible_ms,"
     # json_extract fails the whole statement on one malformed context: look only into valid ones.
     " CASE WHEN json_valid(c.context) THEN json_extract(c.context, '$.prefix') END,"
-    " json_valid(c.context), c.rowid, c.evaluation"
+    " json_valid(c.context), c.rowid, c.evaluation, c.decision"
     " FROM episodes e JOIN completions c ON c.completion_id = e.completion_id"
     " WHERE e.seq > ? AND e.seq <= ? AND e.reward IS NOT NULL AND c.purged_at IS NULL"
     " AND (c.evaluation = 0 OR ?)"
@@ -179,7 +179,7 @@ def _episode(r: Any, said: list[wire.Event]) -> wire.Episode:
     """One row of the trainer's page as an episode; ValueError (and kin) when it cannot be read."""
     if not r[15]:
         raise ValueError("context: not valid JSON")
-    return episode_of(r, said, cursor_place(r[14]) if r[14] is not None else "", r[17])
+    return episode_of(r, said, cursor_place(r[14]) if r[14] is not None else "", r[17], r[18])
 
 
 async def _events_of(

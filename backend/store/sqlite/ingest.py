@@ -10,6 +10,7 @@ from typing import Any
 import aiosqlite
 
 from backend.store.group_commit import Batch, GroupCommit, event_row
+from backend.store.rows import decision_column
 from backend.store.sqlite.database import Database
 from core import wire
 
@@ -35,6 +36,7 @@ class IngestMixin:
         evaluation: bool = False,
         client: str = "lsp",
         language: str = "",
+        decision: wire.ServingDecision | None = None,
     ) -> None:
         """Store one served completion (abstentions too: they are episodes with reward 0)."""
         row = (
@@ -52,11 +54,12 @@ class IngestMixin:
             int(evaluation),
             client,
             language,
+            decision_column(decision),
         )
         await self._db.write_one(
             "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
             " completion_ids, token_logprobs, temperature, text, created_at, latency_ms, evaluation,"
-            " client, language) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " client, language, decision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
 

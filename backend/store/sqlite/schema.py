@@ -158,6 +158,10 @@ MIGRATIONS: list[list[str]] = [
         "DROP TABLE tokens",
         "ALTER TABLE tokens_new RENAME TO tokens",
     ],
+    # 7: how serving decided whether each completion was shown (core/wire.py ServingDecision, as
+    # JSON: its rule, features, called, shown, propensity), for the show policy's fit. Numbers only,
+    # no code: kept beyond retention like client and language. NULL for rows before this step.
+    ["ALTER TABLE completions ADD COLUMN decision TEXT"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
