@@ -215,6 +215,7 @@ async def model_info(state: State) -> ModelInfo:
         canary_version=policy.canary,
         stop_logprob=cut.stop_logprob,
         min_confidence=cut.min_confidence,
+        show_policy=cut.show_policy,
         languages=state.settings.model.languages,
     )
 

@@ -22,9 +22,20 @@ async def serve(
 ) -> CompleteResponse:
     """Complete `body` for `person` (the token's, never the client's word: caps and canary count
     people) and keep it for learning when its telemetry is on. 503 while no model serves, 499
-    when the client hung up before decoding."""
+    when the client hung up before decoding; 422 for show_rule "floors" outside an evaluation."""
+    if body.show_rule == "floors" and not body.evaluation:
+        # Every trained episode must have been served under its version's own rule.
+        raise HTTPException(422, "show_rule 'floors' needs evaluation: true")
     started = time.perf_counter()
-    job = PolicyRequest(body.context.prefix, body.context.suffix, body.max_new_tokens, person)
+    job = PolicyRequest(
+        body.context.prefix,
+        body.context.suffix,
+        body.max_new_tokens,
+        person,
+        body.context.language,
+        body.signals,
+        learned=body.show_rule == "version",
+    )
     try:
         with state.metrics.in_flight.track_inprogress():
             sample = await state.completions.complete(job, gone=gone)
@@ -37,7 +48,8 @@ async def serve(
     completion_id = uuid7().hex
     if body.telemetry:
         await _record(state, body, person, completion_id, sample, latency_ms)
-    state.metrics.completed(sample.model_version, bool(sample.text), latency_ms, sample.first_token_s)
+    called = sample.decision is None or sample.decision.called
+    state.metrics.completed(sample.model_version, bool(sample.text), latency_ms, sample.first_token_s, called)
     return CompleteResponse(
         completion_id=completion_id,
         text=sample.text,
@@ -72,4 +84,5 @@ async def _record(
         evaluation=body.evaluation,
         client=body.client,
         language=body.context.language,
+        decision=sample.decision,
     )

@@ -2,9 +2,10 @@
 
 Before the engine (`plan`): the version that serves the user (backend/routing.py), the text the
 prompt leaves out for healing (core/healing.py), where the completion ends (backend/stops.py), and
-the version's learned cut and confidence floor (from its checkpoint's metadata). After it
-(`finish`): a completion less sure than the floor is an abstention; otherwise the text shown is
-cut at its stop and starts after the healed text.
+the version's learned cut, confidence floor and show policy (from its checkpoint's metadata), and
+whether the model is called at all (backend/show_decision.py). After it (`finish`): a completion
+the floor or the learned filter withholds is an abstention; otherwise the text shown is cut at its
+stop and starts after the healed text.
 
 `Completions` is what the routes and the checkpoint lifecycle hold: it routes, installs and
 removes versions, and completes requests, through an engine (backend/engine.py).
@@ -20,9 +21,11 @@ from pathlib import Path
 from backend import stops
 from backend.engine import Engine, EngineInfo, EngineRequest, Generation, Gone, Stop
 from backend.routing import Routing
+from backend.show_decision import showing
 from core.confidence import cursor_place, withheld
 from core.healing import after_healed, healed_text
-from core.wire import CHECKPOINT_METADATA, CheckpointMetadata
+from core.show_policy import ShowPolicy, ShowSignals
+from core.wire import CHECKPOINT_METADATA, CheckpointMetadata, ServingDecision
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,12 @@ class Request:
     suffix: str
     max_new_tokens: int | None
     user_id: str
+    language: str = "python"
+    # The client's signals for the show policy (CompleteRequest.signals).
+    signals: ShowSignals | None = None
+    # False: the floors decide even where the version has a learned show policy (an evaluation's
+    # CompleteRequest.show_rule "floors").
+    learned: bool = True
 
 
 @dataclass
@@ -44,6 +53,9 @@ class Sample:
     model_version: str
     # The engine's time to first token (Generation.first_token_s), for /metrics.
     first_token_s: float | None = None
+    # How it was decided whether it is shown; None where nothing decided (an EngineRequest
+    # planned without a Showing).
+    decision: ServingDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class Cut:
     # A completion less sure than the floor of the place where the cursor stood is not shown
     # (core/confidence.py, trainer/withholding.py); a place without one shows everything.
     min_confidence: dict[str, float] = field(default_factory=dict)
+    # Decides instead of the floors where it is set (core/show_policy.py).
+    show_policy: ShowPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -77,12 +91,14 @@ def version_rules(path: Path) -> Cut:
     if not metadata.is_file():
         return Cut()
     meta = CheckpointMetadata.model_validate_json(metadata.read_text())
-    return Cut(meta.stop_logprob, meta.min_confidence)
+    return Cut(meta.stop_logprob, meta.min_confidence, meta.show_policy)
 
 
 def plan(request: Request, version: str, cut: Cut) -> EngineRequest:
     """What the engine is asked for: the request under `version`, with the rules that act while
-    it decodes."""
+    it decodes and how its completion is shown, drawn now (the version's learned policy, where it
+    has one and the request does not ask for the floors)."""
+    policy = cut.show_policy if request.learned else None
     return EngineRequest(
         prefix=request.prefix,
         suffix=request.suffix,
@@ -92,25 +108,42 @@ def plan(request: Request, version: str, cut: Cut) -> EngineRequest:
         ),
         healed=healed_text(request.prefix),
         stop_logprob=cut.stop_logprob,
-        min_confidence=cut.min_confidence.get(cursor_place(request.prefix)),
+        min_confidence=None if policy else cut.min_confidence.get(cursor_place(request.prefix)),
+        showing=showing(request.prefix, request.suffix, request.language, request.signals, policy),
     )
+
+
+def skipped(request: EngineRequest) -> Sample:
+    """The abstention answered where the trigger skipped the model call: no prompt, no tokens."""
+    assert request.showing is not None
+    return Sample("", [], [], [], request.version, None, request.showing.skipped())
 
 
 def finish(request: EngineRequest, generation: Generation) -> Sample:
     """What the user is shown of `generation`, and what is recorded of it."""
-    if withheld(generation.token_logprobs, request.min_confidence):
+    floor_withheld = withheld(generation.token_logprobs, request.min_confidence)
+    decision = None
+    if request.showing is not None:
+        # The same draw the engine's early end read: both see the same outcome.
+        decision = request.showing.decide(generation.token_logprobs, floor_withheld)
+    if floor_withheld or (decision is not None and not decision.shown):
         # An abstention, recorded as one: no tokens, so nothing for the policy gradient to credit
-        # (what was sampled and not shown has no outcome).
-        return Sample("", generation.prompt_ids, [], [], generation.version, generation.first_token_s)
+        # (what was sampled and not shown has no outcome); its features are kept in the decision.
+        first = generation.first_token_s
+        return Sample("", generation.prompt_ids, [], [], generation.version, first, decision)
     healed = generation.healed
     shown = stops.finish(generation.text, request.stop.mid_line, request.stop.line_prefix(healed))
+    text = after_healed(shown, healed)
+    if decision is not None and not text:
+        decision = decision.model_copy(update={"shown": False})  # nothing was left to show
     return Sample(
-        text=after_healed(shown, healed),
+        text=text,
         prompt_ids=generation.prompt_ids,
         completion_ids=generation.completion_ids,
         token_logprobs=generation.token_logprobs,
         model_version=generation.version,
         first_token_s=generation.first_token_s,
+        decision=decision,
     )
 
 
@@ -186,6 +219,8 @@ class Completions:
         version = self.routing.take(request.user_id)
         try:
             asked = plan(request, version, self.cuts.get(version, Cut()))
+            if asked.showing is not None and not asked.showing.called:
+                return skipped(asked)
             generation = await self.engine.complete(asked, gone)
         finally:
             if self.routing.give_back(version):

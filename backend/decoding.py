@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from backend import stops
 from backend.engine import EngineRequest, Generation, cut_before, withheld_whatever_follows
 from backend.serving import PEFT_BASE, Policy, returned_cache
+from backend.show_decision import Showing
 from core.healing import TokenTexts
 from core.prompts import build_prompt_ids
 from core.wire import BASE_VERSION
@@ -74,6 +75,8 @@ class Row:
     # The version's learned cut, and its confidence floor where the cursor stood (EngineRequest).
     stop_logprob: float | None = None
     min_confidence: float | None = None
+    # How its completion is shown, where the version's learned policy decides (EngineRequest).
+    showing: Showing | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     # time.monotonic() when the model process took the request, and when its first token was drawn.
@@ -89,7 +92,7 @@ class Row:
 
     def withheld_whatever_follows(self) -> bool:
         """backend/engine.py's rule: here, decoding the rest would only hold a slot of the batch."""
-        return withheld_whatever_follows(self.logprobs, self.min_confidence)
+        return withheld_whatever_follows(self.logprobs, self.min_confidence, self.showing)
 
     @property
     def adapter(self) -> str:
@@ -197,7 +200,16 @@ class Decoding:
             request.stop.max_new_tokens or policy.max_new_tokens,
             policy.eos_token_id,
         )
-        return Row(key, prompt, request.version, stop, healed, request.stop_logprob, request.min_confidence)
+        return Row(
+            key,
+            prompt,
+            request.version,
+            stop,
+            healed,
+            request.stop_logprob,
+            request.min_confidence,
+            request.showing,
+        )
 
     def _forward(
         self, rows: list[Row], input_ids: Tensor, attention: Tensor, positions: Tensor, cache: Any

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from backend.show_decision import Showing
 from core.confidence import LEADING_TOKENS, withheld
 
 
@@ -74,6 +75,9 @@ class EngineRequest:
     # completion is shown is decided above the engine from its log-probs; an engine may end a row
     # early once its first LEADING_TOKENS tokens fall below the floor, since nothing of it is shown.
     min_confidence: float | None = None
+    # How its completion is shown (backend/show_decision.py), decided once up front: where the
+    # version's learned show policy decides, its filter ends a withheld row early like the floor.
+    showing: Showing | None = None
 
 
 def cut_before(stop_logprob: float | None, logprob: float) -> bool:
@@ -81,10 +85,15 @@ def cut_before(stop_logprob: float | None, logprob: float) -> bool:
     return stop_logprob is not None and logprob < stop_logprob
 
 
-def withheld_whatever_follows(logprobs: list[float], min_confidence: float | None) -> bool:
-    """Whether the floor withholds a row already: its confidence is final once it has its first
-    LEADING_TOKENS tokens, and decoding the rest would be wasted. Asked after every token, it looks
-    once, at that token: a row not withheld then never is."""
+def withheld_whatever_follows(
+    logprobs: list[float], min_confidence: float | None, showing: Showing | None = None
+) -> bool:
+    """Whether the floor (or the learned filter, where `showing` has a policy) withholds a row
+    already: its confidence is final once it has its first LEADING_TOKENS tokens, and decoding the
+    rest would be wasted. Asked after every token, it looks once, at that token: a row not withheld
+    then never is."""
+    if showing is not None and showing.policy is not None:
+        return showing.withheld_whatever_follows(logprobs)
     return len(logprobs) == LEADING_TOKENS and withheld(logprobs, min_confidence)
 
 

@@ -66,6 +66,11 @@ class Metrics:
         self.completions = Counter(
             "flywheel_completions", "Completions served", ["version", "shown"], registry=self.registry
         )
+        self.skipped_calls = Counter(
+            "flywheel_skipped_model_calls",
+            "Requests answered with an abstention without calling the model (the learned trigger)",
+            registry=self.registry,
+        )
         self.event_count = Counter(
             "flywheel_events", "Outcome events received", ["result"], registry=self.registry
         )
@@ -95,8 +100,15 @@ class Metrics:
             self.registry.register(_PassCollector(passes))
 
     def completed(
-        self, version: str, shown: bool, latency_ms: float, first_token_s: float | None = None
+        self,
+        version: str,
+        shown: bool,
+        latency_ms: float,
+        first_token_s: float | None = None,
+        called: bool = True,
     ) -> None:
+        if not called:
+            self.skipped_calls.inc()
         self.latency.observe(latency_ms / 1000)
         if first_token_s is not None:
             self.first_token.observe(first_token_s)

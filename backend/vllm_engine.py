@@ -25,8 +25,8 @@ refused rather than record other log-probs.
 The rules vLLM cannot apply while decoding are applied to the stream as it comes (one token per
 server-sent event) and end it early by closing it, which makes vLLM abort the row: the end of a
 block (a mid-line row also stops at vLLM's "\\n" stop string), the learned cut (the row ends before
-its first token below it, as in backend/decoding.py) and the confidence floor (a row whose first
-LEADING_TOKENS tokens fall below it is withheld: nothing more of it is decoded).
+its first token below it, as in backend/decoding.py) and the confidence floor or the learned filter
+(a row whose first LEADING_TOKENS tokens it withholds: nothing more of it is decoded).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class _Row:
                 "\n" in piece
                 and stops.stop_index(self.text, request.stop.mid_line, self.line_prefix) is not None
             )
-            or withheld_whatever_follows(self.logprobs, request.min_confidence)
+            or withheld_whatever_follows(self.logprobs, request.min_confidence, request.showing)
         )
 
 
