@@ -268,7 +268,7 @@ def update_policy(
         if objective.correction_coef > 0:
             wanted = [wanted_ids(policy.tokenizer, e, objective.correction_max_tokens) for e in episodes]
         replay = None
-        if objective.replay_coef > 0:
+        if objective.replay_coef > 0 or objective.replay_kl_coef > 0:
             replay = load_replay(
                 policy.tokenizer, cfg.replay_sources, objective.replay_window_tokens, REPLAY_WINDOWS, seed
             )

@@ -4,7 +4,9 @@
 Imitating a team's corrections teaches the model their code, and on its own it also pulls the model
 away from everything else: in `make simulate` the correction term raised the held-out perplexity
 3.5-6.7% in one cycle, past the gate. A little language modelling on general code beside it
-holds the rest of what the model knows in place.
+holds the rest of what the model knows in place. Beside that NLL (toward the data), a KL to the base
+on the same windows (`replay_kl_coef`, replay_terms) keeps the model's general code where the base
+had it, so drift cannot add up over cycles.
 
 The windows come from the standard library files outside the fixed held-out split
 (trainer/corpus.py), so the gate's perplexity text is never trained on, and from any extra
@@ -91,5 +93,26 @@ def load_replay(
 
 def replay_loss(model: torch.nn.Module, windows: Tensor) -> Tensor:
     """Mean next-token negative log-likelihood over the windows [B, window + 1]."""
-    logits = model(input_ids=windows[:, :-1], use_cache=False).logits.float()
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+    return replay_terms(model, windows, with_kl=False)[0]
+
+
+def replay_terms(model: Any, windows: Tensor, with_kl: bool) -> tuple[Tensor, Tensor | None]:
+    """(mean next-token NLL, mean per-token KL(base ‖ policy) or None) over the windows [B, window + 1].
+
+    The KL is exact over the vocabulary, the base being the same peft model with its adapter
+    switched off (no gradient through it). It is a trust region to the base on general code, where
+    the NLL pulls toward the data: the NLL leaves free whatever the windows do not pin down, so small
+    moves add up over cycles against the gate's fixed limit to the base; the KL holds the whole
+    next-token distribution where the base had it, and a KL of ε per token on code like the gate's
+    bounds its log-perplexity rise by about ε."""
+    inputs = windows[:, :-1]
+    logits = model(input_ids=inputs, use_cache=False).logits.float()
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+    if not with_kl:
+        return nll, None
+    with torch.no_grad(), model.disable_adapter():
+        base = torch.log_softmax(model(input_ids=inputs, use_cache=False).logits.float(), dim=-1)
+    own = torch.log_softmax(logits, dim=-1).flatten(0, 1)
+    # "batchmean" over the flattened positions: a per-token mean.
+    kl = torch.nn.functional.kl_div(own, base.flatten(0, 1), log_target=True, reduction="batchmean")
+    return nll, kl

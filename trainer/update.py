@@ -15,7 +15,7 @@ from trainer.distributed import ALONE, World
 from trainer.logprobs import CompletionBatch, collate, completion_logprobs, pad_rows
 from trainer.objectives.pg import PGConfig, compute_advantages, pg_loss
 from trainer.progress import Progress
-from trainer.replay import ReplayText, replay_loss
+from trainer.replay import ReplayText, replay_terms
 
 
 def episode_batch(episodes: Sequence[Episode], device: torch.device) -> CompletionBatch:
@@ -83,7 +83,9 @@ def train_on_episodes(
 
     `wanted[i]`: the tokens the user wanted instead of episode i's completion (trainer/corrections.py),
     imitated with weight `config.correction_coef`; None where there are none. `replay`: general code
-    whose next-token loss is added with weight `config.replay_coef`, `config.replay_windows` windows a step.
+    whose next-token loss is added with weight `config.replay_coef`, and its KL to the base model
+    with `config.replay_kl_coef` (figures `replay_nll`, `replay_kl`), `config.replay_windows` windows
+    a step.
 
     `kl_budget` bounds how far this update may move the policy from `parent_version`, the version
     it started from: before each step, KL(parent ‖ current) per token is estimated on the
@@ -109,7 +111,7 @@ def train_on_episodes(
 
     sums: dict[str, float] = defaultdict(float)
     steps, kl_parent_max, kl_stopped = 0, 0.0, False
-    nlls: dict[str, list[float]] = {"correction_nll": [], "replay_nll": []}
+    nlls: dict[str, list[float]] = {"correction_nll": [], "replay_nll": [], "replay_kl": []}
     for _ in range(epochs):
         # Every rank draws the same order (same generator, same seed): the minibatches agree.
         order = torch.randperm(len(episodes), generator=generator).tolist()
@@ -132,15 +134,23 @@ def train_on_episodes(
                 nll = correction_part(model, episodes, wanted, [i for i in mine if wanted[i]], device, world)
                 loss = add(loss, config.correction_coef * nll)
                 extra["correction_nll"] = float(nll.detach())
-            if replay is not None and config.replay_coef > 0:
+            if replay is not None and (config.replay_coef > 0 or config.replay_kl_coef > 0):
                 windows = replay.sample(config.replay_windows, generator)
                 own = windows[world.rank :: world.size]
+                with_kl = config.replay_kl_coef > 0
                 if len(own):
-                    nll = replay_loss(model, own.to(device)) * (len(own) / len(windows))
+                    share = len(own) / len(windows)
+                    nll, kl = replay_terms(model, own.to(device), with_kl)
+                    nll = nll * share
                     loss = add(loss, config.replay_coef * nll)
                     extra["replay_nll"] = float(nll.detach())
+                    if kl is not None:
+                        loss = add(loss, config.replay_kl_coef * kl * share)
+                        extra["replay_kl"] = float(kl.detach()) * share
                 else:
                     extra["replay_nll"] = 0.0
+                    if with_kl:
+                        extra["replay_kl"] = 0.0
             optimizer.zero_grad(set_to_none=True)
             if loss is not None:
                 loss.backward()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json.decoder
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from trainer.corpus import is_held_out
 from trainer.corrections import wanted_ids
 from trainer.objectives.pg import PGConfig, correction_loss
 from trainer.policy import load_policy
-from trainer.replay import WINDOWS_PER_FILE, load_replay, replay_files, replay_loss
+from trainer.replay import WINDOWS_PER_FILE, load_replay, replay_files, replay_loss, replay_terms
 from trainer.update import train_on_episodes, wanted_logprobs
 
 WINDOW = 12
@@ -76,7 +77,7 @@ def test_replay_holds_general_code_while_corrections_are_learned(tmp_path: Path)
 
     def trained(replay_coef: float) -> tuple[float, float]:
         policy = load_policy(str(tmp_path / "base"), None, TrainerConfig(), torch.device("cpu"))
-        config = PGConfig(correction_coef=1.0, replay_coef=replay_coef, replay_windows=8)
+        config = PGConfig(correction_coef=1.0, replay_coef=replay_coef, replay_kl_coef=0.0, replay_windows=8)
         metrics = train_on_episodes(
             policy,
             episodes,
@@ -98,3 +99,40 @@ def test_replay_holds_general_code_while_corrections_are_learned(tmp_path: Path)
     assert general_mixed < min(general_alone, general_before) - 0.5
     assert corrections_alone < corrections_before - 1.0
     assert corrections_mixed < corrections_before - 1.0
+
+
+@pytest.mark.usefixtures(one_thread.__name__)
+def test_the_kl_to_the_base_on_general_code_holds_code_it_never_saw_near_the_base(tmp_path: Path) -> None:
+    """With the replay term's KL to the base on, imitating corrections moves the policy less from
+    the base on held-out general code than the replay NLL alone does, and the update reports it."""
+    _, tokenizer = save_tiny_model(tmp_path / "base")
+    replay = load_replay(tokenizer, [str(general_code(tmp_path / "code"))], WINDOW, 1000, seed=0)
+    unseen = tokenizer.encode(Path(json.decoder.__file__).read_text()[:4000], add_special_tokens=False)
+    heldout = torch.tensor([unseen[s : s + WINDOW + 1] for s in range(0, len(unseen) - WINDOW - 1, WINDOW)])
+    episodes = [
+        shown(tokenizer, i, "return self value", [-3.0, -3.0, -3.0], "rejected", -0.25, "x = x * x * x * x")
+        for i in range(8)
+    ]
+    wanted = [wanted_ids(tokenizer, e, 64) for e in episodes]
+
+    def trained(replay_kl_coef: float) -> tuple[float, float, dict[str, float]]:
+        """(KL to the base on the held-out windows, loss on the corrections, the update's figures)."""
+        policy = load_policy(str(tmp_path / "base"), None, TrainerConfig(), torch.device("cpu"))
+        config = PGConfig(replay_coef=1.0, replay_kl_coef=replay_kl_coef, replay_windows=8)
+        metrics = train_on_episodes(
+            policy, episodes, config, learning_rate=1e-2, batch_size=8, epochs=15, wanted=wanted,
+            replay=replay,
+        )
+        with torch.no_grad():
+            _, kl = replay_terms(policy, heldout, with_kl=True)
+            logps, mask = wanted_logprobs(policy, episodes, wanted, range(len(episodes)), torch.device("cpu"))
+        assert kl is not None
+        return float(kl), float(correction_loss(logps, mask)), metrics
+
+    kl_off, corrections_off, figures_off = trained(0.0)
+    kl_on, corrections_on, figures_on = trained(16.0)
+    assert "replay_kl" not in figures_off
+    assert figures_on["replay_kl"] > 0.0
+    assert kl_on < 0.5 * kl_off, (kl_on, kl_off)
+    # The corrections are still learned.
+    assert corrections_on < corrections_off + 1.0

@@ -8,6 +8,7 @@ Per completion token t of episode i, with A_i the episode's advantage:
     k3_t    = exp(ref_t − logp_t) − (ref_t − logp_t) − 1            KL(policy ‖ base), k3 estimator
     loss    = mean_i  Σ_t ( −surr_t + β · k3_t )  +  λ · mean_(j,u) −log π(w_ju | prompt_j, w_j<u)
                                                   +  γ · mean_(k,v) −log π(g_kv | g_k<v)
+                                                  +  δ · mean_(k,v) KL(base ‖ π)(· | g_k<v)
 
 The last term imitates corrections: w_j is what the user wanted where episode j's suggestion was
 (what they wrote instead after rejecting it, or the edited text that survived an acceptance; see
@@ -17,6 +18,8 @@ at that spot says it outright, for every rejection.
 
 The γ term is PPO-ptx's pretraining mix: next-token loss on windows g_k of general code
 (trainer/replay.py), so that learning one team's text does not cost the rest of what the model knows.
+Beside it, δ · mean_(k,v) KL(base(·|g_k<v) ‖ π(·|g_k<v)) on the same windows holds general code to
+the base model, not to the data: a trust region that does not move with each cycle's parent.
 
 The reference log-probs `ref` come from the same peft model with its adapter switched off (the base
 model), so no second model sits in memory. Tokens are summed within an episode because the reward
@@ -59,6 +62,12 @@ class PGConfig:
     replay_coef: float = 1.0
     replay_windows: int = 4
     replay_window_tokens: int = 256
+    # δ: weight of KL(base ‖ policy) per token on the same windows (0 switches it off), a trust
+    # region to the base on general code. Both replay terms are per-token means over
+    # replay_windows × replay_window_tokens (1,024) tokens, the correction term over a minibatch's
+    # wanted tokens (about 8 × 8-64): at δ = 1 a replay token would weigh 15-25 times less than a
+    # corrected one. 16 makes them about even.
+    replay_kl_coef: float = 16.0
 
 
 def compute_advantages(rewards: Tensor, config: PGConfig) -> Tensor:
