@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint clean chromium postgresql docker-compose simulate vscode code-server tabby-agent vllm-env gpu-check
+.PHONY: install up test lint clean chromium postgresql docker-compose simulate simulate-all vscode code-server tabby-agent vllm-env gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,28 +50,35 @@ gpu-check: install
 	$(MAKE) --no-print-directory vllm-env VLLM_VENV=$(VLLM_GPU_VENV) VLLM_PACKAGE=vllm==0.32.0
 	$(BIN)/python -m bench.gpu_check --vllm-python $(VLLM_GPU_VENV)/bin/python
 
-# Simulated developers write code through the real loop. By default they write `rich`, a codebase
-# the bootstrapped model never saw (it trains on the standard library) and one project, as a team's
-# code is: its modules less its data tables (emoji, palettes, spinners, Unicode widths, styles,
-# export templates), copied from the venv (pinned in the dev extras). CORPUS=DIR for a directory of
-# your own; CORPUS=stdlib for the standard-library files the bootstrapped model held out.
+# Simulated developers write code through the real loop. The codebases are fixed before any run
+# (simulate/PREREGISTRATION.md), each one the bootstrapped model never saw (it trains on the
+# standard library): CORPUS=rich (the default) and CORPUS=jinja2, packages pinned in the dev extras
+# copied from the venv less their data tables (simulate/codebases.py), and CORPUS=stdlib, the
+# standard-library files the bootstrapped model held out. CORPUS=DIR for a directory of your own.
 CORPUS ?= rich
-RICH_DATA_TABLES := _emoji_codes.py _palettes.py _spinners.py _unicode_data default_styles.py _export_format.py _cell_widths.py __pycache__
-SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 8 --max-lines 120
+PACKAGE_CORPORA := rich jinja2
+SIMULATE_ARGS ?= --cycles 10 --developers 4 --adversarial-share 0.3 --files-per-round 3 --eval-files 8 --max-lines 120 --compare-floors
 # A few hundred episodes a cycle, far fewer than a team's: the trainer's default step size (2e-4)
 # barely moves the adapter in ten cycles, so the run trains faster; the KL budget and the eval gate
 # still bound each cycle. (2e-3, right for an attention-only adapter, moves the all-linear one past
 # the gate's perplexity and loop checks in one cycle.)
 SIMULATE_LR ?= 5e-4
+SIMULATE_OUT ?= flywheel-simulation
 # `flywheel simulate` with no --corpus writes the held-out standard-library files.
-SIMULATE_CORPUS := $(if $(filter rich,$(CORPUS)),flywheel-simulation-corpus,$(filter-out stdlib,$(CORPUS)))
+SIMULATE_CORPUS := $(if $(filter $(PACKAGE_CORPORA),$(CORPUS)),flywheel-simulation-corpus-$(CORPUS),$(filter-out stdlib,$(CORPUS)))
 simulate: install
-ifeq ($(CORPUS),rich)
-	rm -rf flywheel-simulation-corpus
-	cp -r "$$($(BIN)/python -c 'import os, rich; print(os.path.dirname(rich.__file__))')" flywheel-simulation-corpus
-	cd flywheel-simulation-corpus && rm -rf $(RICH_DATA_TABLES)
+ifneq ($(filter $(PACKAGE_CORPORA),$(CORPUS)),)
+	$(BIN)/python -m simulate.codebases $(CORPUS) $(SIMULATE_CORPUS)
 endif
-	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(SIMULATE_CORPUS),--corpus $(SIMULATE_CORPUS)) $(SIMULATE_ARGS) --out flywheel-simulation
+	FLYWHEEL_TRAINER__LEARNING_RATE=$(SIMULATE_LR) $(BIN)/flywheel simulate $(if $(SIMULATE_CORPUS),--corpus $(SIMULATE_CORPUS)) $(SIMULATE_ARGS) --out $(SIMULATE_OUT)
+
+# The three pre-registered codebases with the same settings, one after another (hours), each into
+# flywheel-simulation-NAME/, then docs/learning.png drawn from the three.
+simulate-all: install
+	$(MAKE) --no-print-directory simulate CORPUS=rich SIMULATE_OUT=flywheel-simulation-rich
+	$(MAKE) --no-print-directory simulate CORPUS=stdlib SIMULATE_OUT=flywheel-simulation-stdlib
+	$(MAKE) --no-print-directory simulate CORPUS=jinja2 SIMULATE_OUT=flywheel-simulation-jinja2
+	$(BIN)/flywheel simulate --plot-only docs/learning.png flywheel-simulation-rich flywheel-simulation-stdlib flywheel-simulation-jinja2
 
 lint: install
 	$(BIN)/ruff check .

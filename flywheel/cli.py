@@ -216,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests-per-file", type=int, default=40, help="most suggestions one developer asks for in a file"
     )
     p.add_argument("--time-scale", type=float, default=50.0, help="simulated typing seconds per real second")
+    p.add_argument(
+        "--compare-floors",
+        action="store_true",
+        help="evaluate each cycle twice: the version's own show rule, then its confidence floors",
+    )
+    p.add_argument(
+        "--plot-only",
+        nargs="+",
+        metavar=("PNG", "DIR"),
+        help="draw finished runs (their --out directories) into one PNG and exit; runs nothing",
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("token", help="create, list or revoke access tokens (admin)")

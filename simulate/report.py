@@ -1,4 +1,4 @@
-"""Per-cycle figures of the simulation, written as a CSV and drawn as a PNG.
+"""Per-cycle figures of the simulation, written as a CSV (drawn by simulate/plots.py).
 
 Figures of an evaluation round come from two sides on purpose: requests and shown suggestions
 from the simulated editors (an abstention never reaches the backend's episode list as shown),
@@ -66,12 +66,44 @@ class CycleRow:
     attacker_kept_share: float | None = None
     attacker_trained_on: int | None = None
     attacker_share: float | None = None
+    # The rule that decided what the evaluation rounds were shown (ServingDecision.rule: "learned",
+    # the version's show policy, or "floors"; both when some requests met each) and the share of
+    # their requests it answered without calling the model (the trigger's skips).
+    rule: str = ""
+    calls_saved: float | None = None
+    # With --compare-floors: the same evaluation rounds (files, seeds, version) again, decided by
+    # the version's confidence floors alone (the language server's showRule "floors").
+    floors_requests: int | None = None
+    floors_shown_rate: float | None = None
+    floors_episodes: int | None = None
+    floors_accept_rate: float | None = None
+    floors_arc_per_100: float | None = None
+    floors_mean_reward: float | None = None
+    floors_calls_saved: float | None = None
+    # Wall seconds of this cycle's training round and evaluation rounds (the floors' apart);
+    # trainer_s above is its trainer cycle's.
+    train_round_s: float | None = None
+    eval_s: float | None = None
+    floors_eval_s: float | None = None
 
 
 # CycleRow fields core.wire.SimulationCycle does not carry.
 CSV_ONLY = frozenset(
-    {"attacker_requests_share", "attacker_kept_share", "attacker_trained_on", "attacker_share"}
+    {
+        "attacker_requests_share",
+        "attacker_kept_share",
+        "attacker_trained_on",
+        "attacker_share",
+        "rule",
+        "calls_saved",
+        *(f"floors_{name}" for name in ("requests", "shown_rate", "episodes", "accept_rate")),
+        *(f"floors_{name}" for name in ("arc_per_100", "mean_reward", "calls_saved", "eval_s")),
+        "train_round_s",
+        "eval_s",
+    }
 )
+# The show rules an evaluation compares (--compare-floors), and the prefix of each one's columns.
+RULES = {"version": "", "floors": "floors_"}
 
 
 def kept_chars(episode: dict[str, Any], rewards: RewardConfig) -> float:
@@ -236,6 +268,37 @@ def learning_summary(rounds: Sequence[RoundSamples]) -> dict[str, Any]:
     return summary
 
 
+def rules_summary(
+    rows: Sequence[CycleRow], rounds: Sequence[RoundSamples], floors_rounds: Sequence[RoundSamples]
+) -> dict[str, Any]:
+    """The two show rules side by side on the same run (--compare-floors): for the version's own
+    rule and for its floors, each cycle's accept rate, ARC per 100 requests, shown rate and model
+    calls saved, and the last cycle over cycle 0 with its intervals by file (as learning_summary)."""
+    summary: dict[str, Any] = {}
+    for rule, prefix in RULES.items():
+        samples = rounds if rule == "version" else floors_rounds
+        cycles = [
+            {
+                "cycle": row.cycle,
+                "live_version": row.live_version,
+                **({"rule": row.rule} if rule == "version" else {}),
+                **{name: getattr(row, prefix + name) for name in SIDE_BY_SIDE},
+            }
+            for row in rows
+        ]
+        first, last = cycles[0]["shown_rate"], cycles[-1]["shown_rate"]
+        summary[rule] = {
+            "last_cycle": {figure: ratio_figures(samples[0], [samples[-1]], figure) for figure in FIGURES},
+            "shown_rate_change": None if not first or last is None else last / first - 1,
+            "cycles": cycles,
+        }
+    return summary
+
+
+# The figures rules_summary puts side by side, each a CycleRow column (floors_ for the floors').
+SIDE_BY_SIDE = ("requests", "shown_rate", "accept_rate", "arc_per_100", "calls_saved", "mean_reward")
+
+
 def ratio_figures(first: RoundSamples, after: Sequence[RoundSamples], figure: str) -> dict[str, Any] | None:
     """One learning ratio: by file when there are files to resample, else by request alone."""
     samples = FIGURES[figure][0]
@@ -317,9 +380,33 @@ def attack_summary(
     }
 
 
+def calls_saved(requests: int, episodes: Sequence[dict[str, Any]]) -> float | None:
+    """The share of `requests` served without a model call: the episodes whose decision says the
+    trigger skipped it (core/wire.py ServingDecision.called)."""
+    if not requests:
+        return None
+    skipped = sum((e.get("decision") or {}).get("called") is False for e in episodes)
+    return skipped / requests
+
+
+def rule_of(episodes: Sequence[dict[str, Any]]) -> str:
+    """The rules that decided these episodes ("learned", "floors", "floors+learned"), "" when none
+    says (a backend that records no decision)."""
+    return "+".join(sorted({e["decision"]["rule"] for e in episodes if e.get("decision")}))
+
+
+def floors_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], samples: RoundSamples) -> dict:
+    """The floors' evaluation rounds' row figures (CycleRow's floors_ columns)."""
+    figures = round_figures(stats, episodes, samples)
+    names = ("requests", "shown_rate", "episodes", "accept_rate", "arc_per_100", "mean_reward", "calls_saved")
+    return {f"floors_{name}": figures[name] for name in names}
+
+
 def round_figures(stats: TypingStats, episodes: Sequence[dict[str, Any]], samples: RoundSamples) -> dict:
     """A round's row figures: counts from the editors, rates from the episodes (`samples`)."""
     return {
+        "rule": rule_of(episodes),
+        "calls_saved": calls_saved(stats.requests, episodes),
         "requests": stats.requests,
         "shown": stats.shown,
         "shown_rate": stats.shown / stats.requests if stats.requests else None,
@@ -376,44 +463,27 @@ def write_csv(rows: Sequence[CycleRow], path: Path) -> None:
     temporary.replace(path)
 
 
+def read_csv(path: Path) -> list[CycleRow]:
+    """The rows write_csv wrote (figures rounded as written), for drawing a finished run again."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(CycleRow)}
+    rows = []
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            values: dict[str, Any] = {}
+            for name, cell in record.items():
+                kind = types.get(name)
+                # A column a later version added, or an empty cell: the field's default.
+                if kind is None or (cell == "" and kind != "str"):
+                    continue
+                if kind.startswith("int"):
+                    values[name] = int(cell)
+                else:
+                    values[name] = float(cell) if "float" in kind else cell
+            rows.append(CycleRow(**values))
+    return rows
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
     return round(value, 4) if isinstance(value, float) else value
-
-
-def plot(rows: Sequence[CycleRow], path: Path) -> None:
-    """Four panels over cycles: rates, ARC per 100 requests, mean reward, held-out perplexity."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    cycles = [row.cycle for row in rows]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
-    panels = [
-        (
-            axes[0][0],
-            "rates (evaluation rounds)",
-            [("accept rate", "accept_rate"), ("shown rate", "shown_rate")],
-        ),
-        (axes[0][1], "ARC per 100 requests", [("ARC/100", "arc_per_100")]),
-        (axes[1][0], "mean reward", [("mean reward", "mean_reward")]),
-        (axes[1][1], "held-out perplexity", [("perplexity", "heldout_ppl")]),
-    ]
-    for ax, title, series in panels:
-        for label, name in series:
-            points = [(c, getattr(r, name)) for c, r in zip(cycles, rows, strict=True)]
-            points = [(c, v) for c, v in points if v is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel("trainer cycles")
-        ax.set_xticks(cycles, [f"{r.cycle}\n{r.live_version}" for r in rows])
-        ax.grid(alpha=0.3)
-        if len(series) > 1:
-            ax.legend()
-    axes[0][0].set_ylim(0, 1)
-    fig.suptitle("flywheel simulate: evaluation rounds after each trainer cycle")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -36,15 +36,17 @@ from simulate.attack import Attacker, Pace, editors_needed, share_of, trained_on
 from simulate.corpus import SourceFile, held_out_corpus, load_corpus, split_eval, training_batch
 from simulate.developer import Developer, TypingStats
 from simulate.editor import Editor
+from simulate.plots import plot
 from simulate.profiles import ATTACKERS, Profile, assign_profiles, honest_profiles
 from simulate.report import (
     CycleRow,
     RoundSamples,
     attack_summary,
     describe_power,
+    floors_figures,
     learning_summary,
-    plot,
     round_figures,
+    rules_summary,
     simulation_report,
     write_csv,
 )
@@ -79,6 +81,9 @@ class SimulationConfig:
     eval_files: int = 2
     # Evaluation rounds a cycle, each over the same files with its own seeds (the same every cycle).
     eval_rounds: int = 1
+    # Each cycle's evaluation rounds again with the version's confidence floors deciding what is
+    # shown (the language server's showRule "floors"), beside its own rule (its learned policy).
+    compare_floors: bool = False
     max_lines: int = 120
     # Each developer asks for at most this many suggestions in a file (the rest they type).
     requests_per_file: int = 40
@@ -135,6 +140,8 @@ class Simulation:
         self.attacker_shown: set[str] = set()
         self.trainer_config = trainer_config(self.env)
         self.samples: list[RoundSamples] = []
+        # With compare_floors: each cycle's evaluation under the floors, one per entry of `samples`.
+        self.floors_samples: list[RoundSamples] = []
         self.cursor = 0
         self.run_id = uuid.uuid4().hex[:12]
         self.started_at = time.time()
@@ -258,9 +265,34 @@ class Simulation:
 
     async def evaluate(self, cycle: int, evaluation: list[SourceFile]) -> CycleRow:
         honest = [d for d in self.developers if d.profile.honest]
-        # Marked as evaluation: scored like the rest, never in the trainer's episodes.
+        started = time.monotonic()
+        stats, episodes, by_file = await self.evaluation_rounds(honest, evaluation, "version")
+        eval_s = time.monotonic() - started
+        live = await asyncio.to_thread(self.backend.live_version)
+        samples = RoundSamples.of(live, stats.requests, episodes, self.rewards, by_file)
+        self.samples.append(samples)
+        if cycle == 0:
+            for figure, power in learning_summary([samples])["power_at_cycle_0"].items():
+                log.info("cycle 0, %s: %s", figure, describe_power(power))
+        row = CycleRow(cycle, live, **round_figures(stats, episodes, samples), eval_s=eval_s)
+        if self.config.compare_floors:
+            started = time.monotonic()
+            stats, episodes, by_file = await self.evaluation_rounds(honest, evaluation, "floors")
+            floors = RoundSamples.of(live, stats.requests, episodes, self.rewards, by_file)
+            self.floors_samples.append(floors)
+            for name, value in floors_figures(stats, episodes, floors).items():
+                setattr(row, name, value)
+            row.floors_eval_s = time.monotonic() - started
+        return row
+
+    async def evaluation_rounds(
+        self, honest: list[SimDeveloper], evaluation: list[SourceFile], show_rule: str
+    ) -> tuple[TypingStats, list[dict[str, Any]], list[dict[str, TypingStats]]]:
+        """The honest developers write the evaluation files, each round with its seeds, their
+        requests marked as evaluation (scored like the rest, never in the trainer's episodes) and
+        decided by `show_rule`: "version", the live version's own rule, or "floors"."""
         for sim in honest:
-            sim.editor.configure({"evaluation": True})
+            sim.editor.configure({"evaluation": True, "showRule": show_rule})
         stats, episodes, by_file = TypingStats(), [], []
         try:
             # Same tags every cycle: the same seeds, so cycles differ only by the model.
@@ -271,18 +303,14 @@ class Simulation:
                 by_file.append(result.by_file)
         finally:
             for sim in honest:
-                sim.editor.configure({"evaluation": False})
-        live = await asyncio.to_thread(self.backend.live_version)
-        samples = RoundSamples.of(live, stats.requests, episodes, self.rewards, by_file)
-        self.samples.append(samples)
-        if cycle == 0:
-            for figure, power in learning_summary([samples])["power_at_cycle_0"].items():
-                log.info("cycle 0, %s: %s", figure, describe_power(power))
-        return CycleRow(cycle, live, **round_figures(stats, episodes, samples))
+                sim.editor.configure({"evaluation": False, "showRule": "version"})
+        return stats, episodes, by_file
 
     async def train(self, cycle: int, training: list[SourceFile]) -> dict[str, Any]:
         files = training_batch(training, cycle - 1, self.config.files_per_round)
+        started = time.monotonic()
         result = await self.round(f"train{cycle}", self.developers, files, self.attacker)
+        train_round_s = time.monotonic() - started
         before = {c["version"] for c in await asyncio.to_thread(self.backend.checkpoints)}
         cursor = load_state(self.data_dir / "trainer").cursor
         live = await asyncio.to_thread(self.backend.live_version)
@@ -298,6 +326,7 @@ class Simulation:
         figures: dict[str, Any] = {
             "train_requests": result.stats.requests,
             "train_episodes": len(result.episodes),
+            "train_round_s": train_round_s,
             "trainer_s": time.monotonic() - started,
             "candidate_state": "skipped",
         }
@@ -400,7 +429,8 @@ class Simulation:
         cycles take no files: their time is in the pace, so the time left includes them."""
         honest = sum(d.profile.honest for d in self.developers)
         cycles = self.config.cycles
-        writes = len(evaluation) * honest * (cycles + 1) * self.config.eval_rounds
+        rules = 2 if self.config.compare_floors else 1
+        writes = len(evaluation) * honest * (cycles + 1) * self.config.eval_rounds * rules
         for cycle in range(1, cycles + 1):
             batch = training_batch(training, cycle - 1, self.config.files_per_round)
             writes += len(batch) * len(self.developers)
@@ -410,6 +440,17 @@ class Simulation:
         """summary.json: the learning ratios with bootstrap intervals, also logged; with an
         attacker, the poisoning criteria per cycle."""
         summary = learning_summary(self.samples)
+        summary["wall_s"] = wall_times(rows, time.time() - self.started_at)
+        if self.floors_samples:
+            summary["rules"] = rules_summary(rows, self.samples, self.floors_samples)
+            for rule, figures in summary["rules"].items():
+                log.info(
+                    "%s rule, last cycle over cycle 0: accept rate %s, ARC per request %s; calls saved %s",
+                    rule,
+                    _fmt_ratio(figures["last_cycle"]["accept_rate"]),
+                    _fmt_ratio(figures["last_cycle"]["arc_per_request"]),
+                    _fmt(figures["cycles"][-1]["calls_saved"]),
+                )
         if self.attacker is not None:
             summary["attack"] = attack_summary(
                 rows,
@@ -493,6 +534,7 @@ class Simulation:
             "files per round": config.files_per_round,
             "eval files": config.eval_files,
             "eval rounds": config.eval_rounds,
+            "compare floors": config.compare_floors,
             "max lines": config.max_lines,
             "requests per file": config.requests_per_file,
             "time scale": config.time_scale,
@@ -542,6 +584,22 @@ def _fmt_ratio(figure: dict[str, Any] | None) -> str:
     )
 
 
+def wall_times(rows: list[CycleRow], total_s: float) -> dict[str, float]:
+    """Where a run's wall time went: its training rounds, trainer cycles and evaluation rounds
+    (the floors' apart), summed over cycles, and the whole run's."""
+
+    def total(name: str) -> float:
+        return round(sum(getattr(row, name) or 0.0 for row in rows), 1)
+
+    return {
+        "training_rounds": total("train_round_s"),
+        "trainer_cycles": total("trainer_s"),
+        "evaluation_rounds": total("eval_s"),
+        "floors_evaluation_rounds": total("floors_eval_s"),
+        "total": round(total_s, 1),
+    }
+
+
 def evaluation_tags(rounds: int) -> list[str]:
     """The seed tag of each evaluation round: the first keeps the one-round runs' seeds."""
     return ["eval"] + [f"eval{n}" for n in range(1, rounds)]
@@ -568,6 +626,16 @@ def main(args: argparse.Namespace) -> int:
     # One line per message and per HTTP call would bury the per-cycle lines.
     for chatty in ("pygls", "httpx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    if args.plot_only:
+        from simulate.plots import plot_runs
+
+        png, *outs = args.plot_only
+        if not outs:
+            print("flywheel simulate: --plot-only PNG DIR [DIR...]: the runs' directories after the PNG")
+            return 2
+        plot_runs([Path(out) for out in outs], Path(png))
+        print(f"flywheel simulate: {png}")
+        return 0
     if args.attacker is not None and args.adversarial_share is not None:
         print("flywheel simulate: --attacker or --adversarial-share, not both")
         return 2
@@ -595,6 +663,7 @@ def main(args: argparse.Namespace) -> int:
         files_per_round=args.files_per_round,
         eval_files=args.eval_files or args.files_per_round,
         eval_rounds=max(1, args.eval_rounds),
+        compare_floors=args.compare_floors,
         max_lines=args.max_lines,
         requests_per_file=args.requests_per_file,
         time_scale=args.time_scale,

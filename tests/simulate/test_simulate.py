@@ -46,10 +46,19 @@ from simulate.run import _clear_previous_run, _fmt_ratio, evaluation_tags
 SIM_MODULES = ["colorsys.py", "bisect.py", "keyword.py"]
 
 
-def simulate(options: dict[str, object], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`flywheel simulate` as a user runs it, with these options; it must succeed."""
+def simulate(
+    options: dict[str, object], env: dict[str, str], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`flywheel simulate` as a user runs it, with these options and flags; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "flywheel.cli", "simulate", *(str(x) for kv in options.items() for x in kv)],
+        [
+            sys.executable,
+            "-m",
+            "flywheel.cli",
+            "simulate",
+            *(str(x) for kv in options.items() for x in kv),
+            *flags,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -86,12 +95,14 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         "--requests-per-file": 8,
         "--time-scale": 200,
     }
-    done = simulate(options, env)
-    # Progress, plain lines off a terminal: files written of the run's 11 (the honest developer's
-    # evaluation file in cycles 0-2, both developers' 2 training files in cycles 1-2), time left.
-    line = r"simulate: (\d+)/11 files \(\d+%\) \(cycle \d: \w+\), [\d:]+ elapsed, about [\d:]+ left"
+    # Each cycle's evaluation also under the floors alone, beside the version's own show rule.
+    done = simulate(options, env, "--compare-floors")
+    # Progress, plain lines off a terminal: files written of the run's 14 (the honest developer's
+    # evaluation file in cycles 0-2 under each show rule, both developers' 2 training files in
+    # cycles 1-2), time left.
+    line = r"simulate: (\d+)/14 files \(\d+%\) \(cycle \d: \w+\), [\d:]+ elapsed, about [\d:]+ left"
     progress = re.findall(line, done.stderr)
-    assert progress and progress[-1] == "11", done.stderr[-3000:]
+    assert progress and progress[-1] == "14", done.stderr[-3000:]
     assert [int(n) for n in progress] == sorted(int(n) for n in progress)
 
     with open(out / "cycles.csv", newline="") as handle:
@@ -104,6 +115,14 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert rows[0]["live_version"] == "base"
     # One honest developer writes the one evaluation file, asking at most 8 times in it.
     assert all(int(row["requests"]) <= 8 for row in rows)
+    for row in rows:
+        # The floors' rounds: the same file and seeds on the same version; the floors never skip
+        # the model call (only a learned trigger does).
+        assert 0 < int(row["floors_requests"]) <= 8 and row["floors_shown_rate"] != ""
+        assert float(row["floors_calls_saved"]) == 0.0 and 0.0 <= float(row["calls_saved"]) <= 1.0
+        # What each phase cost, for the summary's wall times.
+        assert float(row["eval_s"]) > 0 and float(row["floors_eval_s"]) > 0
+        assert row["cycle"] == "0" or float(row["train_round_s"]) > 0 < float(row["trainer_s"])
     # Each trainer cycle's candidate went live (canary share 0) and was served in the next round.
     for before, after in itertools.pairwise(rows):
         assert int(after["train_episodes"]) > 0
@@ -114,6 +133,16 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert rows[1]["heldout_ppl"] and float(rows[1]["heldout_ppl"]) > 1
 
     assert (out / "cycles.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # The README's figure of several runs, drawn from what this one saved.
+    figure = tmp_path / "docs" / "learning.png"
+    drawn = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "simulate", "--plot-only", figure, out, out],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert drawn.returncode == 0 and figure.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), drawn.stderr
     users = json.loads((out / "users.json").read_text())
     assert {user["profile"] for user in users.values()} == {"honest", "adversarial"}
     assert all(user["episodes"] > 0 for user in users.values()), users
@@ -126,7 +155,24 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
         f"rounds_of_{rows[-1]['live_version']}",
         "power_at_cycle_0",
         "by_place",
+        "wall_s",
+        "rules",
     }
+    # Both show rules side by side, cycle by cycle as in the CSV, each with its learning ratios.
+    for rule, prefix in (("version", ""), ("floors", "floors_")):
+        figures = summary["rules"][rule]
+        assert [c["cycle"] for c in figures["cycles"]] == [0, 1, 2]
+        for cycle, row in zip(figures["cycles"], rows, strict=True):
+            for name in ("requests", "shown_rate", "accept_rate", "arc_per_100", "calls_saved"):
+                assert (cycle[name] is None) == (row[prefix + name] == ""), (rule, name)
+                if cycle[name] is not None:
+                    assert cycle[name] == pytest.approx(float(row[prefix + name]), abs=1e-4)
+        assert set(figures["last_cycle"]) == {"accept_rate", "arc_per_request"}
+    # The trainer's cycles and the rounds take the run's time, and none of it twice.
+    wall = summary["wall_s"]
+    assert wall["trainer_cycles"] > 0 and wall["floors_evaluation_rounds"] > 0
+    parts = ("training_rounds", "trainer_cycles", "evaluation_rounds", "floors_evaluation_rounds")
+    assert sum(wall[part] for part in parts) <= wall["total"]
     for figure in ("accept_rate", "arc_per_request"):
         last = summary["last_cycle"][figure]
         assert last is None or last["ci95_by_request"][0] <= last["ratio"] <= last["ci95_by_request"][1]
@@ -152,8 +198,18 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Each row's rates are those of its evaluation round's episodes as the backend scored them (the
     # round's live version served no other evaluation round).
     for row in rows:
-        mine = [e for e in everything if e.evaluation and e.model_version == row["live_version"]]
-        assert int(row["episodes"]) == len(mine) > 0
+        served = sorted(
+            (e for e in everything if e.evaluation and e.model_version == row["live_version"]),
+            key=lambda e: e.seq,
+        )
+        # The version's own rule's round first, then its floors' round.
+        assert int(row["episodes"]) + int(row["floors_episodes"]) == len(served)
+        mine, floors = served[: int(row["episodes"])], served[int(row["episodes"]) :]
+        assert mine and floors
+        assert all(e.decision.rule == "floors" for e in floors if e.decision is not None)
+        assert float(row["floors_mean_reward"]) == pytest.approx(
+            sum(e.reward for e in floors) / len(floors), abs=1e-4
+        )
         assert float(row["mean_reward"]) == pytest.approx(sum(e.reward for e in mine) / len(mine), abs=1e-4)
         rated = [e.outcome in ACCEPTED_OUTCOMES for e in mine if e.outcome != "abstained"]
         if rated:
