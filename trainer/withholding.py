@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -99,9 +100,17 @@ def save_evidence(trainer_dir: Path, evidence: Sequence[Evidence]) -> None:
     write_file_atomic(trainer_dir / EVIDENCE_FILE, json.dumps([asdict(e) for e in evidence]).encode())
 
 
-def extend_evidence(old: Sequence[Evidence], new: Sequence[Evidence], history: int) -> list[Evidence]:
+class _Row(Protocol):
+    @property
+    def completion_id(self) -> str: ...
+
+
+Row = TypeVar("Row", bound=_Row)
+
+
+def extend_evidence(old: Sequence[Row], new: Sequence[Row], history: int) -> list[Row]:
     """The newest `history` of old + new; an episode seen again (a cycle run twice after a crash)
-    counts once."""
+    counts once. Any rows with a completion id: the show policy's evidence is kept the same way."""
     seen = {e.completion_id for e in new}
     kept = [e for e in old if e.completion_id not in seen] + list(new)
     return kept[len(kept) - history :] if len(kept) > history else kept
