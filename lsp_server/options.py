@@ -3,7 +3,7 @@ the client's `initializationOptions` and `workspace/didChangeConfiguration` over
 default is written once, in core/config.py (`LspConfig`, `BackendConfig`); nothing here restates one.
 
 Client keys (all optional): backendUrl, token, telemetry, userId, requestTimeoutS,
-survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir, evaluation,
+survivalDelaysS, rewriteWindowS, debounceMs, reportsShown, flushIntervalS, stateDir, evaluation, showRule,
 languages ({languageId: true|false}, "*" for the rest), exclude (path globs, lsp_server/gate.py).
 """
 
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.config import BackendConfig, ConfigError, LspConfig, load_settings
 from core.local_tokens import CLIENT
@@ -49,6 +49,9 @@ class Options:
     # Requests are part of an evaluation (flywheel simulate's held-out rounds): the backend scores
     # them but never trains on them (CompleteRequest.evaluation).
     evaluation: bool = False
+    # Under an evaluation only: "floors" serves it under the version's confidence floors even where
+    # it has a learned show policy (CompleteRequest.show_rule), for a side-by-side of the two.
+    show_rule: Literal["version", "floors"] = "version"
     # The user's word per languageId (True: ask even if the model does not list it; False: never);
     # "*" for every language not named. Unnamed languages follow what the backend serves.
     languages: Mapping[str, bool] = field(default_factory=dict)
@@ -101,6 +104,12 @@ def _globs(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _show_rule(value: Any) -> Literal["version", "floors"]:
+    if value not in ("version", "floors"):
+        raise TypeError('"version" or "floors"')
+    return "floors" if value == "floors" else "version"
+
+
 _CLIENT_KEYS = {
     "backendUrl": ("backend_url", lambda v: _string(v).rstrip("/")),
     "token": ("token", _string),
@@ -114,6 +123,7 @@ _CLIENT_KEYS = {
     "flushIntervalS": ("flush_interval_s", _positive),
     "stateDir": ("state_dir", lambda v: Path(_string(v)).expanduser()),
     "evaluation": ("evaluation", _flag),
+    "showRule": ("show_rule", _show_rule),
     "languages": ("languages", _choices),
     "exclude": ("exclude", _globs),
 }

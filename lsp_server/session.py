@@ -28,6 +28,7 @@ from lsp_server.protocol import BACKEND_OK, BACKEND_UNAUTHORIZED, BACKEND_UNREAC
 from lsp_server.ranges import utf16_units
 from lsp_server.redact import redact, redact_context
 from lsp_server.sender import OutboxSender
+from lsp_server.show_signals import RecentOutcomes
 from lsp_server.timings import Timings
 from lsp_server.tracker import Tracker
 
@@ -91,6 +92,7 @@ class Session:
             enabled=lambda: self.options.telemetry,
             interval_s=options.flush_interval_s,
         )
+        self.recent = RecentOutcomes()
         self.tracker = Tracker(
             self._record,
             self._text_of,
@@ -133,6 +135,7 @@ class Session:
             return
         self.documents[uri] = Document(text, language_id, self.encoding)
         self.documents[uri].version = version
+        self.recent.opened(uri)
 
     def change(
         self,
@@ -152,12 +155,14 @@ class Session:
             return
         if version is not None:
             document.version = version
+        self.recent.changed(uri)
         for change_range, text in changes:
             self.tracker.edit(uri, document.apply(change_range, text))
         self._schedule_checks()
 
     def close(self, uri: str) -> None:
         self.tracker.closed(uri)
+        self.recent.closed(uri)
         self.documents.pop(uri, None)
         self._ignored.discard(uri)
 
@@ -199,6 +204,7 @@ class Session:
             return None  # the cursor has moved on; this answer belongs to text that is gone
         if self.options.telemetry:
             # Untracked otherwise: its later life must not be reported once telemetry is back on.
+            self.recent.served(answer.completion_id, uri)
             self.tracker.served(answer.completion_id, uri, offset, answer.text)
         return Served(answer.completion_id, answer.text, (line, character))
 
@@ -259,6 +265,11 @@ class Session:
             user_id=self.user_id if self.options.telemetry else "anonymous",
             telemetry=self.options.telemetry,
             evaluation=self.options.evaluation,
+            # Numbers only, no code: sent whatever the telemetry setting.
+            signals=self.recent.signals(uri),
+            # The version's own rule unless an evaluation asks for the floors (the backend refuses
+            # "floors" outside one).
+            show_rule=self.options.show_rule if self.options.evaluation else "version",
         )
         try:
             # The editor needs a bound on the whole call, imports on first use included.
@@ -424,6 +435,7 @@ class Session:
     # -- events -------------------------------------------------------------------------------
 
     def _record(self, event: Event) -> None:
+        self.recent.observe(event)
         if self.options.telemetry and not self._closed:
             if event.text:
                 event = event.model_copy(update={"text": redact(event.text)})

@@ -377,3 +377,41 @@ async def test_events_left_by_an_earlier_run_are_sent_on_start(
     await start(client, tmp_path / "ws", backendUrl=backend.url, flushIntervalS=0.05)
     await wait_for_events(client, backend, "old", ["shown"] * 3)
     assert (await request(client, "flywheel/status"))["outbox_pending"] == 0
+
+
+async def test_each_request_tells_the_show_policy_the_documents_recent_outcomes(
+    client: LanguageClient, tmp_path: Path, backend: WireBackend
+) -> None:
+    """Numbers only: how many of this document's recent suggestions were shown and accepted, and
+    how long since it last changed; an evaluation's showRule goes with it, and only under one."""
+    workspace = tmp_path / "ws"
+    await start(client, workspace, backendUrl=backend.url, evaluation=True, showRule="floors")
+    uri = (workspace / "a.py").as_uri()
+    open_document(client, uri, "def add(a, b):\n    \n")
+    cid = (await complete(client, uri, 1, 4)).items[0].command.arguments[0]
+    first = backend.completions[-1]
+    assert first.signals is not None and first.show_rule == "floors"
+    assert (first.signals.recent_shown, first.signals.recent_accepted) == (0, 0)
+    assert first.signals.since_keystroke_ms is None  # not changed since it was opened
+
+    insert(client, uri, 2, 1, 4, SUGGESTION)
+    await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="flywheel.accept", arguments=[cid])
+    )
+    changed = time.monotonic()
+    await complete(client, uri, 1, 4 + len(SUGGESTION))
+    second = backend.completions[-1].signals
+    assert second is not None
+    assert (second.recent_shown, second.recent_accepted) == (1, 1)
+    assert second.since_keystroke_ms is not None
+    assert 0 <= second.since_keystroke_ms <= (time.monotonic() - changed) * 1000 + 2000
+
+    # Another document has its own outcomes; off evaluation, the version's own rule.
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"flywheel": {"evaluation": False}})
+    )
+    open_document(client, (workspace / "b.py").as_uri(), "y = \n")
+    await complete(client, (workspace / "b.py").as_uri(), 0, 4)
+    other = backend.completions[-1]
+    assert other.show_rule == "version" and other.signals is not None
+    assert (other.signals.recent_shown, other.signals.recent_accepted) == (0, 0)
