@@ -441,6 +441,7 @@ class Simulation:
         attacker, the poisoning criteria per cycle."""
         summary = learning_summary(self.samples)
         summary["wall_s"] = wall_times(rows, time.time() - self.started_at)
+        log.info("wall seconds: %s", ", ".join(f"{k} {v:.0f}" for k, v in summary["wall_s"].items()))
         if self.floors_samples:
             summary["rules"] = rules_summary(rows, self.samples, self.floors_samples)
             for rule, figures in summary["rules"].items():
