@@ -7,12 +7,14 @@
                      configured objective (trainer/objectives/)
     fit_cut          where serving cuts the candidate's completions (trainer/stopping.py)
     fit_floors       the candidate's confidence floors (trainer/withholding.py)
-    gate             the eval gate on the held-out episodes (trainer/gate.py)
+    fit_show_policy  the candidate's learned show-or-abstain policy (trainer/show_policy_fit.py)
+    gate             the eval gate on the held-out episodes (trainer/gate.py), and the show
+                     policy's check on them
     upload_update    atomic save of the adapter, its optimizer state and its upload metadata, then
                      the upload (a failing candidate too: the backend records it as rejected with
                      the gate's reason), then the cursor
-    ship_floors      when the gate refused the update but the floors moved: the floors alone, on
-                     the live weights
+    ship_floors      when the gate refused the update but the floors or the show policy moved:
+                     they alone, on the live weights
 
 `run_cycle` runs them in that order and returns a CycleReport (trainer/report.py).
 
@@ -30,11 +32,12 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.config import Settings, TrainerConfig
+from core.show_policy import ShowPolicy
 from core.wire import BASE_VERSION, CheckpointInfo, CheckpointMetadata, Episode, GateResult, ModelInfo
 from trainer.checkpoint import (
     UPLOAD_FILE,
@@ -61,11 +64,14 @@ from trainer.report import (
     CutReport,
     CycleReport,
     Floors,
+    ShowPolicyReport,
     UpdateReport,
     floor_metrics,
+    show_policy_metrics,
 )
-from trainer.selection import select_episodes
+from trainer.selection import malformed, select_episodes
 from trainer.session import LoadedPolicy, PolicyCache
+from trainer.show_policy_fit import fit_policy
 from trainer.state import TrainerState, load_state, save_state
 from trainer.stopping import HindsightSet, fit_stop_logprob
 from trainer.update import train_on_episodes
@@ -143,9 +149,9 @@ def run_cycle(
         info.base_model, info.live_version, live_adapter(client, trainer_dir, info.live_version)
     )
     baseline = gate_baseline(policy, split.heldout, cache, cfg) if cfg.gate.enabled else None
-    # The live weights, kept so that floors fitted on their outcomes can ship on them when the
-    # update fails the gate.
-    live_weights = policy.snapshot() if cfg.learn_floor else None
+    # The live weights, kept so that floors (or a show policy) fitted on their outcomes can ship on
+    # them when the update fails the gate.
+    live_weights = policy.snapshot() if cfg.learn_floor or cfg.show_policy else None
     report.update = update_policy(policy, split, objective, settings, seed=pulled.cursor, world=world)
     cache.became(None)  # the weights in memory are now the candidate's, no served version
     report.cut = fit_cut(policy, split, settings, info)
@@ -159,9 +165,13 @@ def run_cycle(
             history=cfg.floor_history,
             min_shown=cfg.floor_min_shown,
         )
+    if cfg.show_policy:
+        report.show_policy = fit_show_policy(pulled, split, settings)
     if baseline is not None:
         notify("gating")
         report.gate = evaluate_candidate(policy.model, policy.tokenizer, split.heldout, baseline, cfg.gate)
+        if report.show_policy is not None:
+            report.gate, report.show_policy = judge_show_policy(report.gate, report.show_policy, info)
 
     notify("uploading")
     optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
@@ -174,10 +184,20 @@ def run_cycle(
     log_cycle(report)
 
     floors = report.floors.min_confidence if report.floors else info.min_confidence
-    if checkpoint.state == "rejected" and live_weights is not None and floors != info.min_confidence:
+    show_policy = report.show_policy.policy if report.show_policy else None
+    moved = floors != info.min_confidence or show_policy != info.show_policy
+    if checkpoint.state == "rejected" and live_weights is not None and moved:
         policy.restore(live_weights)
-        shipped = ship_floors(client, trainer_dir, state, policy, info, floors, checkpoint.version)
-        log.info("floors %s shipped on the live weights as %s (%s)", floors, shipped.version, shipped.state)
+        shipped = ship_floors(
+            client, trainer_dir, state, policy, info, floors, show_policy, checkpoint.version
+        )
+        log.info(
+            "floors %s and show policy %s shipped on the live weights as %s (%s)",
+            floors,
+            "none" if show_policy is None else f"at {show_policy.threshold}",
+            shipped.version,
+            shipped.state,
+        )
         if shipped.state != "rejected":
             cache.became(shipped.version)
         report.floors_version, report.floors_state = shipped.version, shipped.state
@@ -238,6 +258,60 @@ def select(pulled: Pulled, cfg: TrainerConfig) -> Split | None:
         train, heldout = split_heldout(kept, cfg.gate.heldout_share)
         return Split(train, heldout, selection.dropped)
     return Split(kept, [], selection.dropped)
+
+
+def unshown(pulled: Pulled, split: Split, cfg: TrainerConfig) -> tuple[list[Episode], list[Episode]]:
+    """(train, held out) of the episodes serving decided not to show (or not to call the model
+    for), of the users the guards kept: no update trains on them, but the show policy's trigger
+    learns from them where the model would not have been worth calling. Held out as the shown ones
+    are, by their completion id."""
+    users = {e.user_id for e in (*split.train, *split.heldout)}
+    withheld = [
+        e
+        for e in pulled.episodes
+        if e.decision is not None and e.user_id in users and malformed(e) == "withheld"
+    ]
+    if not split.heldout:
+        return withheld, []
+    return split_heldout(withheld, cfg.gate.heldout_share)
+
+
+def fit_show_policy(pulled: Pulled, split: Split, settings: Settings) -> ShowPolicyReport:
+    """The candidate's show policy: fitted on the evidence of this and earlier cycles, the live
+    version's kept while the evidence is too thin or nothing beats its rule."""
+    cfg = settings.trainer
+    train, heldout = unshown(pulled, split, cfg)
+    return fit_policy(
+        settings.trainer_dir,
+        [*split.train, *train],
+        [*split.heldout, *heldout],
+        pulled.info.show_policy,
+        pulled.info.min_confidence,
+        settings.rewards,
+        explore=cfg.show_policy_explore,
+        history=cfg.show_policy_history,
+        min_shown=cfg.show_policy_min_shown,
+    )
+
+
+def judge_show_policy(
+    gate: GateResult, fitted: ShowPolicyReport, info: ModelInfo
+) -> tuple[GateResult, ShowPolicyReport]:
+    """The gate's check of a new show policy on the held-out episodes, recorded among its figures. A
+    policy they say surely loses characters is not shipped (the live version's rule goes with the
+    candidate instead); the weights are judged on their own."""
+    figures = fitted.gate_figures()
+    if not figures:
+        return gate, fitted
+    gate = gate.model_copy(update={"figures": {**gate.figures, **figures}})
+    if figures["show_policy_passed"]:
+        return gate, fitted
+    log.info(
+        "show policy refused: on the held-out episodes it keeps %.2f characters a request, live %.2f",
+        fitted.heldout_kept_chars_after,
+        fitted.heldout_kept_chars_before,
+    )
+    return gate, replace(fitted, policy=info.show_policy, changed=False, refused=True)
 
 
 def gate_baseline(
@@ -354,6 +428,7 @@ def upload_update(
         gate=report.gate,
         stop_logprob=report.cut.stop_logprob,
         min_confidence=report.floors.min_confidence if report.floors else info.min_confidence,
+        show_policy=report.show_policy.policy if report.show_policy else None,
     )
     return upload_candidate(client, trainer_dir, state, policy, path, metadata, optimizer, report.cursor)
 
@@ -365,10 +440,11 @@ def ship_floors(
     policy: LoadedPolicy,
     info: ModelInfo,
     floors: Floors,
+    show_policy: ShowPolicy | None,
     rejected: str,
 ) -> CheckpointInfo:
-    """Uploads the live version's weights (in `policy`) with new confidence floors: the floors were
-    fitted on those weights' outcomes, and do not need the update the gate refused."""
+    """Uploads the live version's weights (in `policy`) with new confidence floors and show policy:
+    they were fitted on those weights' outcomes, and do not need the update the gate refused."""
     path = new_candidate_dir(trainer_dir, info.live_version)
     metadata = CheckpointMetadata(
         base_model=info.base_model,
@@ -378,10 +454,12 @@ def ship_floors(
             FLOORS_ONLY: 1.0,
             "rejected_update": rejected,
             **floor_metrics(floors),
+            **show_policy_metrics(show_policy),
         },
         gate=GateResult(passed=True, reason=f"floors only, on the weights of {info.live_version}"),
         stop_logprob=info.stop_logprob,
         min_confidence=floors,
+        show_policy=show_policy,
     )
     return upload_candidate(
         client, trainer_dir, state, policy, path, metadata, policy.optimizer, state.cursor

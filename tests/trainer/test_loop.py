@@ -61,6 +61,7 @@ class StubBackend:
                 temperature=1.0,
                 canary_version=self.canary,
                 min_confidence=live.min_confidence if live else {},
+                show_policy=live.show_policy if live else None,
             )
             return httpx.Response(200, json=info.model_dump())
         if request.method == "GET" and path == "/episodes":
@@ -262,6 +263,67 @@ def test_an_update_the_gate_refuses_still_ships_its_floors_on_the_live_weights(
     assert all(not t.any() for name, t in shipped.items() if "lora_B" in name)
     assert any(t.any() for name, t in refused.items() if "lora_B" in name)
     assert stub.live == "v2" and load_state(refusing.trainer_dir).cursor == 40
+
+
+def test_a_cycle_fits_the_show_policy_and_ships_it_in_the_checkpoint(
+    stub: StubBackend, settings: Settings
+) -> None:
+    import random
+
+    from core.show_policy import FILTER_FEATURES
+    from core.wire import ServingDecision
+
+    add_episodes(stub, 60)
+    rng = random.Random(0)
+
+    def decision(confidence: float, shown: bool = True) -> ServingDecision:
+        features = dict.fromkeys(FILTER_FEATURES, 0.0) | {"place_in_word": 1.0, "confidence": confidence}
+        return ServingDecision(rule="floors", features=features, shown=shown)
+
+    # Served under the floors (none): taken where the model was sure, dismissed elsewhere.
+    shown = []
+    for e in stub.episodes:
+        c = rng.uniform(-2.5, 0.0)
+        update = {"text": "abc", "outcome": "accepted" if c > -1 else "rejected", "decision": decision(c)}
+        shown.append(e.model_copy(update={**update, "reward": 0.75 if c > -1 else -0.25}))
+    # And requests nothing was shown for: no update trains on them, the policy's evidence counts them.
+    withheld = [
+        e.model_copy(
+            update={
+                "seq": 60 + i,
+                "completion_id": f"w{i}",
+                "completion_ids": [],
+                "token_logprobs": [],
+                "outcome": "abstained",
+                "reward": 0.0,
+                "decision": decision(-3.0, shown=False),
+            }
+        )
+        for i, e in enumerate(stub.episodes[:10], start=1)
+    ]
+    stub.episodes = shown + withheld
+    settings.trainer.show_policy_min_shown = 20
+    with client_for(stub, settings) as client:
+        result = run_cycle(settings, client)
+    assert result is not None and result.show_policy is not None
+    fitted = result.show_policy
+    assert fitted.changed and fitted.policy is not None and fitted.evidence > 50
+    assert fitted.policy.filter.probability(decision(-0.2).features) >= fitted.policy.threshold
+    assert fitted.policy.filter.probability(decision(-2.2).features) < fitted.policy.threshold
+    meta = stub.uploads[0]
+    # It travels in the checkpoint like the floors, its figures with it, and the gate judged it on
+    # the held-out episodes.
+    assert meta.show_policy == fitted.policy
+    assert meta.metrics["show_threshold"] == fitted.policy.threshold
+    assert meta.metrics["show_evidence"] == fitted.evidence
+    assert meta.gate is not None and meta.gate.figures["show_policy_passed"] == 1.0
+    assert "show_policy_heldout_kept_chars_upper" in meta.gate.figures
+    assert result.episodes == 60 and result.dropped["withheld"] == 10
+    # The next cycle starts from it, whether the update went live or (refused by the gate) the
+    # policy shipped alone on the live weights.
+    assert stub.uploads[int(stub.live[1:]) - 1].show_policy == fitted.policy, meta.gate.reason
+    with client_for(stub, settings) as client:
+        assert client.model_info().show_policy == fitted.policy
 
 
 def test_live_adapter_is_downloaded_when_not_cached(
