@@ -7,7 +7,14 @@ from collections import Counter
 
 from core.confidence import IN_WORD
 from core.wire import GateResult
-from trainer.report import CheckpointFigures, CutReport, CycleReport, FloorReport, UpdateReport
+from trainer.report import (
+    CheckpointFigures,
+    CutReport,
+    CycleReport,
+    FloorReport,
+    ShowPolicyReport,
+    UpdateReport,
+)
 
 
 def report() -> CycleReport:
@@ -67,3 +74,41 @@ def test_the_trainer_status_keeps_its_shape() -> None:
         "metrics": report().metrics(),
         "gate": {"passed": True, "reason": "", "figures": {}},
     }
+
+
+def test_the_show_policys_figures_travel_in_the_checkpoint_and_back() -> None:
+    from core.show_policy import Logistic, ShowPolicy
+
+    policy = ShowPolicy(
+        filter=Logistic(bias=0.0, weights={"confidence": 1.0}),
+        threshold=0.2,
+        trigger=Logistic(bias=0.0, weights={}),
+        trigger_threshold=0.05,
+    )
+    with_policy = report()
+    with_policy.show_policy = ShowPolicyReport(
+        policy, True, 900, 600, 3.0, 2.5, 0.1, 0.05, shown_share=0.6, calls_saved=0.2
+    ).judged(2.0, 2.2, 0.04, 0.06, 0.5)
+    figures = with_policy.metrics()
+    assert {k: v for k, v in figures.items() if k.startswith("show_")} == {
+        "show_policy_changed": 1.0,
+        "show_policy_refused": 0.0,
+        "show_evidence": 900.0,
+        "show_evidence_shown": 600.0,
+        "show_kept_chars": 3.0,
+        "show_kept_chars_current": 2.5,
+        "show_reward": 0.1,
+        "show_reward_current": 0.05,
+        "show_shown_share": 0.6,
+        "show_calls_saved": 0.2,
+        "show_heldout_kept_chars_before": 2.0,
+        "show_heldout_kept_chars_after": 2.2,
+        "show_heldout_reward_before": 0.04,
+        "show_heldout_reward_after": 0.06,
+        "show_threshold": 0.2,
+        "show_trigger_threshold": 0.05,
+    }
+    read = CheckpointFigures.of(figures)
+    assert (read.show_threshold, read.show_trigger_threshold, read.show_calls_saved) == (0.2, 0.05, 0.2)
+    assert with_policy.show_policy.gate_figures()["show_policy_passed"] == 1.0
+    assert CheckpointFigures.of({}).show_threshold is None
