@@ -179,8 +179,12 @@ class GateConfig(BaseModel):
     reward_margin: float = 0.05
     # Below this effective sample size the SNIS estimate is too noisy to fail a candidate on.
     min_ess: float = 8.0
-    # Perplexity on the fixed held-out code set may rise at most this much over the base model's.
-    max_ppl_increase: float = 0.03
+    # Perplexity on the fixed held-out code set may rise at most this much over the base model's (a
+    # hard outer limit), and inside it be worse than the parent's (the live version's) by at most
+    # this much with 95% confidence (paired bootstrap over its windows): a fixed limit to the base
+    # alone ratcheted, drift adding up until noise refused every update (trainer/gate.py).
+    max_ppl_increase: float = 0.05
+    max_ppl_increase_over_parent: float = 0.005
     ppl_chars: int = 12_000
     # Greedy continuations of the check's prompts (8 fixed, 24 from the held-out code) may loop on
     # at most this share of them more than the base model's.

@@ -51,7 +51,7 @@ from trainer.checkpoint import (
 from trainer.client import BackendClient
 from trainer.corrections import wanted_ids
 from trainer.distributed import ALONE, Job, World, to_cpu
-from trainer.gate import GateBaseline, evaluate_candidate, sequence_logps, split_heldout
+from trainer.gate import GateBaseline, evaluate_candidate, measure_parent, sequence_logps, split_heldout
 from trainer.objectives import objective_config
 from trainer.objectives.pg import PGConfig
 from trainer.progress import Progress
@@ -318,7 +318,11 @@ def gate_baseline(
     policy: LoadedPolicy, heldout: list[Episode], cache: PolicyCache, cfg: TrainerConfig
 ) -> GateBaseline:
     """What the gate compares the candidate with, measured on the live weights before the update."""
-    return GateBaseline(sequence_logps(policy.model, heldout), *cache.base_figures(policy, cfg.gate))
+    return GateBaseline(
+        sequence_logps(policy.model, heldout),
+        *cache.base_figures(policy, cfg.gate),
+        parent_windows=measure_parent(policy.model, policy.tokenizer, cfg.gate),
+    )
 
 
 def update_policy(

@@ -7,7 +7,13 @@ Three checks, each against a reference measured in the same process:
                  with μ the serving policy; skipped (not failed) when the effective sample size
                  (Σ w)² / Σ w² is too small to tell.
     perplexity   on a fixed held-out code set (the standard library files the bootstrap corpus holds
-                 out, trainer/corpus.py), may rise at most `max_ppl_increase` over the base model's.
+                 out, trainer/corpus.py): it may rise at most `max_ppl_increase` over the base model's
+                 (a hard outer limit), and inside that it may not be worse than the parent's (the live
+                 version's, measured on the same windows) by more than `max_ppl_increase_over_parent`
+                 with 95% confidence (a paired bootstrap over the windows). A fixed limit to the base
+                 alone ratchets: drift adds up over cycles until one noisy measurement refuses every
+                 update (3.1% against 3%, with ±3% between consecutive versions); judged against its
+                 parent, a candidate that brings the drift back down always passes.
     degenerate   greedy continuations of fixed prompts: not all empty, and at most
                  `max_extra_loop_share` of the prompts more repetition loops than the base model.
 """
@@ -21,6 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from peft import PeftModel
 
@@ -37,6 +44,9 @@ DEGENERATE_NEW_TOKENS = 24
 # moves it (KL 0.01), so the check compares shares over more prompts.
 DEGENERATE_CODE_PROMPTS = 24
 DEGENERATE_PROMPT_CHARS = 300
+# The perplexity check's paired bootstrap over its windows: resamples and one-sided confidence.
+PPL_BOOTSTRAP = 2000
+PPL_CONFIDENCE = 0.95
 # Fixed prompts for the degenerate-output check: ordinary code at natural completion points.
 DEGENERATE_PROMPTS = (
     "import os\n\n\ndef read_config(path):\n    with open(path) as handle:\n        ",
@@ -101,19 +111,89 @@ def heldout_code(chars: int) -> str:
     return "\n\n".join(text for _, text in heldout_code_parts(chars))
 
 
+@dataclass(frozen=True)
+class WindowLosses:
+    """Summed next-token loss and token count of each non-overlapping window of a text."""
+
+    sums: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(sum(self.sums) / max(sum(self.counts), 1))
+
+
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, token_ids: list[int]) -> float:
-    """exp(mean next-token loss) over non-overlapping windows of the text."""
+def window_losses(model: torch.nn.Module, token_ids: list[int]) -> WindowLosses:
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums, counts = [], []
     for start in range(0, len(token_ids) - 1, PPL_WINDOW):
         window = torch.tensor([token_ids[start : start + PPL_WINDOW + 1]], device=device)
         if window.shape[1] < 2:
             break
         logits = model(input_ids=window[:, :-1], use_cache=False).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
-        total, count = total + float(loss), count + window.shape[1] - 1
-    return math.exp(total / max(count, 1))
+        sums.append(float(torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")))
+        counts.append(window.shape[1] - 1)
+    return WindowLosses(tuple(sums), tuple(counts))
+
+
+def perplexity(model: torch.nn.Module, token_ids: list[int]) -> float:
+    """exp(mean next-token loss) over non-overlapping windows of the text."""
+    return window_losses(model, token_ids).ppl
+
+
+def heldout_ids(tokenizer, config: GateConfig) -> list[int]:
+    return tokenizer.encode(heldout_code(config.ppl_chars), add_special_tokens=False)
+
+
+def measure_parent(model: torch.nn.Module, tokenizer, config: GateConfig) -> WindowLosses:
+    """The live weights' losses on the perplexity check's windows, before the update changes them."""
+    return window_losses(model, heldout_ids(tokenizer, config))
+
+
+@dataclass(frozen=True)
+class PerplexityVerdict:
+    rise_over_base: float
+    # None without the parent's windows.
+    rise_over_parent: float | None
+    # One-sided lower confidence bound of the rise over the parent.
+    rise_over_parent_lower: float | None
+    failures: tuple[str, ...]
+
+
+def perplexity_verdict(
+    candidate: WindowLosses,
+    parent: WindowLosses | None,
+    base_ppl: float,
+    config: GateConfig,
+    seed: int = 0,
+) -> PerplexityVerdict:
+    """The perplexity criterion: refused when (a) the rise over the base is above the outer limit,
+    or (b) the candidate is worse than its parent by more than `max_ppl_increase_over_parent`
+    with PPL_CONFIDENCE: the bound is a percentile of the paired bootstrap over windows of the
+    token-weighted mean log-perplexity difference (candidate − parent)."""
+    failures = []
+    rise = candidate.ppl / base_ppl - 1.0
+    if rise > config.max_ppl_increase:
+        failures.append(
+            f"held-out perplexity {candidate.ppl:.3f} is {rise:+.1%} over the base's {base_ppl:.3f}"
+            f" (limit {config.max_ppl_increase:.1%})"
+        )
+    if parent is None or len(parent.sums) != len(candidate.sums) or not candidate.sums:
+        return PerplexityVerdict(rise, None, None, tuple(failures))
+    diffs = np.array(candidate.sums) - np.array(parent.sums)
+    counts = np.array(candidate.counts, dtype=float)
+    mean = diffs.sum() / counts.sum()
+    picks = np.random.default_rng(seed).integers(len(diffs), size=(PPL_BOOTSTRAP, len(diffs)))
+    lower = float(np.quantile(diffs[picks].sum(axis=1) / counts[picks].sum(axis=1), 1 - PPL_CONFIDENCE))
+    over_parent, bound = math.expm1(mean), math.expm1(lower)
+    # A candidate no worse than its parent always passes, whatever the resampling says.
+    if mean > 0 and bound > config.max_ppl_increase_over_parent:
+        failures.append(
+            f"held-out perplexity {over_parent:+.2%} over the parent's (95% lower bound {bound:+.2%},"
+            f" limit {config.max_ppl_increase_over_parent:.1%})"
+        )
+    return PerplexityVerdict(rise, over_parent, bound, tuple(failures))
 
 
 def is_loop(ids: list[int], repeats: int = 4, max_period: int = 8) -> bool:
@@ -172,14 +252,16 @@ class GateBaseline:
     parent_heldout_logps: torch.Tensor
     base_ppl: float
     base_degenerate: dict
+    # The live weights' perplexity windows (measure_parent); None: judged against the base alone.
+    parent_windows: WindowLosses | None = None
 
 
 def measure_base(model: PeftModel, tokenizer, config: GateConfig) -> tuple[float, dict]:
     """The base model's (adapter off) held-out perplexity and degenerate counts: fixed per base
     model, so callers measure them once."""
-    code_ids = tokenizer.encode(heldout_code(config.ppl_chars), add_special_tokens=False)
     with model.disable_adapter():
-        return perplexity(model, code_ids), degenerate_counts(model, tokenizer, degenerate_prompts(config))
+        ppl = perplexity(model, heldout_ids(tokenizer, config))
+        return ppl, degenerate_counts(model, tokenizer, degenerate_prompts(config))
 
 
 def evaluate_candidate(
@@ -202,13 +284,16 @@ def evaluate_candidate(
                 f"{config.reward_margin}"
             )
 
-    ppl = perplexity(model, tokenizer.encode(heldout_code(config.ppl_chars), add_special_tokens=False))
-    rise = ppl / baseline.base_ppl - 1.0
-    figures.update(ppl_base=baseline.base_ppl, ppl_candidate=ppl, ppl_rise=rise)
-    if rise > config.max_ppl_increase:
-        failures.append(
-            f"held-out perplexity {ppl:.3f} is {rise:+.1%} over the base's {baseline.base_ppl:.3f}"
+    windows = window_losses(model, heldout_ids(tokenizer, config))
+    verdict = perplexity_verdict(windows, baseline.parent_windows, baseline.base_ppl, config)
+    figures.update(ppl_base=baseline.base_ppl, ppl_candidate=windows.ppl, ppl_rise=verdict.rise_over_base)
+    if baseline.parent_windows is not None and verdict.rise_over_parent is not None:
+        figures.update(
+            ppl_parent=baseline.parent_windows.ppl,
+            ppl_rise_parent=verdict.rise_over_parent,
+            ppl_rise_parent_lower=verdict.rise_over_parent_lower or 0.0,
         )
+    failures += verdict.failures
 
     degenerate = degenerate_counts(model, tokenizer, degenerate_prompts(config))
     figures.update(degenerate_empty=degenerate["empty"], degenerate_loops=degenerate["loops"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from trainer_support import episode, one_thread, sample
@@ -18,6 +19,7 @@ from trainer.gate import (
     DEGENERATE_PROMPT_CHARS,
     DEGENERATE_PROMPTS,
     GateBaseline,
+    WindowLosses,
     degenerate_failures,
     degenerate_prompts,
     evaluate_candidate,
@@ -25,6 +27,8 @@ from trainer.gate import (
     heldout_code_parts,
     is_loop,
     measure_base,
+    measure_parent,
+    perplexity_verdict,
     sequence_logps,
     snis,
     split_heldout,
@@ -118,7 +122,11 @@ def heldout_episodes(tiny_model_dir: Path) -> list[Episode]:
 def gate(model_dir: Path, change, heldout: list[Episode]):
     policy = load_policy(str(model_dir), None, TrainerConfig(), CPU)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    baseline = GateBaseline(sequence_logps(policy, heldout), *measure_base(policy, tokenizer, GATE))
+    baseline = GateBaseline(
+        sequence_logps(policy, heldout),
+        *measure_base(policy, tokenizer, GATE),
+        parent_windows=measure_parent(policy, tokenizer, GATE),
+    )
     change(policy)
     return evaluate_candidate(policy, tokenizer, heldout, baseline, GATE)
 
@@ -127,6 +135,8 @@ def test_an_unchanged_candidate_passes(tiny_model_dir: Path, heldout_episodes: l
     result = gate(tiny_model_dir, lambda policy: None, heldout_episodes)
     assert result.passed, result.reason
     assert result.figures["ppl_rise"] == pytest.approx(0.0, abs=1e-6)
+    assert result.figures["ppl_rise_parent"] == pytest.approx(0.0, abs=1e-6)
+    assert result.figures["ppl_parent"] == pytest.approx(result.figures["ppl_candidate"])
     assert result.figures["reward_candidate"] == pytest.approx(result.figures["reward_live"])
 
 
@@ -142,8 +152,58 @@ def test_a_candidate_that_raises_heldout_perplexity_is_rejected(
 
     result = gate(tiny_model_dir, scramble, heldout_episodes)
     assert not result.passed
-    assert "perplexity" in result.reason
+    assert "over the base's" in result.reason and "over the parent's" in result.reason
     assert result.figures["ppl_rise"] > GATE.max_ppl_increase
+    assert result.figures["ppl_rise_parent_lower"] > GATE.max_ppl_increase_over_parent
+
+
+WINDOWS, TOKENS = 14, 256
+
+
+def windows_at(nll: np.ndarray) -> WindowLosses:
+    """Windows of TOKENS tokens with these mean losses."""
+    return WindowLosses(tuple(float(x) * TOKENS for x in nll), (TOKENS,) * len(nll))
+
+
+def test_the_perplexity_criterion_refuses_regressions_not_noise_nor_accumulated_drift() -> None:
+    """Synthetic per-window losses: the parent sits near the old 3% limit over the base."""
+    rng = np.random.default_rng(0)
+    parent_nll = rng.normal(2.0, 0.3, WINDOWS)
+    parent = windows_at(parent_nll)
+
+    def base_at(rise: float) -> float:
+        """The base's perplexity for the parent to be `rise` over it."""
+        return parent.ppl / (1 + rise)
+
+    def verdict(shift: float, noise: float, parent_rise: float):
+        # Noise with no mean of its own: the shift is the candidate's change.
+        draw = rng.normal(0.0, noise, WINDOWS)
+        candidate = parent_nll + shift + draw - draw.mean()
+        return perplexity_verdict(windows_at(candidate), parent, base_at(parent_rise), GATE)
+
+    # Noise: +0.1% over a parent that is +3.0% over the base, 3.1% in all. The old rule (a fixed 3%
+    # to the base) refused it and every update after it; now it passes.
+    noise = verdict(0.001, 0.01, 0.030)
+    assert noise.rise_over_base > 0.03
+    assert not noise.failures, noise.failures
+    # A real regression, well inside the outer limit: +3% over its parent on every window.
+    regression = verdict(0.03, 0.01, 0.005)
+    assert regression.rise_over_base < GATE.max_ppl_increase
+    assert regression.rise_over_parent_lower > GATE.max_ppl_increase_over_parent
+    assert len(regression.failures) == 1 and "over the parent's" in regression.failures[0]
+    # An uncertain rise (its mean over the limit, its bound under it) is not refused.
+    uncertain = verdict(0.008, 0.1, 0.0)
+    assert uncertain.rise_over_parent > GATE.max_ppl_increase_over_parent
+    assert not uncertain.failures
+    # The outer limit holds whatever the parent did.
+    outer = verdict(0.004, 0.001, 0.048)
+    assert len(outer.failures) == 1 and "over the base's" in outer.failures[0]
+    # A candidate that brings drift back down passes, however close to the limit its parent was.
+    down = verdict(-0.01, 0.01, 0.049)
+    assert down.rise_over_parent < 0 and not down.failures
+    # Without the parent's windows only the outer limit applies.
+    alone = perplexity_verdict(windows_at(parent_nll + 0.03), None, base_at(0.005), GATE)
+    assert alone.rise_over_parent is None and not alone.failures
 
 
 def test_a_candidate_worse_on_heldout_rewards_is_rejected(
