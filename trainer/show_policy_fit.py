@@ -53,8 +53,27 @@ log = logging.getLogger("flywheel.trainer")
 
 EVIDENCE_FILE = "show_policy_evidence.json"
 
-# Candidate thresholds of the filter's chance of acceptance, lowest (shows most) first.
-THRESHOLDS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+# Candidate thresholds of the filter's chance of acceptance, lowest (shows most) first. The low end
+# is fine: where most suggestions are seldom taken, 0.02 already withheld a third of them and cost
+# more than the test allows, and a policy that cannot take a small first step never starts.
+THRESHOLDS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.07,
+    0.1,
+    0.13,
+    0.16,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.5,
+)
 # Candidate thresholds of the trigger's chance that the filter would show anything.
 TRIGGER_THRESHOLDS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)
 # A trigger may cost at most this share of the characters kept from what the filter shows...
