@@ -36,6 +36,7 @@ from core.config import ModelConfig
 from core.healing import TokenTexts, healed_text
 from core.processes import free_port
 from core.prompts import build_prompt_ids, detect_fim_format
+from core.show_policy import Logistic, ShowPolicy
 from core.wire import BASE_VERSION
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: sized for a test box, not a server
@@ -210,6 +211,36 @@ def test_a_confidence_floor_withholds_a_row_once_its_first_tokens_decide_it(
         sample = finish(ask(prefix, cut=never), generation)
         assert sample.text == "" and sample.completion_ids == [] and sample.token_logprobs == []
     shown = complete_all(loop, engine, [ask(p, cut=always) for p in prefixes])
+    assert max(len(g.completion_ids) for g in shown) > LEADING_TOKENS
+
+
+def test_the_learned_filter_withholds_a_row_once_its_first_tokens_decide_it(
+    engine: Any, loop: LoopThread
+) -> None:
+    """A learned filter that shows nothing but what exploration shows (half): each row's one draw,
+    taken in `plan`, decides both where the engine ends it and what `finish` shows. A withheld row
+    stops after LEADING_TOKENS tokens and is an abstention with its features kept; a shown one is
+    decoded on, with propensity 0.5."""
+    import random
+
+    explore = ShowPolicy(filter=Logistic(bias=-20.0, weights={}), threshold=0.5, explore=0.5)
+    random.seed(3)  # the draws: which rows exploration shows
+    requests = [ask(p, cut=Cut(show_policy=explore)) for p in [PREFIXES[1], PREFIXES[0]] * 6]
+    generations = complete_all(loop, engine, requests)
+    shown = []
+    for request, generation in zip(requests, generations, strict=True):
+        assert request.showing is not None and request.min_confidence is None
+        sample = finish(request, generation)
+        assert sample.decision is not None and sample.decision.rule == "learned"
+        assert "confidence" in sample.decision.features
+        if request.showing.draw < 0.5:
+            shown.append(generation)
+            assert sample.decision.propensity == 0.5
+            assert sample.decision.shown == bool(sample.text)
+        else:
+            assert len(generation.completion_ids) <= LEADING_TOKENS
+            assert (sample.text, sample.completion_ids, sample.decision.shown) == ("", [], False)
+    assert 0 < len(shown) < len(requests)
     assert max(len(g.completion_ids) for g in shown) > LEADING_TOKENS
 
 
