@@ -20,9 +20,10 @@ the best mean reward wins, the current rule on a tie.
 
 The trigger reads only what is known before the model is called and estimates the chance that the
 new filter would show the suggestion, fitted over every called episode (the withheld ones too:
-their features carry the model's confidence). Its threshold is the largest of a small grid at
-which skipping the call would, in hindsight, have cost at most 1% of the characters kept from what
-the filter shows; none when no threshold saves 5% of the calls.
+their features carry the model's confidence; one the model left empty had nothing to show). Its
+threshold is the largest of a small grid at which skipping the call would, in hindsight, have cost
+at most 1% of the characters kept from what the filter shows; none when no threshold saves 5% of
+the calls.
 
 The evidence is the last `trainer.show_policy_history` episodes with a recorded decision (a file in
 the trainer's directory, like the floors'); no policy is fitted before it holds
@@ -238,6 +239,15 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, names: Sequen
     )
 
 
+def filter_shows_called(
+    called: Sequence[ShowEvidence], x: np.ndarray, filter_: Logistic, threshold: float
+) -> np.ndarray:
+    """Whether the filter would show each called request's completion; one the model left empty
+    (no first tokens, so no confidence among its features) has nothing to show."""
+    has_tokens = np.array([e.shown or "confidence" in e.features for e in called], dtype=bool)
+    return has_tokens & (probabilities(filter_, x, FILTER_FEATURES) >= threshold)
+
+
 @dataclass(frozen=True)
 class TriggerFit:
     trigger: Logistic | None
@@ -252,11 +262,11 @@ def fit_trigger(
 ) -> TriggerFit:
     """The trigger for a filter and threshold: fitted to say whether the filter would show, over
     every called episode with the filter's features, each weighted by 1/chance of being called."""
-    called = [e for e in evidence if e.called and "confidence" in e.features]
+    called = [e for e in evidence if e.called]
     if not called:
         return TriggerFit(None, None, 0.0, 0.0)
     x = matrix([e.features for e in called], FILTER_FEATURES)
-    label = (probabilities(filter_, x, FILTER_FEATURES) >= threshold).astype(int)
+    label = filter_shows_called(called, x, filter_, threshold).astype(int)
     call_weight = np.array([1.0 / e.call_chance for e in called])
     trigger_x = x[:, : len(TRIGGER_FEATURES)]
     trigger = fit_logistic(trigger_x, label, call_weight, TRIGGER_FEATURES)
@@ -332,12 +342,14 @@ def fit_show_policy(
         trigger_threshold=trigger.threshold,
         explore=explore,
     )
-    called = [e for e in evidence if e.called and "confidence" in e.features]
+    called = [e for e in evidence if e.called]
     shown_share = None
     if called:
         call_weight = np.array([1.0 / e.call_chance for e in called])
-        shows = probabilities(filter_, matrix([e.features for e in called], FILTER_FEATURES), FILTER_FEATURES)
-        shown_share = float(call_weight @ (shows >= threshold)) / call_weight.sum()
+        x = matrix([e.features for e in called], FILTER_FEATURES)
+        shown_share = (
+            float(call_weight @ filter_shows_called(called, x, filter_, threshold)) / call_weight.sum()
+        )
     return PolicyFit(policy, True, scored.estimate(p >= threshold), before, shown_share, trigger.calls_saved)
 
 

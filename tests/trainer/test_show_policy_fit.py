@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.config import RewardConfig
-from core.show_policy import FILTER_FEATURES, Logistic, ShowPolicy
+from core.show_policy import FILTER_FEATURES, TRIGGER_FEATURES, Logistic, ShowPolicy
 from core.wire import Episode, ServingDecision
 from trainer.show_policy_fit import (
     TRIGGER_MAX_COST,
@@ -162,6 +162,18 @@ def test_the_trigger_skips_where_the_filter_would_surely_withhold() -> None:
         costly.policy.threshold
     )
     assert costly.policy.trigger_threshold is None
+
+
+def test_the_trigger_learns_where_the_model_leaves_nothing_to_show() -> None:
+    # At line starts the model wrote nothing at all: no first tokens, no confidence among the features.
+    empty = dict.fromkeys(TRIGGER_FEATURES, 0.0) | {"place_line_start": 1.0}
+    evidence = places_evidence(random.Random(4)) + [
+        row(2000 + i, empty, False, shown=False) for i in range(300)
+    ]
+    fit = fit_show_policy(evidence, None, {}, REWARDS, explore=0.03)
+    assert fit.policy is not None and fit.policy.trigger is not None
+    assert fit.policy.call_chance(empty) == fit.policy.explore
+    assert fit.calls_saved == pytest.approx(700 / 1500, abs=0.02)
 
 
 def test_no_trigger_where_nothing_known_before_the_call_tells() -> None:
