@@ -75,6 +75,10 @@ THRESHOLDS: tuple[float, ...] = (
     0.4,
     0.5,
 )
+# Beside them, the thresholds that would withhold these shares of the shown evidence: a filter sure
+# of many suggestions withheld 43% of them at the lowest of the grid, a step too large to prove it
+# kept 98% of the characters, while the floors step one band at a time.
+WITHHELD_SHARES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 # Candidate thresholds of the trigger's chance that the filter would show anything.
 TRIGGER_THRESHOLDS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)
 # A trigger may cost at most this share of the characters kept from what the filter shows...
@@ -323,7 +327,8 @@ def fit_show_policy(
     p = probabilities(filter_, scored.x, FILTER_FEATURES)
     margin = -chars_tolerance * before.kept_chars - 1e-9
     best: tuple[float, float] | None = None
-    for threshold in THRESHOLDS:
+    steps = {float(f"{q:.3g}") for q in np.quantile(p, WITHHELD_SHARES)}
+    for threshold in sorted(set(THRESHOLDS) | {q for q in steps if 0 < q < 1}):
         shows = p >= threshold
         if scored.kept_chars_bound(shows, reference) < margin:
             continue

@@ -242,3 +242,23 @@ def test_evidence_is_read_from_decisions_and_kept_across_cycles(tmp_path: Path) 
     save_evidence(tmp_path, [first, explored, withheld])
     assert load_evidence(tmp_path) == [first, explored, withheld]
     assert np.isclose(load_evidence(tmp_path)[1].features["confidence"], -3.0)
+
+
+def test_a_policy_starts_with_a_small_step_where_the_filter_is_sure_of_many() -> None:
+    """Shown everything (no floors): a third of the suggestions, unsure ones at line starts, are
+    almost never taken, but some are. The filter is so sure of them that the grid's lowest threshold
+    would withhold two in five at once, more than the test can prove costless; a step by share
+    withholds fewer and starts the policy."""
+    rng = random.Random(5)
+    evidence = []
+    for i in range(4000):
+        place = rng.choice(["in_word", "line_start", "after_symbol"])
+        c = rng.uniform(-6, 0)
+        base, slope = (0.45, 1.2) if place == "in_word" else (0.04, 0.6)
+        taken = rng.random() < min(0.95, base * np.exp(slope * (c + 1.5)))
+        evidence.append(row(i, features(c, place, rng.uniform(0, 4)), taken))
+    fit = fit_show_policy(evidence, None, {}, REWARDS, explore=0.03)
+    assert fit.changed and fit.policy is not None and fit.policy.threshold < 0.005
+    assert 0.0 < 1.0 - (fit.shown_share or 0.0) <= 0.35
+    assert fit.chosen.kept_chars >= 0.97 * fit.current.kept_chars
+    assert fit.chosen.reward > fit.current.reward
