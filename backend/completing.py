@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
 from uuid6 import uuid7
 
 from backend.completions import Request as PolicyRequest
@@ -15,6 +16,8 @@ from backend.completions import Sample
 from backend.engine import ClientGone, EngineUnavailable
 from backend.state import BackendState
 from core.wire import CompleteRequest, CompleteResponse
+
+_FLOORS_NEED_EVALUATION = "show_rule 'floors' needs evaluation: true (a side-by-side of the rules)"
 
 
 async def serve(
@@ -24,8 +27,11 @@ async def serve(
     people) and keep it for learning when its telemetry is on. 503 while no model serves, 499
     when the client hung up before decoding; 422 for show_rule "floors" outside an evaluation."""
     if body.show_rule == "floors" and not body.evaluation:
-        # Every trained episode must have been served under its version's own rule.
-        raise HTTPException(422, "show_rule 'floors' needs evaluation: true")
+        # Every trained episode must have been served under its version's own rule. FastAPI's own
+        # 422, as the schema documents it: the error located in the field.
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "show_rule"), "msg": _FLOORS_NEED_EVALUATION}]
+        )
     started = time.perf_counter()
     job = PolicyRequest(
         body.context.prefix,
