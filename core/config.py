@@ -189,6 +189,9 @@ class GateConfig(BaseModel):
     # Greedy continuations of the check's prompts (8 fixed, 24 from the held-out code) may loop on
     # at most this share of them more than the base model's.
     max_extra_loop_share: float = 0.1
+    # Train the next cycle on this cycle's held-out episodes once the gate has used them
+    # (trainer/heldout_carry.py): otherwise a fifth of every cycle's episodes is never learned from.
+    train_heldout_later: bool = True
 
 
 class TrainerConfig(BaseModel):

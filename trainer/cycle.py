@@ -52,6 +52,7 @@ from trainer.client import BackendClient
 from trainer.corrections import wanted_ids
 from trainer.distributed import ALONE, Job, World, to_cpu
 from trainer.gate import GateBaseline, evaluate_candidate, measure_parent, sequence_logps, split_heldout
+from trainer.heldout_carry import load_carry, save_carry
 from trainer.objectives import objective_config
 from trainer.objectives.pg import PGConfig
 from trainer.progress import Progress
@@ -101,6 +102,8 @@ class Split:
     train: list[Episode]
     heldout: list[Episode]
     dropped: Counter[str]
+    # The previous cycle's held-out episodes, its gate done with them: trained on, never held out.
+    carried: tuple[Episode, ...] = ()
 
 
 def run_cycle(
@@ -144,6 +147,8 @@ def run_cycle(
         return report
 
     objective = pg if pg is not None else objective_config(cfg)
+    if cfg.gate.enabled and cfg.gate.train_heldout_later:
+        split = replace(split, carried=tuple(load_carry(trainer_dir, state.cursor)))
     notify("training")
     policy = cache.get(
         info.base_model, info.live_version, live_adapter(client, trainer_dir, info.live_version)
@@ -174,6 +179,8 @@ def run_cycle(
             report.gate, report.show_policy = judge_show_policy(report.gate, report.show_policy, info)
 
     notify("uploading")
+    if baseline is not None and cfg.gate.train_heldout_later:
+        save_carry(trainer_dir, report.cursor, split.heldout, keep=state.cursor)
     optimizer = policy.optimizer if isinstance(objective, PGConfig) else None
     checkpoint = upload_update(client, trainer_dir, state, policy, info, report, optimizer, started)
     report.version, report.state = checkpoint.version, checkpoint.state
@@ -332,14 +339,15 @@ def update_policy(
     data-parallel over `world`'s ranks, the others on this process alone."""
     cfg = settings.trainer
     log.info(
-        "training %s on %d episodes (%d held out, %d dropped) from %s",
+        "training %s on %d episodes (%d of them the last cycle's held out; %d held out, %d dropped) from %s",
         cfg.objective,
-        len(split.train),
+        len(split.train) + len(split.carried),
+        len(split.carried),
         len(split.heldout),
         sum(split.dropped.values()),
         policy.version,
     )
-    episodes = split.train
+    episodes = [*split.train, *split.carried]
     common = dict(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs)
     if isinstance(objective, PGConfig):
         wanted = None
@@ -380,7 +388,8 @@ def update_policy(
         from trainer.objectives.dpo import train_dpo
 
         figures = train_dpo(policy.model, policy.tokenizer, episodes, objective, **common)
-    return UpdateReport(cfg.objective, len(split.train), len(split.heldout), figures)
+    figures = {**figures, "heldout_carried": float(len(split.carried))}
+    return UpdateReport(cfg.objective, len(episodes), len(split.heldout), figures)
 
 
 def fit_cut(policy: LoadedPolicy, split: Split, settings: Settings, info: ModelInfo) -> CutReport:
@@ -421,7 +430,8 @@ def upload_update(
         base_model=info.base_model,
         parent_version=info.live_version,
         # The episodes it was trained on, seq_after < seq <= seq_through: what a fault check reads
-        # to tell that no episode went into one lineage twice.
+        # to tell that no episode went into one lineage twice. Besides them, the previous cycle's
+        # held-out ones (`heldout_carried`), which no version was trained on before.
         metrics={
             **report.metrics(),
             CANDIDATE: path.name,

@@ -478,3 +478,25 @@ def test_continuous_mode_waits_for_min_episodes_and_stops_on_ctrl_c(
     assert len(stub.uploads) == 1
     assert stub.uploads[0].metrics["episodes"] == 4
     assert load_state(settings.trainer_dir).cursor == 4
+
+
+def test_the_next_cycle_trains_on_the_episodes_the_gate_held_out(
+    stub: StubBackend, settings: Settings
+) -> None:
+    """Held out for one cycle's reward check, then trained on in the next: not left unlearned."""
+    add_episodes(stub, 40)
+    with client_for(stub, settings) as client:
+        first = run_cycle(settings, client)
+        assert first is not None and first.update is not None and first.heldout > 0
+        assert first.update.figures["heldout_carried"] == 0
+        add_episodes(stub, 4)
+        second = run_cycle(settings, client)
+        assert second is not None and second.update is not None
+        assert second.update.figures["heldout_carried"] == first.heldout
+        assert second.trained_on == 4 + first.heldout
+        assert stub.uploads[-1].metrics["heldout_carried"] == first.heldout
+        # Once: the cycle after that trains on its own episodes only.
+        add_episodes(stub, 4)
+        third = run_cycle(settings, client)
+        assert third is not None and third.update is not None
+        assert third.update.figures["heldout_carried"] == 0 and third.trained_on == 4
