@@ -36,6 +36,9 @@ class Selection:
 
 def malformed(episode: Episode) -> str | None:
     """Why this episode cannot be trained on, or None."""
+    if episode.decision is not None and not episode.decision.called:
+        # The show policy's trigger answered without calling the model: nothing was sampled.
+        return "skipped"
     if not episode.prompt_ids:
         return "empty_prompt"
     if not episode.completion_ids:

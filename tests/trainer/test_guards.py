@@ -9,7 +9,7 @@ import torch
 from trainer_support import build_tokenizer, episode, one_thread, prompts, sample, save_tiny_model
 
 from core.config import GuardConfig, TrainerConfig
-from core.wire import Episode
+from core.wire import Episode, ServingDecision
 from trainer.objectives.pg import PGConfig
 from trainer.policy import load_policy
 from trainer.selection import select_episodes
@@ -32,6 +32,19 @@ def test_stale_versions_are_dropped_against_the_live_one() -> None:
     # A canary newer than live, and names outside the scheme, are kept.
     kept = select_episodes([ep(1, version="v6"), ep(2, version="custom")], "v5", GuardConfig()).kept
     assert len(kept) == 2
+
+
+def test_what_serving_did_not_show_or_did_not_sample_is_dropped_by_name() -> None:
+    skipped = ServingDecision(rule="learned", called=False, shown=False, propensity=0.03)
+    withheld = ServingDecision(rule="learned", shown=False, propensity=0.03)
+    episodes = [
+        ep(1),
+        ep(2, prompt_ids=[], completion_ids=[], token_logprobs=[], text="", decision=skipped),
+        ep(3, completion_ids=[], token_logprobs=[], text="", decision=withheld),
+    ]
+    selection = select_episodes(episodes, "base", GuardConfig())
+    assert [e.seq for e in selection.kept] == [1]
+    assert selection.dropped == {"skipped": 1, "withheld": 1}
 
 
 def test_acceptance_faster_than_reading_is_dropped() -> None:
