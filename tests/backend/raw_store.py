@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from backend.store import Store
@@ -13,6 +14,19 @@ from backend.store.sqlite import SqliteStore
 
 # Opens a test's store, again and again on the same file or database (conftest.py's open_store_here).
 OpenStore = Callable[[], Coroutine[Any, Any, Store]]
+
+
+def sqlite_at_step(path: Path, step: int) -> sqlite3.Connection:
+    """A SQLite database as the store left it after its first `step` schema steps, open for the
+    test to fill with rows of that time (a context manager: committed on leaving it)."""
+    from backend.store.sqlite.schema import MIGRATIONS
+
+    db = sqlite3.connect(path)
+    for statements in MIGRATIONS[:step]:
+        for statement in statements:
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version = {step}")
+    return db
 
 
 def is_sqlite(store: Store) -> bool:

@@ -3,14 +3,13 @@ fixture, tests/conftest.py), and SQLite's migration of older rows."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from raw_store import sqlite_at_step
 
 from backend.store import Store
 from backend.store.sqlite import SqliteStore
-from backend.store.sqlite.schema import MIGRATIONS
 from core import wire
 from core.config import RewardConfig
 
@@ -88,11 +87,7 @@ async def test_rows_from_before_client_kinds_count_as_the_language_servers(tmp_p
     """A database written before migration 5: its completions are the language server's, in the
     language their context names."""
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as db:
-        for step in MIGRATIONS[:4]:
-            for statement in step:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 4")
+    with sqlite_at_step(path, 4) as db:
         db.execute(
             "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
             " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"

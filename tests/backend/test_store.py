@@ -16,13 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 from old_tokens import LAST_ID_HANDED_OUT, OLD_TOKENS, assert_tokens_kept_and_metrics_allowed
-from raw_store import OpenStore, edit, is_sqlite, rows
+from raw_store import OpenStore, edit, is_sqlite, rows, sqlite_at_step
 
 from backend.finalize import run_finalizer
 from backend.store import Store, UnknownCheckpoint
 from backend.store.postgres import PostgresStore
 from backend.store.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore
-from backend.store.sqlite.schema import MIGRATIONS
 from core.config import RewardConfig, Settings
 
 WINDOW = 660.0
@@ -103,11 +102,7 @@ async def test_a_database_before_the_metrics_role_keeps_its_tokens(tmp_path: Pat
     """A database at step 5 with tokens in it: step 6 rebuilds the tokens table, whose CHECK SQLite
     cannot change in place, with the role metrics allowed and every row and the id counter kept."""
     path = tmp_path / "db.sqlite3"
-    with sqlite3.connect(path) as db:
-        for step in MIGRATIONS[:5]:
-            for statement in step:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 5")
+    with sqlite_at_step(path, 5) as db:
         db.executemany("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)", OLD_TOKENS)
         db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'tokens'", (LAST_ID_HANDED_OUT,))
         with pytest.raises(sqlite3.IntegrityError):

@@ -7,9 +7,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from raw_store import sqlite_at_step
+
 from backend.store import Store
 from backend.store.sqlite import SCHEMA_VERSION, SqliteStore
-from backend.store.sqlite.schema import MIGRATIONS
 from core.config import RewardConfig
 from core.wire import ServingDecision
 
@@ -57,11 +58,7 @@ async def test_a_database_from_before_decisions_is_brought_forward(tmp_path: Pat
     """A SQLite database at step 6 with a completion in it: step 7 adds the column, the old row's
     episode has no decision, and new rows keep theirs."""
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as db:
-        for step in MIGRATIONS[:6]:
-            for statement in step:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 6")
+    with sqlite_at_step(path, 6) as db:
         db.execute(
             "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
             " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"
