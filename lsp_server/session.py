@@ -204,7 +204,6 @@ class Session:
             return None  # the cursor has moved on; this answer belongs to text that is gone
         if self.options.telemetry:
             # Untracked otherwise: its later life must not be reported once telemetry is back on.
-            self.recent.served(answer.completion_id, uri)
             self.tracker.served(answer.completion_id, uri, offset, answer.text)
         return Served(answer.completion_id, answer.text, (line, character))
 
@@ -435,7 +434,7 @@ class Session:
     # -- events -------------------------------------------------------------------------------
 
     def _record(self, event: Event) -> None:
-        self.recent.observe(event)
+        self.recent.observe(event, self.tracker.uri_of(event.completion_id))
         if self.options.telemetry and not self._closed:
             if event.text:
                 event = event.model_copy(update={"text": redact(event.text)})

@@ -18,8 +18,6 @@ from core.wire import Event, EventKind
 _ACCEPTED = (EventKind.ACCEPTED, EventKind.PARTIALLY_ACCEPTED)
 # An acceptance counts as shown too: a client that reports showing may accept what it never reported.
 _COUNTED = (EventKind.SHOWN, *_ACCEPTED)
-# How many served suggestions' documents are remembered.
-_SERVED_KEPT = 1024
 
 
 class _Document:
@@ -36,8 +34,6 @@ class RecentOutcomes:
 
     def __init__(self) -> None:
         self._documents: dict[str, _Document] = {}
-        # Served suggestions' documents, newest last; bounded, for a suggestion never shown stays.
-        self._uri_of: dict[str, str] = {}
 
     def opened(self, uri: str) -> None:
         self._documents[uri] = _Document()
@@ -46,17 +42,11 @@ class RecentOutcomes:
         if (document := self._documents.get(uri)) is not None:
             document.changed_at = time.monotonic()
 
-    def served(self, completion_id: str, uri: str) -> None:
-        """A suggestion given to the editor for `uri`: its events count for that document."""
-        self._uri_of[completion_id] = uri
-        if len(self._uri_of) > _SERVED_KEPT:
-            del self._uri_of[next(iter(self._uri_of))]
-
-    def observe(self, event: Event) -> None:
-        """An event about a served suggestion (the tracker's)."""
-        if event.kind not in _COUNTED:
+    def observe(self, event: Event, uri: str | None) -> None:
+        """An event about a suggestion served for `uri` (the tracker's, which knows its document)."""
+        if event.kind not in _COUNTED or uri is None:
             return
-        document = self._documents.get(self._uri_of.get(event.completion_id, ""))
+        document = self._documents.get(uri)
         if document is None:
             return
         if event.completion_id not in document.shown:

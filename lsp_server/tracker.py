@@ -297,6 +297,12 @@ class Tracker:
         for s in [s for s in self._suggestions.values() if s.uri == uri]:
             self._apply(s, Edited(edit))
 
+    def uri_of(self, completion_id: str) -> str | None:
+        """The document a followed suggestion was served for; None once it has ended. Its events go
+        out before it ends."""
+        s = self._suggestions.get(completion_id)
+        return s.uri if s is not None else None
+
     def closed(self, uri: str) -> None:
         self._close([s for s in self._suggestions.values() if s.uri == uri])
 
