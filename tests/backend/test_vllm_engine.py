@@ -249,22 +249,28 @@ def test_a_row_ended_early_is_no_longer_decoded_by_vllm(
     vllm_server: Any, loop: LoopThread, tiny_model_dir: Path
 ) -> None:
     """Closing a row's stream (here: withheld by its floor after LEADING_TOKENS tokens, with room
-    for 512 and no stop vLLM knows of) makes vLLM abort it. Not aborted, 8 rows would cost it about
-    3,000-4,000 tokens; aborted, 60-240 on an idle machine, and on a loaded one, where the close
-    reaches vLLM later, 1,000-1,800 were seen: the bound is 60% of what 8 rows may cost."""
+    for 512 and no stop vLLM knows of) makes vLLM abort it: 8 rows cost it 24-60 tokens, against
+    about 1,600-3,100 read to the end (or not aborted).
+
+    The close can only follow the first tokens, and on this 2-core box vLLM's frontend now and then
+    delivers them 0.7-1.6 s late while its engine core, pinned to the other core, decodes on: in 2
+    tries of 10 with a simulation running beside, all 8 rows were decoded before their first tokens
+    arrived (measured 2026-12-05). So the best of three tries is judged: without the abort every try
+    costs thousands."""
     engine = vllm_engine_for(vllm_server, tiny_model_dir)
     loop.run(engine.start())
     never = Cut(min_confidence={LINE_START: 0.0})
-    cap = 512
-    requests = [plan(Request("import os\nimport sys\n", "", cap, "someone"), BASE_VERSION, never)] * 8
+    requests = [plan(Request("import os\nimport sys\n", "", 512, "someone"), BASE_VERSION, never)] * 8
+    costs: list[float] = []
     try:
-        before = settled_generated_tokens(vllm_server)
-        generations = complete_all(loop, engine, requests)
-        decoded = settled_generated_tokens(vllm_server) - before
+        while len(costs) < 3 and (not costs or min(costs) >= 100 * len(requests)):
+            before = settled_generated_tokens(vllm_server)
+            generations = complete_all(loop, engine, requests)
+            costs.append(settled_generated_tokens(vllm_server) - before)
+            assert all(len(g.completion_ids) <= LEADING_TOKENS for g in generations)
     finally:
         loop.run(engine.close())
-    assert all(len(g.completion_ids) <= LEADING_TOKENS for g in generations)
-    assert decoded < 0.6 * len(requests) * cap, decoded
+    assert min(costs) < 100 * len(requests), costs
 
 
 def vllm_metrics(server: Any) -> str:
