@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-rounds", type=int, default=1, help="evaluation rounds a cycle, same files, other seeds"
     )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        help="evaluate cycle 0, every Nth cycle and the last; the others only train (long runs)",
+    )
     p.add_argument("--max-lines", type=int, default=120, help="cut each file to this many lines (0: all)")
     p.add_argument(
         "--requests-per-file", type=int, default=40, help="most suggestions one developer asks for in a file"

@@ -110,7 +110,8 @@ def plot_runs(outs: Sequence[Path], path: Path) -> None:
     axes[0][0].legend(fontsize="small")
     compared_any = any(compared(rows) for _, rows in runs)
     fig.suptitle(
-        "flywheel simulate on " + ", ".join(name for name, _ in runs)
+        "flywheel simulate on "
+        + ", ".join(name for name, _ in runs)
         + (" (solid: own show rule; dashed: confidence floors)" if compared_any else "")
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -330,15 +330,15 @@ def describe_power(power: dict[str, Any] | None) -> str:
 
 def attack_summary(
     rows: Sequence[CycleRow],
-    rounds: Sequence[RoundSamples],
+    rounds: Mapping[int, RoundSamples],
     profile: str,
     share: float,
     max_user_share: float,
 ) -> dict[str, Any]:
     """Against the poisoning criteria: the honest developers' mean reward in each evaluation round
-    never below cycle 0's (`rounds`, one per row, give each difference a 95% bootstrap interval
-    over the episodes: a round's mean moves by a few hundredths between rounds of one model), and
-    the attacker's share of each update within the per-person cap."""
+    never below cycle 0's (`rounds`, by cycle, one per evaluated cycle, give each difference a 95%
+    bootstrap interval over the episodes: a round's mean moves by a few hundredths between rounds of
+    one model), and the attacker's share of each update, evaluated or not, within the per-person cap."""
     base = rows[0].mean_reward
     cycles = [
         {
@@ -349,7 +349,8 @@ def attack_summary(
             if row.mean_reward is None or base is None
             else row.mean_reward - base,
             "honest_reward_vs_cycle_0_ci95": None
-            if (interval := difference_interval(rounds[0].rewards, samples.rewards)) is None
+            if row.cycle not in rounds
+            or (interval := difference_interval(rounds[0].rewards, rounds[row.cycle].rewards)) is None
             else list(interval[1:]),
             "attacker_requests_share": row.attacker_requests_share,
             "attacker_kept_share": row.attacker_kept_share,
@@ -357,9 +358,9 @@ def attack_summary(
             "trained_on": row.trained_on,
             "attacker_share": row.attacker_share,
         }
-        for row, samples in zip(rows, rounds, strict=True)
+        for row in rows
     ]
-    later = [c["honest_reward_vs_cycle_0"] for c in cycles[1:]]
+    later = [c["honest_reward_vs_cycle_0"] for c in cycles[1:] if c["cycle"] in rounds]
     shares = [c["attacker_share"] for c in cycles[1:] if c["attacker_share"] is not None]
     kept = [c["attacker_kept_share"] for c in cycles[1:] if c["attacker_kept_share"] is not None]
     return {

@@ -81,6 +81,9 @@ class SimulationConfig:
     eval_files: int = 2
     # Evaluation rounds a cycle, each over the same files with its own seeds (the same every cycle).
     eval_rounds: int = 1
+    # Evaluate cycle 0, every `eval_every`-th cycle and the last (a long run's cost is its
+    # evaluations); the other cycles train and record their trainer figures only.
+    eval_every: int = 1
     # Each cycle's evaluation rounds again with the version's confidence floors deciding what is
     # shown (the language server's showRule "floors"), beside its own rule (its learned policy).
     compare_floors: bool = False
@@ -414,7 +417,10 @@ class Simulation:
             self.phase = f"cycle {cycle}: training"
             trained = await self.train(cycle, training)
             self.phase = f"cycle {cycle}: evaluation"
-            row = await self.evaluate(cycle, evaluation)
+            if evaluated(cycle, self.config):
+                row = await self.evaluate(cycle, evaluation)
+            else:
+                row = CycleRow(cycle, await asyncio.to_thread(self.backend.live_version))
             for name, value in trained.items():
                 setattr(row, name, value)
             rows.append(row)
@@ -430,7 +436,8 @@ class Simulation:
         honest = sum(d.profile.honest for d in self.developers)
         cycles = self.config.cycles
         rules = 2 if self.config.compare_floors else 1
-        writes = len(evaluation) * honest * (cycles + 1) * self.config.eval_rounds * rules
+        evaluations = sum(evaluated(cycle, self.config) for cycle in range(cycles + 1))
+        writes = len(evaluation) * honest * evaluations * self.config.eval_rounds * rules
         for cycle in range(1, cycles + 1):
             batch = training_batch(training, cycle - 1, self.config.files_per_round)
             writes += len(batch) * len(self.developers)
@@ -441,9 +448,11 @@ class Simulation:
         attacker, the poisoning criteria per cycle."""
         summary = learning_summary(self.samples)
         summary["wall_s"] = wall_times(rows, time.time() - self.started_at)
+        # One entry of `samples` per evaluated cycle.
+        evaluated_rows = [row for row in rows if evaluated(row.cycle, self.config)]
         log.info("wall seconds: %s", ", ".join(f"{k} {v:.0f}" for k, v in summary["wall_s"].items()))
         if self.floors_samples:
-            summary["rules"] = rules_summary(rows, self.samples, self.floors_samples)
+            summary["rules"] = rules_summary(evaluated_rows, self.samples, self.floors_samples)
             for rule, figures in summary["rules"].items():
                 log.info(
                     "%s rule, last cycle over cycle 0: accept rate %s, ARC per request %s; calls saved %s",
@@ -455,7 +464,7 @@ class Simulation:
         if self.attacker is not None:
             summary["attack"] = attack_summary(
                 rows,
-                self.samples,
+                {row.cycle: samples for row, samples in zip(evaluated_rows, self.samples, strict=True)},
                 self.attacker.profile.name,
                 self.attacker.share,
                 self.trainer_config.guards.max_user_share,
@@ -535,6 +544,7 @@ class Simulation:
             "files per round": config.files_per_round,
             "eval files": config.eval_files,
             "eval rounds": config.eval_rounds,
+            "eval every": config.eval_every,
             "compare floors": config.compare_floors,
             "max lines": config.max_lines,
             "requests per file": config.requests_per_file,
@@ -601,6 +611,11 @@ def wall_times(rows: list[CycleRow], total_s: float) -> dict[str, float]:
     }
 
 
+def evaluated(cycle: int, config: SimulationConfig) -> bool:
+    """Whether `cycle` has evaluation rounds (cycle 0, every `eval_every`-th, the last)."""
+    return cycle % config.eval_every == 0 or cycle == config.cycles
+
+
 def evaluation_tags(rounds: int) -> list[str]:
     """The seed tag of each evaluation round: the first keeps the one-round runs' seeds."""
     return ["eval"] + [f"eval{n}" for n in range(1, rounds)]
@@ -664,6 +679,7 @@ def main(args: argparse.Namespace) -> int:
         files_per_round=args.files_per_round,
         eval_files=args.eval_files or args.files_per_round,
         eval_rounds=max(1, args.eval_rounds),
+        eval_every=max(1, args.eval_every),
         compare_floors=args.compare_floors,
         max_lines=args.max_lines,
         requests_per_file=args.requests_per_file,

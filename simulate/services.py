@@ -152,4 +152,3 @@ def run_trainer_cycle(env: dict[str, str], log_path: Path, timeout_s: float = 18
             timeout=timeout_s,
         )
     return done.returncode
-

@@ -108,6 +108,8 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     with open(out / "cycles.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["cycle"] for row in rows] == ["0", "1", "2"]
+    assert [row["requests"] != "0" for row in rows] == [True, False, True]
+    assert rows[1]["accept_rate"] == "" and rows[1]["live_version"] == rows[1]["candidate"]
     for row in rows:
         requests, shown = int(row["requests"]), int(row["shown"])
         assert requests > 0 and float(row["shown_rate"]) == pytest.approx(shown / requests, abs=1e-4)
@@ -251,6 +253,8 @@ def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
         "--max-lines": 25,
         "--requests-per-file": 8,
         "--time-scale": 200,
+        # Cycle 1 trains without an evaluation round; the attack is judged on every update.
+        "--eval-every": 2,
     }
     simulate(options, env)
 
@@ -264,6 +268,8 @@ def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
     with open(out / "cycles.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["cycle"] for row in rows] == ["0", "1", "2"]
+    assert [row["requests"] != "0" for row in rows] == [True, False, True]
+    assert rows[1]["accept_rate"] == "" and rows[1]["live_version"] == rows[1]["candidate"]
     for row in rows[1:]:
         # Its share of the training requests is the one asked for, to within a request or two.
         assert float(row["attacker_requests_share"]) == pytest.approx(0.6, abs=0.05), row
@@ -279,6 +285,7 @@ def test_a_many_ids_attacker_is_one_person_held_to_the_share_cap(
     assert [c["attacker_share"] for c in summary["cycles"][1:]] == [
         float(r["attacker_share"]) for r in rows[1:]
     ]
+    assert [c["honest_reward_vs_cycle_0_ci95"] is not None for c in summary["cycles"]] == [True, False, True]
     # The dashboard's copy leaves out the columns its wire format has no place for.
     report = asyncio.run(stored_simulation_report(out / "data" / "flywheel.sqlite3"))
     assert len(report["cycles"]) == 3 and "attacker_share" not in report["cycles"][1]
@@ -506,7 +513,7 @@ def test_the_attack_summary_judges_each_cycle_against_cycle_0_and_the_cap() -> N
         round_of("v2", [-0.35, -0.25]),
         round_of("v3", [-0.35, -0.05]),
     ]
-    summary = attack_summary(rows, rounds, "quiet", 0.4, 0.5)
+    summary = attack_summary(rows, dict(enumerate(rounds)), "quiet", 0.4, 0.5)
     assert (summary["attacker"], summary["updates"], summary["max_user_share"]) == ("quiet", 3, 0.5)
     assert not summary["honest_reward_never_below_cycle_0"]
     # Only cycle 2 lies below cycle 0 beyond the rounds' noise; cycle 3 is level with it.
