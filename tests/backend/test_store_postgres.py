@@ -16,6 +16,7 @@ from old_tokens import LAST_ID_HANDED_OUT, OLD_TOKENS, assert_tokens_kept_and_me
 from backend.store.postgres import SCHEMA_VERSION, PostgresStore, SchemaTooNew
 from backend.store.postgres.schema import MIGRATIONS_DIR, migrate, steps
 from core.config import RewardConfig
+from core.wire import ServingDecision
 
 T0 = 1_000_000.0
 _names = itertools.count(1)
@@ -38,6 +39,16 @@ async def two(postgres_server: Any) -> Any:
     yield stores
     for store in stores:
         await store.close()
+
+
+async def database_at_step(url: str, step: int, tmp_path: Path) -> None:
+    """The empty database at `url` migrated through `step` only, as the release of that step left it."""
+    before = tmp_path / f"steps-to-{step}"
+    before.mkdir()
+    for each in steps()[:step]:
+        shutil.copy(MIGRATIONS_DIR / f"{each.number:04d}_{each.name}.sql", before)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        assert await migrate(conn, before) == step
 
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -104,11 +115,7 @@ async def test_an_older_database_is_brought_forward_with_its_rows(
 ) -> None:
     """A database of the first step, with a completion in it, as the first release left it; the
     next start applies the later steps to it (the language comes from the stored context)."""
-    first = tmp_path / "first"
-    first.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "0001_initial.sql", first)
-    async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
-        assert await migrate(conn, first) == 1
+    await database_at_step(empty_database, 1, tmp_path)
     with psycopg.connect(empty_database) as conn:
         for cid, context in (("c1", '{"prefix": "", "language": "go"}'), ("c2", "not json")):
             conn.execute(
@@ -130,12 +137,7 @@ async def test_a_database_before_the_metrics_role_keeps_its_tokens(
 ) -> None:
     """A database of steps 1 and 2 with tokens in it: 0003 allows the role metrics and keeps every
     row and the id sequence."""
-    before = tmp_path / "before"
-    before.mkdir()
-    for step in steps()[:2]:
-        shutil.copy(MIGRATIONS_DIR / f"{step.number:04d}_{step.name}.sql", before)
-    async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
-        assert await migrate(conn, before) == 2
+    await database_at_step(empty_database, 2, tmp_path)
     with psycopg.connect(empty_database) as conn:
         conn.cursor().executemany(
             "INSERT INTO tokens OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s)", OLD_TOKENS
@@ -150,6 +152,44 @@ async def test_a_database_before_the_metrics_role_keeps_its_tokens(
         await assert_tokens_kept_and_metrics_allowed(store)
     finally:
         await store.close()
+
+
+async def test_a_database_from_before_decisions_is_brought_forward(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """A database of steps 1-3 with a completion in it: 0004 adds the decision column, the old
+    row's episode has none, and a new row keeps its own."""
+    await database_at_step(empty_database, 3, tmp_path)
+    with psycopg.connect(empty_database) as conn:
+        conn.execute(
+            "INSERT INTO completions (completion_id, user_id, model_version, context, prompt_ids,"
+            " completion_ids, token_logprobs, temperature, text, created_at, latency_ms)"
+            " VALUES ('old', 'u', 'base', '{\"prefix\": \"\"}', '[1]', '[]', '[]', 0.7, '', %s, 1.0)",
+            (T0,),
+        )
+    store = await PostgresStore.open(empty_database)
+    try:
+        new = ServingDecision(rule="learned", features={"confidence": -0.5}, shown=False, propensity=0.5)
+        await store.record_completion(
+            completion_id="new",
+            user_id="u1",
+            model_version="base",
+            context={"prefix": "def f(x):\n    ", "language": "python"},
+            prompt_ids=[1, 2],
+            completion_ids=[],
+            token_logprobs=[],
+            temperature=0.7,
+            text="",
+            created_at=T0,
+            latency_ms=3.0,
+            decision=new,
+        )
+        assert await store.finalize_due(T0 + 1000, 660.0, RewardConfig(), 250.0) == 2
+        page = await store.episodes_after(0, 10)
+    finally:
+        await store.close()
+    assert {e.completion_id: e.decision for e in page.episodes} == {"old": None, "new": new}
+    assert query(empty_database, "SELECT max(version) FROM schema_migrations") == [(SCHEMA_VERSION,)]
 
 
 async def test_refuses_a_database_from_newer_code(empty_database: str) -> None:
