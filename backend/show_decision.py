@@ -23,9 +23,6 @@ from core.confidence import LEADING_TOKENS
 from core.show_policy import ShowPolicy, ShowSignals, draw, filter_features, trigger_features
 from core.wire import ServingDecision
 
-# ServingDecision.propensity must be above 0; a chance of 0 (explore = 0) is recorded as this.
-_LEAST_PROPENSITY = 1e-9
-
 
 @dataclass(frozen=True)
 class Showing:
@@ -48,7 +45,7 @@ class Showing:
             features=self.features,
             called=False,
             shown=False,
-            propensity=max(self.call_chance, _LEAST_PROPENSITY),
+            propensity=self.call_chance,
         )
 
     def shows(self, token_logprobs: Sequence[float]) -> bool:
@@ -68,9 +65,7 @@ class Showing:
         chance = self.policy.show_chance(features)
         shown = chance >= 1.0 or self.draw < chance
         propensity = self.call_chance * chance if shown else chance
-        return ServingDecision(
-            rule="learned", features=features, shown=shown, propensity=max(propensity, _LEAST_PROPENSITY)
-        )
+        return ServingDecision(rule="learned", features=features, shown=shown, propensity=propensity)
 
     def withheld_whatever_follows(self, token_logprobs: Sequence[float]) -> bool:
         """The learned filter's early end: once a row has its first LEADING_TOKENS tokens, whether

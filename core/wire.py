@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.confidence import AFTER_SYMBOL, IN_WORD, LINE_START
 from core.show_policy import ShowPolicy, ShowSignals
@@ -187,8 +187,15 @@ class ServingDecision(BaseModel):
     called: bool = True
     shown: bool = True
     # The chance, given its features, that this completion was shown (call chance × show chance):
-    # below 1 for what exploration showed; the fit weighs each shown episode by its inverse.
-    propensity: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # below 1 for what exploration showed; the fit weighs each shown episode by its inverse. For
+    # one not shown, the chance it had (0 where nothing explores).
+    propensity: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @model_validator(mode="after")
+    def _shown_had_a_chance(self) -> ServingDecision:
+        if self.shown and self.propensity == 0:
+            raise ValueError("a shown completion had a chance above 0 (propensity)")
+        return self
 
 
 class Episode(BaseModel):

@@ -7,10 +7,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from pydantic import ValidationError
 
 from backend.show_decision import showing
 from core.confidence import LEADING_TOKENS
 from core.show_policy import FILTER_FEATURES, TRIGGER_FEATURES, Logistic, ShowPolicy, ShowSignals
+from core.wire import ServingDecision
 
 YES, NO = Logistic(bias=20.0, weights={}), Logistic(bias=-20.0, weights={})
 SURE = [-0.1] * 6
@@ -47,8 +49,16 @@ def test_the_engines_early_end_and_the_answer_read_one_draw(explore: float) -> N
         if decision.shown:
             assert decision.propensity == pytest.approx(explore)
     assert (shown > 0) == (explore > 0)
-    # With nothing to explore a withheld one still records a chance above 0 (the wire's rule).
-    assert showing("", "", "python", None, policy, rng).decide(SURE).propensity > 0
+    # A withheld one records the chance it had: none where nothing explores.
+    decisions = [showing("", "", "python", None, policy, rng).decide(SURE) for _ in range(20)]
+    withheld = [d.propensity for d in decisions if not d.shown]
+    assert withheld and withheld == pytest.approx([explore] * len(withheld))
+
+
+def test_a_shown_completion_without_a_chance_is_refused_on_the_wire() -> None:
+    assert ServingDecision(rule="learned", shown=False, propensity=0.0).propensity == 0.0
+    with pytest.raises(ValidationError, match="chance above 0"):
+        ServingDecision(rule="learned", shown=True, propensity=0.0)
 
 
 def test_without_a_policy_the_floors_decide_and_nothing_is_drawn() -> None:
