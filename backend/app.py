@@ -263,4 +263,3 @@ async def checkpoint_file(version: str, name: str, state: State) -> FileResponse
 async def trainer_status(report: TrainerReport, state: State) -> dict[str, str]:
     await state.store.set_setting(TRAINER_STATUS, report.model_dump())
     return {"status": "recorded"}
-

@@ -22,7 +22,7 @@ from backend import stops
 from backend.engine import Engine, EngineInfo, EngineRequest, Generation, Gone, Stop
 from backend.routing import Routing
 from backend.show_decision import showing
-from core.confidence import cursor_place, withheld
+from core.confidence import cursor_place
 from core.healing import after_healed, healed_text
 from core.show_policy import ShowPolicy, ShowSignals
 from core.wire import CHECKPOINT_METADATA, CheckpointMetadata, ServingDecision
@@ -108,8 +108,14 @@ def plan(request: Request, version: str, cut: Cut) -> EngineRequest:
         ),
         healed=healed_text(request.prefix),
         stop_logprob=cut.stop_logprob,
-        min_confidence=None if policy else cut.min_confidence.get(cursor_place(request.prefix)),
-        showing=showing(request.prefix, request.suffix, request.language, request.signals, policy),
+        showing=showing(
+            request.prefix,
+            request.suffix,
+            request.language,
+            request.signals,
+            policy,
+            floor=cut.min_confidence.get(cursor_place(request.prefix)),
+        ),
     )
 
 
@@ -121,12 +127,11 @@ def skipped(request: EngineRequest) -> Sample:
 
 def finish(request: EngineRequest, generation: Generation) -> Sample:
     """What the user is shown of `generation`, and what is recorded of it."""
-    floor_withheld = withheld(generation.token_logprobs, request.min_confidence)
     decision = None
     if request.showing is not None:
         # The same draw the engine's early end read: both see the same outcome.
-        decision = request.showing.decide(generation.token_logprobs, floor_withheld)
-    if floor_withheld or (decision is not None and not decision.shown):
+        decision = request.showing.decide(generation.token_logprobs)
+    if decision is not None and not decision.shown:
         # An abstention, recorded as one: no tokens, so nothing for the policy gradient to credit
         # (what was sampled and not shown has no outcome); its features are kept in the decision.
         first = generation.first_token_s

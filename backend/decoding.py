@@ -72,10 +72,9 @@ class Row:
     stop: RowStop
     # Text typed before the cursor that the prompt leaves out and the completion must rewrite.
     healed: str = ""
-    # The version's learned cut, and its confidence floor where the cursor stood (EngineRequest).
+    # The version's learned cut (EngineRequest).
     stop_logprob: float | None = None
-    min_confidence: float | None = None
-    # How its completion is shown, where the version's learned policy decides (EngineRequest).
+    # How its completion is shown: the version's learned policy or its floor (EngineRequest).
     showing: Showing | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -92,7 +91,7 @@ class Row:
 
     def withheld_whatever_follows(self) -> bool:
         """backend/engine.py's rule: here, decoding the rest would only hold a slot of the batch."""
-        return withheld_whatever_follows(self.logprobs, self.min_confidence, self.showing)
+        return withheld_whatever_follows(self.logprobs, self.showing)
 
     @property
     def adapter(self) -> str:
@@ -207,7 +206,6 @@ class Decoding:
             stop,
             healed,
             request.stop_logprob,
-            request.min_confidence,
             request.showing,
         )
 

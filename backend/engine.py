@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Protocol
 
 from backend.show_decision import Showing
-from core.confidence import LEADING_TOKENS, withheld
 
 
 class EngineUnavailable(RuntimeError):
@@ -71,12 +70,10 @@ class EngineRequest:
     # The version's learned cut: the row ends before its first sampled token whose log-prob is
     # below this (trainer/stopping.py). None: no cut.
     stop_logprob: float | None = None
-    # The version's confidence floor where the cursor stands (core/confidence.py). Whether the
-    # completion is shown is decided above the engine from its log-probs; an engine may end a row
-    # early once its first LEADING_TOKENS tokens fall below the floor, since nothing of it is shown.
-    min_confidence: float | None = None
-    # How its completion is shown (backend/show_decision.py), decided once up front: where the
-    # version's learned show policy decides, its filter ends a withheld row early like the floor.
+    # How its completion is shown (backend/show_decision.py: the version's learned show policy or
+    # its confidence floor), decided once up front. Whether it is shown is decided above the engine
+    # from its log-probs; an engine may end a row early once `showing` withholds it, since nothing
+    # of it is shown. None: shown whatever its log-probs.
     showing: Showing | None = None
 
 
@@ -85,16 +82,10 @@ def cut_before(stop_logprob: float | None, logprob: float) -> bool:
     return stop_logprob is not None and logprob < stop_logprob
 
 
-def withheld_whatever_follows(
-    logprobs: list[float], min_confidence: float | None, showing: Showing | None = None
-) -> bool:
-    """Whether the floor (or the learned filter, where `showing` has a policy) withholds a row
-    already: its confidence is final once it has its first LEADING_TOKENS tokens, and decoding the
-    rest would be wasted. Asked after every token, it looks once, at that token: a row not withheld
-    then never is."""
-    if showing is not None and showing.policy is not None:
-        return showing.withheld_whatever_follows(logprobs)
-    return len(logprobs) == LEADING_TOKENS and withheld(logprobs, min_confidence)
+def withheld_whatever_follows(logprobs: list[float], showing: Showing | None) -> bool:
+    """Whether a row is withheld already (Showing.withheld_whatever_follows), so decoding the rest
+    would be wasted."""
+    return showing is not None and showing.withheld_whatever_follows(logprobs)
 
 
 @dataclass

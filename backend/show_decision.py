@@ -1,5 +1,6 @@
 """Whether a completion is shown, decided once per request: by the serving version's learned show
-policy (core/show_policy.py) where it has one, else by its confidence floors (core/confidence.py).
+policy (core/show_policy.py) where it has one, else by its confidence floor where the cursor stands
+(core/confidence.py).
 
 `Showing` is taken up front (backend/completions.py `plan`), before the engine is called: the
 trigger's features and chance, whether the model is called at all, and the one uniform number the
@@ -19,7 +20,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.confidence import LEADING_TOKENS
+from core.confidence import LEADING_TOKENS, withheld
 from core.show_policy import ShowPolicy, ShowSignals, draw, filter_features, trigger_features
 from core.wire import ServingDecision
 
@@ -27,7 +28,7 @@ from core.wire import ServingDecision
 @dataclass(frozen=True)
 class Showing:
     """How one request's completion is decided: `policy` (the version's learned one) or, where it
-    is None, the floors (EngineRequest.min_confidence)."""
+    is None, `floor` (the version's confidence floor where the cursor stands; None: shown)."""
 
     # The trigger's features: what is known before the model is called.
     features: dict[str, float]
@@ -37,6 +38,7 @@ class Showing:
     called: bool = True
     # Uniform in [0, 1): the filter's exploration reads it, once for the whole request.
     draw: float = 0.0
+    floor: float | None = None
 
     def skipped(self) -> ServingDecision:
         """The decision recorded for a request whose model call the trigger skipped."""
@@ -52,26 +54,32 @@ class Showing:
         """Whether the learned filter shows a completion starting with these log-probs."""
         return self.decide(token_logprobs).shown
 
-    def decide(self, token_logprobs: Sequence[float], floor_withheld: bool = False) -> ServingDecision:
-        """The decision on a called request's completion with these log-probs (the policy's, or
-        `floor_withheld` where the floors decide). No tokens: nothing to show."""
+    def decide(self, token_logprobs: Sequence[float]) -> ServingDecision:
+        """The decision on a called request's completion with these log-probs, by the policy or
+        the floor. No tokens: nothing to show."""
         if not token_logprobs:
             rule = "floors" if self.policy is None else "learned"
             chance = 1.0 if self.policy is None else self.call_chance
             return ServingDecision(rule=rule, features=self.features, shown=False, propensity=chance)
         features = filter_features(self.features, token_logprobs)
         if self.policy is None:
-            return ServingDecision(rule="floors", features=features, shown=not floor_withheld)
+            return ServingDecision(
+                rule="floors", features=features, shown=not withheld(token_logprobs, self.floor)
+            )
         chance = self.policy.show_chance(features)
         shown = chance >= 1.0 or self.draw < chance
         propensity = self.call_chance * chance if shown else chance
         return ServingDecision(rule="learned", features=features, shown=shown, propensity=propensity)
 
     def withheld_whatever_follows(self, token_logprobs: Sequence[float]) -> bool:
-        """The learned filter's early end: once a row has its first LEADING_TOKENS tokens, whether
-        it is shown is known, and a withheld one need not be decoded further."""
-        if self.policy is None or len(token_logprobs) != LEADING_TOKENS:
+        """The early end: once a row has its first LEADING_TOKENS tokens, whether it is shown is
+        known (the floor and the filter read no more), and a withheld one need not be decoded
+        further. Asked after every token, it looks once, at that token: a row not withheld then
+        never is."""
+        if len(token_logprobs) != LEADING_TOKENS:
             return False
+        if self.policy is None:
+            return withheld(token_logprobs, self.floor)
         return not self.shows(token_logprobs)
 
 
@@ -82,11 +90,14 @@ def showing(
     signals: ShowSignals | None,
     policy: ShowPolicy | None,
     rng: random.Random | None = None,
+    floor: float | None = None,
 ) -> Showing:
-    """Decide up front how this request's completion is shown: under `policy` (None: the floors),
+    """Decide up front how this request's completion is shown: under `policy` (None: `floor`),
     with the trigger's draw taken now and the filter's drawn for later."""
     features = trigger_features(prefix, suffix, language, signals)
     if policy is None:
-        return Showing(features)
+        return Showing(features, floor=floor)
     chance = policy.call_chance(features)
-    return Showing(features, policy, chance, draw(chance, rng), (rng or random).random())
+    return Showing(
+        features, policy, call_chance=chance, called=draw(chance, rng), draw=(rng or random).random()
+    )

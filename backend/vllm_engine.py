@@ -129,7 +129,7 @@ class _Row:
                 "\n" in piece
                 and stops.stop_index(self.text, request.stop.mid_line, self.line_prefix) is not None
             )
-            or withheld_whatever_follows(self.logprobs, request.min_confidence, request.showing)
+            or withheld_whatever_follows(self.logprobs, request.showing)
         )
 
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from backend.show_decision import showing
-from core.confidence import LEADING_TOKENS
+from core.confidence import LEADING_TOKENS, confidence
 from core.show_policy import FILTER_FEATURES, TRIGGER_FEATURES, Logistic, ShowPolicy, ShowSignals
 from core.wire import ServingDecision
 
@@ -61,10 +61,18 @@ def test_a_shown_completion_without_a_chance_is_refused_on_the_wire() -> None:
         ServingDecision(rule="learned", shown=True, propensity=0.0)
 
 
-def test_without_a_policy_the_floors_decide_and_nothing_is_drawn() -> None:
-    decided = showing("x = ", "", "python", None, None)
-    assert decided.policy is None and decided.called
-    assert not decided.withheld_whatever_follows(SURE[:LEADING_TOKENS])
-    withheld, shown = decided.decide(SURE, floor_withheld=True), decided.decide(SURE)
+def test_without_a_policy_the_floor_decides_and_nothing_is_drawn() -> None:
+    sure = confidence(SURE)
+    below = showing("x = ", "", "python", None, None, floor=sure + 0.1)
+    above = showing("x = ", "", "python", None, None, floor=sure - 0.1)
+    assert below.policy is None and below.called and below.draw == 0.0
+    # The floor's early end: at the LEADING_TOKENS-th token, never before or after.
+    assert below.withheld_whatever_follows(SURE[:LEADING_TOKENS])
+    assert not below.withheld_whatever_follows(SURE[: LEADING_TOKENS - 1])
+    assert not below.withheld_whatever_follows(SURE[: LEADING_TOKENS + 1])
+    assert not above.withheld_whatever_follows(SURE[:LEADING_TOKENS])
+    withheld, shown = below.decide(SURE), above.decide(SURE)
     assert (withheld.rule, withheld.shown, shown.shown, shown.propensity) == ("floors", False, True, 1.0)
-    assert decided.decide([]).features == decided.features  # no tokens: the trigger's features
+    # No floor where the cursor stands: everything is shown.
+    assert showing("x = ", "", "python", None, None).decide(SURE).shown
+    assert below.decide([]).features == below.features  # no tokens: the trigger's features

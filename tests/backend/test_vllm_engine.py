@@ -229,7 +229,7 @@ def test_the_learned_filter_withholds_a_row_once_its_first_tokens_decide_it(
     generations = complete_all(loop, engine, requests)
     shown = []
     for request, generation in zip(requests, generations, strict=True):
-        assert request.showing is not None and request.min_confidence is None
+        assert request.showing is not None and request.showing.policy is explore
         sample = finish(request, generation)
         assert sample.decision is not None and sample.decision.rule == "learned"
         assert "confidence" in sample.decision.features
