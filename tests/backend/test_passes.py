@@ -125,7 +125,9 @@ async def test_passes_that_keep_failing_make_the_backend_unready_until_they_work
             ]
         )
         for statement in [*allow, "DELETE FROM backend_settings"]:
-            edit(store, statement)
+            # From a thread: ALTER TABLE waits for the passes' open transactions, which finish only
+            # while this loop runs (a blocking call here deadlocked on PostgreSQL under load).
+            await asyncio.to_thread(edit, store, statement)
         await until(lambda: not passes.stuck())
         assert passes.readiness(None)[0]
         assert all(h["consecutive_failures"] == 0 and h["failures"] >= 3 for h in passes.report().values())

@@ -108,8 +108,6 @@ def test_simulate_two_cycles(tiny_model_dir: Path, tmp_path: Path) -> None:
     with open(out / "cycles.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["cycle"] for row in rows] == ["0", "1", "2"]
-    assert [row["requests"] != "0" for row in rows] == [True, False, True]
-    assert rows[1]["accept_rate"] == "" and rows[1]["live_version"] == rows[1]["candidate"]
     for row in rows:
         requests, shown = int(row["requests"]), int(row["shown"])
         assert requests > 0 and float(row["shown_rate"]) == pytest.approx(shown / requests, abs=1e-4)
