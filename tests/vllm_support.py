@@ -71,7 +71,9 @@ class LoopThread:
 
 def start_server(model_dir: Path, log_path: Path) -> OwnedServer:
     """A vLLM server for `model_dir` with Flywheel's flags, as the engine starts its own."""
-    server = OwnedServer(str(model_dir), serving(), TEMPERATURE, 4, log_path)
+    # Each request logged, with its abort: the abort test reads them.
+    settings = serving(vllm_args=["--enable-log-requests"])
+    server = OwnedServer(str(model_dir), settings, TEMPERATURE, 4, log_path)
     server.env.update(small_cache_env())
     asyncio.run(server.start())
     return server
