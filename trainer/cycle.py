@@ -305,8 +305,8 @@ def judge_show_policy(
     gate: GateResult, fitted: ShowPolicyReport, info: ModelInfo
 ) -> tuple[GateResult, ShowPolicyReport]:
     """The gate's check of a new show policy on the held-out episodes, recorded among its figures. A
-    policy they say surely loses characters is not shipped (the live version's rule goes with the
-    candidate instead); the weights are judged on their own."""
+    policy they say loses characters (trainer/show_policy_fit.py HeldoutCheck) is not shipped (the
+    live version's rule goes with the candidate instead); the weights are judged on their own."""
     figures = fitted.gate_figures()
     if not figures:
         return gate, fitted

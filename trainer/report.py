@@ -127,11 +127,19 @@ class ShowPolicyReport:
     heldout_reward_before: float | None = None
     heldout_reward_after: float | None = None
     heldout_kept_chars_upper: float | None = None
-    # The held-out episodes said it surely loses characters: the live version's rule ships instead.
+    # Whether the held-out episodes let it ship (trainer/show_policy_fit.py HeldoutCheck.passed).
+    heldout_passed: bool | None = None
+    # The held-out episodes said it loses characters: the live version's rule ships instead.
     refused: bool = False
 
     def judged(
-        self, kept_before: float, kept_after: float, reward_before: float, reward_after: float, upper: float
+        self,
+        kept_before: float,
+        kept_after: float,
+        reward_before: float,
+        reward_after: float,
+        upper: float,
+        passed: bool,
     ) -> ShowPolicyReport:
         return replace(
             self,
@@ -140,6 +148,7 @@ class ShowPolicyReport:
             heldout_reward_before=reward_before,
             heldout_reward_after=reward_after,
             heldout_kept_chars_upper=upper,
+            heldout_passed=passed,
         )
 
     def gate_figures(self) -> dict[str, float]:
@@ -150,7 +159,7 @@ class ShowPolicyReport:
             "show_policy_heldout_kept_chars_before": self.heldout_kept_chars_before or 0.0,
             "show_policy_heldout_kept_chars_after": self.heldout_kept_chars_after or 0.0,
             "show_policy_heldout_kept_chars_upper": self.heldout_kept_chars_upper,
-            "show_policy_passed": float(self.heldout_kept_chars_upper >= 0),
+            "show_policy_passed": float(bool(self.heldout_passed)),
         }
 
     def metrics(self) -> dict[str, float]:

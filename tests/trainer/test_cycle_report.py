@@ -88,7 +88,7 @@ def test_the_show_policys_figures_travel_in_the_checkpoint_and_back() -> None:
     with_policy = report()
     with_policy.show_policy = ShowPolicyReport(
         policy, True, 900, 600, 3.0, 2.5, 0.1, 0.05, shown_share=0.6, calls_saved=0.2
-    ).judged(2.0, 2.2, 0.04, 0.06, 0.5)
+    ).judged(2.0, 2.2, 0.04, 0.06, 0.5, True)
     figures = with_policy.metrics()
     assert {k: v for k, v in figures.items() if k.startswith("show_")} == {
         "show_policy_changed": 1.0,

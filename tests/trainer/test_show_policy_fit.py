@@ -4,6 +4,7 @@ trigger fitted on episodes that carry their serving decision, the threshold chos
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,18 @@ def test_the_held_out_check_refuses_a_policy_that_withholds_what_was_taken() -> 
     assert judge_on_heldout(held, showing, None, {}, REWARDS).passed
     # Against floors that already withheld them, withholding them loses nothing.
     assert judge_on_heldout(held, withholding, None, {"line_start": -2.0}, REWARDS).passed
+
+
+def test_the_held_out_check_refuses_a_policy_that_loses_more_than_the_tolerance_not_surely() -> None:
+    """Two taken suggestions of 21 withheld: too few held-out episodes to say surely, but 10% of
+    the characters lost where the fit allows 2% (the optimism of a threshold chosen in hindsight)."""
+    held = [row(i, features(-1.0), accepted=i % 2 == 0) for i in range(38)]
+    held += [row(38 + i, features(-3.0), accepted=True) for i in range(2)]
+    withholding = ShowPolicy(filter=Logistic(bias=4.0, weights={"confidence": 2.0}), threshold=0.5)
+    check = judge_on_heldout(held, withholding, None, {}, REWARDS)
+    assert check.after.kept_chars == pytest.approx(check.before.kept_chars * 19 / 21)
+    assert check.kept_chars_upper >= 0 and not check.passed
+    assert replace(check, chars_tolerance=0.15).passed
 
 
 def test_evidence_is_read_from_decisions_and_kept_across_cycles(tmp_path: Path) -> None:
