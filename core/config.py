@@ -266,7 +266,9 @@ class ServingConfig(BaseModel):
     vllm_api_key: str = ""
     # The server Flywheel starts: its port (0: a free one), context length (0: the model's), LoRA
     # room (the largest adapter rank it takes: at least trainer.lora_r; adapters on the device at
-    # once), dtype, and anything else for its command line.
+    # once), dtype ("auto": float32 on vLLM's CPU build, where bf16 records log-probs up to 0.026 from
+    # the trainer's and, with LoRA, dies of an illegal instruction on some CPUs; the model's own on a
+    # GPU), and anything else for its command line.
     vllm_port: Annotated[int, Field(ge=0)] = 0
     vllm_max_model_len: Annotated[int, Field(ge=0)] = 0
     vllm_max_lora_rank: Annotated[int, Field(ge=1)] = 16

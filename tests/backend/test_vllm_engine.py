@@ -257,8 +257,8 @@ def test_a_row_ended_early_is_no_longer_decoded_by_vllm(
     delivers them 0.7-1.6 s late while its engine core, pinned to the other core, decodes on (2
     tries in 10 with a simulation beside; every try of three under two): rows then end before
     their close arrives, or are aborted halfway. So what is judged is vLLM's own log: rows it
-    aborted (a row read to the end is never aborted), and the token count on the best of three
-    tries only where the machine was quiet enough to tell."""
+    aborted (a row read to the end is never aborted) over three tries, six while none was, and the
+    token count on the best try only where the machine was quiet enough to tell."""
     engine = vllm_engine_for(vllm_server, tiny_model_dir)
     loop.run(engine.start())
     never = Cut(min_confidence={LINE_START: 0.0})
@@ -266,7 +266,8 @@ def test_a_row_ended_early_is_no_longer_decoded_by_vllm(
     costs: list[float] = []
     aborted = 0
     try:
-        while len(costs) < 3 and (not costs or min(costs) >= 100 * len(requests)):
+        # Three tries, and up to six while none was aborted (a busy spell can outlast three).
+        while len(costs) < (3 if aborted else 6) and (not costs or min(costs) >= 100 * len(requests)):
             before, logged = settled_generated_tokens(vllm_server), aborts_logged(vllm_server)
             generations = complete_all(loop, engine, requests)
             costs.append(settled_generated_tokens(vllm_server) - before)

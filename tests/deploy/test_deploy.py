@@ -24,8 +24,8 @@ import yaml
 from vllm_support import LoopThread, needs_vllm, serving, small_cache_env, vllm_python_path
 
 from backend.vllm_engine import VllmEngine
-from backend.vllm_server import TEMPERATURE_ENV, flywheel_env, lora_rank, server_command
-from core.config import ModelConfig, Settings, load_settings
+from backend.vllm_server import TEMPERATURE_ENV, flywheel_env, lora_rank, server_command, server_dtype
+from core.config import ModelConfig, ServingConfig, Settings, load_settings
 from core.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,6 +283,9 @@ def test_the_vllm_unit_command_serves_what_the_backend_takes(
     words = [re.sub(r"\$\{(\w+)\}", lambda m: environment[m[1]], w) for w in shlex.split(exec_start)]
     words = [str(REPO) + w.removeprefix(CHECKOUT) if w.startswith(CHECKOUT) else w for w in words]
     words[1] = str(vllm_python_path())
+    # The unit's "auto" as the backend resolves it for this environment: float32 on vLLM's CPU build.
+    dtype = words.index("--dtype") + 1
+    words[dtype] = server_dtype(words[1], ServingConfig(vllm_dtype=words[dtype]))
     words[words.index("--model") + 1] = str(tiny_model_dir)
     words[words.index("--port") + 1] = str(port)
     key = "fw_vllm-key-from-a-credential-file"

@@ -149,9 +149,11 @@ def test_served_languages_only_never_excluded_files_toggle_and_manual_trigger(
 def screenshot(editor: Editor, ghost: str, tmp_path: Path) -> None:
     """The screen as a UI gets it (tests/editors/nvim_screen.py), as a picture: FLYWHEEL_SCREENSHOTS=DIR
     keeps it as DIR/neovim-ghost-text.png (the README's, in docs/screenshots, is taken so)."""
-    screen = capture(editor.nvim, 72, 10)
-    rows = screen.text()
     typed = editor.line(LAST_LINE)
+    # Wide enough for the line and its suggestion beside the number column: a narrower screen
+    # wraps a long suggestion onto the next row.
+    screen = capture(editor.nvim, max(72, len(typed + ghost) + 12), 10)
+    rows = screen.text()
     # The suggestion is drawn after what is typed, in the ghost text's own colour.
     assert any((typed + ghost).strip() in row for row in rows), rows
     ghost_rgb = editor.lua("return vim.api.nvim_get_hl(0, { name = 'FlywheelSuggestion', link = false }).fg")
